@@ -5,3 +5,4 @@ export * from './async.js';
 export * from './log.js';
 export * from './progress.js';
 export * from './subprocess.js';
+export * from './worker-pool.js';

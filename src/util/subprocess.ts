@@ -9,9 +9,13 @@ export class ExecError extends VmvaultError {
     cause?: unknown,
   ) {
     const tail = stderrTail.trim().split('\n').slice(-1)[0] ?? '';
-    super('EXEC_FAILED', `${command} failed${exitStatus === null ? '' : ` (exit ${exitStatus})`}${tail ? `: ${tail}` : ''}`, {
-      cause,
-    });
+    super(
+      'EXEC_FAILED',
+      `${command} failed${exitStatus === null ? '' : ` (exit ${exitStatus})`}${tail ? `: ${tail}` : ''}`,
+      {
+        cause,
+      },
+    );
   }
 }
 
@@ -35,8 +39,13 @@ export function exec(
     child.stderr?.on('data', (d: Buffer) => err.push(d));
     child.on('error', (e) => reject(new ExecError(cmd, null, e.message, e)));
     child.on('close', (code) => {
-      const res = { stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString(), code: code ?? -1 };
-      if (res.code !== 0 && !opts.allowFailure) reject(new ExecError([cmd, ...args].join(' ').slice(0, 200), code, res.stderr));
+      const res = {
+        stdout: Buffer.concat(out).toString(),
+        stderr: Buffer.concat(err).toString(),
+        code: code ?? -1,
+      };
+      if (res.code !== 0 && !opts.allowFailure)
+        reject(new ExecError([cmd, ...args].join(' ').slice(0, 200), code, res.stderr));
       else resolve(res);
     });
     if (opts.input !== undefined) child.stdin?.end(opts.input);

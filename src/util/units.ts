@@ -6,7 +6,20 @@ export const GiB = 1024 * MiB;
 export const TiB = 1024 * GiB;
 
 const SUFFIX: Record<string, number> = {
-  '': 1, b: 1, k: KiB, kb: KiB, kib: KiB, m: MiB, mb: MiB, mib: MiB, g: GiB, gb: GiB, gib: GiB, t: TiB, tb: TiB, tib: TiB,
+  '': 1,
+  b: 1,
+  k: KiB,
+  kb: KiB,
+  kib: KiB,
+  m: MiB,
+  mb: MiB,
+  mib: MiB,
+  g: GiB,
+  gb: GiB,
+  gib: GiB,
+  t: TiB,
+  tb: TiB,
+  tib: TiB,
 };
 
 /** Parses `1048576`, `64k`, `1M`, `1MiB`, `2G` (binary units) into bytes. */
@@ -17,7 +30,8 @@ export function parseSize(text: string, what = 'size'): number {
     throw new UsageError(`invalid ${what} '${text}'`, 'use a number of bytes or a suffix: 64K, 1M, 2G');
   }
   const value = Number(m[1]) * mult;
-  if (!Number.isSafeInteger(value)) throw new UsageError(`invalid ${what} '${text}'`, 'the value is too large');
+  if (!Number.isSafeInteger(value))
+    throw new UsageError(`invalid ${what} '${text}'`, 'the value is too large');
   return value;
 }
 
@@ -34,7 +48,7 @@ export function formatBytes(bytes: number): string {
 
 export function formatRate(bytes: number, ms: number): string {
   if (ms <= 0) return '-';
-  return `${((bytes / MiB) * 1000 / ms).toFixed(1)} MiB/s`;
+  return `${(((bytes / MiB) * 1000) / ms).toFixed(1)} MiB/s`;
 }
 
 export function isPowerOfTwo(n: number): boolean {

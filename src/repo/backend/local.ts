@@ -1,0 +1,237 @@
+import { randomBytes } from 'node:crypto';
+import { promises as fs, constants as fsc } from 'node:fs';
+import { dirname, join, sep } from 'node:path';
+import { errnoCode } from '../../util/index.js';
+import { BackendError } from '../errors.js';
+import { validateKey, type Backend, type ObjectInfo } from './backend.js';
+
+/** Temp files live here, on the same filesystem as the objects, so rename/link are atomic. */
+const TMP_DIR = 'tmp';
+
+/**
+ * Local directory backend. Durable, atomic writes: data goes to a temp file, is fsynced, then
+ * renamed (put) or hard-linked (putIfAbsent: link fails with EEXIST if another writer won) to its
+ * final name, and the directory is fsynced. No partial object is ever visible under a final name.
+ */
+export class LocalBackend implements Backend {
+  private readonly knownDirs = new Set<string>();
+
+  constructor(readonly root: string) {}
+
+  get location(): string {
+    return this.root;
+  }
+
+  private path(key: string): string {
+    validateKey(key);
+    if (key === TMP_DIR || key.startsWith(`${TMP_DIR}/`)) throw new RangeError(`key '${key}' is reserved`);
+    return join(this.root, ...key.split('/'));
+  }
+
+  async get(key: string): Promise<Buffer> {
+    const p = this.path(key);
+    try {
+      return await fs.readFile(p);
+    } catch (err) {
+      throw mapError(err, key, 'read');
+    }
+  }
+
+  async getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    const p = this.path(key);
+    let fh: fs.FileHandle | undefined;
+    try {
+      fh = await fs.open(p, 'r');
+      const st = await fh.stat();
+      if (offset < 0 || length < 0 || offset + length > st.size) {
+        throw new BackendError(
+          'range',
+          `range ${offset}+${length} is past the end of ${key} (${st.size} bytes)`,
+        );
+      }
+      const buf = Buffer.allocUnsafe(length);
+      let done = 0;
+      while (done < length) {
+        const { bytesRead } = await fh.read(buf, done, length - done, offset + done);
+        if (bytesRead === 0) throw new BackendError('range', `short read of ${key}`);
+        done += bytesRead;
+      }
+      return buf;
+    } catch (err) {
+      throw mapError(err, key, 'read');
+    } finally {
+      await fh?.close();
+    }
+  }
+
+  private async ensureDir(dir: string): Promise<void> {
+    if (this.knownDirs.has(dir)) return;
+    await fs.mkdir(dir, { recursive: true });
+    this.knownDirs.add(dir);
+  }
+
+  /** Writes data to a fresh temp file and fsyncs it; returns its path. */
+  private async writeTemp(data: Buffer): Promise<string> {
+    const tmpDir = join(this.root, TMP_DIR);
+    await this.ensureDir(tmpDir);
+    const tmp = join(tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}`);
+    const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
+    try {
+      let done = 0;
+      while (done < data.length) {
+        const { bytesWritten } = await fh.write(data, done, data.length - done);
+        done += bytesWritten;
+      }
+      await fh.sync();
+    } catch (err) {
+      await fh.close().catch(() => {});
+      await fs.rm(tmp, { force: true });
+      throw err;
+    }
+    await fh.close();
+    return tmp;
+  }
+
+  async put(key: string, data: Buffer): Promise<void> {
+    const p = this.path(key);
+    let tmp: string | undefined;
+    try {
+      await this.ensureDir(dirname(p));
+      tmp = await this.writeTemp(data);
+      await fs.rename(tmp, p);
+      tmp = undefined;
+      await fsyncDir(dirname(p));
+    } catch (err) {
+      if (tmp) await fs.rm(tmp, { force: true }).catch(() => {});
+      throw mapError(err, key, 'write');
+    }
+  }
+
+  async putIfAbsent(key: string, data: Buffer): Promise<boolean> {
+    const p = this.path(key);
+    let tmp: string | undefined;
+    try {
+      await this.ensureDir(dirname(p));
+      tmp = await this.writeTemp(data);
+      try {
+        await fs.link(tmp, p);
+      } catch (err) {
+        if (errnoCode(err) === 'EEXIST') return false;
+        throw err;
+      }
+      await fsyncDir(dirname(p));
+      return true;
+    } catch (err) {
+      throw mapError(err, key, 'write');
+    } finally {
+      if (tmp) await fs.rm(tmp, { force: true }).catch(() => {});
+    }
+  }
+
+  async stat(key: string): Promise<ObjectInfo | undefined> {
+    try {
+      const st = await fs.stat(this.path(key));
+      return { key, sizeBytes: st.size };
+    } catch (err) {
+      if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return undefined;
+      throw mapError(err, key, 'stat');
+    }
+  }
+
+  async exists(key: string): Promise<boolean> {
+    return (await this.stat(key)) !== undefined;
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    const slash = prefix.lastIndexOf('/');
+    const dirKey = slash >= 0 ? prefix.slice(0, slash) : '';
+    const start = dirKey === '' ? this.root : join(this.root, ...dirKey.split('/'));
+    yield* this.walk(start, dirKey, prefix);
+  }
+
+  private async *walk(dir: string, dirKey: string, prefix: string): AsyncIterable<ObjectInfo> {
+    let entries: import('node:fs').Dirent[];
+    try {
+      entries = await fs.readdir(dir, { withFileTypes: true });
+    } catch (err) {
+      if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return;
+      throw mapError(err, dirKey || '/', 'list');
+    }
+    entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const e of entries) {
+      if (e.name.startsWith('.')) continue;
+      const key = dirKey === '' ? e.name : `${dirKey}/${e.name}`;
+      if (dirKey === '' && e.name === TMP_DIR) continue;
+      if (e.isDirectory()) {
+        // Descend only where keys below can still match the prefix.
+        if (prefix.startsWith(`${key}/`) || key.startsWith(prefix) || `${key}/`.startsWith(prefix)) {
+          yield* this.walk(join(dir, e.name), key, prefix);
+        }
+      } else if (e.isFile() && key.startsWith(prefix)) {
+        const st = await fs.stat(join(dir, e.name)).catch(() => undefined);
+        if (st) yield { key, sizeBytes: st.size };
+      }
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await fs.rm(this.path(key), { force: true });
+    } catch (err) {
+      throw mapError(err, key, 'delete');
+    }
+  }
+
+  /** Removes temp files left by killed writers (older than `olderThanMs`). */
+  async removeStaleTemp(olderThanMs: number): Promise<number> {
+    const tmpDir = join(this.root, TMP_DIR);
+    let removed = 0;
+    const names = await fs.readdir(tmpDir).catch(() => [] as string[]);
+    const now = Date.now();
+    for (const n of names) {
+      const st = await fs.stat(join(tmpDir, n)).catch(() => undefined);
+      if (st && now - st.mtimeMs > olderThanMs) {
+        await fs.rm(join(tmpDir, n), { force: true });
+        removed++;
+      }
+    }
+    return removed;
+  }
+
+  async close(): Promise<void> {}
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+function mapError(err: unknown, key: string, op: string): unknown {
+  if (err instanceof BackendError || err instanceof RangeError) return err;
+  const code = errnoCode(err);
+  const what = `cannot ${op} ${key.split('/').join(sep)}`;
+  switch (code) {
+    case 'ENOENT':
+    case 'ENOTDIR':
+      return new BackendError('not-found', `${what}: not found`, { cause: err });
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return new BackendError('no-space', `${what}: no space left on the device`, { cause: err });
+    case 'EACCES':
+    case 'EPERM':
+    case 'EROFS':
+      return new BackendError('permission', `${what}: permission denied`, { cause: err });
+    case 'EAGAIN':
+    case 'EBUSY':
+    case 'EINTR':
+      return new BackendError('transient', `${what}: ${code}`, { cause: err });
+    default:
+      return new BackendError('other', `${what}: ${err instanceof Error ? err.message : String(err)}`, {
+        cause: err,
+      });
+  }
+}

@@ -1,0 +1,117 @@
+import { blake3 } from '@napi-rs/blake-hash';
+import { compress, decompress } from 'zstd-napi';
+import {
+  BLOB_HEADER_BYTES,
+  BLOB_MAGIC,
+  BLOB_NONCE_BYTES,
+  BLOB_TAG_BYTES,
+  BLOB_VERSION,
+  BlobFlag,
+  Codec,
+} from './format.js';
+
+/**
+ * Blob encoding (docs/format.md "Blobs"): a 36-byte header, the payload (zstd or raw), and a
+ * 16-byte integrity tag (BLAKE3-128 of header+payload). Pure functions, safe in worker threads.
+ */
+export interface EncodeOptions {
+  /** zstd level; 0 disables compression. */
+  levelZstd: number;
+}
+
+export class BlobFormatError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'BlobFormatError';
+  }
+}
+
+export function encodeBlob(plaintext: Uint8Array, opts: EncodeOptions): Buffer {
+  let codec: Codec = Codec.NONE;
+  let payload: Uint8Array = plaintext;
+  if (opts.levelZstd > 0 && plaintext.length > 0) {
+    const z = compress(plaintext, { compressionLevel: opts.levelZstd });
+    // Store raw when compression does not pay for itself (≥ 1/64 saved).
+    if (z.length < plaintext.length - (plaintext.length >> 6)) {
+      codec = Codec.ZSTD;
+      payload = z;
+    }
+  }
+  const out = Buffer.allocUnsafe(BLOB_HEADER_BYTES + payload.length + BLOB_TAG_BYTES);
+  out.writeUInt32BE(BLOB_MAGIC, 0);
+  out.writeUInt8(BLOB_VERSION, 4);
+  out.writeUInt8(codec, 5);
+  out.writeUInt8(0, 6); // flags: not encrypted
+  out.writeUInt8(0, 7);
+  out.writeBigUInt64BE(BigInt(plaintext.length), 8);
+  out.writeBigUInt64BE(BigInt(payload.length), 16);
+  out.fill(0, 24, 24 + BLOB_NONCE_BYTES);
+  out.set(payload, BLOB_HEADER_BYTES);
+  const tagAt = BLOB_HEADER_BYTES + payload.length;
+  blake3(out.subarray(0, tagAt)).copy(out, tagAt, 0, BLOB_TAG_BYTES);
+  return out;
+}
+
+export interface BlobHeader {
+  version: number;
+  codec: number;
+  flags: number;
+  plaintextBytes: number;
+  payloadBytes: number;
+}
+
+export function readBlobHeader(blob: Uint8Array): BlobHeader {
+  if (blob.length < BLOB_HEADER_BYTES + BLOB_TAG_BYTES)
+    throw new BlobFormatError(`blob too short (${blob.length} bytes)`);
+  const b = Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength);
+  if (b.readUInt32BE(0) !== BLOB_MAGIC) throw new BlobFormatError('bad blob magic');
+  const version = b.readUInt8(4);
+  if (version !== BLOB_VERSION) throw new BlobFormatError(`unknown blob version ${version}`);
+  const h: BlobHeader = {
+    version,
+    codec: b.readUInt8(5),
+    flags: b.readUInt8(6),
+    plaintextBytes: Number(b.readBigUInt64BE(8)),
+    payloadBytes: Number(b.readBigUInt64BE(16)),
+  };
+  if (h.payloadBytes !== blob.length - BLOB_HEADER_BYTES - BLOB_TAG_BYTES) {
+    throw new BlobFormatError(
+      `blob length ${blob.length} does not match its header (payload ${h.payloadBytes})`,
+    );
+  }
+  return h;
+}
+
+/** Checks the integrity tag without decompressing. */
+export function verifyBlobTag(blob: Uint8Array): void {
+  const h = readBlobHeader(blob);
+  if (h.flags & BlobFlag.ENCRYPTED)
+    throw new BlobFormatError('blob is encrypted; this version cannot read encrypted repositories');
+  const tagAt = BLOB_HEADER_BYTES + h.payloadBytes;
+  const expect = blake3(blob.subarray(0, tagAt)).subarray(0, BLOB_TAG_BYTES);
+  if (Buffer.compare(expect, blob.subarray(tagAt, tagAt + BLOB_TAG_BYTES)) !== 0) {
+    throw new BlobFormatError('integrity tag mismatch');
+  }
+}
+
+/** Verifies the tag and returns the plaintext. Throws BlobFormatError on any damage. */
+export function decodeBlob(blob: Uint8Array): Buffer {
+  verifyBlobTag(blob);
+  const h = readBlobHeader(blob);
+  const payload = blob.subarray(BLOB_HEADER_BYTES, BLOB_HEADER_BYTES + h.payloadBytes);
+  let plain: Buffer;
+  if (h.codec === Codec.NONE) plain = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+  else if (h.codec === Codec.ZSTD) {
+    try {
+      plain = decompress(payload);
+    } catch (err) {
+      throw new BlobFormatError(
+        `zstd payload does not decompress: ${err instanceof Error ? err.message : String(err)}`,
+      );
+    }
+  } else throw new BlobFormatError(`unknown codec ${h.codec}`);
+  if (plain.length !== h.plaintextBytes) {
+    throw new BlobFormatError(`plaintext is ${plain.length} bytes, header says ${h.plaintextBytes}`);
+  }
+  return plain;
+}

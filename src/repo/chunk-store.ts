@@ -1,0 +1,122 @@
+import { availableParallelism } from 'node:os';
+import { WorkerPool, WorkerTaskError } from '../util/index.js';
+import type { Backend } from './backend/backend.js';
+import { decodeBlob, encodeBlob, BlobFormatError } from './blob.js';
+import { chunkIdOf, type ChunkId } from './chunk-id.js';
+import type { ChunkWorkerRequest, ChunkWorkerResult } from './chunk-worker.js';
+import { ChunkCorruptError, ChunkMissingError, isNotFound, type ChunkLocation } from './errors.js';
+import { Keys } from './format.js';
+
+export interface PutResult {
+  id: ChunkId;
+  /** True when this call stored the chunk; false when the repository already had it. */
+  isNew: boolean;
+  /** Bytes written to storage (blob size) when new, else 0. */
+  storedBytes: number;
+}
+
+/** Upper bound on ids remembered as present; beyond it the set restarts (bounded memory). */
+const KNOWN_IDS_LIMIT = 500_000;
+
+/**
+ * Content-addressed chunk storage: put is idempotent (an existing chunk is never rewritten),
+ * get verifies the integrity tag and the BLAKE3 id. Compression and decompression run in a pool
+ * of worker threads sized to the cores.
+ */
+export class ChunkStore {
+  private readonly known = new Set<string>();
+  private readonly inFlight = new Map<string, Promise<PutResult>>();
+  private pool: WorkerPool<ChunkWorkerRequest, ChunkWorkerResult> | undefined;
+
+  constructor(
+    private readonly backend: Backend,
+    private readonly levelZstd: number,
+    private readonly workers: number = availableParallelism(),
+  ) {}
+
+  private getPool(): WorkerPool<ChunkWorkerRequest, ChunkWorkerResult> | undefined {
+    if (this.workers <= 0) return undefined;
+    this.pool ??= new WorkerPool(workerScriptUrl(), this.workers);
+    return this.pool;
+  }
+
+  /** Marks ids as present without asking storage (e.g. every id of a parent index). */
+  remember(id: string): void {
+    if (this.known.size >= KNOWN_IDS_LIMIT) this.known.clear();
+    this.known.add(id);
+  }
+
+  async has(id: string): Promise<boolean> {
+    if (this.known.has(id)) return true;
+    const present = await this.backend.exists(Keys.data(id));
+    if (present) this.remember(id);
+    return present;
+  }
+
+  /** Stores a non-zero chunk unless present. `id` may be passed when already computed. */
+  put(data: Buffer, id: ChunkId = chunkIdOf(data)): Promise<PutResult> {
+    const pending = this.inFlight.get(id);
+    if (pending) return pending.then((r) => ({ ...r, isNew: false, storedBytes: 0 }));
+    const p = this.doPut(data, id).finally(() => this.inFlight.delete(id));
+    this.inFlight.set(id, p);
+    return p;
+  }
+
+  private async doPut(data: Buffer, id: ChunkId): Promise<PutResult> {
+    if (await this.has(id)) return { id, isNew: false, storedBytes: 0 };
+    const blob = await this.encode(data);
+    const created = await this.backend.putIfAbsent(Keys.data(id), blob);
+    this.remember(id);
+    return { id, isNew: created, storedBytes: created ? blob.length : 0 };
+  }
+
+  async encode(data: Buffer): Promise<Buffer> {
+    const pool = this.getPool();
+    if (!pool) return encodeBlob(data, { levelZstd: this.levelZstd });
+    const r = await pool.run({ op: 'encode', data, levelZstd: this.levelZstd });
+    if (!('blob' in r)) throw new Error('unexpected worker reply');
+    return Buffer.from(r.blob.buffer, r.blob.byteOffset, r.blob.byteLength);
+  }
+
+  /** Reads and verifies a chunk. Missing → ChunkMissingError; damaged → ChunkCorruptError. */
+  async get(id: string, loc: ChunkLocation = {}): Promise<Buffer> {
+    let blob: Buffer;
+    try {
+      blob = await this.backend.get(Keys.data(id));
+    } catch (err) {
+      if (isNotFound(err)) throw new ChunkMissingError(id, loc);
+      throw err;
+    }
+    return this.decode(blob, id, loc);
+  }
+
+  async decode(blob: Buffer, id: string | null, loc: ChunkLocation = {}): Promise<Buffer> {
+    const pool = this.getPool();
+    try {
+      if (!pool) {
+        const data = decodeBlob(blob);
+        if (id !== null && chunkIdOf(data) !== id)
+          throw new BlobFormatError('content does not match its id (BLAKE3 mismatch)');
+        return data;
+      }
+      const r = await pool.run({ op: 'decode', blob, expectId: id });
+      if (!('data' in r)) throw new Error('unexpected worker reply');
+      return Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
+    } catch (err) {
+      if (err instanceof BlobFormatError || (err instanceof WorkerTaskError && err.code === 'BLOB_DAMAGED')) {
+        throw new ChunkCorruptError(id ?? 'unknown', err.message, loc);
+      }
+      throw err;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.pool?.close();
+    this.pool = undefined;
+  }
+}
+
+function workerScriptUrl(): URL {
+  const ext = import.meta.url.endsWith('.ts') ? 'ts' : 'js';
+  return new URL(`./chunk-worker.${ext}`, import.meta.url);
+}

@@ -1,0 +1,108 @@
+import { hashBytes, chunkIdFromBytes, type ChunkId } from './chunk-id.js';
+import { CHUNK_ID_BYTES, INDEX_HEADER_BYTES, INDEX_MAGIC, INDEX_VERSION } from './format.js';
+import { RepoFormatError } from './errors.js';
+
+/**
+ * A fixed-slot map of one disk: slot i covers bytes [i*chunk, min((i+1)*chunk, disk size)) and
+ * holds the chunk id of that content, or 32 zero bytes when the content is all zero (never stored).
+ * Every snapshot's index maps the whole disk, so a restore never walks a chain.
+ *
+ * Binary form (docs/format.md "Disk index"): header, slot ids, BLAKE3-256 of everything before it.
+ * Memory is 32 bytes per chunk slot (32 MiB for 1 TiB at 1 MiB chunks).
+ */
+export class DiskIndex {
+  private constructor(
+    readonly diskSizeBytes: number,
+    readonly chunkSizeBytes: number,
+    private readonly slots: Buffer,
+  ) {}
+
+  static empty(diskSizeBytes: number, chunkSizeBytes: number): DiskIndex {
+    const n = slotCountFor(diskSizeBytes, chunkSizeBytes);
+    return new DiskIndex(diskSizeBytes, chunkSizeBytes, Buffer.alloc(n * CHUNK_ID_BYTES));
+  }
+
+  /** A new index for a disk of `diskSizeBytes` starting from `parent`'s slots (clean slots stay). */
+  static cloneFrom(parent: DiskIndex, diskSizeBytes: number): DiskIndex {
+    const idx = DiskIndex.empty(diskSizeBytes, parent.chunkSizeBytes);
+    const common = Math.min(idx.slotCount, parent.slotCount);
+    // A last slot that was partial in the parent and is not the last any more (disk grew) must be
+    // re-read; the caller marks it dirty. Copy all full slots.
+    parent.slots.copy(idx.slots, 0, 0, common * CHUNK_ID_BYTES);
+    return idx;
+  }
+
+  get slotCount(): number {
+    return this.slots.length / CHUNK_ID_BYTES;
+  }
+
+  slotLength(slot: number): number {
+    const start = slot * this.chunkSizeBytes;
+    return Math.min(this.chunkSizeBytes, this.diskSizeBytes - start);
+  }
+
+  /** The chunk id in a slot, or null for an all-zero slot. */
+  get(slot: number): ChunkId | null {
+    const at = slot * CHUNK_ID_BYTES;
+    const b = this.slots.subarray(at, at + CHUNK_ID_BYTES);
+    for (let i = 0; i < CHUNK_ID_BYTES; i++) if (b[i] !== 0) return chunkIdFromBytes(b);
+    return null;
+  }
+
+  set(slot: number, id: ChunkId | null): void {
+    if (slot < 0 || slot >= this.slotCount) throw new RangeError(`slot ${slot} out of range`);
+    const at = slot * CHUNK_ID_BYTES;
+    if (id === null) this.slots.fill(0, at, at + CHUNK_ID_BYTES);
+    else this.slots.write(id, at, CHUNK_ID_BYTES, 'hex');
+  }
+
+  /** Distinct non-zero chunk ids. */
+  chunkIds(): Set<string> {
+    const ids = new Set<string>();
+    for (let s = 0; s < this.slotCount; s++) {
+      const id = this.get(s);
+      if (id) ids.add(id);
+    }
+    return ids;
+  }
+
+  encode(): Buffer {
+    const header = Buffer.alloc(INDEX_HEADER_BYTES);
+    header.writeUInt32BE(INDEX_MAGIC, 0);
+    header.writeUInt8(INDEX_VERSION, 4);
+    header.writeUInt32BE(this.chunkSizeBytes, 8);
+    header.writeBigUInt64BE(BigInt(this.diskSizeBytes), 16);
+    header.writeBigUInt64BE(BigInt(this.slotCount), 24);
+    const body = Buffer.concat([header, this.slots]);
+    return Buffer.concat([body, hashBytes(body)]);
+  }
+
+  static decode(buf: Buffer): DiskIndex {
+    if (buf.length < INDEX_HEADER_BYTES + CHUNK_ID_BYTES) throw new RepoFormatError('disk index too short');
+    if (buf.readUInt32BE(0) !== INDEX_MAGIC) throw new RepoFormatError('bad disk index magic');
+    const version = buf.readUInt8(4);
+    if (version !== INDEX_VERSION) throw new RepoFormatError(`unknown disk index version ${version}`);
+    const chunkSizeBytes = buf.readUInt32BE(8);
+    const diskSizeBytes = Number(buf.readBigUInt64BE(16));
+    const slotCount = Number(buf.readBigUInt64BE(24));
+    const bodyLen = INDEX_HEADER_BYTES + slotCount * CHUNK_ID_BYTES;
+    if (
+      slotCount !== slotCountFor(diskSizeBytes, chunkSizeBytes) ||
+      buf.length !== bodyLen + CHUNK_ID_BYTES
+    ) {
+      throw new RepoFormatError('disk index header does not match its length');
+    }
+    const body = buf.subarray(0, bodyLen);
+    if (Buffer.compare(hashBytes(body), buf.subarray(bodyLen)) !== 0)
+      throw new RepoFormatError('disk index checksum mismatch');
+    return new DiskIndex(
+      diskSizeBytes,
+      chunkSizeBytes,
+      Buffer.from(buf.subarray(INDEX_HEADER_BYTES, bodyLen)),
+    );
+  }
+}
+
+export function slotCountFor(diskSizeBytes: number, chunkSizeBytes: number): number {
+  return Math.ceil(diskSizeBytes / chunkSizeBytes);
+}

@@ -1,0 +1,123 @@
+import { ExitCode, VmvaultError } from '../util/index.js';
+
+export type BackendErrorKind =
+  'not-found' | 'exists' | 'permission' | 'no-space' | 'transient' | 'range' | 'other';
+
+/** A storage backend failure. Only backend modules create these; errno / S3 details go in `cause`. */
+export class BackendError extends VmvaultError {
+  constructor(
+    readonly kind: BackendErrorKind,
+    message: string,
+    opts: { cause?: unknown; hint?: string; retryable?: boolean } = {},
+  ) {
+    super(`BACKEND_${kind.toUpperCase().replace('-', '_')}`, message, {
+      cause: opts.cause,
+      hint: opts.hint ?? defaultHint(kind),
+    });
+    this.retryable = opts.retryable ?? kind === 'transient';
+  }
+  readonly retryable: boolean;
+}
+
+function defaultHint(kind: BackendErrorKind): string | undefined {
+  switch (kind) {
+    case 'no-space':
+      return 'free space on the repository storage and run the command again (the repository is unchanged)';
+    case 'permission':
+      return 'check the permissions of the repository directory';
+    default:
+      return undefined;
+  }
+}
+
+export function isNotFound(err: unknown): boolean {
+  return err instanceof BackendError && err.kind === 'not-found';
+}
+
+export class RepoNotFoundError extends VmvaultError {
+  constructor(location: string, cause?: unknown) {
+    super('REPO_NOT_FOUND', `no vmvault repository at ${location}`, {
+      hint: `create one with 'vmvault init ${location}' or pass the right --repo`,
+      exitCode: ExitCode.REPO_NOT_FOUND,
+      cause,
+    });
+  }
+}
+
+export class RepoExistsError extends VmvaultError {
+  constructor(location: string) {
+    super('REPO_EXISTS', `a repository already exists at ${location}`, {
+      hint: 'use it as it is, or choose another location',
+    });
+  }
+}
+
+export class RepoFormatError extends VmvaultError {
+  constructor(message: string, hint?: string) {
+    super('REPO_FORMAT', message, {
+      hint: hint ?? 'this repository was written by another vmvault version or is damaged',
+    });
+  }
+}
+
+export class SnapshotNotFoundError extends VmvaultError {
+  constructor(ref: string, hint?: string) {
+    super('SNAPSHOT_NOT_FOUND', `no snapshot matches '${ref}'`, {
+      hint: hint ?? "list snapshots with 'vmvault snapshots'",
+    });
+  }
+}
+
+export class AmbiguousSnapshotError extends VmvaultError {
+  constructor(ref: string, count: number) {
+    super('SNAPSHOT_AMBIGUOUS', `'${ref}' matches ${count} snapshots`, {
+      hint: 'give more characters of the id',
+    });
+  }
+}
+
+export interface ChunkLocation {
+  snapshot?: string | undefined;
+  disk?: string | undefined;
+  offset?: number | undefined;
+}
+
+function where(loc: ChunkLocation): string {
+  const parts: string[] = [];
+  if (loc.snapshot) parts.push(`snapshot ${loc.snapshot.slice(0, 8)}`);
+  if (loc.disk) parts.push(`disk ${loc.disk}`);
+  if (loc.offset !== undefined) parts.push(`offset ${loc.offset}`);
+  return parts.length ? ` (${parts.join(', ')})` : '';
+}
+
+/** A blob whose bytes do not match its id or its integrity tag. */
+export class ChunkCorruptError extends VmvaultError {
+  constructor(
+    readonly chunkId: string,
+    reason: string,
+    readonly location: ChunkLocation = {},
+  ) {
+    super('CHUNK_CORRUPT', `chunk ${chunkId} is corrupt${where(location)}: ${reason}`, {
+      hint: "run 'vmvault check --read-data' to find every damaged chunk; a later backup of the same data repairs it",
+      exitCode: ExitCode.INTEGRITY,
+      details: { chunkId, ...location },
+    });
+  }
+  withLocation(loc: ChunkLocation): ChunkCorruptError {
+    return new ChunkCorruptError(this.chunkId, this.message.replace(/^.*?: /, ''), loc);
+  }
+}
+
+/** A blob referenced by an index but absent from storage. */
+export class ChunkMissingError extends VmvaultError {
+  constructor(
+    readonly chunkId: string,
+    readonly location: ChunkLocation = {},
+  ) {
+    super('CHUNK_MISSING', `chunk ${chunkId} is missing${where(location)}`, {
+      hint: "run 'vmvault check' to find every missing chunk; a later backup of the same data repairs it",
+      exitCode: ExitCode.INTEGRITY,
+      details: { chunkId, ...location },
+    });
+  }
+}

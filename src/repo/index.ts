@@ -1,0 +1,25 @@
+export type { Backend, ObjectInfo } from './backend/backend.js';
+export { LocalBackend } from './backend/local.js';
+export { MemoryBackend } from './backend/memory.js';
+export { openBackend } from './backend/open.js';
+export { encodeBlob, decodeBlob, readBlobHeader, verifyBlobTag, BlobFormatError } from './blob.js';
+export { chunkIdOf, hashBytes, isAllZero, isChunkId, type ChunkId } from './chunk-id.js';
+export { ChunkStore, type PutResult } from './chunk-store.js';
+export { newConfig, parseCompression, type RepoConfig, type InitOptions } from './config.js';
+export { DiskIndex, slotCountFor } from './disk-index.js';
+export * from './errors.js';
+export * as format from './format.js';
+export { Repository, defaultHost, type OpenOptions } from './repository.js';
+export {
+  encodeManifest,
+  decodeManifest,
+  shortId,
+  type Snapshot,
+  type SnapshotId,
+  type SnapshotDisk,
+  type SnapshotFile,
+  type SnapshotManifest,
+  type DiskStats,
+} from './snapshot.js';
+export { resolveSnapshotRef, byTime } from './snapshot-ref.js';
+export { repoStats, type RepoStats } from './stats.js';

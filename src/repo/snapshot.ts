@@ -1,0 +1,95 @@
+import { hashBytes } from './chunk-id.js';
+import { MANIFEST_VERSION } from './format.js';
+import { RepoFormatError } from './errors.js';
+
+/** A snapshot id: BLAKE3-256 of the manifest JSON, 64 lowercase hex characters. */
+export type SnapshotId = string & { readonly __brand: 'SnapshotId' };
+
+export interface DiskStats {
+  /** Bytes read from the source (data extents only). */
+  bytesRead: number;
+  /** Plaintext bytes of chunks the repository did not have yet. */
+  bytesNew: number;
+  /** Bytes read whose chunk the repository already had. */
+  bytesDedup: number;
+  /** Bytes that are holes or all zero (never stored). */
+  bytesZero: number;
+  /** Bytes taken unchanged from the parent snapshot's index without reading. */
+  bytesReused: number;
+  /** Bytes written to the repository for this disk's new chunks (after compression, with headers). */
+  bytesStored: number;
+  chunksNew: number;
+}
+
+export interface SnapshotDisk {
+  /** Disk target, e.g. `vda`. */
+  target: string;
+  sizeBytes: number;
+  chunkSizeBytes: number;
+  /** Id of the disk index object (index/xx/<id>). */
+  index: string;
+  /** Format of the source image (qcow2, raw). Informational; restores choose their own format. */
+  sourceFormat?: string | undefined;
+  /** Source path on the host at backup time. */
+  source?: string | undefined;
+  /** How this disk was read: full, inc, diff, copy. */
+  mode?: string | undefined;
+  /** Bytes of the disk that hold non-zero data (sum of non-zero slots). */
+  allocatedBytes: number;
+  stats: DiskStats;
+}
+
+/** A file stored beside the disks (domain XML, checkpoint XML, nvram, kernel ...). */
+export interface SnapshotFile {
+  kind: string;
+  name: string;
+  sizeBytes: number;
+  /** Chunk ids of its content, in order, each up to the repository chunk size. */
+  chunks: string[];
+}
+
+export interface SnapshotManifest {
+  version: number;
+  vm: { name: string; uuid?: string | undefined };
+  time: string;
+  host: string;
+  tags: string[];
+  parent: string | null;
+  /** full, inc, diff, copy (live backups) or image (backup-image). */
+  mode: string;
+  /** The libvirt checkpoint this snapshot ends at, if any. */
+  checkpoint: string | null;
+  disks: SnapshotDisk[];
+  files: SnapshotFile[];
+  program: string;
+}
+
+export interface Snapshot extends SnapshotManifest {
+  id: SnapshotId;
+}
+
+export function encodeManifest(m: SnapshotManifest): { id: SnapshotId; json: Buffer } {
+  const json = Buffer.from(JSON.stringify(m), 'utf8');
+  return { id: hashBytes(json).toString('hex') as SnapshotId, json };
+}
+
+export function decodeManifest(id: string, json: Buffer): Snapshot {
+  if (hashBytes(json).toString('hex') !== id)
+    throw new RepoFormatError(`snapshot ${id.slice(0, 8)} does not match its id`);
+  let m: SnapshotManifest;
+  try {
+    m = JSON.parse(json.toString('utf8')) as SnapshotManifest;
+  } catch {
+    throw new RepoFormatError(`snapshot ${id.slice(0, 8)} is not valid JSON`);
+  }
+  if (m.version !== MANIFEST_VERSION)
+    throw new RepoFormatError(
+      `snapshot ${id.slice(0, 8)} has unknown manifest version ${m.version}`,
+      'upgrade vmvault',
+    );
+  return { ...m, id: id as SnapshotId };
+}
+
+export function shortId(id: string): string {
+  return id.slice(0, 8);
+}

@@ -1,0 +1,56 @@
+import { describe, expect, it } from 'vitest';
+import {
+  resolveSnapshotRef,
+  type Snapshot,
+  SnapshotNotFoundError,
+  AmbiguousSnapshotError,
+} from '../../src/repo/index.js';
+
+function snap(id: string, vm: string, time: string, checkpoint: string | null = null): Snapshot {
+  return {
+    id,
+    vm: { name: vm },
+    time,
+    checkpoint,
+    version: 1,
+    host: 'h',
+    tags: [],
+    parent: null,
+    mode: 'full',
+    disks: [],
+    files: [],
+    program: 'x',
+  } as unknown as Snapshot;
+}
+
+const all = [
+  snap('aaaa1111'.padEnd(64, '0'), 'web', '2026-01-01T10:00:00.000Z', 'vmvault-1'),
+  snap('aaaa2222'.padEnd(64, '0'), 'web', '2026-01-02T10:00:00.000Z', 'vmvault-2'),
+  snap('bbbb3333'.padEnd(64, '0'), 'db', '2026-01-03T10:00:00.000Z'),
+];
+
+describe('snapshot references', () => {
+  it('resolves ids, prefixes, VM@latest, VM@date and checkpoint names', () => {
+    expect(resolveSnapshotRef(all[0]!.id, all)).toBe(all[0]);
+    expect(resolveSnapshotRef('bbbb', all)).toBe(all[2]);
+    expect(resolveSnapshotRef('web@latest', all)).toBe(all[1]);
+    expect(resolveSnapshotRef('web@2026-01-01T12:00:00Z', all)).toBe(all[0]);
+    expect(resolveSnapshotRef('web@2026-01-05', all)).toBe(all[1]);
+    expect(resolveSnapshotRef('vmvault-1', all)).toBe(all[0]);
+  });
+
+  it('gives clear errors', () => {
+    expect(() => resolveSnapshotRef('aaaa', all)).toThrow(AmbiguousSnapshotError);
+    expect(() => resolveSnapshotRef('cccc', all)).toThrow(SnapshotNotFoundError);
+    const hint = (ref: string): string | undefined => {
+      try {
+        resolveSnapshotRef(ref, all);
+      } catch (err) {
+        return (err as SnapshotNotFoundError).oneLine();
+      }
+      return undefined;
+    };
+    expect(hint('nosuch@latest')).toMatch(/no snapshots of VM 'nosuch'/);
+    expect(hint('web@2025-01-01')).toMatch(/first snapshot of 'web' is from 2026-01-01/);
+  });
+});
