@@ -135,8 +135,8 @@ export async function backupDisk(repo: Repository, opts: BackupDiskOptions): Pro
     throwIfAborted(signal);
   } finally {
     if (pending.size) await Promise.allSettled(pending);
-    progress.done();
   }
+  progress.done();
   let allocatedBytes = 0;
   for (let s = 0; s < index.slotCount; s++) if (index.get(s)) allocatedBytes += index.slotLength(s);
   return { index, stats, allocatedBytes };

@@ -1,3 +1,91 @@
-export async function main(_argv: string[]): Promise<void> {
-  process.stdout.write('vmvault (skeleton)\n');
+import { Command, CommanderError } from 'commander';
+import { ExitCode, isVmvaultError, CancelledError } from '../util/index.js';
+import { VERSION } from '../backup/index.js';
+import { backupImageCommand } from './commands/backup-image.js';
+import { initCommand } from './commands/init.js';
+import { restoreCommand } from './commands/restore.js';
+import { showCommand } from './commands/show.js';
+import { snapshotsCommand } from './commands/snapshots.js';
+import { statsCommand } from './commands/stats.js';
+import { installSignalHandlers, rootAbort } from './signals.js';
+
+const EXIT_CODES_HELP = `
+Exit codes: 0 success, 1 failure, 2 usage error, 3 partial success, 10 repository not found,
+11 repository locked, 20 integrity problem, 130/143 cancelled (SIGINT/SIGTERM). See docs/cli.md.`;
+
+export function buildProgram(): Command {
+  const program = new Command('vmvault')
+    .description('deduplicating backups of libvirt/KVM virtual machines')
+    .version(VERSION, '-V, --version')
+    .option('--debug', 'print stack traces and debug logging')
+    .option('-q, --quiet', 'no progress or log lines')
+    .showHelpAfterError('(run with --help for usage)')
+    .addHelpText('after', EXIT_CODES_HELP);
+  for (const cmd of [
+    initCommand(),
+    backupImageCommand(),
+    snapshotsCommand(),
+    showCommand(),
+    statsCommand(),
+    restoreCommand(),
+  ]) {
+    cmd.addHelpText('after', EXIT_CODES_HELP);
+    program.addCommand(cmd);
+  }
+  const override = (c: Command): void => {
+    c.exitOverride();
+    c.commands.forEach(override);
+  };
+  override(program);
+  return program;
+}
+
+/** The single place that turns errors into one line on stderr and an exit code. */
+export async function main(argv: string[]): Promise<void> {
+  installSignalHandlers();
+  const debug = argv.includes('--debug');
+  const json = argv.includes('--json');
+  const program = buildProgram();
+  let code: number = ExitCode.OK;
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    code = report(err, debug, json);
+  }
+  if (code === ExitCode.OK && rootAbort.signal.aborted) code = report(rootAbort.signal.reason, debug, json);
+  process.exitCode = code;
+}
+
+function report(err: unknown, debug: boolean, json: boolean): number {
+  if (err instanceof CommanderError) {
+    if (
+      err.code === 'commander.helpDisplayed' ||
+      err.code === 'commander.version' ||
+      err.code === 'commander.help'
+    )
+      return ExitCode.OK;
+    return ExitCode.USAGE; // commander already printed the message
+  }
+  let code: number;
+  let message: string;
+  let errCode: string;
+  if (isVmvaultError(err)) {
+    code = err.exitCode;
+    errCode = err.code;
+    message = err.oneLine();
+  } else {
+    code = ExitCode.FAILURE;
+    errCode = 'INTERNAL';
+    message = `internal error: ${err instanceof Error ? err.message : String(err)} (run with --debug for details)`;
+  }
+  if (err instanceof CancelledError) message = err.message;
+  process.stderr.write(`vmvault: ${message}\n`);
+  if (debug && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
+  if (debug && err instanceof Error && err.cause instanceof Error && err.cause.stack)
+    process.stderr.write(`caused by: ${err.cause.stack}\n`);
+  if (json)
+    process.stderr.write(
+      `${JSON.stringify({ message_type: 'exit_error', code: errCode, exit_code: code, message })}\n`,
+    );
+  return code;
 }

@@ -38,6 +38,7 @@ export class WorkerPool<Req, Res> {
         const p = slot.inFlight.get(msg.id);
         if (!p) return;
         slot.inFlight.delete(msg.id);
+        if (slot.inFlight.size === 0) worker.unref();
         if (msg.ok) p.resolve(msg.result);
         else p.reject(new WorkerTaskError(msg.code, msg.message));
       });
@@ -64,6 +65,8 @@ export class WorkerPool<Req, Res> {
     for (const s of this.slots) if (s.inFlight.size < best.inFlight.size) best = s;
     const id = this.nextId++;
     return new Promise<Res>((resolve, reject) => {
+      // Keep the process alive only while a worker has work (idle workers never hold it open).
+      if (best.inFlight.size === 0) best.worker.ref();
       best.inFlight.set(id, { resolve, reject });
       best.worker.postMessage({ id, req }, transfer);
     });

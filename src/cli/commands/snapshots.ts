@@ -1,0 +1,59 @@
+import { Command } from 'commander';
+import { formatBytes } from '../../util/index.js';
+import { shortId, type Snapshot } from '../../repo/index.js';
+import { printJson, repoOption, withRepo } from '../context.js';
+
+export function snapshotsCommand(): Command {
+  return new Command('snapshots')
+    .description('list snapshots, oldest first')
+    .option('--vm <name>', 'only snapshots of this VM')
+    .option('--json', 'print JSON')
+    .addOption(repoOption())
+    .action(async (opts: { vm?: string; json?: boolean; repo?: string }) => {
+      const snaps = (await withRepo(opts, (r) => r.listSnapshots())).filter(
+        (s) => !opts.vm || s.vm.name === opts.vm,
+      );
+      if (opts.json) return printJson(snaps.map(listEntry));
+      const rows = snaps.map((s) => [
+        shortId(s.id),
+        s.time.replace('T', ' ').replace(/\.\d+Z$/, 'Z'),
+        s.vm.name,
+        s.mode,
+        s.disks.map((d) => d.target).join(','),
+        formatBytes(s.disks.reduce((a, d) => a + d.sizeBytes, 0)),
+        formatBytes(s.disks.reduce((a, d) => a + d.stats.bytesNew, 0)),
+        s.tags.join(','),
+      ]);
+      process.stdout.write(table(['ID', 'TIME', 'VM', 'MODE', 'DISKS', 'SIZE', 'NEW', 'TAGS'], rows));
+      process.stdout.write(`${snaps.length} snapshot${snaps.length === 1 ? '' : 's'}\n`);
+    });
+}
+
+function listEntry(s: Snapshot): Record<string, unknown> {
+  return {
+    id: s.id,
+    short_id: shortId(s.id),
+    time: s.time,
+    vm: s.vm,
+    host: s.host,
+    mode: s.mode,
+    parent: s.parent,
+    checkpoint: s.checkpoint,
+    tags: s.tags,
+    disks: s.disks.map((d) => ({
+      target: d.target,
+      sizeBytes: d.sizeBytes,
+      allocatedBytes: d.allocatedBytes,
+    })),
+  };
+}
+
+export function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const fmt = (r: string[]): string =>
+    r
+      .map((c, i) => c.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd();
+  return [fmt(header), ...rows.map(fmt)].join('\n') + '\n';
+}

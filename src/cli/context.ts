@@ -1,0 +1,41 @@
+import { Option, type Command } from 'commander';
+import { stderrLogger, UsageError, type Logger } from '../util/index.js';
+import { Repository } from '../repo/index.js';
+
+export interface GlobalOptions {
+  debug?: boolean;
+  quiet?: boolean;
+}
+
+/** The `-r, --repo` option every command but init takes (also from VMVAULT_REPO). */
+export function repoOption(): Option {
+  return new Option('-r, --repo <repo>', 'repository location (a directory)').env('VMVAULT_REPO');
+}
+
+export function globals(cmd: Command): GlobalOptions {
+  return cmd.optsWithGlobals<GlobalOptions>();
+}
+
+export function loggerFor(cmd: Command): Logger {
+  const g = globals(cmd);
+  return stderrLogger({ debug: g.debug ?? false, quiet: g.quiet ?? false });
+}
+
+export async function openRepo(opts: { repo?: string }): Promise<Repository> {
+  if (!opts.repo) throw new UsageError('no repository given', 'pass -r REPO or set VMVAULT_REPO');
+  return Repository.open(opts.repo);
+}
+
+/** Runs `fn` with an open repository and always closes it. */
+export async function withRepo<T>(opts: { repo?: string }, fn: (repo: Repository) => Promise<T>): Promise<T> {
+  const repo = await openRepo(opts);
+  try {
+    return await fn(repo);
+  } finally {
+    await repo.close();
+  }
+}
+
+export function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
