@@ -8,8 +8,11 @@ export type SlotAction = 'read' | 'zero' | 'reuse';
 /** A disk to read: the backup layer adapts files, block devices and NBD exports to this. */
 export interface DiskSource {
   readonly sizeBytes: number;
-  /** Reads exactly `length` bytes at `offset`. */
-  read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * Reads exactly `length` bytes at `offset`. When `into` is given (at least `length` bytes), the
+   * source may fill it and return a view of it, so the pipeline can recycle buffers.
+   */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
 }
 
 export interface BackupDiskOptions {
@@ -66,10 +69,15 @@ export async function backupDisk(repo: Repository, opts: BackupDiskOptions): Pro
   const pending = new Set<Promise<void>>();
   let failure: unknown;
 
+  // Recycled chunk buffers: allocation churn of 1 MiB buffers otherwise inflates RSS long before
+  // the garbage collector returns them.
+  const free: Buffer[] = [];
   const processSlot = async (slot: number, offset: number, length: number): Promise<void> => {
     let held = length;
+    // Each buffer owns its ArrayBuffer so it can travel to a worker thread and back without copies.
+    let buf = free.pop() ?? Buffer.from(new ArrayBuffer(cs));
     try {
-      const data = await reads.run(() => source.read(offset, length));
+      const data = await reads.run(() => source.read(offset, length, buf));
       stats.bytesRead += length;
       if (isAllZero(data)) {
         index.set(slot, null);
@@ -77,7 +85,11 @@ export async function backupDisk(repo: Repository, opts: BackupDiskOptions): Pro
         return;
       }
       const id = chunkIdOf(data);
-      const r = await repo.chunks.put(data, id);
+      const r = await repo.chunks.put(data, id, {
+        transfer: data.buffer === buf.buffer && data.byteOffset === 0,
+      });
+      if (r.buffer && r.buffer.buffer !== buf.buffer)
+        buf = Buffer.from(r.buffer.buffer as ArrayBuffer, 0, cs);
       index.set(slot, id);
       if (r.isNew) {
         stats.bytesNew += length;
@@ -85,6 +97,7 @@ export async function backupDisk(repo: Repository, opts: BackupDiskOptions): Pro
         stats.chunksNew++;
       } else stats.bytesDedup += length;
     } finally {
+      free.push(buf);
       budget.release(held);
       held = 0;
       progress.advance(length);

@@ -1,5 +1,6 @@
 import { blake3 } from '@napi-rs/blake-hash';
-import { compress, decompress } from 'zstd-napi';
+import { createRequire } from 'node:module';
+import type * as ZstdBinding from 'zstd-napi/binding.js';
 import {
   BLOB_HEADER_BYTES,
   BLOB_MAGIC,
@@ -26,18 +27,44 @@ export class BlobFormatError extends Error {
   }
 }
 
+// One compression and one decompression context per thread, and a reusable scratch buffer:
+// no per-chunk native allocations (they bloat RSS long before the GC reclaims them).
+// The binding is CommonJS whose exports Node's ESM loader cannot see by name: load it with require.
+const zstd = createRequire(import.meta.url)('zstd-napi/binding.js') as typeof ZstdBinding;
+let cctx: ZstdBinding.CCtx | undefined;
+let dctx: ZstdBinding.DCtx | undefined;
+let scratch = Buffer.alloc(0);
+
+function zstdCompress(src: Uint8Array, level: number): Uint8Array {
+  const bound = zstd.compressBound(src.length);
+  if (scratch.length < bound) scratch = Buffer.allocUnsafe(bound);
+  cctx ??= new zstd.CCtx();
+  const n = cctx.compress(scratch, src, level);
+  return scratch.subarray(0, n);
+}
+
+function zstdDecompress(src: Uint8Array, plaintextBytes: number): Buffer {
+  const out = Buffer.from(new ArrayBuffer(plaintextBytes));
+  dctx ??= new zstd.DCtx();
+  const n = dctx.decompress(out, src);
+  if (n !== plaintextBytes)
+    throw new BlobFormatError(`plaintext is ${n} bytes, header says ${plaintextBytes}`);
+  return out;
+}
+
+/** Encodes a blob into a buffer that owns its ArrayBuffer (transferable between threads). */
 export function encodeBlob(plaintext: Uint8Array, opts: EncodeOptions): Buffer {
   let codec: Codec = Codec.NONE;
   let payload: Uint8Array = plaintext;
   if (opts.levelZstd > 0 && plaintext.length > 0) {
-    const z = compress(plaintext, { compressionLevel: opts.levelZstd });
+    const z = zstdCompress(plaintext, opts.levelZstd);
     // Store raw when compression does not pay for itself (≥ 1/64 saved).
     if (z.length < plaintext.length - (plaintext.length >> 6)) {
       codec = Codec.ZSTD;
       payload = z;
     }
   }
-  const out = Buffer.allocUnsafe(BLOB_HEADER_BYTES + payload.length + BLOB_TAG_BYTES);
+  const out = Buffer.from(new ArrayBuffer(BLOB_HEADER_BYTES + payload.length + BLOB_TAG_BYTES));
   out.writeUInt32BE(BLOB_MAGIC, 0);
   out.writeUInt8(BLOB_VERSION, 4);
   out.writeUInt8(codec, 5);
@@ -103,8 +130,9 @@ export function decodeBlob(blob: Uint8Array): Buffer {
   if (h.codec === Codec.NONE) plain = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
   else if (h.codec === Codec.ZSTD) {
     try {
-      plain = decompress(payload);
+      plain = zstdDecompress(payload, h.plaintextBytes);
     } catch (err) {
+      if (err instanceof BlobFormatError) throw err;
       throw new BlobFormatError(
         `zstd payload does not decompress: ${err instanceof Error ? err.message : String(err)}`,
       );

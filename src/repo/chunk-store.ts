@@ -9,6 +9,11 @@ import { Keys } from './format.js';
 
 export interface PutResult {
   id: ChunkId;
+  /**
+   * With `transfer`, the caller's buffer may have been moved to a worker and back: this is the
+   * buffer to reuse (same memory, new object). The buffer passed in must not be used any more.
+   */
+  buffer?: Buffer | undefined;
   /** True when this call stored the chunk; false when the repository already had it. */
   isNew: boolean;
   /** Bytes written to storage (blob size) when new, else 0. */
@@ -53,29 +58,41 @@ export class ChunkStore {
     return present;
   }
 
-  /** Stores a non-zero chunk unless present. `id` may be passed when already computed. */
-  put(data: Buffer, id: ChunkId = chunkIdOf(data)): Promise<PutResult> {
+  /**
+   * Stores a non-zero chunk unless present. `id` may be passed when already computed. With
+   * `transfer`, `data` must be the only view of its own ArrayBuffer: it is moved to the worker
+   * thread without a copy and comes back as `result.buffer`.
+   */
+  put(data: Buffer, id: ChunkId = chunkIdOf(data), opts: { transfer?: boolean } = {}): Promise<PutResult> {
     const pending = this.inFlight.get(id);
-    if (pending) return pending.then((r) => ({ ...r, isNew: false, storedBytes: 0 }));
-    const p = this.doPut(data, id).finally(() => this.inFlight.delete(id));
+    if (pending) return pending.then((r) => ({ id: r.id, isNew: false, storedBytes: 0, buffer: data }));
+    const p = this.doPut(data, id, opts.transfer ?? false).finally(() => this.inFlight.delete(id));
     this.inFlight.set(id, p);
     return p;
   }
 
-  private async doPut(data: Buffer, id: ChunkId): Promise<PutResult> {
-    if (await this.has(id)) return { id, isNew: false, storedBytes: 0 };
-    const blob = await this.encode(data);
+  private async doPut(data: Buffer, id: ChunkId, transfer: boolean): Promise<PutResult> {
+    if (await this.has(id)) return { id, isNew: false, storedBytes: 0, buffer: data };
+    const { blob, buffer } = await this.encodeChunk(data, transfer);
     const created = await this.backend.putIfAbsent(Keys.data(id), blob);
     this.remember(id);
-    return { id, isNew: created, storedBytes: created ? blob.length : 0 };
+    return { id, isNew: created, storedBytes: created ? blob.length : 0, buffer };
+  }
+
+  private async encodeChunk(data: Buffer, transfer: boolean): Promise<{ blob: Buffer; buffer: Buffer }> {
+    const pool = this.getPool();
+    if (!pool) return { blob: encodeBlob(data, { levelZstd: this.levelZstd }), buffer: data };
+    const canTransfer = transfer && data.buffer instanceof ArrayBuffer && data.byteOffset === 0;
+    const req = { op: 'encode' as const, data, levelZstd: this.levelZstd, transferred: canTransfer };
+    const r = await pool.run(req, canTransfer ? [data.buffer as ArrayBuffer] : []);
+    if (!('blob' in r)) throw new Error('unexpected worker reply');
+    const blob = Buffer.from(r.blob.buffer, r.blob.byteOffset, r.blob.byteLength);
+    const back = r.input ? Buffer.from(r.input.buffer, r.input.byteOffset, r.input.byteLength) : data;
+    return { blob, buffer: back };
   }
 
   async encode(data: Buffer): Promise<Buffer> {
-    const pool = this.getPool();
-    if (!pool) return encodeBlob(data, { levelZstd: this.levelZstd });
-    const r = await pool.run({ op: 'encode', data, levelZstd: this.levelZstd });
-    if (!('blob' in r)) throw new Error('unexpected worker reply');
-    return Buffer.from(r.blob.buffer, r.blob.byteOffset, r.blob.byteLength);
+    return (await this.encodeChunk(data, false)).blob;
   }
 
   /** Reads and verifies a chunk. Missing → ChunkMissingError; damaged → ChunkCorruptError. */

@@ -10,12 +10,32 @@ export type ChunkWorkerRequest =
   | { op: 'encode'; data: Uint8Array; levelZstd: number }
   | { op: 'decode'; blob: Uint8Array; expectId: string | null };
 
-export type ChunkWorkerResult = { blob: Uint8Array } | { data: Uint8Array };
+/** `input` is the request's buffer handed back when it was transferred in (zero-copy both ways). */
+export type ChunkWorkerResult = { blob: Uint8Array; input?: Uint8Array } | { data: Uint8Array };
 
-function handle(req: ChunkWorkerRequest): { result: ChunkWorkerResult; transfer: ArrayBuffer[] } {
+/** An ArrayBuffer we may transfer: one that backs this view alone (not a pooled slab). */
+function ownBuffer(b: Uint8Array): ArrayBuffer | undefined {
+  return b.byteOffset === 0 &&
+    b.buffer instanceof ArrayBuffer &&
+    b.buffer.byteLength < 2 * b.byteLength + 65536
+    ? b.buffer
+    : undefined;
+}
+
+function handle(req: ChunkWorkerRequest & { transferred?: boolean }): {
+  result: ChunkWorkerResult;
+  transfer: ArrayBuffer[];
+} {
   if (req.op === 'encode') {
     const blob = encodeBlob(req.data, { levelZstd: req.levelZstd });
-    return { result: { blob }, transfer: [] };
+    const transfer: ArrayBuffer[] = [];
+    const own = ownBuffer(blob);
+    if (own) transfer.push(own);
+    if (req.transferred && req.data.buffer instanceof ArrayBuffer) {
+      transfer.push(req.data.buffer);
+      return { result: { blob, input: req.data }, transfer };
+    }
+    return { result: { blob }, transfer };
   }
   let data: Buffer;
   try {
@@ -30,10 +50,11 @@ function handle(req: ChunkWorkerRequest): { result: ChunkWorkerResult; transfer:
       code: 'BLOB_DAMAGED',
     });
   }
-  return { result: { data }, transfer: [] };
+  const own = ownBuffer(data);
+  return { result: { data }, transfer: own ? [own] : [] };
 }
 
-parentPort?.on('message', (msg: { id: number; req: ChunkWorkerRequest }) => {
+parentPort?.on('message', (msg: { id: number; req: ChunkWorkerRequest & { transferred?: boolean } }) => {
   try {
     const { result, transfer } = handle(msg.req);
     parentPort?.postMessage({ id: msg.id, ok: true, result }, transfer);

@@ -32,7 +32,10 @@ export class WorkerPool<Req, Res> {
     const path = fileURLToPath(scriptUrl);
     const execArgv = path.endsWith('.ts') ? ['--import', 'tsx'] : [];
     for (let i = 0; i < size; i++) {
-      const worker = new Worker(path, { execArgv });
+      const worker = new Worker(path, {
+        execArgv,
+        resourceLimits: { maxYoungGenerationSizeMb: 8, maxOldGenerationSizeMb: 64 },
+      });
       const slot: Slot<Res> = { worker, inFlight: new Map() };
       worker.on('message', (msg: WorkerReply<Res>) => {
         const p = slot.inFlight.get(msg.id);

@@ -1,0 +1,41 @@
+import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { dirname, join, relative, resolve } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+/**
+ * Import rules (docs/architecture.md): util ← (nbd, libvirt, repo) ← (backup, restore) ← cli.
+ * nbd, libvirt and repo never import each other; a folder is entered only through its index.ts.
+ */
+const SRC = resolve(import.meta.dirname, '../src');
+const LAYER: Record<string, number> = { util: 0, nbd: 1, libvirt: 1, repo: 1, backup: 2, restore: 2, cli: 3 };
+
+function files(dir: string): string[] {
+  return readdirSync(dir).flatMap((n) => {
+    const p = join(dir, n);
+    return statSync(p).isDirectory() ? files(p) : p.endsWith('.ts') ? [p] : [];
+  });
+}
+
+describe('architecture', () => {
+  it('imports only go downward, and only through index.ts', () => {
+    const problems: string[] = [];
+    for (const file of files(SRC)) {
+      const from = relative(SRC, file).split('/')[0]!;
+      const text = readFileSync(file, 'utf8');
+      for (const m of text.matchAll(/(?:import|export)[^'"]*?from\s+['"](\.[^'"]+)['"]/g)) {
+        const target = resolve(dirname(file), m[1]!);
+        const rel = relative(SRC, target);
+        if (rel.startsWith('..')) continue;
+        const to = rel.split('/')[0]!;
+        if (to === from) continue;
+        if (!(to in LAYER) || !(from in LAYER)) {
+          problems.push(`${relative(SRC, file)}: unknown folder ${to}`);
+          continue;
+        }
+        if (LAYER[to]! >= LAYER[from]!) problems.push(`${relative(SRC, file)} imports ${rel} (${from} may not import ${to})`);
+        if (rel !== `${to}/index.js` && rel !== `${to}/index.ts`) problems.push(`${relative(SRC, file)} imports ${rel}: use ${to}/index.js`);
+      }
+    }
+    expect(problems).toEqual([]);
+  });
+});
