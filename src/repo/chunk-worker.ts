@@ -50,8 +50,9 @@ function handle(req: ChunkWorkerRequest & { transferred?: boolean }): {
       code: 'BLOB_DAMAGED',
     });
   }
-  const own = ownBuffer(data);
-  return { result: { data }, transfer: own ? [own] : [] };
+  // The plaintext lives either in a fresh ArrayBuffer (zstd) or inside the blob this thread owns
+  // (codec none): either way it can move to the main thread without a copy.
+  return { result: { data }, transfer: data.buffer instanceof ArrayBuffer ? [data.buffer] : [] };
 }
 
 parentPort?.on('message', (msg: { id: number; req: ChunkWorkerRequest & { transferred?: boolean } }) => {
