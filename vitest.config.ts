@@ -23,6 +23,9 @@ export default defineConfig({
         test: {
           name: 'vm',
           include: ['test/**/*.vm.test.ts'],
+          // One private libvirtd per run (own namespace, sockets, state); tests read its URI with
+          // libvirtUri() from test/helpers/libvirtd.ts.
+          globalSetup: ['test/helpers/libvirtd.ts'],
           testTimeout: 300_000,
           hookTimeout: 300_000,
           fileParallelism: false,
