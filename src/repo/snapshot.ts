@@ -32,8 +32,10 @@ export interface SnapshotDisk {
   sourceFormat?: string | undefined;
   /** Source path on the host at backup time. */
   source?: string | undefined;
-  /** How this disk was read: full, inc, diff, copy. */
+  /** How this disk was read: full (whole disk) or incremental (dirty extents only). */
   mode?: string | undefined;
+  /** Name of the dirty bitmap this backup's checkpoint created for the disk (live full/inc). */
+  checkpointBitmap?: string | undefined;
   /** Bytes of the disk that hold non-zero data (sum of non-zero slots). */
   allocatedBytes: number;
   stats: DiskStats;

@@ -1,0 +1,514 @@
+import { promises as fs, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  errorMessage,
+  mapLimit,
+  nullLogger,
+  throwIfAborted,
+  VmvaultError,
+  type Logger,
+  type Progress,
+} from '../util/index.js';
+import {
+  buildCheckpointXml,
+  buildPullBackupXml,
+  isAgentUnresponsive,
+  isLibvirtError,
+  isNoDomain,
+  isNoDomainCheckpoint,
+  isOperationInvalid,
+  parseBackupXml,
+  parseCheckpointXml,
+  parseDomainXml,
+  VIR_DOMAIN_BACKUP_BEGIN,
+  VIR_DOMAIN_CHECKPOINT_CREATE,
+  VIR_DOMAIN_CHECKPOINT_XML,
+  VIR_DOMAIN_XML,
+  type DomainModel,
+  type DomainRef,
+  type LibvirtClient,
+} from '../libvirt/index.js';
+import { defaultHost, type Repository, type Snapshot, type SnapshotDisk, type SnapshotFile } from '../repo/index.js';
+import { backupDisk, type SlotAction } from './chunk-pipeline.js';
+import { checkpointPrefix, newCheckpointName, planBackup, type BackupLevel, type BackupPlan, type DiskPlan } from './plan.js';
+import { PROGRAM } from './version.js';
+
+/** One extent of an export, as the backup needs it. */
+export interface ExportExtent {
+  offset: number;
+  length: number;
+  /** Reads as zeros (hole or zero flag in base:allocation). */
+  isZero: boolean;
+  /** Changed since the base checkpoint (always true when no bitmap context was asked for). */
+  isDirty: boolean;
+}
+
+/** A disk export opened over NBD (the job's backup export, or qemu-nbd for a shut-off domain). */
+export interface ExportReader {
+  readonly sizeBytes: number;
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
+  extents(offset: number, length: number): AsyncIterable<ExportExtent>;
+  close(): Promise<void>;
+}
+
+export interface ExportOpener {
+  /** Connects to `exportName` on a unix socket, with `qemu:dirty-bitmap:<bitmap>` when given. */
+  openSocket(socketPath: string, exportName: string, bitmap: string | null): Promise<ExportReader>;
+  /** Exports a local image read-only (qemu-nbd), with a persistent bitmap when given. */
+  openImage(path: string, format: string, bitmap: string | null, runtimeDir: string): Promise<ExportReader>;
+}
+
+export interface VmBackupOptions {
+  domain: string;
+  level: BackupLevel;
+  include?: string[];
+  exclude?: string[];
+  raw?: boolean;
+  /** Freeze guest filesystems around the job start (default true); mountpoints ([] = all). */
+  freeze?: boolean;
+  freezeMountpoints?: string[];
+  /** Only report how much changed since the base checkpoint. */
+  estimate?: boolean;
+  /** Skip the backup when fewer bytes changed. */
+  thresholdBytes?: number;
+  /** Disks read in parallel. */
+  workers?: number;
+  killStaleJob?: boolean;
+  tags?: string[];
+  /** Parent of the private runtime directory (NBD socket, scratch files). */
+  scratchDir?: string;
+  exports: ExportOpener;
+  logger?: Logger;
+  progressFor?: (target: string) => Progress;
+  signal?: AbortSignal;
+}
+
+export interface VmBackupResult {
+  domain: string;
+  plan: BackupPlan;
+  snapshot: Snapshot | null;
+  /** Changed bytes since the base checkpoint, when libvirt could tell (estimate / threshold). */
+  estimateBytes?: number;
+  skippedReason?: string;
+}
+
+const RUNTIME_PREFIX = 'vmvault-run-';
+
+/**
+ * Backs up one libvirt domain into the repository: plans the mode from the repository's history
+ * and libvirt's checkpoints, starts a pull-mode backup job (or exports the images of a shut-off
+ * domain), reads only what the plan needs, stores the snapshot, and cleans up on every exit path.
+ */
+export async function backupDomain(client: LibvirtClient, repo: Repository, opts: VmBackupOptions): Promise<VmBackupResult> {
+  const log = opts.logger ?? nullLogger;
+  const dom = await lookup(client, opts.domain);
+  const active = await client.isDomainActive(dom);
+  const liveXml = await client.getDomainXml(dom, 0);
+  const model = parseDomainXml(liveXml);
+  const prefix = checkpointPrefix(repo.config.id);
+  const history = (await repo.listSnapshots()).filter((s) => (s.vm.uuid ? s.vm.uuid === model.uuid : s.vm.name === model.name));
+  const libvirtCheckpoints = (await client.listAllCheckpoints(dom)).map((c) => c.name);
+  const plan = planBackup({
+    level: opts.level,
+    domainName: model.name,
+    isActive: active,
+    disks: model.disks,
+    include: opts.include ?? [],
+    exclude: opts.exclude ?? [],
+    includeRaw: opts.raw ?? false,
+    history,
+    libvirtCheckpoints,
+    checkpointPrefix: prefix,
+    newCheckpointName: newCheckpointName(repo.config.id),
+  });
+  for (const n of plan.notes) log.info(`${model.name}: ${n}`);
+  for (const s of plan.skipped) log.info(`${model.name}: skipping ${s.target}: ${s.reason}`);
+
+  // Redefine checkpoints libvirt lost (transient domain, moved host, undefine/define).
+  for (const s of plan.redefine) await redefineCheckpoint(client, repo, dom, s, log);
+
+  // Estimate / threshold: libvirt reports the dirty size of the base checkpoint.
+  let estimateBytes: number | undefined;
+  if (opts.estimate || opts.thresholdBytes !== undefined) {
+    if (plan.baseCheckpoint && active) {
+      estimateBytes = await checkpointDirtyBytes(client, dom, plan.baseCheckpoint, plan.disks);
+    }
+    if (opts.estimate) return { domain: model.name, plan, snapshot: null, ...(estimateBytes !== undefined ? { estimateBytes } : {}) };
+    if (estimateBytes !== undefined && opts.thresholdBytes !== undefined && estimateBytes < opts.thresholdBytes) {
+      const reason = `${estimateBytes} bytes changed, less than the threshold of ${opts.thresholdBytes}: backup skipped`;
+      log.info(`${model.name}: ${reason}`);
+      return { domain: model.name, plan, snapshot: null, estimateBytes, skippedReason: reason };
+    }
+  }
+
+  const runtimeDir = await makeRuntimeDir(opts.scratchDir ?? '/var/tmp');
+  let jobStarted = false;
+  let checkpointCreated = false;
+  let succeeded = false;
+  const subscription = active ? await client.subscribe({ domain: dom, kinds: ["lifecycle"] }).catch(() => undefined) : undefined;
+  const abort = new AbortController();
+  const onOuterAbort = (): void => abort.abort(opts.signal?.reason);
+  opts.signal?.addEventListener('abort', onOuterAbort, { once: true });
+  let shutdownError: VmvaultError | undefined;
+  // Notice the domain going away mid-job (guest shutdown, crash, destroy) and stop cleanly.
+  void subscription
+    ?.waitFor((e) => e.kind === 'lifecycle' && ['stopped', 'shutdown', 'crashed'].includes(e.event), { signal: abort.signal })
+    .then((e) => {
+      const what = e.kind === 'lifecycle' ? e.event : 'stopped';
+      shutdownError = new VmvaultError('DOMAIN_STOPPED', `domain '${model.name}' ${what === 'crashed' ? 'crashed' : 'shut down'} during the backup; nothing was saved for this run`, {
+        hint: 'chunks already stored are reused by the next run; back it up again once it is running, or shut off with -l copy',
+      });
+      abort.abort(shutdownError);
+    })
+    .catch(() => {});
+  try {
+    const readers = new Map<string, ExportReader>();
+    if (active) {
+      const { socket } = await startJob(client, dom, model, plan, runtimeDir, opts, log);
+      jobStarted = true;
+      checkpointCreated = plan.newCheckpoint !== null;
+      const info = parseBackupXml(await client.backupGetXml(dom));
+      for (const d of plan.disks) {
+        const di = info.disks.find((x) => x.name === d.target);
+        const exportName = di?.exportName ?? d.target;
+        const bitmap = d.read === 'incremental' ? (di?.exportBitmap ?? `backup-${d.target}`) : null;
+        readers.set(d.target, await opts.exports.openSocket(socket, exportName, bitmap));
+      }
+    } else {
+      for (const d of plan.disks) {
+        const bitmap = d.read === 'incremental' ? plan.baseCheckpoint : null;
+        readers.set(d.target, await opts.exports.openImage(d.disk.path!, d.disk.format ?? 'raw', bitmap, runtimeDir));
+      }
+    }
+
+    const parentIndexes = new Map<string, Awaited<ReturnType<Repository['getIndex']>>>();
+    if (plan.parent) {
+      for (const d of plan.disks) {
+        const pd = plan.parent.disks.find((x) => x.target === d.target);
+        if (d.read === 'incremental' && pd) parentIndexes.set(d.target, await repo.getIndex(pd.index));
+      }
+    }
+
+    const disks = await mapLimit(plan.disks, Math.max(1, opts.workers ?? 1), async (d): Promise<SnapshotDisk> => {
+      const reader = readers.get(d.target)!;
+      try {
+        return await backupOneDisk(repo, d, reader, parentIndexes.get(d.target), plan, opts, abort.signal, log);
+      } finally {
+        await reader.close().catch(() => {});
+      }
+    });
+    throwIfAborted(abort.signal);
+
+    const files = await collectFiles(client, repo, dom, model, plan, active, log);
+    const snapshot = await repo.putSnapshot({
+      version: 1,
+      vm: { name: model.name, uuid: model.uuid },
+      time: new Date().toISOString(),
+      host: defaultHost(),
+      tags: opts.tags ?? [],
+      parent: plan.parent?.id ?? null,
+      mode: plan.mode,
+      checkpoint: plan.newCheckpoint,
+      disks,
+      files,
+      program: PROGRAM,
+    });
+    succeeded = true;
+    if (plan.deleteAfterSuccess.length) {
+      for (const name of plan.deleteAfterSuccess) {
+        try {
+          await client.checkpointDelete(await client.lookupCheckpointByName(dom, name), 0);
+        } catch (err) {
+          log.warn(`${model.name}: could not delete old checkpoint ${name}: ${errorMessage(err)}`);
+        }
+      }
+      log.info(`${model.name}: removed ${plan.deleteAfterSuccess.length} older vmvault checkpoint(s)`);
+    }
+    return { domain: model.name, plan, snapshot, ...(estimateBytes !== undefined ? { estimateBytes } : {}) };
+  } catch (err) {
+    if (shutdownError) throw shutdownError;
+    throw err;
+  } finally {
+    opts.signal?.removeEventListener('abort', onOuterAbort);
+    if (jobStarted) await client.abortJob(dom).catch(() => {});
+    // A checkpoint whose backup did not complete must never become a base: delete it.
+    if (checkpointCreated && !succeeded && plan.newCheckpoint) {
+      try {
+        await client.checkpointDelete(await client.lookupCheckpointByName(dom, plan.newCheckpoint), 0);
+      } catch (err) {
+        if (!(isLibvirtError(err) && (isNoDomainCheckpoint(err) || isNoDomain(err)))) {
+          log.warn(`${model.name}: could not delete checkpoint ${plan.newCheckpoint} of the failed run: ${errorMessage(err)} (it is ignored by later backups)`);
+        }
+      }
+    }
+    abort.abort();
+    await subscription?.close().catch(() => {});
+    await fs.rm(runtimeDir, { recursive: true, force: true }).catch(() => {});
+  }
+}
+
+async function lookup(client: LibvirtClient, name: string): Promise<DomainRef> {
+  try {
+    return await client.lookupDomain(name);
+  } catch (err) {
+    if (isLibvirtError(err) && isNoDomain(err)) {
+      throw new VmvaultError('DOMAIN_NOT_FOUND', `domain '${name}' not found`, { hint: "check the name with 'virsh list --all' (and --connect)" });
+    }
+    throw err;
+  }
+}
+
+async function makeRuntimeDir(parent: string): Promise<string> {
+  // Remove directories left by killed runs (their pid is gone).
+  try {
+    for (const n of readdirSync(parent)) {
+      const m = new RegExp(`^${RUNTIME_PREFIX}(\\d+)-`).exec(n);
+      if (m && !pidAlive(Number(m[1]))) await fs.rm(join(parent, n), { recursive: true, force: true }).catch(() => {});
+    }
+  } catch {
+    /* parent unreadable: mkdtemp reports it */
+  }
+  const dir = await fs.mkdtemp(join(parent, `${RUNTIME_PREFIX}${process.pid}-`));
+  // QEMU (possibly another user) creates the NBD socket and scratch files here.
+  await fs.chmod(dir, 0o1777);
+  return dir;
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as { code?: string }).code === 'EPERM';
+  }
+}
+
+async function startJob(
+  client: LibvirtClient,
+  dom: DomainRef,
+  model: DomainModel,
+  plan: BackupPlan,
+  runtimeDir: string,
+  opts: VmBackupOptions,
+  log: Logger,
+): Promise<{ socket: string }> {
+  const socket = join(runtimeDir, 'nbd.sock');
+  const planned = new Set(plan.disks.map((d) => d.target));
+  const backupXml = buildPullBackupXml({
+    server: { transport: 'unix', socket },
+    disks: model.disks
+      .filter((d) => d.device === 'disk')
+      .map((d) => {
+        const p = plan.disks.find((x) => x.target === d.target);
+        if (!p) return { name: d.target, backup: false };
+        return {
+          name: d.target,
+          backup: true,
+          backupMode: p.read === 'incremental' ? ('incremental' as const) : ('full' as const),
+          ...(p.read === 'incremental' && plan.baseCheckpoint ? { incremental: plan.baseCheckpoint } : {}),
+          scratchFile: join(runtimeDir, `${d.target}.scratch`),
+        };
+      }),
+  });
+  const checkpointXml = plan.newCheckpoint
+    ? buildCheckpointXml({
+        name: plan.newCheckpoint,
+        description: `vmvault ${plan.mode} backup`,
+        disks: model.disks
+          .filter((d) => d.device === 'disk')
+          .map((d) => {
+            const p = plan.disks.find((x) => x.target === d.target);
+            return p && planned.has(d.target) && !p.isRaw ? { name: d.target, checkpoint: 'bitmap' as const } : { name: d.target, checkpoint: 'no' as const };
+          }),
+      })
+    : undefined;
+
+  const version = await client.getLibVersion().catch(() => undefined);
+  const preserve = version !== undefined && version.major * 1000 + version.minor >= 11010;
+  const flags = preserve ? VIR_DOMAIN_BACKUP_BEGIN.VIR_DOMAIN_BACKUP_BEGIN_PRESERVE_SHUTDOWN_DOMAIN : 0;
+
+  const freeze = (opts.freeze ?? true) && model.hasGuestAgent;
+  let frozen = false;
+  if (opts.freeze ?? true) {
+    if (!model.hasGuestAgent) log.info(`${model.name}: no guest agent channel: filesystems are not frozen (crash-consistent backup)`);
+    else {
+      try {
+        await client.fsFreeze(await client.lookupDomain(model.name), opts.freezeMountpoints ?? []);
+        frozen = true;
+      } catch (err) {
+        log.warn(`${model.name}: guest agent did not freeze the filesystems (${errorMessage(err)}); the backup is crash-consistent`);
+      }
+    }
+  }
+  try {
+    await begin(client, dom, backupXml, checkpointXml, flags, opts.killStaleJob ?? false, model.name, log);
+  } finally {
+    if (frozen || (freeze && frozen)) {
+      await client.fsThaw(dom, opts.freezeMountpoints ?? []).catch((err: unknown) => {
+        if (!(isLibvirtError(err) && isAgentUnresponsive(err))) log.warn(`${model.name}: thaw failed: ${errorMessage(err)}`);
+      });
+    }
+  }
+  return { socket };
+}
+
+async function begin(
+  client: LibvirtClient,
+  dom: DomainRef,
+  backupXml: string,
+  checkpointXml: string | undefined,
+  flags: number,
+  killStale: boolean,
+  name: string,
+  log: Logger,
+): Promise<void> {
+  try {
+    await client.backupBegin(dom, backupXml, checkpointXml ?? null, flags);
+  } catch (err) {
+    const stale = isLibvirtError(err) && (isOperationInvalid(err) || /already (an )?active|job.*(running|active)|another job/i.test(err.message));
+    if (!stale) {
+      throw new VmvaultError('BACKUP_BEGIN_FAILED', `libvirt refused to start the backup of '${name}': ${errorMessage(err)}`, { cause: err });
+    }
+    if (!killStale) {
+      throw new VmvaultError('BACKUP_JOB_ACTIVE', `domain '${name}' already has a backup job running (${errorMessage(err)})`, {
+        hint: 'if no other backup is running, pass --kill-stale-job to abort the leftover job first',
+        cause: err,
+      });
+    }
+    log.info(`${name}: aborting a stale backup job`);
+    await client.abortJob(dom).catch(() => {});
+    await client.backupBegin(dom, backupXml, checkpointXml ?? null, flags);
+  }
+}
+
+/** Walks an export's extents once and turns them into a slot plan for the chunk pipeline. */
+async function planSlots(reader: ExportReader, read: 'full' | 'incremental'): Promise<(slot: number, offset: number, length: number) => SlotAction> {
+  const data: Array<[number, number]> = [];
+  const dirty: Array<[number, number]> = [];
+  const push = (arr: Array<[number, number]>, off: number, len: number): void => {
+    const last = arr[arr.length - 1];
+    if (last && last[0] + last[1] === off) last[1] += len;
+    else arr.push([off, len]);
+  };
+  for await (const e of reader.extents(0, reader.sizeBytes)) {
+    if (!e.isZero) push(data, e.offset, e.length);
+    if (read === 'incremental' && e.isDirty) push(dirty, e.offset, e.length);
+  }
+  let di = 0;
+  let ri = 0;
+  const overlaps = (arr: Array<[number, number]>, idx: number, start: number, end: number): [boolean, number] => {
+    while (idx < arr.length && arr[idx]![0] + arr[idx]![1] <= start) idx++;
+    const e = arr[idx];
+    return [e !== undefined && e[0] < end, idx];
+  };
+  return (_slot, offset, length) => {
+    const end = offset + length;
+    let isDirty = true;
+    if (read === 'incremental') [isDirty, ri] = overlaps(dirty, ri, offset, end);
+    if (!isDirty) return 'reuse';
+    let hasData: boolean;
+    [hasData, di] = overlaps(data, di, offset, end);
+    return hasData ? 'read' : 'zero';
+  };
+}
+
+async function backupOneDisk(
+  repo: Repository,
+  d: DiskPlan,
+  reader: ExportReader,
+  parentIndex: Awaited<ReturnType<Repository['getIndex']>> | undefined,
+  plan: BackupPlan,
+  opts: VmBackupOptions,
+  signal: AbortSignal,
+  log: Logger,
+): Promise<SnapshotDisk> {
+  const read = d.read === 'incremental' && parentIndex ? 'incremental' : 'full';
+  const slotPlan = await planSlots(reader, read);
+  log.info(`${d.target}: reading ${read === 'incremental' ? `changes since ${plan.baseCheckpoint}` : 'all allocated data'}`);
+  const r = await backupDisk(repo, {
+    source: { sizeBytes: reader.sizeBytes, read: (o, l, into) => reader.read(o, l, into) },
+    plan: slotPlan,
+    parent: read === 'incremental' ? parentIndex : undefined,
+    readConcurrency: 8,
+    ...(opts.progressFor ? { progress: opts.progressFor(d.target) } : {}),
+    signal,
+  });
+  const idx = await repo.putIndex(r.index);
+  return {
+    target: d.target,
+    sizeBytes: reader.sizeBytes,
+    chunkSizeBytes: repo.chunkSizeBytes,
+    index: idx.id,
+    sourceFormat: d.disk.format,
+    source: d.disk.path,
+    mode: read,
+    checkpointBitmap: plan.newCheckpoint && !d.isRaw ? plan.newCheckpoint : undefined,
+    allocatedBytes: r.allocatedBytes,
+    stats: { ...r.stats, bytesStored: r.stats.bytesStored + idx.storedBytes },
+  };
+}
+
+async function checkpointDirtyBytes(client: LibvirtClient, dom: DomainRef, name: string, disks: readonly DiskPlan[]): Promise<number | undefined> {
+  try {
+    const chk = await client.lookupCheckpointByName(dom, name);
+    const xml = await client.checkpointGetXml(chk, VIR_DOMAIN_CHECKPOINT_XML.VIR_DOMAIN_CHECKPOINT_XML_SIZE | VIR_DOMAIN_CHECKPOINT_XML.VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN);
+    const info = parseCheckpointXml(xml);
+    const wanted = new Set(disks.map((d) => d.target));
+    let total = 0;
+    let known = false;
+    for (const d of info.disks) {
+      if (wanted.has(d.name) && d.sizeBytes !== undefined) {
+        total += d.sizeBytes;
+        known = true;
+      }
+    }
+    return known ? total : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function redefineCheckpoint(client: LibvirtClient, repo: Repository, dom: DomainRef, s: Snapshot, log: Logger): Promise<void> {
+  const file = s.files.find((f) => f.kind === 'checkpoint-xml');
+  if (!file) return;
+  const xml = (await repo.getFile(file)).toString('utf8');
+  try {
+    await client.checkpointCreateXml(dom, xml, VIR_DOMAIN_CHECKPOINT_CREATE.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE);
+    log.info(`redefined checkpoint ${s.checkpoint} from the repository`);
+  } catch (err) {
+    throw new VmvaultError('CHECKPOINT_REDEFINE_FAILED', `cannot redefine checkpoint ${s.checkpoint} from the repository: ${errorMessage(err)}`, {
+      hint: 'start a new chain with -l full (or use -l auto)',
+      cause: err,
+    });
+  }
+}
+
+/** Domain XML, checkpoint XML and the VM's extra files (kernel, initrd, loader, nvram). */
+async function collectFiles(
+  client: LibvirtClient,
+  repo: Repository,
+  dom: DomainRef,
+  model: DomainModel,
+  plan: BackupPlan,
+  active: boolean,
+  log: Logger,
+): Promise<SnapshotFile[]> {
+  const files: SnapshotFile[] = [];
+  const inactiveXml = await client.getDomainXml(dom, VIR_DOMAIN_XML.VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML.VIR_DOMAIN_XML_SECURE).catch(() => client.getDomainXml(dom, VIR_DOMAIN_XML.VIR_DOMAIN_XML_INACTIVE));
+  files.push(await repo.putFile('domain-xml', `${model.name}.xml`, Buffer.from(inactiveXml)));
+  if (plan.newCheckpoint) {
+    const chk = await client.lookupCheckpointByName(dom, plan.newCheckpoint);
+    const xml = await client.checkpointGetXml(chk, 0);
+    files.push(await repo.putFile('checkpoint-xml', `${plan.newCheckpoint}.xml`, Buffer.from(xml)));
+  }
+  for (const f of model.extraFiles) {
+    try {
+      const data = await fs.readFile(f.path);
+      files.push(await repo.putFile(f.role, f.path, data));
+    } catch (err) {
+      log.warn(`${model.name}: cannot read ${f.role} file ${f.path}: ${errorMessage(err)} (not saved)`);
+    }
+  }
+  void active;
+  return files;
+}
