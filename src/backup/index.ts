@@ -8,5 +8,22 @@ export {
 } from './chunk-pipeline.js';
 export { backupImages, parseImageSpecs, type ImageSpec, type BackupImageOptions } from './image.js';
 export { VERSION, PROGRAM } from './version.js';
-export { planBackup, checkpointPrefix, newCheckpointName, BACKUP_LEVELS, type BackupLevel, type BackupMode, type BackupPlan, type DiskPlan, type PlanInput } from './plan.js';
-export { backupDomain, type ExportReader, type ExportExtent, type ExportOpener, type VmBackupOptions, type VmBackupResult } from './live.js';
+export {
+  planBackup,
+  checkpointPrefix,
+  newCheckpointName,
+  BACKUP_LEVELS,
+  type BackupLevel,
+  type BackupMode,
+  type BackupPlan,
+  type DiskPlan,
+  type PlanInput,
+} from './plan.js';
+export {
+  backupDomain,
+  type ExportReader,
+  type ExportExtent,
+  type ExportOpener,
+  type VmBackupOptions,
+  type VmBackupResult,
+} from './live.js';

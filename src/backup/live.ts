@@ -28,9 +28,22 @@ import {
   type DomainRef,
   type LibvirtClient,
 } from '../libvirt/index.js';
-import { defaultHost, type Repository, type Snapshot, type SnapshotDisk, type SnapshotFile } from '../repo/index.js';
+import {
+  defaultHost,
+  type Repository,
+  type Snapshot,
+  type SnapshotDisk,
+  type SnapshotFile,
+} from '../repo/index.js';
 import { backupDisk, type SlotAction } from './chunk-pipeline.js';
-import { checkpointPrefix, newCheckpointName, planBackup, type BackupLevel, type BackupPlan, type DiskPlan } from './plan.js';
+import {
+  checkpointPrefix,
+  newCheckpointName,
+  planBackup,
+  type BackupLevel,
+  type BackupPlan,
+  type DiskPlan,
+} from './plan.js';
 import { PROGRAM } from './version.js';
 
 /** One extent of an export, as the backup needs it. */
@@ -99,14 +112,20 @@ const RUNTIME_PREFIX = 'vmvault-run-';
  * and libvirt's checkpoints, starts a pull-mode backup job (or exports the images of a shut-off
  * domain), reads only what the plan needs, stores the snapshot, and cleans up on every exit path.
  */
-export async function backupDomain(client: LibvirtClient, repo: Repository, opts: VmBackupOptions): Promise<VmBackupResult> {
+export async function backupDomain(
+  client: LibvirtClient,
+  repo: Repository,
+  opts: VmBackupOptions,
+): Promise<VmBackupResult> {
   const log = opts.logger ?? nullLogger;
   const dom = await lookup(client, opts.domain);
   const active = await client.isDomainActive(dom);
   const liveXml = await client.getDomainXml(dom, 0);
   const model = parseDomainXml(liveXml);
   const prefix = checkpointPrefix(repo.config.id);
-  const history = (await repo.listSnapshots()).filter((s) => (s.vm.uuid ? s.vm.uuid === model.uuid : s.vm.name === model.name));
+  const history = (await repo.listSnapshots()).filter((s) =>
+    s.vm.uuid ? s.vm.uuid === model.uuid : s.vm.name === model.name,
+  );
   const libvirtCheckpoints = (await client.listAllCheckpoints(dom)).map((c) => c.name);
   const plan = planBackup({
     level: opts.level,
@@ -133,8 +152,18 @@ export async function backupDomain(client: LibvirtClient, repo: Repository, opts
     if (plan.baseCheckpoint && active) {
       estimateBytes = await checkpointDirtyBytes(client, dom, plan.baseCheckpoint, plan.disks);
     }
-    if (opts.estimate) return { domain: model.name, plan, snapshot: null, ...(estimateBytes !== undefined ? { estimateBytes } : {}) };
-    if (estimateBytes !== undefined && opts.thresholdBytes !== undefined && estimateBytes < opts.thresholdBytes) {
+    if (opts.estimate)
+      return {
+        domain: model.name,
+        plan,
+        snapshot: null,
+        ...(estimateBytes !== undefined ? { estimateBytes } : {}),
+      };
+    if (
+      estimateBytes !== undefined &&
+      opts.thresholdBytes !== undefined &&
+      estimateBytes < opts.thresholdBytes
+    ) {
       const reason = `${estimateBytes} bytes changed, less than the threshold of ${opts.thresholdBytes}: backup skipped`;
       log.info(`${model.name}: ${reason}`);
       return { domain: model.name, plan, snapshot: null, estimateBytes, skippedReason: reason };
@@ -145,19 +174,27 @@ export async function backupDomain(client: LibvirtClient, repo: Repository, opts
   let jobStarted = false;
   let checkpointCreated = false;
   let succeeded = false;
-  const subscription = active ? await client.subscribe({ domain: dom, kinds: ["lifecycle"] }).catch(() => undefined) : undefined;
+  const subscription = active
+    ? await client.subscribe({ domain: dom, kinds: ['lifecycle'] }).catch(() => undefined)
+    : undefined;
   const abort = new AbortController();
   const onOuterAbort = (): void => abort.abort(opts.signal?.reason);
   opts.signal?.addEventListener('abort', onOuterAbort, { once: true });
   let shutdownError: VmvaultError | undefined;
   // Notice the domain going away mid-job (guest shutdown, crash, destroy) and stop cleanly.
   void subscription
-    ?.waitFor((e) => e.kind === 'lifecycle' && ['stopped', 'shutdown', 'crashed'].includes(e.event), { signal: abort.signal })
+    ?.waitFor((e) => e.kind === 'lifecycle' && ['stopped', 'shutdown', 'crashed'].includes(e.event), {
+      signal: abort.signal,
+    })
     .then((e) => {
       const what = e.kind === 'lifecycle' ? e.event : 'stopped';
-      shutdownError = new VmvaultError('DOMAIN_STOPPED', `domain '${model.name}' ${what === 'crashed' ? 'crashed' : 'shut down'} during the backup; nothing was saved for this run`, {
-        hint: 'chunks already stored are reused by the next run; back it up again once it is running, or shut off with -l copy',
-      });
+      shutdownError = new VmvaultError(
+        'DOMAIN_STOPPED',
+        `domain '${model.name}' ${what === 'crashed' ? 'crashed' : 'shut down'} during the backup; nothing was saved for this run`,
+        {
+          hint: 'chunks already stored are reused by the next run; back it up again once it is running, or shut off with -l copy',
+        },
+      );
       abort.abort(shutdownError);
     })
     .catch(() => {});
@@ -177,7 +214,10 @@ export async function backupDomain(client: LibvirtClient, repo: Repository, opts
     } else {
       for (const d of plan.disks) {
         const bitmap = d.read === 'incremental' ? plan.baseCheckpoint : null;
-        readers.set(d.target, await opts.exports.openImage(d.disk.path!, d.disk.format ?? 'raw', bitmap, runtimeDir));
+        readers.set(
+          d.target,
+          await opts.exports.openImage(d.disk.path!, d.disk.format ?? 'raw', bitmap, runtimeDir),
+        );
       }
     }
 
@@ -189,14 +229,27 @@ export async function backupDomain(client: LibvirtClient, repo: Repository, opts
       }
     }
 
-    const disks = await mapLimit(plan.disks, Math.max(1, opts.workers ?? 1), async (d): Promise<SnapshotDisk> => {
-      const reader = readers.get(d.target)!;
-      try {
-        return await backupOneDisk(repo, d, reader, parentIndexes.get(d.target), plan, opts, abort.signal, log);
-      } finally {
-        await reader.close().catch(() => {});
-      }
-    });
+    const disks = await mapLimit(
+      plan.disks,
+      Math.max(1, opts.workers ?? 1),
+      async (d): Promise<SnapshotDisk> => {
+        const reader = readers.get(d.target)!;
+        try {
+          return await backupOneDisk(
+            repo,
+            d,
+            reader,
+            parentIndexes.get(d.target),
+            plan,
+            opts,
+            abort.signal,
+            log,
+          );
+        } finally {
+          await reader.close().catch(() => {});
+        }
+      },
+    );
     throwIfAborted(abort.signal);
 
     const files = await collectFiles(client, repo, dom, model, plan, active, log);
@@ -237,7 +290,9 @@ export async function backupDomain(client: LibvirtClient, repo: Repository, opts
         await client.checkpointDelete(await client.lookupCheckpointByName(dom, plan.newCheckpoint), 0);
       } catch (err) {
         if (!(isLibvirtError(err) && (isNoDomainCheckpoint(err) || isNoDomain(err)))) {
-          log.warn(`${model.name}: could not delete checkpoint ${plan.newCheckpoint} of the failed run: ${errorMessage(err)} (it is ignored by later backups)`);
+          log.warn(
+            `${model.name}: could not delete checkpoint ${plan.newCheckpoint} of the failed run: ${errorMessage(err)} (it is ignored by later backups)`,
+          );
         }
       }
     }
@@ -252,7 +307,9 @@ async function lookup(client: LibvirtClient, name: string): Promise<DomainRef> {
     return await client.lookupDomain(name);
   } catch (err) {
     if (isLibvirtError(err) && isNoDomain(err)) {
-      throw new VmvaultError('DOMAIN_NOT_FOUND', `domain '${name}' not found`, { hint: "check the name with 'virsh list --all' (and --connect)" });
+      throw new VmvaultError('DOMAIN_NOT_FOUND', `domain '${name}' not found`, {
+        hint: "check the name with 'virsh list --all' (and --connect)",
+      });
     }
     throw err;
   }
@@ -263,7 +320,8 @@ async function makeRuntimeDir(parent: string): Promise<string> {
   try {
     for (const n of readdirSync(parent)) {
       const m = new RegExp(`^${RUNTIME_PREFIX}(\\d+)-`).exec(n);
-      if (m && !pidAlive(Number(m[1]))) await fs.rm(join(parent, n), { recursive: true, force: true }).catch(() => {});
+      if (m && !pidAlive(Number(m[1])))
+        await fs.rm(join(parent, n), { recursive: true, force: true }).catch(() => {});
     }
   } catch {
     /* parent unreadable: mkdtemp reports it */
@@ -318,7 +376,9 @@ async function startJob(
           .filter((d) => d.device === 'disk')
           .map((d) => {
             const p = plan.disks.find((x) => x.target === d.target);
-            return p && planned.has(d.target) && !p.isRaw ? { name: d.target, checkpoint: 'bitmap' as const } : { name: d.target, checkpoint: 'no' as const };
+            return p && planned.has(d.target) && !p.isRaw
+              ? { name: d.target, checkpoint: 'bitmap' as const }
+              : { name: d.target, checkpoint: 'no' as const };
           }),
       })
     : undefined;
@@ -330,13 +390,16 @@ async function startJob(
   const freeze = (opts.freeze ?? true) && model.hasGuestAgent;
   let frozen = false;
   if (opts.freeze ?? true) {
-    if (!model.hasGuestAgent) log.info(`${model.name}: no guest agent channel: filesystems are not frozen (crash-consistent backup)`);
+    if (!model.hasGuestAgent)
+      log.info(`${model.name}: no guest agent channel: filesystems are not frozen (crash-consistent backup)`);
     else {
       try {
         await client.fsFreeze(await client.lookupDomain(model.name), opts.freezeMountpoints ?? []);
         frozen = true;
       } catch (err) {
-        log.warn(`${model.name}: guest agent did not freeze the filesystems (${errorMessage(err)}); the backup is crash-consistent`);
+        log.warn(
+          `${model.name}: guest agent did not freeze the filesystems (${errorMessage(err)}); the backup is crash-consistent`,
+        );
       }
     }
   }
@@ -345,7 +408,8 @@ async function startJob(
   } finally {
     if (frozen || (freeze && frozen)) {
       await client.fsThaw(dom, opts.freezeMountpoints ?? []).catch((err: unknown) => {
-        if (!(isLibvirtError(err) && isAgentUnresponsive(err))) log.warn(`${model.name}: thaw failed: ${errorMessage(err)}`);
+        if (!(isLibvirtError(err) && isAgentUnresponsive(err)))
+          log.warn(`${model.name}: thaw failed: ${errorMessage(err)}`);
       });
     }
   }
@@ -365,15 +429,26 @@ async function begin(
   try {
     await client.backupBegin(dom, backupXml, checkpointXml ?? null, flags);
   } catch (err) {
-    const stale = isLibvirtError(err) && (isOperationInvalid(err) || /already (an )?active|job.*(running|active)|another job/i.test(err.message));
+    const stale =
+      isLibvirtError(err) &&
+      (isOperationInvalid(err) ||
+        /already (an )?active|job.*(running|active)|another job/i.test(err.message));
     if (!stale) {
-      throw new VmvaultError('BACKUP_BEGIN_FAILED', `libvirt refused to start the backup of '${name}': ${errorMessage(err)}`, { cause: err });
+      throw new VmvaultError(
+        'BACKUP_BEGIN_FAILED',
+        `libvirt refused to start the backup of '${name}': ${errorMessage(err)}`,
+        { cause: err },
+      );
     }
     if (!killStale) {
-      throw new VmvaultError('BACKUP_JOB_ACTIVE', `domain '${name}' already has a backup job running (${errorMessage(err)})`, {
-        hint: 'if no other backup is running, pass --kill-stale-job to abort the leftover job first',
-        cause: err,
-      });
+      throw new VmvaultError(
+        'BACKUP_JOB_ACTIVE',
+        `domain '${name}' already has a backup job running (${errorMessage(err)})`,
+        {
+          hint: 'if no other backup is running, pass --kill-stale-job to abort the leftover job first',
+          cause: err,
+        },
+      );
     }
     log.info(`${name}: aborting a stale backup job`);
     await client.abortJob(dom).catch(() => {});
@@ -382,7 +457,10 @@ async function begin(
 }
 
 /** Walks an export's extents once and turns them into a slot plan for the chunk pipeline. */
-async function planSlots(reader: ExportReader, read: 'full' | 'incremental'): Promise<(slot: number, offset: number, length: number) => SlotAction> {
+async function planSlots(
+  reader: ExportReader,
+  read: 'full' | 'incremental',
+): Promise<(slot: number, offset: number, length: number) => SlotAction> {
   const data: Array<[number, number]> = [];
   const dirty: Array<[number, number]> = [];
   const push = (arr: Array<[number, number]>, off: number, len: number): void => {
@@ -396,7 +474,12 @@ async function planSlots(reader: ExportReader, read: 'full' | 'incremental'): Pr
   }
   let di = 0;
   let ri = 0;
-  const overlaps = (arr: Array<[number, number]>, idx: number, start: number, end: number): [boolean, number] => {
+  const overlaps = (
+    arr: Array<[number, number]>,
+    idx: number,
+    start: number,
+    end: number,
+  ): [boolean, number] => {
     while (idx < arr.length && arr[idx]![0] + arr[idx]![1] <= start) idx++;
     const e = arr[idx];
     return [e !== undefined && e[0] < end, idx];
@@ -424,7 +507,9 @@ async function backupOneDisk(
 ): Promise<SnapshotDisk> {
   const read = d.read === 'incremental' && parentIndex ? 'incremental' : 'full';
   const slotPlan = await planSlots(reader, read);
-  log.info(`${d.target}: reading ${read === 'incremental' ? `changes since ${plan.baseCheckpoint}` : 'all allocated data'}`);
+  log.info(
+    `${d.target}: reading ${read === 'incremental' ? `changes since ${plan.baseCheckpoint}` : 'all allocated data'}`,
+  );
   const r = await backupDisk(repo, {
     source: { sizeBytes: reader.sizeBytes, read: (o, l, into) => reader.read(o, l, into) },
     plan: slotPlan,
@@ -448,10 +533,19 @@ async function backupOneDisk(
   };
 }
 
-async function checkpointDirtyBytes(client: LibvirtClient, dom: DomainRef, name: string, disks: readonly DiskPlan[]): Promise<number | undefined> {
+async function checkpointDirtyBytes(
+  client: LibvirtClient,
+  dom: DomainRef,
+  name: string,
+  disks: readonly DiskPlan[],
+): Promise<number | undefined> {
   try {
     const chk = await client.lookupCheckpointByName(dom, name);
-    const xml = await client.checkpointGetXml(chk, VIR_DOMAIN_CHECKPOINT_XML.VIR_DOMAIN_CHECKPOINT_XML_SIZE | VIR_DOMAIN_CHECKPOINT_XML.VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN);
+    const xml = await client.checkpointGetXml(
+      chk,
+      VIR_DOMAIN_CHECKPOINT_XML.VIR_DOMAIN_CHECKPOINT_XML_SIZE |
+        VIR_DOMAIN_CHECKPOINT_XML.VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN,
+    );
     const info = parseCheckpointXml(xml);
     const wanted = new Set(disks.map((d) => d.target));
     let total = 0;
@@ -468,18 +562,32 @@ async function checkpointDirtyBytes(client: LibvirtClient, dom: DomainRef, name:
   }
 }
 
-async function redefineCheckpoint(client: LibvirtClient, repo: Repository, dom: DomainRef, s: Snapshot, log: Logger): Promise<void> {
+async function redefineCheckpoint(
+  client: LibvirtClient,
+  repo: Repository,
+  dom: DomainRef,
+  s: Snapshot,
+  log: Logger,
+): Promise<void> {
   const file = s.files.find((f) => f.kind === 'checkpoint-xml');
   if (!file) return;
   const xml = (await repo.getFile(file)).toString('utf8');
   try {
-    await client.checkpointCreateXml(dom, xml, VIR_DOMAIN_CHECKPOINT_CREATE.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE);
+    await client.checkpointCreateXml(
+      dom,
+      xml,
+      VIR_DOMAIN_CHECKPOINT_CREATE.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE,
+    );
     log.info(`redefined checkpoint ${s.checkpoint} from the repository`);
   } catch (err) {
-    throw new VmvaultError('CHECKPOINT_REDEFINE_FAILED', `cannot redefine checkpoint ${s.checkpoint} from the repository: ${errorMessage(err)}`, {
-      hint: 'start a new chain with -l full (or use -l auto)',
-      cause: err,
-    });
+    throw new VmvaultError(
+      'CHECKPOINT_REDEFINE_FAILED',
+      `cannot redefine checkpoint ${s.checkpoint} from the repository: ${errorMessage(err)}`,
+      {
+        hint: 'start a new chain with -l full (or use -l auto)',
+        cause: err,
+      },
+    );
   }
 }
 
@@ -494,7 +602,9 @@ async function collectFiles(
   log: Logger,
 ): Promise<SnapshotFile[]> {
   const files: SnapshotFile[] = [];
-  const inactiveXml = await client.getDomainXml(dom, VIR_DOMAIN_XML.VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML.VIR_DOMAIN_XML_SECURE).catch(() => client.getDomainXml(dom, VIR_DOMAIN_XML.VIR_DOMAIN_XML_INACTIVE));
+  const inactiveXml = await client
+    .getDomainXml(dom, VIR_DOMAIN_XML.VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML.VIR_DOMAIN_XML_SECURE)
+    .catch(() => client.getDomainXml(dom, VIR_DOMAIN_XML.VIR_DOMAIN_XML_INACTIVE));
   files.push(await repo.putFile('domain-xml', `${model.name}.xml`, Buffer.from(inactiveXml)));
   if (plan.newCheckpoint) {
     const chk = await client.lookupCheckpointByName(dom, plan.newCheckpoint);

@@ -58,7 +58,10 @@ export function checkpointPrefix(repoId: string): string {
 }
 
 export function newCheckpointName(repoId: string, now: Date = new Date()): string {
-  const ts = now.toISOString().replace(/[-:]/g, '').replace(/\.(\d{3})Z$/, '$1Z');
+  const ts = now
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.(\d{3})Z$/, '$1Z');
   return `${checkpointPrefix(repoId)}${ts}`;
 }
 
@@ -82,7 +85,10 @@ export function planBackup(input: PlanInput): BackupPlan {
   const exclude = new Set(input.exclude ?? []);
   for (const name of [...(include ?? []), ...exclude]) {
     if (!input.disks.some((d) => d.target === name)) {
-      throw new UsageError(`domain '${input.domainName}' has no disk '${name}'`, `its disks are: ${input.disks.map((d) => d.target).join(', ')}`);
+      throw new UsageError(
+        `domain '${input.domainName}' has no disk '${name}'`,
+        `its disks are: ${input.disks.map((d) => d.target).join(', ')}`,
+      );
     }
   }
 
@@ -90,15 +96,23 @@ export function planBackup(input: PlanInput): BackupPlan {
   const candidates: DomainDisk[] = [];
   for (const d of input.disks) {
     if (d.device !== 'disk') skipped.push({ target: d.target, reason: `${d.device} device` });
-    else if (include && !include.has(d.target)) skipped.push({ target: d.target, reason: 'not in --include' });
+    else if (include && !include.has(d.target))
+      skipped.push({ target: d.target, reason: 'not in --include' });
     else if (exclude.has(d.target)) skipped.push({ target: d.target, reason: 'excluded' });
-    else if (!isBitmapCapable(d) && !input.includeRaw) skipped.push({ target: d.target, reason: `${d.format ?? 'raw'} disk (use --raw to include it)` });
-    else if (!input.isActive && !d.path) skipped.push({ target: d.target, reason: `${d.type} disk without a local path cannot be read while the domain is shut off` });
+    else if (!isBitmapCapable(d) && !input.includeRaw)
+      skipped.push({ target: d.target, reason: `${d.format ?? 'raw'} disk (use --raw to include it)` });
+    else if (!input.isActive && !d.path)
+      skipped.push({
+        target: d.target,
+        reason: `${d.type} disk without a local path cannot be read while the domain is shut off`,
+      });
     else candidates.push(d);
   }
   if (candidates.length === 0) {
     throw new VmvaultError('NOTHING_TO_BACK_UP', `no disk of domain '${input.domainName}' can be backed up`, {
-      hint: skipped.length ? `skipped: ${skipped.map((s) => `${s.target} (${s.reason})`).join(', ')}` : undefined,
+      hint: skipped.length
+        ? `skipped: ${skipped.map((s) => `${s.target} (${s.reason})`).join(', ')}`
+        : undefined,
     });
   }
 
@@ -124,17 +138,26 @@ export function planBackup(input: PlanInput): BackupPlan {
       notes.push(`no checkpoint chain of '${input.domainName}' in this repository yet: ${level} backup`);
     } else if (missingUpTo(last) === null) {
       level = input.isActive ? 'full' : 'copy';
-      notes.push(`checkpoint ${last.checkpoint} is gone from libvirt and cannot be redefined: ${level} backup starts a new chain`);
+      notes.push(
+        `checkpoint ${last.checkpoint} is gone from libvirt and cannot be redefined: ${level} backup starts a new chain`,
+      );
     } else level = 'inc';
   }
 
   if (level === 'full' && !input.isActive) {
-    notes.push(`domain '${input.domainName}' is shut off: no checkpoint can be created, so full becomes copy`);
+    notes.push(
+      `domain '${input.domainName}' is shut off: no checkpoint can be created, so full becomes copy`,
+    );
     level = 'copy';
   }
 
   if (level === 'copy' || level === 'full') {
-    const disks = candidates.map((d) => ({ target: d.target, disk: d, read: 'full' as const, isRaw: !isBitmapCapable(d) }));
+    const disks = candidates.map((d) => ({
+      target: d.target,
+      disk: d,
+      read: 'full' as const,
+      isRaw: !isBitmapCapable(d),
+    }));
     return {
       mode: level,
       newCheckpoint: level === 'full' ? input.newCheckpointName : null,
@@ -151,23 +174,40 @@ export function planBackup(input: PlanInput): BackupPlan {
   // inc / diff
   const base = level === 'inc' ? last : lastFull;
   if (!base || !base.checkpoint) {
-    throw new VmvaultError('NO_CHAIN', `no full backup of '${input.domainName}' with a checkpoint in this repository`, {
-      hint: 'run a full backup first (-l full), or use -l auto',
-    });
+    throw new VmvaultError(
+      'NO_CHAIN',
+      `no full backup of '${input.domainName}' with a checkpoint in this repository`,
+      {
+        hint: 'run a full backup first (-l full), or use -l auto',
+      },
+    );
   }
   const redefine = missingUpTo(base);
   if (redefine === null) {
-    throw new VmvaultError('CHAIN_BROKEN', `checkpoint ${base.checkpoint} is gone from libvirt and the repository cannot redefine it`, {
-      hint: 'start a new chain with -l full (or use -l auto)',
-    });
+    throw new VmvaultError(
+      'CHAIN_BROKEN',
+      `checkpoint ${base.checkpoint} is gone from libvirt and the repository cannot redefine it`,
+      {
+        hint: 'start a new chain with -l full (or use -l auto)',
+      },
+    );
   }
-  if (!input.isActive) notes.push(`domain '${input.domainName}' is shut off: reading the persistent bitmap ${base.checkpoint}; no new checkpoint`);
+  if (!input.isActive)
+    notes.push(
+      `domain '${input.domainName}' is shut off: reading the persistent bitmap ${base.checkpoint}; no new checkpoint`,
+    );
   const disks: DiskPlan[] = candidates.map((d) => {
     const isRaw = !isBitmapCapable(d);
     const parentDisk = base.disks.find((p) => p.target === d.target);
     if (isRaw) return { target: d.target, disk: d, read: 'full', isRaw };
     if (!parentDisk || !parentDisk.checkpointBitmap) {
-      return { target: d.target, disk: d, read: 'full', isRaw, note: `${d.target} has no bitmap in checkpoint ${base.checkpoint} (new disk): read in full` };
+      return {
+        target: d.target,
+        disk: d,
+        read: 'full',
+        isRaw,
+        note: `${d.target} has no bitmap in checkpoint ${base.checkpoint} (new disk): read in full`,
+      };
     }
     return { target: d.target, disk: d, read: 'incremental', isRaw };
   });

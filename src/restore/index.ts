@@ -7,3 +7,5 @@ export {
   type RestoreDiskResult,
 } from './restore.js';
 export { RawWriter, createRawWriter } from './raw-writer.js';
+export { adjustDomainXml, type DomainConfigOptions, type DiskRestoreTarget } from './domain-config.js';
+export { restoreInPlace, openRawTarget, type InPlaceTarget, type InPlaceResult } from './in-place.js';

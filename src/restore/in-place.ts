@@ -1,0 +1,108 @@
+import { promises as fs } from 'node:fs';
+import { errnoCode, exec, nullProgress, throwIfAborted, VmvaultError } from '../util/index.js';
+import { chunkIdOf, isAllZero, type Repository, type Snapshot, type SnapshotDisk } from '../repo/index.js';
+
+export interface InPlaceResult {
+  chunksChecked: number;
+  chunksWritten: number;
+  bytesWritten: number;
+}
+
+/** Read-modify surface of an existing image (a raw file, a block device, or an NBD export). */
+export interface InPlaceTarget {
+  readonly sizeBytes: number;
+  read(offset: number, length: number): Promise<Buffer>;
+  write(offset: number, data: Buffer): Promise<void>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Opens an existing raw file or block device for an in-place restore. */
+export async function openRawTarget(path: string): Promise<InPlaceTarget> {
+  let fh: fs.FileHandle;
+  try {
+    fh = await fs.open(path, 'r+');
+  } catch (err) {
+    const code = errnoCode(err);
+    throw new VmvaultError(
+      'OUTPUT_FAILED',
+      `cannot open ${path} for an in-place restore: ${code === 'ENOENT' ? 'it does not exist' : (code ?? String(err))}`,
+      {
+        hint: code === 'ENOENT' ? 'drop --in-place to create a new image' : undefined,
+      },
+    );
+  }
+  const st = await fh.stat();
+  let sizeBytes = st.size;
+  if (st.isBlockDevice()) sizeBytes = Number((await exec('blockdev', ['--getsize64', path])).stdout.trim());
+  return {
+    sizeBytes,
+    async read(offset, length) {
+      const buf = Buffer.alloc(length);
+      let done = 0;
+      while (done < length) {
+        const { bytesRead } = await fh.read(buf, done, length - done, offset + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      return buf;
+    },
+    async write(offset, data) {
+      let done = 0;
+      while (done < data.length)
+        done += (await fh.write(data, done, data.length - done, offset + done)).bytesWritten;
+    },
+    flush: () => fh.sync(),
+    close: () => fh.close(),
+  };
+}
+
+/**
+ * Rolls an existing image back to a snapshot disk, writing only chunks whose content differs:
+ * each slot of the target is read and hashed; only mismatches are fetched (verified) and written.
+ */
+export async function restoreInPlace(
+  repo: Repository,
+  snapshot: Snapshot,
+  disk: SnapshotDisk,
+  target: InPlaceTarget,
+  opts: { signal?: AbortSignal; progress?: import('../util/index.js').Progress } = {},
+): Promise<InPlaceResult> {
+  if (target.sizeBytes !== disk.sizeBytes) {
+    throw new VmvaultError(
+      'SIZE_MISMATCH',
+      `the target is ${target.sizeBytes} bytes but disk ${disk.target} of the snapshot is ${disk.sizeBytes}`,
+      {
+        hint: 'resize the target first (qemu-img resize) or restore into a new file',
+      },
+    );
+  }
+  const index = await repo.getIndex(disk.index);
+  const progress = opts.progress ?? nullProgress;
+  const result: InPlaceResult = { chunksChecked: 0, chunksWritten: 0, bytesWritten: 0 };
+  progress.start(disk.target, disk.sizeBytes);
+  for (let slot = 0; slot < index.slotCount; slot++) {
+    throwIfAborted(opts.signal);
+    const offset = slot * index.chunkSizeBytes;
+    const length = index.slotLength(slot);
+    const want = index.get(slot);
+    const have = await target.read(offset, length);
+    result.chunksChecked++;
+    if (want === null) {
+      if (!isAllZero(have)) {
+        await target.write(offset, Buffer.alloc(length));
+        result.chunksWritten++;
+        result.bytesWritten += length;
+      }
+    } else if (isAllZero(have) || chunkIdOf(have) !== want) {
+      const data = await repo.chunks.get(want, { snapshot: snapshot.id, disk: disk.target, offset });
+      await target.write(offset, data);
+      result.chunksWritten++;
+      result.bytesWritten += length;
+    }
+    progress.advance(length);
+  }
+  await target.flush();
+  progress.done();
+  return result;
+}
