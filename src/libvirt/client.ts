@@ -129,13 +129,14 @@ export class LibvirtClient {
     const parsed = parseLibvirtUri(uri);
     const logger = opts.logger ?? nullLogger;
     const transport = await dial(parsed, { timeoutMs: opts.timeoutMs, signal: opts.signal });
-    let client: LibvirtClient | undefined;
+    const ref: { client?: LibvirtClient } = {};
     const conn = new RpcConnection(transport, {
       logger,
-      onMessage: (p) => client?.onMessage(p),
-      onClose: (err) => client?.onClosed(err),
+      onMessage: (p) => ref.client?.onMessage(p),
+      onClose: (err) => ref.client?.onClosed(err),
     });
-    client = new LibvirtClient(parsed, conn, logger);
+    const client = new LibvirtClient(parsed, conn, logger);
+    ref.client = client;
     const timeoutMs = opts.timeoutMs ?? 30_000;
     const timer = setTimeout(() => {
       conn.close();

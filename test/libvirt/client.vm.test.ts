@@ -6,8 +6,6 @@ import {
   LibvirtUriError,
   VIR_DOMAIN_DEFINE,
   VIR_DOMAIN_EVENT_STOPPED,
-  VIR_DOMAIN_JOB_OPERATION,
-  VIR_DOMAIN_JOB_STATS,
   VIR_DOMAIN_XML,
   isAgentUnresponsive,
   isNoDomain,
