@@ -150,6 +150,18 @@ describe('libvirt RPC connection (fake daemon)', () => {
     );
   });
 
+  it('authenticates with polkit when the daemon asks for it', async () => {
+    daemon.authTypes = [2];
+    daemon.onCall = (p) => {
+      if (p.header.procedure !== REMOTE_PROC.REMOTE_PROC_AUTH_POLKIT) return false;
+      daemon.reply(p, PROCEDURES.AUTH_POLKIT.ret, { complete: 1 });
+      return true;
+    };
+    const c = await LibvirtClient.connect(uri);
+    expect(daemon.calls(REMOTE_PROC.REMOTE_PROC_AUTH_POLKIT)).toHaveLength(1);
+    await c.close();
+  });
+
   it('matches replies to calls by serial, in any order', async () => {
     const c = await LibvirtClient.connect(uri);
     const held: Packet[] = [];
