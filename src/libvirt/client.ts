@@ -2,7 +2,7 @@
  * LibvirtClient: typed methods over the procedure descriptors in protocol/remote.ts. Every method
  * is one `call(descriptor, args)`; no method encodes bytes itself.
  */
-import { nullLogger, type Logger } from '../util/index.js';
+import { CancelledError, nullLogger, type Logger } from '../util/index.js';
 import { LibvirtConnectionError, isNoDomainCheckpoint } from './errors.js';
 import {
   DomainEventSubscription,
@@ -138,24 +138,28 @@ export class LibvirtClient {
     const client = new LibvirtClient(parsed, conn, logger);
     ref.client = client;
     const timeoutMs = opts.timeoutMs ?? 30_000;
+    let timedOut = false;
     const timer = setTimeout(() => {
+      timedOut = true;
       conn.close();
     }, timeoutMs);
+    const onAbort = (): void => conn.close();
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
     try {
       await client.handshake(opts);
     } catch (err) {
       conn.close();
-      if (err instanceof LibvirtConnectionError && err.code === 'LIBVIRT_CLOSED') {
+      if (opts.signal?.aborted) throw new CancelledError();
+      if (timedOut) {
         throw new LibvirtConnectionError(
           `libvirt handshake with ${transport.description} timed out after ${timeoutMs} ms`,
-          {
-            cause: err,
-          },
+          { cause: err, hint: 'is the daemon (or the ssh remote command) answering?' },
         );
       }
       throw err;
     } finally {
       clearTimeout(timer);
+      opts.signal?.removeEventListener('abort', onAbort);
     }
     const intervalMs = opts.keepaliveIntervalMs ?? 5000;
     if (client.keepaliveSupported && intervalMs > 0)

@@ -23,6 +23,7 @@ import {
 } from '../../src/libvirt/protocol/remote.js';
 import { PacketDecoder, encodePacket, type Packet } from '../../src/libvirt/rpc/packet.js';
 import { xdrDecode, xdrEncode, type Codec } from '../../src/libvirt/xdr.js';
+import { CancelledError } from '../../src/util/index.js';
 import { makeTmpDir } from '../helpers/tmp.js';
 
 const DOM: DomainRef = { name: 'vm1', uuid: '11111111-2222-4333-8444-555555555555', id: 4 };
@@ -138,6 +139,19 @@ describe('libvirt RPC connection (fake daemon)', () => {
     await c.close();
     expect(daemon.calls(REMOTE_PROC.REMOTE_PROC_CONNECT_CLOSE)).toHaveLength(1);
     await c.close(); // idempotent
+  });
+
+  it('times out a handshake the daemon never answers, and honours an abort signal', async () => {
+    daemon.onCall = () => true; // swallow everything
+    const err = await LibvirtClient.connect(uri, { timeoutMs: 100 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(LibvirtConnectionError);
+    expect((err as Error).message).toBe(
+      `libvirt handshake with unix socket ${daemon.path} timed out after 100 ms`,
+    );
+    const ac = new AbortController();
+    const p = LibvirtClient.connect(uri, { signal: ac.signal }).catch((e: unknown) => e);
+    setTimeout(() => ac.abort(), 20);
+    expect(await p).toBeInstanceOf(CancelledError);
   });
 
   it('refuses SASL-only daemons with a clear message', async () => {
