@@ -9,3 +9,4 @@ export {
 export { RawWriter, createRawWriter } from './raw-writer.js';
 export { adjustDomainXml, type DomainConfigOptions, type DiskRestoreTarget } from './domain-config.js';
 export { restoreInPlace, openRawTarget, type InPlaceTarget, type InPlaceResult } from './in-place.js';
+export { restoreSnapshot, makeSinkFactory, type RestoreOptions, type RestoreResult, type RestoredDisk, type ImageFormat, type SinkFactory } from './snapshot-restore.js';
