@@ -27,3 +27,4 @@ export {
   type VmBackupOptions,
   type VmBackupResult,
 } from './live.js';
+export { nbdExports } from './nbd-exports.js';

@@ -181,20 +181,21 @@ export async function backupDomain(
   const onOuterAbort = (): void => abort.abort(opts.signal?.reason);
   opts.signal?.addEventListener('abort', onOuterAbort, { once: true });
   let shutdownError: VmvaultError | undefined;
+  const stopped = (what: string): VmvaultError =>
+    new VmvaultError(
+      'DOMAIN_STOPPED',
+      `domain '${model.name}' ${what === 'crashed' ? 'crashed' : 'shut down'} during the backup; nothing was saved for this run`,
+      {
+        hint: 'chunks already stored are reused by the next run; back it up again once it is running, or shut off with -l copy',
+      },
+    );
   // Notice the domain going away mid-job (guest shutdown, crash, destroy) and stop cleanly.
   void subscription
     ?.waitFor((e) => e.kind === 'lifecycle' && ['stopped', 'shutdown', 'crashed'].includes(e.event), {
       signal: abort.signal,
     })
     .then((e) => {
-      const what = e.kind === 'lifecycle' ? e.event : 'stopped';
-      shutdownError = new VmvaultError(
-        'DOMAIN_STOPPED',
-        `domain '${model.name}' ${what === 'crashed' ? 'crashed' : 'shut down'} during the backup; nothing was saved for this run`,
-        {
-          hint: 'chunks already stored are reused by the next run; back it up again once it is running, or shut off with -l copy',
-        },
-      );
+      shutdownError = stopped(e.kind === 'lifecycle' ? e.event : 'stopped');
       abort.abort(shutdownError);
     })
     .catch(() => {});
@@ -279,6 +280,15 @@ export async function backupDomain(
     }
     return { domain: model.name, plan, snapshot, ...(estimateBytes !== undefined ? { estimateBytes } : {}) };
   } catch (err) {
+    // The NBD connection may fail before the lifecycle event arrives: ask libvirt.
+    if (
+      !shutdownError &&
+      active &&
+      !(opts.signal?.aborted ?? false) &&
+      !(await client.isDomainActive(dom).catch(() => true))
+    ) {
+      shutdownError = stopped('stopped');
+    }
     if (shutdownError) throw shutdownError;
     throw err;
   } finally {
@@ -426,33 +436,45 @@ async function begin(
   name: string,
   log: Logger,
 ): Promise<void> {
+  // A job left by a killed run makes libvirt wait 30 s for its lock and then fail: look first.
+  const job = await client.getJobInfo(dom).catch(() => undefined);
+  if (job && job.typeCode !== 0) {
+    if (!killStale) {
+      throw new VmvaultError(
+        'BACKUP_JOB_ACTIVE',
+        `domain '${name}' already has a job running (${job.type})`,
+        {
+          hint: 'if no other backup is running, pass --kill-stale-job to abort the leftover job first',
+        },
+      );
+    }
+    log.info(`${name}: aborting a stale ${job.type} job`);
+    await client.abortJob(dom).catch(() => {});
+    for (
+      let i = 0;
+      i < 100 && ((await client.getJobInfo(dom).catch(() => undefined))?.typeCode ?? 0) !== 0;
+      i++
+    ) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
   try {
     await client.backupBegin(dom, backupXml, checkpointXml ?? null, flags);
   } catch (err) {
     const stale =
       isLibvirtError(err) &&
       (isOperationInvalid(err) ||
-        /already (an )?active|job.*(running|active)|another job/i.test(err.message));
-    if (!stale) {
-      throw new VmvaultError(
-        'BACKUP_BEGIN_FAILED',
-        `libvirt refused to start the backup of '${name}': ${errorMessage(err)}`,
-        { cause: err },
-      );
-    }
-    if (!killStale) {
-      throw new VmvaultError(
-        'BACKUP_JOB_ACTIVE',
-        `domain '${name}' already has a backup job running (${errorMessage(err)})`,
-        {
-          hint: 'if no other backup is running, pass --kill-stale-job to abort the leftover job first',
-          cause: err,
-        },
-      );
-    }
-    log.info(`${name}: aborting a stale backup job`);
-    await client.abortJob(dom).catch(() => {});
-    await client.backupBegin(dom, backupXml, checkpointXml ?? null, flags);
+        /cannot acquire state change lock|already (an )?active|another job/i.test(err.message));
+    throw new VmvaultError(
+      stale ? 'BACKUP_JOB_ACTIVE' : 'BACKUP_BEGIN_FAILED',
+      `libvirt refused to start the backup of '${name}': ${errorMessage(err)}`,
+      {
+        ...(stale
+          ? { hint: 'if no other backup is running, pass --kill-stale-job to abort the leftover job first' }
+          : {}),
+        cause: err,
+      },
+    );
   }
 }
 

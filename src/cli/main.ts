@@ -2,6 +2,7 @@ import { Command, CommanderError } from 'commander';
 import { ExitCode, isVmvaultError, CancelledError } from '../util/index.js';
 import { VERSION } from '../backup/index.js';
 import { backupImageCommand } from './commands/backup-image.js';
+import { backupCommand } from './commands/backup.js';
 import { initCommand } from './commands/init.js';
 import { restoreCommand } from './commands/restore.js';
 import { showCommand } from './commands/show.js';
@@ -23,6 +24,7 @@ export function buildProgram(): Command {
     .addHelpText('after', EXIT_CODES_HELP);
   for (const cmd of [
     initCommand(),
+    backupCommand(),
     backupImageCommand(),
     snapshotsCommand(),
     showCommand(),

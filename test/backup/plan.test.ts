@@ -159,7 +159,9 @@ describe('backup planning', () => {
     ]);
     expect(p.skipped.map((s) => s.target)).toEqual(['vdc', 'sda']);
     expect(p.notes.join()).toMatch(/vdb has no bitmap/);
-    const withRaw = planBackup(input({ disks, includeRaw: true, history: [full], libvirtCheckpoints: [`${P}a`] }));
+    const withRaw = planBackup(
+      input({ disks, includeRaw: true, history: [full], libvirtCheckpoints: [`${P}a`] }),
+    );
     expect(withRaw.disks.find((d) => d.target === 'vdc')).toMatchObject({ read: 'full', isRaw: true });
     expect(planBackup(input({ disks, exclude: ['vdb'] })).disks.map((d) => d.target)).toEqual(['vda']);
     expect(planBackup(input({ disks, include: ['vdb'] })).disks.map((d) => d.target)).toEqual(['vdb']);

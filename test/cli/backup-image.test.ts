@@ -149,7 +149,7 @@ describe.runIf(run)('backup-image and restore through the CLI', () => {
       '--ignore-errors',
     ]);
     expect(ign.code).toBe(3);
-    expect(ign.stderr).toMatch(/damaged: offset 0 length 1048576 chunk [0-9a-f]{64} \(corrupt\)/);
+    expect(ign.stderr).toMatch(/damaged: disk vda offset 0 length 1048576 chunk [0-9a-f]{64} \(corrupt\)/);
     // Repair: restore the original blob content by backing up the same data again is not possible
     // (the chunk exists); put the good bytes back for the following tests.
     buf[100] = buf[100]! ^ 0xff;

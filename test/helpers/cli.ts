@@ -54,3 +54,12 @@ export function expectOneLineError(r: CliResult): string {
   }
   return lines[0]!;
 }
+
+/** The error line of a command that may log progress before failing: the last stderr line, no stack trace. */
+export function errorLine(r: CliResult): string {
+  const lines = r.stderr.split('\n').filter((l) => l.trim() !== '');
+  const last = lines[lines.length - 1] ?? '';
+  if (!last.startsWith('vmvault: ') || /\n\s+at /.test(r.stderr))
+    throw new Error(`expected an error line, got:\n${r.stderr}`);
+  return last;
+}

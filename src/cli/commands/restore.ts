@@ -1,87 +1,138 @@
-import { existsSync } from 'node:fs';
 import { Command, Option } from 'commander';
-import { ExitCode, formatBytes, UsageError, VmvaultError } from '../../util/index.js';
-import { findDisk, restoreDisk, createRawWriter } from '../../restore/index.js';
+import { ExitCode, formatBytes, VmvaultError } from '../../util/index.js';
+import {
+  makeSinkFactory,
+  restoreSnapshot,
+  type ImageFormat,
+  type RestoreResult,
+} from '../../restore/index.js';
+import { LibvirtClient } from '../../libvirt/index.js';
 import { shortId } from '../../repo/index.js';
-import { loggerFor, printJson, repoOption, withRepo, globals } from '../context.js';
+import { globals, loggerFor, printJson, repoOption, withRepo } from '../context.js';
 import { makeProgress } from '../progress-tty.js';
 import { rootAbort } from '../signals.js';
 
+interface RestoreFlags {
+  output: string;
+  disk?: string;
+  format?: ImageFormat;
+  config?: boolean;
+  name?: string;
+  define?: boolean;
+  connect: string;
+  inPlace?: boolean;
+  ignoreErrors?: boolean;
+  json?: boolean;
+  repo?: string;
+}
+
 export function restoreCommand(): Command {
   return new Command('restore')
-    .description('restore a disk of a snapshot to a sparse raw image; every chunk is verified')
+    .description('restore the disks of a snapshot as qcow2 or sparse raw images (every chunk verified)')
     .argument('<snapshot>', 'id, id prefix, VM@latest, VM@<date-time> or checkpoint name')
-    .requiredOption('--disk <disk>', 'disk to restore (e.g. vda)')
-    .requiredOption('-o, --output <file>', 'output file (must not exist)')
-    .addOption(new Option('--format <format>', 'output format').choices(['raw']).default('raw'))
+    .requiredOption(
+      '-o, --output <path>',
+      'output directory (disks as <disk>.<format>), or with --disk the image file',
+    )
+    .option('--disk <disk>', 'restore only this disk (e.g. vda)')
+    .addOption(
+      new Option(
+        '--format <format>',
+        'image format (default qcow2; with --disk, from the file extension)',
+      ).choices(['qcow2', 'raw']),
+    )
+    .option(
+      '--config',
+      'write an adjusted domain XML and the VM files (nvram, loader, kernel, initrd) next to the images',
+    )
+    .option('--name <name>', 'domain name in the adjusted XML (default restore_<name>)')
+    .option('--define', 'define the restored domain in libvirt (implies --config)')
+    .option(
+      '-c, --connect <uri>',
+      'libvirt connection URI for --define',
+      process.env.LIBVIRT_DEFAULT_URI ?? 'qemu:///system',
+    )
+    .option('--in-place', 'roll an existing image or block device back, writing only the chunks that differ')
     .option('--ignore-errors', 'write zeros for damaged chunks, list every damaged range, exit 3')
     .option('--json', 'print a JSON summary')
     .addOption(repoOption())
-    .action(
-      async (
-        ref: string,
-        opts: {
-          disk: string;
-          output: string;
-          format: string;
-          ignoreErrors?: boolean;
-          json?: boolean;
-          repo?: string;
-        },
-        cmd: Command,
-      ) => {
-        const log = loggerFor(cmd);
-        const quiet = (globals(cmd).quiet ?? false) || opts.json === true;
-        const result = await withRepo(opts, async (repo) => {
-          const snap = await repo.resolveSnapshot(ref);
-          const disk = findDisk(snap, opts.disk);
-          if (!disk) {
-            throw new UsageError(
-              `snapshot ${shortId(snap.id)} has no disk '${opts.disk}'`,
-              `its disks are: ${snap.disks.map((d) => d.target).join(', ')}`,
-            );
-          }
-          if (existsSync(opts.output)) {
-            throw new VmvaultError('OUTPUT_EXISTS', `output ${opts.output} exists`, {
-              hint: 'choose another path or remove it first',
-            });
-          }
-          const sink = await createRawWriter(opts.output, disk.sizeBytes);
-          const r = await restoreDisk(repo, snap, disk, sink, {
-            ignoreErrors: opts.ignoreErrors ?? false,
-            progress: makeProgress(disk.target, process.stderr, quiet),
-            signal: rootAbort.signal,
-          });
-          return { snap, disk, ...r };
+    .action(async (ref: string, opts: RestoreFlags, cmd: Command) => {
+      const log = loggerFor(cmd);
+      const quiet = (globals(cmd).quiet ?? false) || opts.json === true;
+      const result = await withRepo(opts, async (repo) => {
+        const snap = await repo.resolveSnapshot(ref);
+        return restoreSnapshot(repo, snap, {
+          output: opts.output,
+          ...(opts.disk ? { disk: opts.disk } : {}),
+          ...(opts.format ? { format: opts.format } : {}),
+          config: (opts.config ?? false) || (opts.define ?? false),
+          ...(opts.name ? { name: opts.name } : {}),
+          inPlace: opts.inPlace ?? false,
+          ignoreErrors: opts.ignoreErrors ?? false,
+          sinks: makeSinkFactory(),
+          progressFor: (t) => makeProgress(t, process.stderr, quiet),
+          signal: rootAbort.signal,
         });
-        if (opts.json) {
-          printJson({
-            message_type: 'summary',
-            snapshot: result.snap.id,
-            disk: result.disk.target,
-            output: opts.output,
-            bytesWritten: result.bytesWritten,
-            damaged: result.damaged,
-          });
-        } else if (!quiet) {
+      });
+      let defined: string | undefined;
+      if (opts.define && result.domainXml) {
+        const client = await LibvirtClient.connect(opts.connect);
+        try {
+          defined = (await client.defineDomainXml(result.domainXml)).name;
+        } finally {
+          await client.close();
+        }
+      }
+      if (opts.json) printJson(jsonSummary(result, defined));
+      else if (!quiet) {
+        for (const d of result.disks) {
+          const how = d.inPlace
+            ? `in place: ${d.inPlace.chunksWritten} of ${d.inPlace.chunksChecked} chunks differed, ${formatBytes(d.bytesWritten)} written`
+            : `${formatBytes(d.bytesWritten)} data`;
           log.info(
-            `restored ${result.disk.target} of snapshot ${shortId(result.snap.id)} to ${opts.output} (${formatBytes(result.disk.sizeBytes)} virtual, ${formatBytes(result.bytesWritten)} data)`,
+            `restored ${d.target} of snapshot ${shortId(result.snapshot.id)} to ${d.path} (${d.format}, ${how})`,
           );
         }
-        if (result.damaged.length) {
-          for (const d of result.damaged)
-            process.stderr.write(
-              `damaged: offset ${d.offset} length ${d.length} chunk ${d.chunkId} (${d.reason}); zeros written\n`,
-            );
-          throw new VmvaultError(
-            'RESTORE_DAMAGED',
-            `${result.damaged.length} damaged chunk${result.damaged.length === 1 ? '' : 's'} replaced by zeros in ${opts.output}`,
-            {
-              exitCode: ExitCode.PARTIAL,
-              hint: "run 'vmvault check --read-data' for the full picture",
-            },
+        if (result.configPath)
+          log.info(
+            `domain configuration: ${result.configPath}${result.files.length ? ` (+ ${result.files.join(', ')})` : ''}`,
           );
-        }
-      },
-    );
+        if (defined) log.info(`defined domain '${defined}'`);
+      }
+      const damaged = result.disks.flatMap((d) =>
+        d.damaged.map((x) => ({ ...x, disk: d.target, path: d.path })),
+      );
+      if (damaged.length) {
+        for (const d of damaged)
+          process.stderr.write(
+            `damaged: disk ${d.disk} offset ${d.offset} length ${d.length} chunk ${d.chunkId} (${d.reason}); zeros written\n`,
+          );
+        throw new VmvaultError(
+          'RESTORE_DAMAGED',
+          `${damaged.length} damaged chunk${damaged.length === 1 ? '' : 's'} replaced by zeros`,
+          {
+            exitCode: ExitCode.PARTIAL,
+            hint: "run 'vmvault check --read-data' for the full picture",
+          },
+        );
+      }
+    });
+}
+
+function jsonSummary(r: RestoreResult, defined: string | undefined): Record<string, unknown> {
+  return {
+    message_type: 'summary',
+    snapshot: r.snapshot.id,
+    disks: r.disks.map((d) => ({
+      target: d.target,
+      path: d.path,
+      format: d.format,
+      bytesWritten: d.bytesWritten,
+      damaged: d.damaged,
+      inPlace: d.inPlace ?? null,
+    })),
+    config: r.configPath ?? null,
+    files: r.files,
+    defined: defined ?? null,
+  };
 }

@@ -1,0 +1,192 @@
+import { Command, Option } from 'commander';
+import {
+  ExitCode,
+  errorMessage,
+  formatBytes,
+  parseSize,
+  UsageError,
+  VmvaultError,
+  isVmvaultError,
+} from '../../util/index.js';
+import {
+  BACKUP_LEVELS,
+  backupDomain,
+  nbdExports,
+  type BackupLevel,
+  type VmBackupResult,
+} from '../../backup/index.js';
+import { LibvirtClient, VIR_CONNECT_LIST_DOMAINS } from '../../libvirt/index.js';
+import { shortId } from '../../repo/index.js';
+import { globals, loggerFor, printJson, repoOption, withRepo } from '../context.js';
+import { makeProgress } from '../progress-tty.js';
+import { rootAbort } from '../signals.js';
+import { printSummary } from './backup-image.js';
+
+interface BackupFlags {
+  domain?: string[];
+  all?: boolean;
+  level: BackupLevel;
+  connect: string;
+  include?: string[];
+  exclude?: string[];
+  raw?: boolean;
+  freeze: boolean | string;
+  estimate?: boolean;
+  threshold?: string;
+  workers: string;
+  killStaleJob?: boolean;
+  tag?: string[];
+  json?: boolean;
+  scratchdir?: string;
+  repo?: string;
+}
+
+const list = (v: string, prev: string[] = []): string[] => [...prev, ...v.split(',').filter(Boolean)];
+
+export function backupCommand(): Command {
+  return new Command('backup')
+    .description('back up libvirt domains (live: pull-mode backup job with a checkpoint; shut off: qemu-nbd)')
+    .option('-d, --domain <name>', 'domain to back up (repeatable)', list)
+    .option('--all', 'back up every domain of the connection')
+    .addOption(
+      new Option('-l, --level <level>', 'auto, full, inc, diff or copy')
+        .choices(BACKUP_LEVELS)
+        .default('auto'),
+    )
+    .option(
+      '-c, --connect <uri>',
+      'libvirt connection URI',
+      process.env.LIBVIRT_DEFAULT_URI ?? 'qemu:///system',
+    )
+    .option('-i, --include <disk>', 'only these disks (repeatable or comma separated)', list)
+    .option('-x, --exclude <disk>', 'skip these disks (repeatable or comma separated)', list)
+    .option('--raw', 'include raw disks (read in full every time)')
+    .option(
+      '--freeze [mountpoints]',
+      'freeze guest filesystems around the job start (default: all; comma separated list)',
+      true,
+    )
+    .option('--no-freeze', 'do not freeze guest filesystems')
+    .option('--estimate', 'print how much changed since the last checkpoint and exit')
+    .option('--threshold <bytes>', 'skip the backup when less than this changed')
+    .option('-w, --workers <n>', 'disks read in parallel', '1')
+    .option('--kill-stale-job', 'abort a leftover backup job of the domain first')
+    .option('--tag <tag>', 'tag for the snapshot (repeatable)', list)
+    .option('--scratchdir <dir>', 'where the NBD socket and scratch files go', '/var/tmp')
+    .option('--json', 'print a JSON summary')
+    .addOption(repoOption())
+    .action(async (opts: BackupFlags, cmd: Command) => {
+      if (!opts.all && !opts.domain?.length)
+        throw new UsageError('no domain given', 'pass -d DOMAIN (repeatable) or --all');
+      const workers = Number(opts.workers);
+      if (!Number.isInteger(workers) || workers < 1)
+        throw new UsageError(`invalid --workers '${opts.workers}'`, 'use a whole number from 1');
+      const threshold = opts.threshold === undefined ? undefined : parseSize(opts.threshold, 'threshold');
+      const log = loggerFor(cmd);
+      const quiet = (globals(cmd).quiet ?? false) || opts.json === true;
+      const client = await LibvirtClient.connect(opts.connect);
+      const results: Array<VmBackupResult | { domain: string; error: VmvaultError | Error }> = [];
+      try {
+        const domains = opts.all
+          ? (
+              await client.listAllDomains(
+                VIR_CONNECT_LIST_DOMAINS.VIR_CONNECT_LIST_DOMAINS_ACTIVE |
+                  VIR_CONNECT_LIST_DOMAINS.VIR_CONNECT_LIST_DOMAINS_INACTIVE,
+              )
+            ).map((d) => d.name)
+          : opts.domain!;
+        await withRepo(opts, async (repo) => {
+          for (const domain of domains) {
+            if (rootAbort.signal.aborted) break;
+            try {
+              const r = await backupDomain(client, repo, {
+                domain,
+                level: opts.level,
+                include: opts.include ?? [],
+                exclude: opts.exclude ?? [],
+                raw: opts.raw ?? false,
+                freeze: opts.freeze !== false,
+                freezeMountpoints:
+                  typeof opts.freeze === 'string' ? opts.freeze.split(',').filter(Boolean) : [],
+                estimate: opts.estimate ?? false,
+                ...(threshold !== undefined ? { thresholdBytes: threshold } : {}),
+                workers,
+                killStaleJob: opts.killStaleJob ?? false,
+                tags: opts.tag ?? [],
+                ...(opts.scratchdir ? { scratchDir: opts.scratchdir } : {}),
+                exports: nbdExports(),
+                logger: opts.json ? { ...log, info() {} } : log,
+                progressFor: (t) => makeProgress(`${domain}/${t}`, process.stderr, quiet),
+                signal: rootAbort.signal,
+              });
+              results.push(r);
+              if (!opts.json) report(r);
+            } catch (err) {
+              if (domains.length === 1 || rootAbort.signal.aborted) throw err;
+              results.push({ domain, error: err as Error });
+              process.stderr.write(
+                `vmvault: ${domain}: ${isVmvaultError(err) ? err.oneLine() : errorMessage(err)}\n`,
+              );
+            }
+          }
+        });
+      } finally {
+        await client.close();
+      }
+      if (opts.json) printJson(results.map(jsonResult));
+      const failed = results.filter((r) => 'error' in r);
+      if (failed.length) {
+        throw new VmvaultError(
+          'PARTIAL',
+          `${failed.length} of ${results.length} domains failed: ${failed.map((f) => f.domain).join(', ')}`,
+          { exitCode: ExitCode.PARTIAL },
+        );
+      }
+    });
+}
+
+function report(r: VmBackupResult): void {
+  if (r.snapshot) {
+    process.stdout.write(
+      `${r.domain}: ${r.plan.mode} backup${r.plan.baseCheckpoint ? ` since ${r.plan.baseCheckpoint}` : ''}${r.plan.newCheckpoint ? `, new checkpoint ${r.plan.newCheckpoint}` : ''}\n`,
+    );
+    printSummary(r.snapshot);
+  } else if (r.skippedReason) process.stdout.write(`${r.domain}: ${r.skippedReason}\n`);
+  else if (r.estimateBytes !== undefined) {
+    process.stdout.write(
+      `${r.domain}: about ${formatBytes(r.estimateBytes)} (${r.estimateBytes} bytes) changed since ${r.plan.baseCheckpoint ?? 'the last checkpoint'}\n`,
+    );
+  } else
+    process.stdout.write(
+      `${r.domain}: no estimate available (${r.plan.mode} backup would read every allocated block)\n`,
+    );
+}
+
+function jsonResult(r: VmBackupResult | { domain: string; error: Error }): Record<string, unknown> {
+  if ('error' in r)
+    return {
+      domain: r.domain,
+      error: isVmvaultError(r.error)
+        ? { code: r.error.code, message: r.error.oneLine() }
+        : { message: r.error.message },
+    };
+  return {
+    domain: r.domain,
+    mode: r.plan.mode,
+    baseCheckpoint: r.plan.baseCheckpoint,
+    checkpoint: r.plan.newCheckpoint,
+    snapshot: r.snapshot?.id ?? null,
+    short_id: r.snapshot ? shortId(r.snapshot.id) : null,
+    estimateBytes: r.estimateBytes ?? null,
+    skipped: r.plan.skipped,
+    notes: r.plan.notes,
+    skippedReason: r.skippedReason ?? null,
+    disks:
+      r.snapshot?.disks.map((d) => ({
+        target: d.target,
+        mode: d.mode,
+        sizeBytes: d.sizeBytes,
+        ...d.stats,
+      })) ?? [],
+  };
+}

@@ -1,0 +1,16 @@
+export {
+  NbdClient,
+  type NbdConnectOptions,
+  type NbdExtent,
+  type BlockSizeConstraints,
+} from './client/client.js';
+export { walkExtents, type MergedExtent } from './client/extents.js';
+export { startQemuNbd, type QemuNbdOptions, type QemuNbdExport } from './qemu-nbd.js';
+export {
+  NbdClosedError,
+  NbdOptionError,
+  NbdProtocolError,
+  NbdRequestError,
+  NbdTimeoutError,
+} from './errors.js';
+export * from './protocol.js';
