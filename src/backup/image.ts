@@ -1,5 +1,7 @@
 import { promises as fs } from 'node:fs';
-import { basename } from 'node:path';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { BASE_ALLOCATION, NbdClient, startQemuNbd, walkExtents } from '../nbd/index.js';
 import {
   exec,
   UsageError,
@@ -121,7 +123,15 @@ async function inspectImage(path: string, isBlock: boolean, statSize: number): P
   }
 }
 
-async function openImage(spec: ImageSpec): Promise<{ fh: fs.FileHandle; info: ImageInfo }> {
+interface OpenedImage {
+  source: DiskSource;
+  format: string;
+  sizeBytes: number;
+  dataExtents: Array<{ offset: number; length: number }> | null;
+  close(): Promise<void>;
+}
+
+async function openImage(spec: ImageSpec, runtimeDir: () => Promise<string>): Promise<OpenedImage> {
   let st: import('node:fs').Stats;
   try {
     st = await fs.stat(spec.path);
@@ -155,45 +165,80 @@ async function openImage(spec: ImageSpec): Promise<{ fh: fs.FileHandle; info: Im
     if (out) sizeBytes = Number(out.stdout.trim());
   }
   const info = await inspectImage(spec.path, st.isBlockDevice(), sizeBytes);
-  if (info.format !== 'raw') {
-    await fh.close();
-    throw new VmvaultError(
-      'IMAGE_FORMAT',
-      `${spec.path} is a ${info.format} image; backup-image reads raw images and block devices only`,
-      {
-        hint: `convert it first: qemu-img convert -O raw ${spec.path} ${basename(spec.path)}.raw`,
-      },
-    );
+  if (info.format === 'raw') {
+    return {
+      source: new FileSource(fh, info.sizeBytes),
+      format: 'raw',
+      sizeBytes: info.sizeBytes,
+      dataExtents: info.dataExtents,
+      close: () => fh.close(),
+    };
   }
-  return { fh, info };
+  // Any other format QEMU reads: export it read-only with qemu-nbd and read it over NBD.
+  await fh.close();
+  const exp = await startQemuNbd({
+    path: spec.path,
+    format: info.format,
+    runtimeDir: await runtimeDir(),
+    readOnly: true,
+  });
+  let client: NbdClient;
+  try {
+    client = await NbdClient.connect({
+      socketPath: exp.socketPath,
+      exportName: exp.exportName,
+      metaContexts: [BASE_ALLOCATION],
+      timeoutMs: 30_000,
+    });
+  } catch (err) {
+    await exp.stop();
+    throw err;
+  }
+  const dataExtents: Array<{ offset: number; length: number }> = [];
+  for await (const e of walkExtents(client, 0, client.sizeBytes))
+    if (!e.isZero) dataExtents.push({ offset: e.offset, length: e.length });
+  return {
+    source: { sizeBytes: client.sizeBytes, read: (o, l, into) => client.read(o, l, into) },
+    format: info.format,
+    sizeBytes: client.sizeBytes,
+    dataExtents,
+    async close() {
+      await client.close();
+      await exp.stop();
+    },
+  };
 }
 
 /** Backs up raw image files / block devices as one snapshot of `vm`. */
 export async function backupImages(repo: Repository, opts: BackupImageOptions): Promise<Snapshot> {
   const log = opts.logger ?? nullLogger;
-  const opened: Array<{ spec: ImageSpec; fh: fs.FileHandle; info: ImageInfo }> = [];
+  const opened: Array<{ spec: ImageSpec } & OpenedImage> = [];
+  let tmp: string | undefined;
+  const runtimeDir = async (): Promise<string> =>
+    (tmp ??= await fs.mkdtemp(join(tmpdir(), 'vmvault-image-')));
   try {
-    for (const spec of opts.images) opened.push({ spec, ...(await openImage(spec)) });
+    for (const spec of opts.images) opened.push({ spec, ...(await openImage(spec, runtimeDir)) });
     const previous = (await repo.listSnapshots()).filter((s) => s.vm.name === opts.vm);
     const disks: SnapshotDisk[] = [];
-    for (const { spec, fh, info } of opened) {
-      log.info(`${spec.target}: reading ${spec.path}`);
-      const source = new FileSource(fh, info.sizeBytes);
-      const plan = info.dataExtents ? planFromDataExtents(info.dataExtents) : () => 'read' as const;
+    for (const { spec, source, format, sizeBytes, dataExtents } of opened) {
+      log.info(
+        `${spec.target}: reading ${spec.path}${format === 'raw' ? '' : ` (${format}, through qemu-nbd)`}`,
+      );
+      const plan = dataExtents ? planFromDataExtents(dataExtents) : () => 'read' as const;
       const r = await backupDisk(repo, {
         source,
         plan,
-        readConcurrency: 2,
+        readConcurrency: format === 'raw' ? 2 : 8,
         ...(opts.progressFor ? { progress: opts.progressFor(spec.target) } : {}),
         ...(opts.signal ? { signal: opts.signal } : {}),
       });
       const idx = await repo.putIndex(r.index);
       disks.push({
         target: spec.target,
-        sizeBytes: info.sizeBytes,
+        sizeBytes,
         chunkSizeBytes: repo.chunkSizeBytes,
         index: idx.id,
-        sourceFormat: info.format,
+        sourceFormat: format,
         source: spec.path,
         mode: 'full',
         allocatedBytes: r.allocatedBytes,
@@ -214,6 +259,7 @@ export async function backupImages(repo: Repository, opts: BackupImageOptions): 
       program: PROGRAM,
     });
   } finally {
-    for (const o of opened) await o.fh.close().catch(() => {});
+    for (const o of opened) await o.close().catch(() => {});
+    if (tmp) await fs.rm(tmp, { recursive: true, force: true });
   }
 }
