@@ -1,7 +1,15 @@
-import { connect as netConnect, type Socket } from 'node:net';
+import { readFileSync } from 'node:fs';
+import { connect as netConnect, isIP, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { Semaphore } from '../../util/index.js';
 import { ByteQueue } from '../byte-queue.js';
-import { NbdClosedError, NbdOptionError, NbdProtocolError, NbdRequestError } from '../errors.js';
+import {
+  NbdClosedError,
+  NbdOptionError,
+  NbdProtocolError,
+  NbdRequestError,
+  NbdTimeoutError,
+} from '../errors.js';
 import {
   DEFAULT_MAX_PAYLOAD,
   IHAVEOPT,
@@ -36,6 +44,20 @@ export interface NbdConnectOptions {
   maxInFlight?: number;
   /** Handshake timeout. */
   timeoutMs?: number;
+  /** A request not answered within this time kills the connection (NbdTimeoutError). */
+  requestTimeoutMs?: number;
+  /** Upgrade to TLS with NBD_OPT_STARTTLS before anything else (x509). */
+  tls?: NbdTlsOptions;
+}
+
+export interface NbdTlsOptions {
+  /** CA certificate(s) that signed the server certificate (PEM file). */
+  caFile: string;
+  /** Client certificate and key for servers that verify clients. */
+  certFile?: string;
+  keyFile?: string;
+  /** Name the server certificate must carry (default: the TCP host, or 'localhost'). */
+  servername?: string;
 }
 
 export interface BlockSizeConstraints {
@@ -82,6 +104,7 @@ export class NbdClient {
   private constructor(
     private readonly socket: Socket,
     private readonly queue: ByteQueue,
+    private readonly requestTimeoutMs: number,
     readonly exportName: string,
     readonly sizeBytes: number,
     readonly transmissionFlags: number,
@@ -103,19 +126,19 @@ export class NbdClient {
   }
 
   static async connect(opts: NbdConnectOptions): Promise<NbdClient> {
-    const socket = await openSocket(opts);
-    const queue = new ByteQueue();
-    socket.on('data', (d: Buffer) => queue.push(d));
-    socket.on('error', (e) => queue.fail(new NbdClosedError(`NBD connection failed: ${e.message}`)));
-    socket.on('close', () => queue.fail(new NbdClosedError('NBD server closed the connection')));
+    let socket = await openSocket(opts);
+    let queue = attach(socket);
     const timer = opts.timeoutMs
       ? setTimeout(() => socket.destroy(new Error('NBD handshake timed out')), opts.timeoutMs)
       : undefined;
     try {
-      const h = await handshake(socket, queue, opts);
+      const noZeroes = await greeting(socket, queue);
+      if (opts.tls) ({ socket, queue } = await startTls(socket, queue, opts));
+      const h = await handshake(socket, queue, opts, noZeroes);
       return new NbdClient(
         socket,
         queue,
+        opts.requestTimeoutMs ?? 0,
         opts.exportName ?? '',
         h.size,
         h.flags,
@@ -179,7 +202,31 @@ export class NbdClient {
     await this.slots.acquire();
     try {
       if (this.failure) throw this.failure;
-      await new Promise<void>((resolve, reject) => send(build(resolve, reject)));
+      await new Promise<void>((resolve, reject) => {
+        let timer: NodeJS.Timeout | undefined;
+        const done = (): void => {
+          if (timer) clearTimeout(timer);
+        };
+        const p = build(
+          () => {
+            done();
+            resolve();
+          },
+          (e) => {
+            done();
+            reject(e);
+          },
+        );
+        if (this.requestTimeoutMs > 0) {
+          // The server's state is unknown after a timeout: the connection cannot be trusted.
+          timer = setTimeout(
+            () =>
+              this.fail(new NbdTimeoutError(`NBD ${p.name} not answered within ${this.requestTimeoutMs} ms`)),
+            this.requestTimeoutMs,
+          );
+        }
+        send(p);
+      });
     } finally {
       this.slots.release();
     }
@@ -453,11 +500,16 @@ function nameBuf(s: string): Buffer {
   return b;
 }
 
-async function handshake(
-  socket: Socket,
-  queue: ByteQueue,
-  opts: NbdConnectOptions,
-): Promise<HandshakeResult> {
+function attach(socket: Socket): ByteQueue {
+  const queue = new ByteQueue();
+  socket.on('data', (d: Buffer) => queue.push(d));
+  socket.on('error', (e) => queue.fail(new NbdClosedError(`NBD connection failed: ${e.message}`)));
+  socket.on('close', () => queue.fail(new NbdClosedError('NBD server closed the connection')));
+  return queue;
+}
+
+/** Reads the server greeting and sends the client flags; returns whether NO_ZEROES was agreed. */
+async function greeting(socket: Socket, queue: ByteQueue): Promise<boolean> {
   const g = Buffer.from(await queue.read(18));
   if (g.readBigUInt64BE(0) !== NBDMAGIC) throw new NbdProtocolError('not an NBD server (bad magic)');
   if (g.readBigUInt64BE(8) !== IHAVEOPT)
@@ -472,6 +524,58 @@ async function handshake(
     0,
   );
   socket.write(cflags);
+  return noZeroes;
+}
+
+/** NBD_OPT_STARTTLS, then TLS on the same socket; option haggling continues encrypted. */
+async function startTls(
+  socket: Socket,
+  queue: ByteQueue,
+  opts: NbdConnectOptions,
+): Promise<{ socket: Socket; queue: ByteQueue }> {
+  const t = opts.tls!;
+  option(socket, NBD_OPT.NBD_OPT_STARTTLS);
+  const r = await optionReply(queue, NBD_OPT.NBD_OPT_STARTTLS);
+  if (r.type !== NBD_REP.NBD_REP_ACK) {
+    throw new NbdOptionError(
+      r.type,
+      `the NBD server does not offer TLS${r.data.length ? `: ${r.data.toString('utf8')}` : ''}`,
+    );
+  }
+  socket.removeAllListeners('data');
+  socket.removeAllListeners('close');
+  socket.removeAllListeners('error');
+  const read = (f: string, what: string): Buffer => {
+    try {
+      return readFileSync(f);
+    } catch (err) {
+      throw new NbdOptionError(0, `cannot read the TLS ${what} ${f}: ${(err as Error).message}`);
+    }
+  };
+  const tlsSocket = tlsConnect({
+    socket,
+    ca: read(t.caFile, 'CA certificate'),
+    ...(t.certFile ? { cert: read(t.certFile, 'client certificate') } : {}),
+    ...(t.keyFile ? { key: read(t.keyFile, 'client key') } : {}),
+    // Verify the certificate against the host name (or IP) we dialled, unless told otherwise.
+    ...(t.servername || !isIP(opts.host ?? '')
+      ? { servername: t.servername ?? opts.host ?? 'localhost' }
+      : { host: opts.host! }),
+  });
+  const tq = attach(tlsSocket);
+  await new Promise<void>((resolve, reject) => {
+    tlsSocket.once('secureConnect', () => resolve());
+    tlsSocket.once('error', (e) => reject(new NbdClosedError(`NBD TLS handshake failed: ${e.message}`)));
+  });
+  return { socket: tlsSocket, queue: tq };
+}
+
+async function handshake(
+  socket: Socket,
+  queue: ByteQueue,
+  opts: NbdConnectOptions,
+  noZeroes: boolean,
+): Promise<HandshakeResult> {
   const exportName = opts.exportName ?? '';
 
   // Structured replies (needed for holes and block status).
