@@ -116,6 +116,7 @@ export async function restoreDisk(
       progress.advance(offset + index.slotLength(slot) - lastEnd);
       lastEnd = offset + index.slotLength(slot);
     }
+    progress.advance(index.diskSizeBytes - lastEnd);
     await sink.finish();
   } catch (err) {
     await Promise.allSettled(inflight);
