@@ -126,8 +126,9 @@ export class NbdClient {
   }
 
   static async connect(opts: NbdConnectOptions): Promise<NbdClient> {
-    let socket = await openSocket(opts);
-    let queue = attach(socket);
+    let queue = new ByteQueue();
+    let socket = await openSocket(opts, queue);
+    attach(socket, queue);
     const timer = opts.timeoutMs
       ? setTimeout(() => socket.destroy(new Error('NBD handshake timed out')), opts.timeoutMs)
       : undefined;
@@ -444,11 +445,21 @@ export class NbdClient {
   }
 }
 
-function openSocket(opts: NbdConnectOptions): Promise<Socket> {
+/** Socket reads land in one reusable 1 MiB buffer: few syscalls, no per-read allocation. */
+const READ_BUFFER_BYTES = 1024 * 1024;
+
+function openSocket(opts: NbdConnectOptions, queue: ByteQueue): Promise<Socket> {
   return new Promise((resolve, reject) => {
+    const onread = {
+      buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES),
+      callback: (n: number, buf: Buffer): boolean => {
+        queue.push(Buffer.from(buf.subarray(0, n)));
+        return true;
+      },
+    };
     const s = opts.socketPath
-      ? netConnect(opts.socketPath)
-      : netConnect({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 10809 });
+      ? netConnect({ path: opts.socketPath, onread })
+      : netConnect({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 10809, onread });
     s.once('connect', () => {
       s.setNoDelay(true);
       s.off('error', onError);
@@ -500,9 +511,8 @@ function nameBuf(s: string): Buffer {
   return b;
 }
 
-function attach(socket: Socket): ByteQueue {
-  const queue = new ByteQueue();
-  socket.on('data', (d: Buffer) => queue.push(d));
+function attach(socket: Socket, queue = new ByteQueue(), viaData = false): ByteQueue {
+  if (viaData) socket.on('data', (d: Buffer) => queue.push(d));
   socket.on('error', (e) => queue.fail(new NbdClosedError(`NBD connection failed: ${e.message}`)));
   socket.on('close', () => queue.fail(new NbdClosedError('NBD server closed the connection')));
   return queue;
@@ -562,7 +572,7 @@ async function startTls(
       ? { servername: t.servername ?? opts.host ?? 'localhost' }
       : { host: opts.host! }),
   });
-  const tq = attach(tlsSocket);
+  const tq = attach(tlsSocket, new ByteQueue(), true);
   await new Promise<void>((resolve, reject) => {
     tlsSocket.once('secureConnect', () => resolve());
     tlsSocket.once('error', (e) => reject(new NbdClosedError(`NBD TLS handshake failed: ${e.message}`)));
