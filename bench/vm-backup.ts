@@ -1,0 +1,133 @@
+/**
+ * Live VM backups: vmvault vs virtnbdbackup (Debian package) on the same running TCG VM whose
+ * 4 GiB qcow2 disk holds an ext4 filesystem of real files (~2 GB), under a private libvirtd.
+ * Full, then incremental after the same guest writes, then a clone's full backup (dedup).
+ *   npm run build && npx tsx bench/vm-backup.ts      (root; apt-get install virtnbdbackup)
+ */
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CACHE, ext4Images } from './lib/datasets.js';
+import { measure, sh, type Measurement } from './lib/harness.js';
+
+if (!existsSync('/usr/bin/virtnbdbackup'))
+  throw new Error('install virtnbdbackup first: apt-get install virtnbdbackup');
+const work = join(CACHE, 'run-vm-backup');
+rmSync(work, { recursive: true, force: true });
+mkdirSync(work, { recursive: true });
+await sh(`chmod 755 ${work}`);
+const lv = join(work, 'libvirt');
+// virtnbdbackup treats qemu+unix:// as remote (asks for a password): use the plain form.
+const uri = (await sh(`bash scripts/libvirt-env.sh start ${lv}`)).trim().replace('qemu+unix://', 'qemu://');
+const vmvault = join(process.cwd(), 'bin/vmvault');
+const du = async (p: string): Promise<number> => Number((await sh(`du -sb ${p} | cut -f1`)).trim());
+const virsh = (args: string): Promise<string> => sh(`virsh -q -c '${uri}' ${args}`);
+try {
+  const { base } = await ext4Images();
+  const img1 = join(work, 'vm1.qcow2');
+  const img2 = join(work, 'vm2.qcow2');
+  await sh(`qemu-img convert -f raw -O qcow2 ${base} ${img1} && cp ${img1} ${img2}`);
+  const dataBytes = Number(
+    (
+      await sh(
+        `qemu-img map --output=json ${img1} | python3 -c "import json,sys; print(sum(e['length'] for e in json.load(sys.stdin) if e['data']))"`,
+      )
+    ).trim(),
+  );
+  for (const [name, img] of [
+    ['vm1', img1],
+    ['vm2', img2],
+  ]) {
+    writeFileSync(
+      join(work, `${name}.xml`),
+      `<domain type='qemu'><name>${name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os><features><acpi/></features><devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${img}'/><target dev='vda' bus='virtio'/><alias name='ua-vda'/></disk></devices></domain>`,
+    );
+    await virsh(`define ${join(work, `${name}.xml`)}`);
+  }
+  await virsh('start vm1');
+  const repo = join(work, 'repo');
+  await sh(`${vmvault} init ${repo} >/dev/null`);
+  const vnb = join(work, 'vnb');
+  const vnbz = join(work, 'vnbz');
+  const rows: string[] = [];
+  const note = (m: Measurement, bytes: number, extra: string): void => {
+    const r = `| ${m.name} | ${(m.wallMs / 1000).toFixed(2)} s | ${(bytes / 1e6 / (m.wallMs / 1000)).toFixed(0)} MB/s | ${(m.peakRssKiB / 1024).toFixed(0)} MiB | ${extra} |`;
+    rows.push(r);
+    console.log(r);
+  };
+  const mb = (n: number): string => `${(n / 1e6).toFixed(1)} MB`;
+  console.log(
+    `VM disk: 4 GiB qcow2, ${mb(dataBytes)} allocated\n| run | wall | MB/s (allocated data / wall) | peak RSS | stored |\n|---|---|---|---|---|`,
+  );
+  const vv = (name: string, args: string[]): Promise<Measurement> =>
+    measure(name, vmvault, ['-q', 'backup', '-r', repo, '--connect', uri, '--scratchdir', work, ...args]);
+  const vb = (name: string, out: string, args: string[]): Promise<Measurement> =>
+    measure(name, 'virtnbdbackup', ['-U', uri, '-S', work, '-o', out, ...args]);
+
+  // virtnbdbackup refuses to work next to other tools' checkpoints, so each tool runs its own
+  // phase: full, the same guest writes (32 × 2 MiB spread over the disk), incremental; then its
+  // checkpoints are removed.
+  const guestWrites = async (phase: number): Promise<void> => {
+    for (let i = 0; i < 32; i++)
+      await virsh(
+        `qemu-monitor-command vm1 --hmp 'qemu-io -d /machine/peripheral/ua-vda/virtio-backend "write -P ${(phase * 32 + i + 1) % 256} ${i * 97}M 2M"'`,
+      );
+  };
+  const dropCheckpoints = async (): Promise<void> => {
+    for (const c of (await virsh('checkpoint-list vm1 --name --topological'))
+      .split('\n')
+      .filter(Boolean)
+      .reverse())
+      await virsh(`checkpoint-delete vm1 ${c}`);
+  };
+  const changed = 64 * 2 ** 20;
+  note(await vv('vmvault full (zstd:3)', ['-d', 'vm1', '-l', 'full']), dataBytes, mb(await du(repo)));
+  await guestWrites(3);
+  let b0 = await du(repo);
+  note(await vv('vmvault inc', ['-d', 'vm1', '-l', 'inc']), changed, `+${mb((await du(repo)) - b0)}`);
+
+  await dropCheckpoints();
+  note(await vb('virtnbdbackup full', vnb, ['-d', 'vm1', '-l', 'full']), dataBytes, mb(await du(vnb)));
+  await guestWrites(1);
+  b0 = await du(vnb);
+  note(
+    await vb('virtnbdbackup inc', vnb, ['-d', 'vm1', '-l', 'inc']),
+    changed,
+    `+${mb((await du(vnb)) - b0)}`,
+  );
+  await dropCheckpoints();
+  note(
+    await vb('virtnbdbackup full --compress', vnbz, ['-d', 'vm1', '-l', 'full', '-z']),
+    dataBytes,
+    mb(await du(vnbz)),
+  );
+  await guestWrites(2);
+  b0 = await du(vnbz);
+  note(
+    await vb('virtnbdbackup inc --compress', vnbz, ['-d', 'vm1', '-l', 'inc', '-z']),
+    changed,
+    `+${mb((await du(vnbz)) - b0)}`,
+  );
+  await dropCheckpoints();
+  // A clone of vm1's original disk: vmvault stores almost nothing new; virtnbdbackup a full copy.
+  await virsh('start vm2');
+  const r0 = await du(repo);
+  const vnb2 = join(work, 'vnb-vm2');
+  note(
+    await vb('virtnbdbackup full of the clone', vnb2, ['-d', 'vm2', '-l', 'full']),
+    dataBytes,
+    `+${mb(await du(vnb2))}`,
+  );
+  await virsh(`checkpoint-delete vm2 $(virsh -q -c '${uri}' checkpoint-list vm2 --name)`).catch(() => '');
+  note(
+    await vv('vmvault full of the clone', ['-d', 'vm2', '-l', 'full']),
+    dataBytes,
+    `+${mb((await du(repo)) - r0)}`,
+  );
+  console.log(
+    `\nrepository after both VMs: vmvault ${mb(await du(repo))}; virtnbdbackup folders ${mb((await du(vnb)) + (await du(vnb2)))} (uncompressed)`,
+  );
+  console.log('\n' + rows.join('\n'));
+} finally {
+  await sh(`bash scripts/libvirt-env.sh stop ${lv} >/dev/null 2>&1 || true`);
+  rmSync(work, { recursive: true, force: true });
+}
