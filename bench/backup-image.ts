@@ -23,18 +23,54 @@ const note = (m: Measurement, extra = ''): void => {
   rows.push(r);
   console.log(r);
 };
-console.log(`image: ${base} (${(sizeBytes / 1e9).toFixed(2)} GB apparent, ${await sh(`du -h ${base} | cut -f1`)})`);
+console.log(
+  `image: ${base} (${(sizeBytes / 1e9).toFixed(2)} GB apparent, ${await sh(`du -h ${base} | cut -f1`)})`,
+);
 console.log('| run | wall | MB/s | peak RSS | repo size |\n|---|---|---|---|---|');
 
 // vmvault
 const vrepo = join(work, 'vmvault');
 await sh(`${vmvault} init ${vrepo} >/dev/null`);
 await dropCaches();
-note(await measure('vmvault backup-image (first)', vmvault, ['-q', 'backup-image', '-r', vrepo, '--vm', 'a', base]), await du(vrepo));
+note(
+  await measure('vmvault backup-image (first)', vmvault, [
+    '-q',
+    'backup-image',
+    '-r',
+    vrepo,
+    '--vm',
+    'a',
+    base,
+  ]),
+  await du(vrepo),
+);
 await dropCaches();
-note(await measure('vmvault backup-image (clone)', vmvault, ['-q', 'backup-image', '-r', vrepo, '--vm', 'b', clone]), await du(vrepo));
+note(
+  await measure('vmvault backup-image (clone)', vmvault, [
+    '-q',
+    'backup-image',
+    '-r',
+    vrepo,
+    '--vm',
+    'b',
+    clone,
+  ]),
+  await du(vrepo),
+);
 await dropCaches();
-note(await measure('vmvault restore (raw)', vmvault, ['-q', 'restore', 'a@latest', '-r', vrepo, '--disk', 'vda', '-o', join(work, 'v.raw')]));
+note(
+  await measure('vmvault restore (raw)', vmvault, [
+    '-q',
+    'restore',
+    'a@latest',
+    '-r',
+    vrepo,
+    '--disk',
+    'vda',
+    '-o',
+    join(work, 'v.raw'),
+  ]),
+);
 await sh(`cmp ${base} ${join(work, 'v.raw')} && rm -f ${join(work, 'v.raw')}`);
 
 // restic
@@ -46,7 +82,14 @@ note(await measure('restic backup (first)', 'restic', ['backup', '-q', base], re
 await dropCaches();
 note(await measure('restic backup (clone)', 'restic', ['backup', '-q', clone], renv), await du(rrepo));
 await dropCaches();
-note(await measure('restic restore', 'restic', ['restore', '-q', 'latest', '--path', base, '--target', join(work, 'rr')], renv));
+note(
+  await measure(
+    'restic restore',
+    'restic',
+    ['restore', '-q', 'latest', '--path', base, '--target', join(work, 'rr')],
+    renv,
+  ),
+);
 rmSync(join(work, 'rr'), { recursive: true, force: true });
 
 // borg
@@ -54,9 +97,15 @@ const brepo = join(work, 'borg');
 const benv = { BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes', BORG_RELOCATED_REPO_ACCESS_IS_OK: 'yes' };
 await sh(`borg init -e none ${brepo}`);
 await dropCaches();
-note(await measure('borg create (first, lz4)', 'borg', ['create', `${brepo}::a`, base], benv), await du(brepo));
+note(
+  await measure('borg create (first, lz4)', 'borg', ['create', `${brepo}::a`, base], benv),
+  await du(brepo),
+);
 await dropCaches();
-note(await measure('borg create (clone, lz4)', 'borg', ['create', `${brepo}::b`, clone], benv), await du(brepo));
+note(
+  await measure('borg create (clone, lz4)', 'borg', ['create', `${brepo}::b`, clone], benv),
+  await du(brepo),
+);
 await dropCaches();
 mkdirSync(join(work, 'br'), { recursive: true });
 note(await measure('borg extract', 'sh', ['-c', `cd ${join(work, 'br')} && borg extract ${brepo}::a`], benv));
