@@ -26,10 +26,13 @@ if [ "${SKIP_APT:-0}" != 1 ] && [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
 fi
 
-if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  echo "setup: npm ci" >&2
-  npm ci --no-fund --no-audit 2>&1 | grep -v 'Unknown user config' >&2 || true
-  [ -d node_modules/zstd-napi ] || { echo "setup: npm ci failed" >&2; exit 1; }
+# `npm install` (honouring package-lock.json), not `npm ci`: the registry this project uses lacks
+# @napi-rs/blake-hash's optional binaries for other platforms, and npm ci rejects a lockfile
+# without them as "out of sync" although nothing is missing for this platform.
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ] || [ package.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: npm install" >&2
+  npm install --no-fund --no-audit 2>&1 | grep -v 'Unknown \(user\|env\) config' >&2 || true
+  node -e "require('@napi-rs/blake-hash'); require('zstd-napi')" 2>/dev/null || { echo "setup: npm install failed (see above)" >&2; exit 1; }
 fi
 
 echo "setup: building" >&2
