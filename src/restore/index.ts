@@ -9,4 +9,13 @@ export {
 export { RawWriter, createRawWriter } from './raw-writer.js';
 export { adjustDomainXml, type DomainConfigOptions, type DiskRestoreTarget } from './domain-config.js';
 export { restoreInPlace, openRawTarget, type InPlaceTarget, type InPlaceResult } from './in-place.js';
-export { restoreSnapshot, makeSinkFactory, type RestoreOptions, type RestoreResult, type RestoredDisk, type ImageFormat, type SinkFactory } from './snapshot-restore.js';
+export {
+  restoreSnapshot,
+  makeSinkFactory,
+  type RestoreOptions,
+  type RestoreResult,
+  type RestoredDisk,
+  type ImageFormat,
+  type SinkFactory,
+} from './snapshot-restore.js';
+export { createQcow2Writer, Qcow2Writer, ImageWriteError, type Qcow2WriterOptions } from './qcow2/index.js';

@@ -1,6 +1,7 @@
 import { Command, Option } from 'commander';
 import { ExitCode, formatBytes, VmvaultError } from '../../util/index.js';
 import {
+  createQcow2Writer,
   makeSinkFactory,
   restoreSnapshot,
   type ImageFormat,
@@ -69,7 +70,7 @@ export function restoreCommand(): Command {
           ...(opts.name ? { name: opts.name } : {}),
           inPlace: opts.inPlace ?? false,
           ignoreErrors: opts.ignoreErrors ?? false,
-          sinks: makeSinkFactory(),
+          sinks: makeSinkFactory((path, size) => createQcow2Writer(path, size)),
           progressFor: (t) => makeProgress(t, process.stderr, quiet),
           signal: rootAbort.signal,
         });
