@@ -2,7 +2,9 @@ import { promises as fs, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   errorMessage,
+  isVmvaultError,
   mapLimit,
+  sleep,
   nullLogger,
   throwIfAborted,
   VmvaultError,
@@ -280,14 +282,17 @@ export async function backupDomain(
     }
     return { domain: model.name, plan, snapshot, ...(estimateBytes !== undefined ? { estimateBytes } : {}) };
   } catch (err) {
-    // The NBD connection may fail before the lifecycle event arrives: ask libvirt.
-    if (
-      !shutdownError &&
-      active &&
-      !(opts.signal?.aborted ?? false) &&
-      !(await client.isDomainActive(dom).catch(() => true))
-    ) {
-      shutdownError = stopped('stopped');
+    // The NBD connection may drop before libvirt reports the domain gone: ask for up to 3 s.
+    const connectionLost = isVmvaultError(err) && (err.code === 'NBD_CLOSED' || err.code === 'NBD_PROTOCOL');
+    if (!shutdownError && active && !(opts.signal?.aborted ?? false)) {
+      for (let i = 0; i < 30 && !shutdownError; i++) {
+        if (!(await client.isDomainActive(dom).catch(() => true))) {
+          shutdownError = stopped('stopped');
+          break;
+        }
+        if (!connectionLost) break;
+        await sleep(100);
+      }
     }
     if (shutdownError) throw shutdownError;
     throw err;
