@@ -32,8 +32,10 @@ describe('architecture', () => {
           problems.push(`${relative(SRC, file)}: unknown folder ${to}`);
           continue;
         }
-        if (LAYER[to]! >= LAYER[from]!) problems.push(`${relative(SRC, file)} imports ${rel} (${from} may not import ${to})`);
-        if (rel !== `${to}/index.js` && rel !== `${to}/index.ts`) problems.push(`${relative(SRC, file)} imports ${rel}: use ${to}/index.js`);
+        if (LAYER[to]! >= LAYER[from]!)
+          problems.push(`${relative(SRC, file)} imports ${rel} (${from} may not import ${to})`);
+        if (rel !== `${to}/index.js` && rel !== `${to}/index.ts`)
+          problems.push(`${relative(SRC, file)} imports ${rel}: use ${to}/index.js`);
       }
     }
     expect(problems).toEqual([]);

@@ -116,7 +116,8 @@ export class ChunkStore {
           throw new BlobFormatError('content does not match its id (BLAKE3 mismatch)');
         return data;
       }
-      const own = blob.byteOffset === 0 && blob.buffer instanceof ArrayBuffer && blob.buffer.byteLength === blob.length;
+      const own =
+        blob.byteOffset === 0 && blob.buffer instanceof ArrayBuffer && blob.buffer.byteLength === blob.length;
       const r = await pool.run({ op: 'decode', blob, expectId: id }, own ? [blob.buffer as ArrayBuffer] : []);
       if (!('data' in r)) throw new Error('unexpected worker reply');
       return Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);

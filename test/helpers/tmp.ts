@@ -3,7 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 /** A fresh temp directory, removed by the returned cleanup. Directories are 0755 so QEMU can reach them. */
-export async function makeTmpDir(prefix = 'vmvault-test-'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+export async function makeTmpDir(
+  prefix = 'vmvault-test-',
+): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(join(process.env.VMVAULT_TEST_TMP ?? tmpdir(), prefix));
   const { chmod } = await import('node:fs/promises');
   await chmod(dir, 0o755);
