@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import { errnoCode, exec, nullProgress, throwIfAborted, VmvaultError } from '../util/index.js';
 import { chunkIdOf, isAllZero, type Repository, type Snapshot, type SnapshotDisk } from '../repo/index.js';
+import { NbdClient, startQemuNbd } from '../nbd/index.js';
 
 export interface InPlaceResult {
   chunksChecked: number;
@@ -55,6 +56,53 @@ export async function openRawTarget(path: string): Promise<InPlaceTarget> {
     flush: () => fh.sync(),
     close: () => fh.close(),
   };
+}
+
+/** Opens an existing image of any format QEMU writes (qcow2, ...) through a writable qemu-nbd export. */
+export async function openNbdTarget(
+  path: string,
+  format: string,
+  runtimeDir: string,
+): Promise<InPlaceTarget> {
+  const exp = await startQemuNbd({ path, format, runtimeDir, readOnly: false });
+  let client: NbdClient;
+  try {
+    client = await NbdClient.connect({
+      socketPath: exp.socketPath,
+      exportName: exp.exportName,
+      timeoutMs: 30_000,
+    });
+  } catch (err) {
+    await exp.stop();
+    throw err;
+  }
+  return {
+    sizeBytes: client.sizeBytes,
+    read: (offset, length) => client.read(offset, length),
+    write: (offset, data) => client.write(offset, data),
+    flush: () => client.flush(),
+    async close() {
+      await client.close();
+      await exp.stop();
+    },
+  };
+}
+
+/** Opens an existing raw file, block device or (through qemu-nbd) qcow2 image for --in-place. */
+export async function openInPlaceTarget(
+  path: string,
+  runtimeDir: () => Promise<string>,
+): Promise<InPlaceTarget> {
+  const fh = await fs.open(path, 'r').catch(() => undefined);
+  let magic = '';
+  if (fh) {
+    const b = Buffer.alloc(4);
+    await fh.read(b, 0, 4, 0);
+    await fh.close();
+    magic = b.toString('latin1');
+  }
+  if (magic === 'QFI\xfb') return openNbdTarget(path, 'qcow2', await runtimeDir());
+  return openRawTarget(path);
 }
 
 /**

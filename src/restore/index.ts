@@ -8,7 +8,14 @@ export {
 } from './restore.js';
 export { RawWriter, createRawWriter } from './raw-writer.js';
 export { adjustDomainXml, type DomainConfigOptions, type DiskRestoreTarget } from './domain-config.js';
-export { restoreInPlace, openRawTarget, type InPlaceTarget, type InPlaceResult } from './in-place.js';
+export {
+  restoreInPlace,
+  openRawTarget,
+  openNbdTarget,
+  openInPlaceTarget,
+  type InPlaceTarget,
+  type InPlaceResult,
+} from './in-place.js';
 export {
   restoreSnapshot,
   makeSinkFactory,

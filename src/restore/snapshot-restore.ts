@@ -1,9 +1,10 @@
 import { existsSync, promises as fs, statSync } from 'node:fs';
 import { basename, extname, join, resolve } from 'node:path';
+import { tmpdir } from 'node:os';
 import { UsageError, VmvaultError, type Progress } from '../util/index.js';
 import { shortId, type Repository, type Snapshot, type SnapshotDisk } from '../repo/index.js';
 import { adjustDomainXml } from './domain-config.js';
-import { openRawTarget, restoreInPlace, type InPlaceResult } from './in-place.js';
+import { openInPlaceTarget, restoreInPlace, type InPlaceResult } from './in-place.js';
 import { createRawWriter } from './raw-writer.js';
 import { restoreDisk, type ChunkSink, type DamagedRange } from './restore.js';
 
@@ -54,16 +55,26 @@ function formatFromPath(p: string): ImageFormat | undefined {
 }
 
 /** Restores the disks (and optionally the configuration) of one snapshot. */
-export async function restoreSnapshot(repo: Repository, snapshot: Snapshot, opts: RestoreOptions): Promise<RestoreResult> {
+export async function restoreSnapshot(
+  repo: Repository,
+  snapshot: Snapshot,
+  opts: RestoreOptions,
+): Promise<RestoreResult> {
   let disks: SnapshotDisk[] = snapshot.disks;
   if (opts.disk) {
     const d = snapshot.disks.find((x) => x.target === opts.disk);
-    if (!d) throw new UsageError(`snapshot ${shortId(snapshot.id)} has no disk '${opts.disk}'`, `its disks are: ${snapshot.disks.map((x) => x.target).join(', ')}`);
+    if (!d)
+      throw new UsageError(
+        `snapshot ${shortId(snapshot.id)} has no disk '${opts.disk}'`,
+        `its disks are: ${snapshot.disks.map((x) => x.target).join(', ')}`,
+      );
     disks = [d];
   }
   const out = resolve(opts.output);
-  const outIsDir = opts.output.endsWith('/') || (existsSync(out) && statSync(out).isDirectory()) || !opts.disk;
-  if (opts.inPlace && (!opts.disk || outIsDir)) throw new UsageError('--in-place needs --disk and -o naming the existing image or block device');
+  const outIsDir =
+    opts.output.endsWith('/') || (existsSync(out) && statSync(out).isDirectory()) || !opts.disk;
+  if (opts.inPlace && (!opts.disk || outIsDir))
+    throw new UsageError('--in-place needs --disk and -o naming the existing image or block device');
   const dir = outIsDir ? out : resolve(out, '..');
   if (outIsDir) await fs.mkdir(dir, { recursive: true });
 
@@ -73,16 +84,34 @@ export async function restoreSnapshot(repo: Repository, snapshot: Snapshot, opts
     const path = outIsDir ? join(dir, `${d.target}.${format}`) : out;
     const progress = opts.progressFor?.(d.target);
     if (opts.inPlace) {
-      const target = await openRawTarget(path);
+      let tmp: string | undefined;
+      const target = await openInPlaceTarget(
+        path,
+        async () => (tmp = await fs.mkdtemp(join(tmpdir(), 'vmvault-inplace-'))),
+      );
       try {
-        const r = await restoreInPlace(repo, snapshot, d, target, { ...(progress ? { progress } : {}), ...(opts.signal ? { signal: opts.signal } : {}) });
-        result.disks.push({ target: d.target, path, format, bytesWritten: r.bytesWritten, damaged: [], inPlace: r });
+        const r = await restoreInPlace(repo, snapshot, d, target, {
+          ...(progress ? { progress } : {}),
+          ...(opts.signal ? { signal: opts.signal } : {}),
+        });
+        result.disks.push({
+          target: d.target,
+          path,
+          format,
+          bytesWritten: r.bytesWritten,
+          damaged: [],
+          inPlace: r,
+        });
       } finally {
         await target.close();
+        if (tmp) await fs.rm(tmp, { recursive: true, force: true });
       }
       continue;
     }
-    if (existsSync(path)) throw new VmvaultError('OUTPUT_EXISTS', `output ${path} exists`, { hint: 'choose another path, remove it first, or use --in-place to roll it back' });
+    if (existsSync(path))
+      throw new VmvaultError('OUTPUT_EXISTS', `output ${path} exists`, {
+        hint: 'choose another path, remove it first, or use --in-place to roll it back',
+      });
     const sink = await opts.sinks(format, path, d.sizeBytes);
     const r = await restoreDisk(repo, snapshot, d, sink, {
       ignoreErrors: opts.ignoreErrors ?? false,
@@ -94,7 +123,12 @@ export async function restoreSnapshot(repo: Repository, snapshot: Snapshot, opts
 
   if (opts.config) {
     const xmlFile = snapshot.files.find((f) => f.kind === 'domain-xml');
-    if (!xmlFile) throw new VmvaultError('NO_DOMAIN_XML', `snapshot ${shortId(snapshot.id)} holds no domain XML (it was made by backup-image)`, { hint: 'drop --config' });
+    if (!xmlFile)
+      throw new VmvaultError(
+        'NO_DOMAIN_XML',
+        `snapshot ${shortId(snapshot.id)} holds no domain XML (it was made by backup-image)`,
+        { hint: 'drop --config' },
+      );
     const fileMap = new Map<string, string>();
     for (const f of snapshot.files) {
       if (f.kind === 'domain-xml' || f.kind === 'checkpoint-xml') continue;
@@ -117,7 +151,9 @@ export async function restoreSnapshot(repo: Repository, snapshot: Snapshot, opts
 }
 
 /** Raw sinks always; qcow2 through the writer passed in. */
-export function makeSinkFactory(qcow2?: (path: string, sizeBytes: number) => Promise<ChunkSink>): SinkFactory {
+export function makeSinkFactory(
+  qcow2?: (path: string, sizeBytes: number) => Promise<ChunkSink>,
+): SinkFactory {
   return async (format, path, sizeBytes) => {
     if (format === 'raw') return createRawWriter(path, sizeBytes);
     if (!qcow2) throw new UsageError('qcow2 output is not available in this build', 'use --format raw');
