@@ -5,10 +5,11 @@ import { backupImageCommand } from './commands/backup-image.js';
 import { backupCommand } from './commands/backup.js';
 import { initCommand } from './commands/init.js';
 import { restoreCommand } from './commands/restore.js';
+import { serveCommand } from './commands/serve.js';
 import { showCommand } from './commands/show.js';
 import { snapshotsCommand } from './commands/snapshots.js';
 import { statsCommand } from './commands/stats.js';
-import { installSignalHandlers, rootAbort } from './signals.js';
+import { installSignalHandlers, isInterruptNormalEnd, rootAbort } from './signals.js';
 
 const EXIT_CODES_HELP = `
 Exit codes: 0 success, 1 failure, 2 usage error, 3 partial success, 10 repository not found,
@@ -30,6 +31,7 @@ export function buildProgram(): Command {
     showCommand(),
     statsCommand(),
     restoreCommand(),
+    serveCommand(),
   ]) {
     cmd.addHelpText('after', EXIT_CODES_HELP);
     program.addCommand(cmd);
@@ -54,7 +56,8 @@ export async function main(argv: string[]): Promise<void> {
   } catch (err) {
     code = report(err, debug, json);
   }
-  if (code === ExitCode.OK && rootAbort.signal.aborted) code = report(rootAbort.signal.reason, debug, json);
+  if (code === ExitCode.OK && rootAbort.signal.aborted && !isInterruptNormalEnd())
+    code = report(rootAbort.signal.reason, debug, json);
   process.exitCode = code;
 }
 

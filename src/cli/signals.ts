@@ -14,3 +14,14 @@ export function installSignalHandlers(): void {
     });
   }
 }
+
+let interruptEndsNormally = false;
+
+/** For commands that run until interrupted (serve): SIGINT/SIGTERM is their normal end, exit 0. */
+export function interruptIsNormalEnd(): void {
+  interruptEndsNormally = true;
+}
+
+export function isInterruptNormalEnd(): boolean {
+  return interruptEndsNormally;
+}

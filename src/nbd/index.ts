@@ -14,3 +14,7 @@ export {
   NbdTimeoutError,
 } from './errors.js';
 export * from './protocol.js';
+export { NbdServer, type NbdServerOptions } from './server/server.js';
+export { isWritable, type NbdExport, type ExportExtent } from './server/export.js';
+export { FileExport, MemoryExport } from './server/exports.js';
+export { CowOverlay } from './server/overlay.js';

@@ -49,6 +49,13 @@ export class DiskIndex {
     return null;
   }
 
+  /** True when the slot is the zero marker (cheaper than get() === null). */
+  isZero(slot: number): boolean {
+    const at = slot * CHUNK_ID_BYTES;
+    for (let i = at; i < at + CHUNK_ID_BYTES; i++) if (this.slots[i] !== 0) return false;
+    return true;
+  }
+
   set(slot: number, id: ChunkId | null): void {
     if (slot < 0 || slot >= this.slotCount) throw new RangeError(`slot ${slot} out of range`);
     const at = slot * CHUNK_ID_BYTES;

@@ -26,3 +26,4 @@ export {
   type SinkFactory,
 } from './snapshot-restore.js';
 export { createQcow2Writer, Qcow2Writer, ImageWriteError, type Qcow2WriterOptions } from './qcow2/index.js';
+export { SnapshotExport } from './snapshot-export.js';
