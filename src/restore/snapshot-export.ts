@@ -23,7 +23,7 @@ export class SnapshotExport implements NbdExport {
     opts: { cacheBytes?: number } = {},
   ): Promise<SnapshotExport> {
     const index = await repo.getIndex(disk.index);
-    const slots = Math.max(4, Math.floor((opts.cacheBytes ?? 64 * 1024 * 1024) / index.chunkSizeBytes));
+    const slots = Math.max(4, Math.floor((opts.cacheBytes ?? 32 * 1024 * 1024) / index.chunkSizeBytes));
     return new SnapshotExport(repo, snapshot, disk, index, slots);
   }
 
