@@ -123,6 +123,15 @@ try {
     dataBytes,
     `+${mb((await du(repo)) - r0)}`,
   );
+  // Restores of the latest backup point of vm1 as qcow2 images, by each tool.
+  const vr = join(work, 'restore-vmvault');
+  const vnr = join(work, 'restore-virtnbd');
+  note(
+    await measure('vmvault restore (qcow2)', vmvault, ['-q', 'restore', 'vm1@latest', '-r', repo, '-o', vr]),
+    dataBytes,
+    '',
+  );
+  note(await measure('virtnbdrestore (qcow2)', 'virtnbdrestore', ['-i', vnb, '-o', vnr]), dataBytes, '');
   console.log(
     `\nrepository after both VMs: vmvault ${mb(await du(repo))}; virtnbdbackup folders ${mb((await du(vnb)) + (await du(vnb2)))} (uncompressed)`,
   );
