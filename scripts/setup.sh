@@ -8,13 +8,14 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   qemu-utils qemu-system-x86 libvirt-daemon-system libvirt-clients nbdkit libnbd-bin
-  openssh-server openssh-client netcat-openbsd e2fsprogs gnutls-bin
+  openssh-server openssh-client netcat-openbsd e2fsprogs gnutls-bin time
 )
 # Tools each package provides, to decide whether apt must run at all.
 NEEDED_TOOLS=(qemu-img qemu-nbd qemu-storage-daemon qemu-system-x86_64 libvirtd virsh virtlogd nbdkit nbdinfo nbdcopy sshd nc mkfs.ext4 certtool)
 
 missing=()
 for t in "${NEEDED_TOOLS[@]}"; do command -v "$t" >/dev/null 2>&1 || [ -x "/usr/sbin/$t" ] || missing+=("$t"); done
+[ -x /usr/bin/time ] || missing+=(/usr/bin/time)
 if [ "${SKIP_APT:-0}" != 1 ] && [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing tools (${missing[*]}); run this script as root to install: ${APT_PACKAGES[*]}" >&2
