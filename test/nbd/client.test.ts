@@ -76,6 +76,12 @@ describe.runIf(run)('NBD client against real servers', () => {
     await exec('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, q]);
     const exp = await startQemuNbd({ path: q, format: 'qcow2', runtimeDir: dir, exportName: 'disk' });
     try {
+      expect(await NbdClient.list({ socketPath: exp.socketPath })).toEqual([
+        { name: 'disk', description: '' },
+      ]);
+      const info = await NbdClient.info({ socketPath: exp.socketPath, exportName: 'disk' });
+      expect(info.sizeBytes).toBe(48 * MiB);
+      expect(info.blockSize.maximum).toBeGreaterThanOrEqual(512);
       const c = await NbdClient.connect({ socketPath: exp.socketPath, exportName: 'disk' });
       expect(sha(await c.read(0, c.sizeBytes))).toBe(sha(content));
       await c.close();
@@ -103,6 +109,11 @@ describe.runIf(run)('NBD client against real servers', () => {
     const qsd = await startQsd(dir, q, 'disk0', 'b0');
     try {
       const ctx = 'qemu:dirty-bitmap:b0';
+      expect(
+        await NbdClient.listMetaContexts({ socketPath: qsd.socket, exportName: 'disk0' }, [
+          'qemu:dirty-bitmap:',
+        ]),
+      ).toEqual([ctx]);
       const c = await NbdClient.connect({
         socketPath: qsd.socket,
         exportName: 'disk0',
@@ -117,6 +128,7 @@ describe.runIf(run)('NBD client against real servers', () => {
       // Writable export: write, write zeroes, flush, read back.
       await c.write(2 * MiB, Buffer.alloc(4096, 0x5a));
       await c.writeZeroes(0, 4096);
+      await c.trim(30 * MiB, MiB);
       await c.flush();
       expect((await c.read(2 * MiB, 4096)).every((b) => b === 0x5a)).toBe(true);
       expect((await c.read(0, 4096)).every((b) => b === 0)).toBe(true);

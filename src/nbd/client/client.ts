@@ -156,6 +156,127 @@ export class NbdClient {
     }
   }
 
+  /**
+   * Opens a connection for option haggling only (LIST, INFO, LIST_META_CONTEXT), then ends it
+   * with NBD_OPT_ABORT.
+   */
+  private static async haggle<T>(
+    opts: NbdConnectOptions,
+    fn: (socket: Socket, queue: ByteQueue) => Promise<T>,
+  ): Promise<T> {
+    let queue = new ByteQueue();
+    let socket = await openSocket(opts, queue);
+    attach(socket, queue);
+    try {
+      await greeting(socket, queue);
+      if (opts.tls) ({ socket, queue } = await startTls(socket, queue, opts));
+      const result = await fn(socket, queue);
+      option(socket, NBD_OPT.NBD_OPT_ABORT);
+      await optionReply(queue, NBD_OPT.NBD_OPT_ABORT).catch(() => undefined);
+      return result;
+    } finally {
+      socket.destroy();
+    }
+  }
+
+  /** The server's exports (NBD_OPT_LIST). */
+  static list(opts: NbdConnectOptions): Promise<Array<{ name: string; description: string }>> {
+    return NbdClient.haggle(opts, async (socket, queue) => {
+      option(socket, NBD_OPT.NBD_OPT_LIST);
+      const out: Array<{ name: string; description: string }> = [];
+      for (;;) {
+        const r = await optionReply(queue, NBD_OPT.NBD_OPT_LIST);
+        if (r.type === NBD_REP.NBD_REP_ACK) return out;
+        if (r.type & NBD_REP_FLAG_ERROR)
+          throw new NbdOptionError(
+            r.type,
+            `the NBD server refused to list its exports${r.data.length ? `: ${r.data.toString('utf8')}` : ''}`,
+          );
+        if (r.type === NBD_REP.NBD_REP_SERVER && r.data.length >= 4) {
+          const n = r.data.readUInt32BE(0);
+          out.push({
+            name: r.data.subarray(4, 4 + n).toString('utf8'),
+            description: r.data.subarray(4 + n).toString('utf8'),
+          });
+        }
+      }
+    });
+  }
+
+  /** Size, flags and block sizes of an export without entering transmission (NBD_OPT_INFO). */
+  static info(
+    opts: NbdConnectOptions,
+  ): Promise<{ sizeBytes: number; transmissionFlags: number; blockSize: BlockSizeConstraints }> {
+    return NbdClient.haggle(opts, async (socket, queue) => {
+      const name = nameBuf(opts.exportName ?? '');
+      option(
+        socket,
+        NBD_OPT.NBD_OPT_INFO,
+        Buffer.concat([name, Buffer.from([0, 1, 0, NBD_INFO.NBD_INFO_BLOCK_SIZE])]),
+      );
+      const blockSize: BlockSizeConstraints = { minimum: 1, preferred: 4096, maximum: DEFAULT_MAX_PAYLOAD };
+      let sizeBytes = -1;
+      let transmissionFlags = 0;
+      for (;;) {
+        const r = await optionReply(queue, NBD_OPT.NBD_OPT_INFO);
+        if (r.type === NBD_REP.NBD_REP_ACK) break;
+        if (r.type & NBD_REP_FLAG_ERROR)
+          throw new NbdOptionError(
+            r.type,
+            `NBD server refused INFO for '${opts.exportName ?? ''}'${r.data.length ? `: ${r.data.toString('utf8')}` : ''}`,
+          );
+        if (r.type !== NBD_REP.NBD_REP_INFO) continue;
+        const it = r.data.readUInt16BE(0);
+        if (it === NBD_INFO.NBD_INFO_EXPORT && r.data.length >= 12) {
+          sizeBytes = Number(r.data.readBigUInt64BE(2));
+          transmissionFlags = r.data.readUInt16BE(10);
+        } else if (it === NBD_INFO.NBD_INFO_BLOCK_SIZE && r.data.length >= 14) {
+          blockSize.minimum = r.data.readUInt32BE(2);
+          blockSize.preferred = r.data.readUInt32BE(6);
+          blockSize.maximum = r.data.readUInt32BE(10);
+        }
+      }
+      if (sizeBytes < 0) throw new NbdProtocolError('INFO reply without the export size');
+      return { sizeBytes, transmissionFlags, blockSize };
+    });
+  }
+
+  /** Meta contexts an export offers for the queries (NBD_OPT_LIST_META_CONTEXT; [] = all). */
+  static listMetaContexts(opts: NbdConnectOptions, queries: readonly string[] = []): Promise<string[]> {
+    return NbdClient.haggle(opts, async (socket, queue) => {
+      option(socket, NBD_OPT.NBD_OPT_STRUCTURED_REPLY);
+      await optionReply(queue, NBD_OPT.NBD_OPT_STRUCTURED_REPLY);
+      const count = Buffer.alloc(4);
+      count.writeUInt32BE(queries.length, 0);
+      option(
+        socket,
+        NBD_OPT.NBD_OPT_LIST_META_CONTEXT,
+        Buffer.concat([nameBuf(opts.exportName ?? ''), count, ...queries.map(nameBuf)]),
+      );
+      const out: string[] = [];
+      for (;;) {
+        const r = await optionReply(queue, NBD_OPT.NBD_OPT_LIST_META_CONTEXT);
+        if (r.type === NBD_REP.NBD_REP_ACK) return out;
+        if (r.type & NBD_REP_FLAG_ERROR)
+          throw new NbdOptionError(
+            r.type,
+            `NBD server refused LIST_META_CONTEXT${r.data.length ? `: ${r.data.toString('utf8')}` : ''}`,
+          );
+        if (r.type === NBD_REP.NBD_REP_META_CONTEXT) out.push(r.data.subarray(4).toString('utf8'));
+      }
+    });
+  }
+
+  /** Discards a range (content afterwards is unspecified); a no-op where the server has no TRIM. */
+  async trim(offset: number, length: number): Promise<void> {
+    this.checkRange(offset, length, 'trim');
+    if (!(this.transmissionFlags & NBD_FLAG_T.NBD_FLAG_SEND_TRIM)) return;
+    await this.request(
+      (resolve, reject) => ({ kind: 'other', name: 'TRIM', resolve, reject }),
+      (p) => this.send(NBD_CMD.NBD_CMD_TRIM, 0, offset, length, p),
+    );
+  }
+
   /** Largest READ/WRITE payload this server accepts. */
   get maxPayload(): number {
     return Math.min(this.blockSize.maximum, DEFAULT_MAX_PAYLOAD);
