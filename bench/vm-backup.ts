@@ -131,7 +131,7 @@ try {
     dataBytes,
     '',
   );
-  note(await measure('virtnbdrestore (qcow2)', 'virtnbdrestore', ['-i', vnb, '-o', vnr]), dataBytes, '');
+  note(await measure('virtnbdrestore (qcow2)', 'virtnbdrestore', ['-U', uri, '-i', vnb, '-o', vnr]), dataBytes, '');
   console.log(
     `\nrepository after both VMs: vmvault ${mb(await du(repo))}; virtnbdbackup folders ${mb((await du(vnb)) + (await du(vnb2)))} (uncompressed)`,
   );
