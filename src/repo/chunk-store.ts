@@ -111,7 +111,7 @@ export class ChunkStore {
     const pool = this.getPool();
     try {
       if (!pool) {
-        const data = decodeBlob(blob);
+        const data = decodeBlob(blob, { verifyTag: id === null });
         if (id !== null && chunkIdOf(data) !== id)
           throw new BlobFormatError('content does not match its id (BLAKE3 mismatch)');
         return data;

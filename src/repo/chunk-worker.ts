@@ -39,7 +39,7 @@ function handle(req: ChunkWorkerRequest & { transferred?: boolean }): {
   }
   let data: Buffer;
   try {
-    data = decodeBlob(req.blob);
+    data = decodeBlob(req.blob, { verifyTag: req.expectId === null });
   } catch (err) {
     throw Object.assign(new Error(err instanceof Error ? err.message : String(err)), {
       code: 'BLOB_DAMAGED',
