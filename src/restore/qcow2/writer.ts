@@ -108,8 +108,7 @@ export class Qcow2Writer implements ChunkSink {
 
   private async flushPending(): Promise<void> {
     if (this.pendingBytes === 0) return;
-    const buf = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingBytes);
-    await writeAll(this.fh, buf, this.pendingAt);
+    await writevAll(this.fh, this.pending, this.pendingAt);
     this.pendingAt += this.pendingBytes;
     this.pending = [];
     this.pendingBytes = 0;
@@ -126,6 +125,7 @@ export class Qcow2Writer implements ChunkSink {
     this.l2Index = -1;
   }
 
+  /** Writes guest data; `data` is kept by reference until flushed, so callers must not reuse it. */
   async write(offset: number, data: Buffer): Promise<void> {
     if (this.closed) throw new ImageWriteError(`${this.path} is already finished`);
     if (offset < this.lastEnd)
@@ -155,7 +155,7 @@ export class Qcow2Writer implements ChunkSink {
         this.l2Index = l1i;
       }
       // The L2 table of this range is written after its data, so data clusters stay in order.
-      const host = await this.append(Buffer.from(piece));
+      const host = await this.append(piece);
       this.l2.writeBigUInt64BE(BigInt(host * this.cs) | COPIED, (guestCluster % this.l2Entries) * 8);
     }
   }
@@ -218,6 +218,18 @@ export class Qcow2Writer implements ChunkSink {
     this.closed = true;
     await fs.rm(this.path, { force: true });
   }
+}
+
+/** Gathers the pending clusters into one writev call (no concatenation copy). */
+async function writevAll(fh: fs.FileHandle, bufs: Buffer[], position: number): Promise<void> {
+  let written = 0;
+  try {
+    written = (await fh.writev(bufs, position)).bytesWritten;
+  } catch (err) {
+    return writeAll(fh, Buffer.concat(bufs), position).then(() => Promise.reject(err));
+  }
+  const total = bufs.reduce((a, b) => a + b.length, 0);
+  if (written < total) await writeAll(fh, Buffer.concat(bufs).subarray(written), position + written);
 }
 
 async function writeAll(fh: fs.FileHandle, buf: Buffer, position: number): Promise<void> {
