@@ -286,6 +286,22 @@ describe.runIf(run)('backup-image and restore through the CLI', () => {
       expectOneLineError(rb);
     });
 
+    it('backups of domains on another host are refused with the fix', async () => {
+      const r = await runCli([
+        'backup',
+        '-r',
+        repo,
+        '-d',
+        'web',
+        '-c',
+        'qemu+ssh://root@kvm2.example/system',
+      ]);
+      expect(r.code).toBe(2);
+      expect(expectOneLineError(r)).toMatch(
+        /another host \(kvm2.example\) are not supported yet; run vmvault on the hypervisor host/,
+      );
+    });
+
     it('unknown command and option are usage errors (exit 2)', async () => {
       expect((await runCli(['frobnicate'])).code).toBe(2);
       expect((await runCli(['snapshots', '--bogus'])).code).toBe(2);

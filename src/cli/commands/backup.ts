@@ -15,7 +15,7 @@ import {
   type BackupLevel,
   type VmBackupResult,
 } from '../../backup/index.js';
-import { LibvirtClient, VIR_CONNECT_LIST_DOMAINS } from '../../libvirt/index.js';
+import { LibvirtClient, parseLibvirtUri, VIR_CONNECT_LIST_DOMAINS } from '../../libvirt/index.js';
 import { shortId } from '../../repo/index.js';
 import { globals, loggerFor, printJson, repoOption, withRepo } from '../context.js';
 import { makeProgress } from '../progress-tty.js';
@@ -84,6 +84,14 @@ export function backupCommand(): Command {
       const threshold = opts.threshold === undefined ? undefined : parseSize(opts.threshold, 'threshold');
       const log = loggerFor(cmd);
       const quiet = (globals(cmd).quiet ?? false) || opts.json === true;
+      const target = parseLibvirtUri(opts.connect);
+      if (target.host && !['localhost', '127.0.0.1', '::1'].includes(target.host)) {
+        // The backup job's NBD socket, scratch files and the VM's files live on that host.
+        throw new UsageError(
+          `backups of domains on another host (${target.host}) are not supported yet`,
+          'run vmvault on the hypervisor host itself, with a repository both can reach',
+        );
+      }
       const client = await LibvirtClient.connect(opts.connect);
       const results: Array<VmBackupResult | { domain: string; error: VmvaultError | Error }> = [];
       try {
