@@ -34,6 +34,16 @@ export class ByteQueue {
     return this.available;
   }
 
+  /** Hands over every buffered byte (the handshake is over; the rest belongs to the next parser). */
+  takeAll(): Buffer[] {
+    const first = this.chunks[0];
+    const out = first ? [first.subarray(this.head), ...this.chunks.slice(1)] : [];
+    this.chunks = [];
+    this.head = 0;
+    this.available = 0;
+    return out;
+  }
+
   private async need(n: number): Promise<void> {
     if (this.available >= n) return;
     if (this.error) throw this.error;

@@ -10,25 +10,35 @@ export class NbdProtocolError extends VmvaultError {
 
 /** The server answered one request with an errno; the connection stays usable. */
 export class NbdRequestError extends VmvaultError {
+  /** `EIO`, `EINVAL`, ... (`errno N` for values outside the spec). */
+  readonly errnoName: string;
   constructor(
     readonly errno: number,
     readonly request: string,
-    serverMessage = '',
+    readonly serverMessage = '',
+    /** From NBD_REPLY_TYPE_ERROR_OFFSET: where the failure is. */
+    readonly errorOffset?: number,
   ) {
     super(
       'NBD_REQUEST',
-      `NBD ${request} failed: ${nbdErrnoName(errno)}${serverMessage ? ` (${serverMessage})` : ''}`,
+      `NBD ${request} failed: ${nbdErrnoName(errno)}${serverMessage ? ` (${serverMessage})` : ''}${
+        errorOffset === undefined ? '' : ` at offset ${errorOffset}`
+      }`,
+      { details: { errno, request } },
     );
+    this.errnoName = nbdErrnoName(errno);
   }
 }
 
-/** The server refused an option during the handshake (e.g. unknown export). */
+/** The server refused an option during the handshake (e.g. unknown export, TLS required). */
 export class NbdOptionError extends VmvaultError {
   constructor(
+    /** The NBD_REP_ERR_* reply (0 when the refusal is ours, e.g. an unreadable certificate). */
     readonly replyType: number,
     message: string,
+    hint?: string,
   ) {
-    super('NBD_OPTION', message);
+    super('NBD_OPTION', message, { hint });
   }
 }
 

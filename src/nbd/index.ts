@@ -1,10 +1,16 @@
 export {
   NbdClient,
   type NbdConnectOptions,
+  type NbdTlsOptions,
   type NbdExtent,
   type BlockSizeConstraints,
+  type ExportDetails,
+  type WriteOptions,
+  type WriteZeroesOptions,
 } from './client/client.js';
 export { walkExtents, type MergedExtent } from './client/extents.js';
+export { ReplyParser, type ReplyHandler, type InFlightRequest } from './client/reply-parser.js';
+export { parseNbdUri, formatNbdUri, type NbdUri } from './uri.js';
 export { startQemuNbd, type QemuNbdOptions, type QemuNbdExport } from './qemu-nbd.js';
 export {
   NbdClosedError,

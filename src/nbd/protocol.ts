@@ -61,6 +61,7 @@ export const NBD_REP = {
   NBD_REP_ERR_SHUTDOWN: 2 ** 31 + 7,
   NBD_REP_ERR_BLOCK_SIZE_REQD: 2 ** 31 + 8,
   NBD_REP_ERR_TOO_BIG: 2 ** 31 + 9,
+  NBD_REP_ERR_EXT_HEADER_REQD: 2 ** 31 + 10,
 } as const;
 export const NBD_REP_FLAG_ERROR = 2 ** 31;
 
@@ -128,5 +129,68 @@ export function nbdErrnoName(errno: number): string {
 
 export const BASE_ALLOCATION = 'base:allocation';
 export const QEMU_DIRTY_BITMAP_PREFIX = 'qemu:dirty-bitmap:';
+/** qemu:allocation-depth: the whole u32 is the depth (0 unallocated, 1 top layer, 2 backing, ...). */
+export const QEMU_ALLOCATION_DEPTH = 'qemu:allocation-depth';
 /** Largest payload a portable client sends or expects without a BLOCK_SIZE constraint. */
 export const DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024;
+/** The IANA port of NBD. */
+export const NBD_DEFAULT_PORT = 10809;
+/** Longest name or query string the spec allows. */
+export const NBD_MAX_STRING = 4096;
+
+/** Fixed wire sizes (bytes). */
+export const NBD_SIZE = {
+  GREETING: 18,
+  CLIENT_FLAGS: 4,
+  OPTION_HEADER: 16,
+  OPTION_REPLY_HEADER: 20,
+  EXPORT_NAME_REPLY: 134,
+  EXPORT_NAME_REPLY_NO_ZEROES: 10,
+  REQUEST_HEADER: 28,
+  SIMPLE_REPLY_HEADER: 16,
+  STRUCTURED_REPLY_HEADER: 20,
+} as const;
+
+export type NbdOpt = (typeof NBD_OPT)[keyof typeof NBD_OPT];
+export type NbdCmd = (typeof NBD_CMD)[keyof typeof NBD_CMD];
+export type NbdReplyType = (typeof NBD_REPLY_TYPE)[keyof typeof NBD_REPLY_TYPE];
+export type NbdErrno = (typeof NBD_ERRNO)[keyof typeof NBD_ERRNO];
+
+function nameOf(table: Record<string, number>, value: number, prefix: string): string {
+  for (const [k, v] of Object.entries(table)) if (v === value) return k.slice(prefix.length);
+  return String(value);
+}
+
+/** `GO`, `READ`, `ERR_UNSUP`: the spec name without its prefix (for messages). */
+export function nbdOptName(opt: number): string {
+  return nameOf(NBD_OPT, opt, 'NBD_OPT_');
+}
+export function nbdCmdName(cmd: number): string {
+  return nameOf(NBD_CMD, cmd, 'NBD_CMD_');
+}
+export function nbdRepName(rep: number): string {
+  return nameOf(NBD_REP, rep, 'NBD_REP_');
+}
+
+/** Node errno codes mapped to the NBD error a server sends for them. */
+export function nbdErrnoFromCode(code: string | undefined): number {
+  switch (code) {
+    case 'EPERM':
+    case 'EACCES':
+    case 'EROFS':
+      return NBD_ERRNO.NBD_EPERM;
+    case 'ENOMEM':
+      return NBD_ERRNO.NBD_ENOMEM;
+    case 'EINVAL':
+      return NBD_ERRNO.NBD_EINVAL;
+    case 'ENOSPC':
+    case 'EDQUOT':
+    case 'EFBIG':
+      return NBD_ERRNO.NBD_ENOSPC;
+    case 'ENOTSUP':
+    case 'EOPNOTSUPP':
+      return NBD_ERRNO.NBD_ENOTSUP;
+    default:
+      return NBD_ERRNO.NBD_EIO;
+  }
+}
