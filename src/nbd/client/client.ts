@@ -87,9 +87,13 @@ function resolveOptions(opts: NbdConnectOptions): NbdConnectOptions {
   };
 }
 
-async function open(opts: NbdConnectOptions): Promise<{ ch: OptionChannel; noZeroes: boolean }> {
+async function open(
+  opts: NbdConnectOptions,
+  onTransport: (t: Transport) => void,
+): Promise<{ ch: OptionChannel; noZeroes: boolean }> {
   const queue = new ByteQueue();
   const transport = await Transport.connect(opts, queueSink(queue), opts.signal);
+  onTransport(transport);
   const ch = new OptionChannel(transport, queue);
   try {
     const { noZeroes } = await greet(ch);
@@ -163,8 +167,7 @@ export class NbdClient {
     const maxInFlight = opts.maxInFlight ?? 16;
     if (!(maxInFlight >= 1)) throw new RangeError('maxInFlight must be at least 1');
     return guarded(opts, async (onTransport) => {
-      const { ch, noZeroes } = await open(opts);
-      onTransport(ch.transport);
+      const { ch, noZeroes } = await open(opts, onTransport);
       try {
         const exportName = opts.exportName ?? '';
         const n = await negotiate(
@@ -202,8 +205,7 @@ export class NbdClient {
   private static haggle<T>(options: NbdConnectOptions, fn: (ch: OptionChannel) => Promise<T>): Promise<T> {
     const opts = resolveOptions(options);
     return guarded(opts, async (onTransport) => {
-      const { ch } = await open(opts);
-      onTransport(ch.transport);
+      const { ch } = await open(opts, onTransport);
       try {
         const result = await fn(ch);
         await abortHaggling(ch);

@@ -56,6 +56,8 @@ export class Connection implements ReplyHandler {
   private drainWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
   private idleWaiters: Array<() => void> = [];
   private refusing = false;
+  /** Requests admitted (waiting for a slot, or in flight). */
+  private active = 0;
 
   constructor(
     private readonly transport: Transport,
@@ -95,6 +97,7 @@ export class Connection implements ReplyHandler {
   async request(spec: RequestSpec): Promise<{ extents: Map<number, RawExtent[]> | undefined }> {
     if (this.failure) throw this.failure;
     if (this.refusing) throw new NbdClosedError('the NBD client is closing');
+    this.active++;
     await this.slots.acquire();
     try {
       if (this.failure) throw this.failure;
@@ -148,6 +151,7 @@ export class Connection implements ReplyHandler {
       });
     } finally {
       this.slots.release();
+      if (--this.active === 0) this.wakeIdle();
     }
   }
 
@@ -162,9 +166,9 @@ export class Connection implements ReplyHandler {
     await this.disconnect();
   }
 
-  /** Resolves once no request is in flight (or the connection failed). */
+  /** Resolves once no request is admitted or in flight (or the connection failed). */
   idle(): Promise<void> {
-    if (this.pending.size === 0 || this.failure) return Promise.resolve();
+    if (this.active === 0 || this.failure) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
@@ -269,6 +273,5 @@ export class Connection implements ReplyHandler {
     if (p.timer) clearTimeout(p.timer);
     if (p.error) p.reject(p.error);
     else p.resolve();
-    if (this.pending.size === 0) this.wakeIdle();
   }
 }
