@@ -76,13 +76,27 @@ export async function createOutputFile(path: string): Promise<fs.FileHandle> {
 }
 
 export const DEFAULT_WRITE_BUFFER_BYTES = 4 * 1024 * 1024;
+/**
+ * A background fdatasync after every 64 MiB written: the disk writes back while the restore goes
+ * on, instead of the final fsync flushing gigabytes of dirty pages at the end (bench/README.md,
+ * "qcow2 writer": the final flush went from ~0.5 s to ~0.02 s for 2 GiB).
+ */
+export const DEFAULT_SYNC_EVERY_BYTES = 64 * 1024 * 1024;
+
+export interface SequentialFileOptions {
+  /** Size of each of the two buffers (default 4 MiB). */
+  bufferBytes?: number;
+  /** Start a background fdatasync after this many bytes written (default 64 MiB; 0: never). */
+  syncEveryBytes?: number;
+}
 
 /**
  * Buffered positional writes for a mostly sequential stream: bytes that continue the previous
- * ones are gathered into a buffer of `bufferBytes` and written with one `write(2)`; a jump
+ * ones are copied into a buffer of `bufferBytes` and written with one `write(2)`; a jump
  * elsewhere flushes first. Two buffers alternate, so one is written by the thread pool while the
- * caller fills the other (memory: 2 × bufferBytes). A failed background write is reported by
- * the next call.
+ * caller fills the other (memory: 2 × bufferBytes); callers may reuse their buffers as soon as a
+ * call returns. Every `syncEveryBytes` a background fdatasync (one at a time) starts writeback
+ * early. A failed background write or sync is reported by the next call.
  */
 export class SequentialFile {
   private readonly buffers: Buffer[] = [];
@@ -91,12 +105,20 @@ export class SequentialFile {
   private at = 0; // file position of buffers[current][0]
   private inflight: Promise<void> | undefined;
   private failure: VmvaultError | undefined;
+  private syncing: Promise<void> | undefined;
+  private unsyncedBytes = 0;
+
+  private readonly bufferBytes: number;
+  private readonly syncEveryBytes: number;
 
   constructor(
     private readonly fh: fs.FileHandle,
     private readonly path: string,
-    private readonly bufferBytes = DEFAULT_WRITE_BUFFER_BYTES,
-  ) {}
+    opts: SequentialFileOptions = {},
+  ) {
+    this.bufferBytes = opts.bufferBytes ?? DEFAULT_WRITE_BUFFER_BYTES;
+    this.syncEveryBytes = opts.syncEveryBytes ?? DEFAULT_SYNC_EVERY_BYTES;
+  }
 
   /** Bytes of buffer memory held (grows to 2 × bufferBytes on the first flush). */
   get bufferMemoryBytes(): number {
@@ -160,6 +182,19 @@ export class SequentialFile {
     this.current ^= 1;
     this.at += length;
     this.fill = 0;
+    this.unsyncedBytes += length;
+    if (this.syncEveryBytes > 0 && this.unsyncedBytes >= this.syncEveryBytes && !this.syncing) {
+      this.unsyncedBytes = 0;
+      this.syncing = this.fh.datasync().then(
+        () => {
+          this.syncing = undefined;
+        },
+        (err: unknown) => {
+          this.syncing = undefined;
+          this.failure ??= outputError(this.path, err);
+        },
+      );
+    }
   }
 
   private async settle(): Promise<void> {
@@ -174,11 +209,14 @@ export class SequentialFile {
   async drain(): Promise<void> {
     await this.flush();
     await this.settle();
+    await this.syncing;
+    if (this.failure) throw this.failure;
   }
 
   /** Waits for a write in flight, ignoring its outcome (used before closing on error paths). */
   async quiesce(): Promise<void> {
     await this.inflight;
+    await this.syncing;
     this.inflight = undefined;
   }
 }

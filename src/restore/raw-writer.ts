@@ -18,6 +18,8 @@ export interface RawWriterOptions {
   sparse?: boolean;
   /** Size of each of the two write buffers (default 4 MiB). */
   writeBufferBytes?: number;
+  /** Background fdatasync every this many bytes written (default 64 MiB; 0: only at finish). */
+  syncEveryBytes?: number;
 }
 
 /** Granularity of hole detection: the common file-system block size. */
@@ -44,7 +46,10 @@ export class RawWriter implements ImageWriter {
     opts: RawWriterOptions,
   ) {
     this.sparse = opts.sparse ?? true;
-    this.file = new SequentialFile(fh, path, opts.writeBufferBytes);
+    this.file = new SequentialFile(fh, path, {
+      bufferBytes: opts.writeBufferBytes,
+      syncEveryBytes: opts.syncEveryBytes,
+    });
   }
 
   static async create(

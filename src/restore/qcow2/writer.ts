@@ -1,10 +1,12 @@
 import { promises as fs } from 'node:fs';
 import {
   createOutputFile,
+  DEFAULT_WRITE_BUFFER_BYTES,
   IMAGE_WRITE_ERROR,
   ImageWriteError,
   outputError,
   SequentialFile,
+  type SequentialFileOptions,
   writeAt,
   type ImageWriter,
 } from '../image-writer.js';
@@ -41,6 +43,8 @@ export interface Qcow2WriterOptions {
   clusterSizeBytes?: number;
   /** Size of each of the two write buffers (default 4 MiB). */
   writeBufferBytes?: number;
+  /** Background fdatasync every this many bytes written (default 64 MiB; 0: only at finish). */
+  syncEveryBytes?: number;
 }
 
 export interface Qcow2WriterStats {
@@ -79,14 +83,14 @@ export class Qcow2Writer implements ImageWriter {
     readonly virtualSizeBytes: number,
     private readonly fh: fs.FileHandle,
     clusterSizeBytes: number,
-    writeBufferBytes: number,
+    fileOptions: SequentialFileOptions,
   ) {
     this.clusterSizeBytes = clusterSizeBytes;
     this.clusterBits = Math.log2(clusterSizeBytes);
     this.l2Entries = clusterSizeBytes / 8;
     this.l1 = Buffer.alloc(l1Entries(virtualSizeBytes, clusterSizeBytes) * 8);
     this.l2 = Buffer.alloc(clusterSizeBytes);
-    this.file = new SequentialFile(fh, path, writeBufferBytes);
+    this.file = new SequentialFile(fh, path, fileOptions);
   }
 
   static async create(
@@ -106,11 +110,14 @@ export class Qcow2Writer implements ImageWriter {
         `a ${virtualSizeBytes}-byte disk needs an L1 table larger than QEMU accepts at ${cs}-byte clusters`,
         { hint: 'use a larger cluster size', path },
       );
-    const bufferBytes = opts.writeBufferBytes ?? 4 * 1024 * 1024;
+    const bufferBytes = opts.writeBufferBytes ?? DEFAULT_WRITE_BUFFER_BYTES;
     // Whole clusters per buffer keeps every write(2) cluster aligned.
     const aligned = Math.max(cs, Math.floor(bufferBytes / cs) * cs);
     const fh = await createOutputFile(path);
-    return new Qcow2Writer(path, virtualSizeBytes, fh, cs, aligned);
+    return new Qcow2Writer(path, virtualSizeBytes, fh, cs, {
+      bufferBytes: aligned,
+      syncEveryBytes: opts.syncEveryBytes,
+    });
   }
 
   /** Bytes of L1 and L2 tables held in memory (the part that depends on the virtual size). */
