@@ -185,31 +185,68 @@ describe.runIf(run)('NBD server against real clients', () => {
     });
 
     it('requests out of range, too large, unknown; a refused write keeps the stream in sync; abrupt close', async () => {
-      const c = await NbdClient.connect({ socketPath: sock, exportName: 'mem', requestTimeoutMs: 5000 });
-      // Through the client's own checks we cannot send bad requests: use its socket directly.
-      const s = (c as unknown as { socket: import('node:net').Socket }).socket;
-      const req = (type: number, offset: bigint, length: number, cookie: bigint): Buffer => {
-        const h = Buffer.alloc(28);
-        h.writeUInt32BE(0x25609513, 0);
-        h.writeUInt16BE(type, 6);
-        h.writeBigUInt64BE(cookie, 8);
-        h.writeBigUInt64BE(offset, 16);
-        h.writeUInt32BE(length, 24);
-        return h;
-      };
-      // Write on a read-only export with a payload, then unknown command, then read past the end:
-      // each gets an error reply and the connection keeps working (cookies not in the client's table
-      // would kill it, so we only send them and then reconnect for the check).
-      s.write(
-        Buffer.concat([
-          req(1, 0n, 4096, 1000n),
-          Buffer.alloc(4096, 7),
-          req(99, 0n, 0, 1001n),
-          req(0, BigInt(31 * MiB), 2 * MiB, 1002n),
-        ]),
-      );
-      await new Promise((r) => setTimeout(r, 200));
-      await c.close().catch(() => {});
+      // A hand-made session: EXPORT_NAME for the read-only 'file' export, simple replies.
+      const replies = await new Promise<Buffer>((resolve) => {
+        const s = connect(sock);
+        const got: Buffer[] = [];
+        let stage = 0;
+        const req = (type: number, offset: bigint, length: number, cookie: bigint): Buffer => {
+          const h = Buffer.alloc(28);
+          h.writeUInt32BE(0x25609513, 0);
+          h.writeUInt16BE(type, 6);
+          h.writeBigUInt64BE(cookie, 8);
+          h.writeBigUInt64BE(offset, 16);
+          h.writeUInt32BE(length, 24);
+          return h;
+        };
+        s.on('data', (d: Buffer) => {
+          got.push(d);
+          const all = Buffer.concat(got);
+          if (stage === 0 && all.length >= 18) {
+            stage = 1;
+            got.length = 0;
+            const opt = Buffer.alloc(16);
+            opt.writeBigUInt64BE(0x49484156454f5054n, 0);
+            opt.writeUInt32BE(1, 8); // NBD_OPT_EXPORT_NAME
+            opt.writeUInt32BE(4, 12);
+            s.write(Buffer.concat([Buffer.from([0, 0, 0, 3]), opt, Buffer.from('file')]));
+          } else if (stage === 1 && all.length >= 10) {
+            stage = 2;
+            got.length = 0;
+            // A refused write (its payload must be skipped), an unknown command, a read past the
+            // end, a read far too large, then a valid read.
+            s.write(
+              Buffer.concat([
+                req(1, 0n, 4096, 1n),
+                Buffer.alloc(4096, 7),
+                req(99, 0n, 0, 2n),
+                req(0, BigInt(31 * MiB), 2 * MiB, 3n),
+                req(0, 0n, 64 * MiB, 4n),
+                req(0, 0n, 16, 5n),
+              ]),
+            );
+          } else if (stage === 2 && all.length >= 5 * 16 + 16) {
+            s.destroy();
+            resolve(all);
+          }
+        });
+        s.on('error', () => {});
+        setTimeout(() => {
+          s.destroy();
+          resolve(Buffer.concat(got));
+        }, 3000);
+      });
+      const errs = new Map<bigint, number>();
+      for (let at = 0; at + 16 <= replies.length;) {
+        const cookie = replies.readBigUInt64BE(at + 8);
+        errs.set(cookie, replies.readUInt32BE(at + 4));
+        at += 16 + (cookie === 5n && replies.readUInt32BE(at + 4) === 0 ? 16 : 0);
+      }
+      expect(errs.get(1n)).toBe(1); // EPERM: read-only export
+      expect(errs.get(2n)).toBe(22); // EINVAL: unknown command
+      expect(errs.get(3n)).toBe(22); // EINVAL: past the end
+      expect(errs.get(4n)).toBe(22); // too large (EINVAL without structured replies)
+      expect(errs.get(5n)).toBe(0);
       await raw((sock2) => {
         sock2.write(Buffer.from([0, 0, 0, 3]));
         sock2.destroy(); // abrupt close mid-handshake
