@@ -106,7 +106,9 @@ export async function freePort(): Promise<number> {
 /** nbdkit in the foreground on a unix socket in `dir`: `startNbdkit(dir, ['memory', 'size=64M'])`. */
 export async function startNbdkit(dir: string, args: string[], name = 'nbdkit'): Promise<Peer> {
   const socket = join(dir, `${name}.sock`);
-  const child = await start('nbdkit', ['-f', '-U', socket, ...args], socket);
+  // The socket file appears at bind(), before listen(): wait for the pid file nbdkit writes once it listens.
+  const pidFile = join(dir, `${name}.pid`);
+  const child = await start('nbdkit', ['-f', '-U', socket, '-P', pidFile, ...args], pidFile);
   return peer(child, socket, 0);
 }
 
@@ -152,6 +154,7 @@ export async function startQsd(
   bitmap: string,
 ): Promise<Peer> {
   const socket = join(dir, 'qsd.sock');
+  const pidFile = join(dir, 'qsd.pid');
   const child = await start(
     'qemu-storage-daemon',
     [
@@ -163,8 +166,10 @@ export async function startQsd(
       `addr.type=unix,addr.path=${socket}`,
       '--export',
       `type=nbd,id=exp0,node-name=fmt0,name=${exportName},writable=on,bitmaps.0=${bitmap}`,
+      '--pidfile',
+      pidFile,
     ],
-    socket,
+    pidFile, // written after the export listens (the socket file exists a moment earlier)
   );
   return peer(child, socket, 0);
 }

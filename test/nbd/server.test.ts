@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
-import { connect } from 'node:net';
-import { readFile, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -10,16 +10,19 @@ import {
   MemoryExport,
   NbdClient,
   NbdServer,
+  formatNbdUri,
   walkExtents,
+  type MergedExtent,
 } from '../../src/nbd/index.js';
 import { exec } from '../../src/util/index.js';
 import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
 import { requireTools } from '../helpers/tools.js';
 
 const MiB = 1024 * 1024;
-const run = requireTools(['nbdinfo', 'nbdcopy', 'qemu-img', 'qemu-io']);
+const run = requireTools(['nbdinfo', 'nbdcopy', 'nbdsh', 'qemu-img', 'qemu-io']);
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
+/** 32 MiB: data at 0-4M and 20-21M, zeros elsewhere. */
 function image(): Buffer {
   const b = Buffer.alloc(32 * MiB);
   seededBytes(4 * MiB, 1).copy(b, 0);
@@ -34,17 +37,26 @@ describe.runIf(run)('NBD server against real clients', () => {
   let sock: string;
   let port: number;
   let data: Buffer;
-  let overlayBase: Buffer;
+  let fileData: Buffer;
+  let basePath: string;
+  let overlay: CowOverlay;
+  const uri = (name: string): string => formatNbdUri({ tls: false, socketPath: sock, exportName: name });
 
   beforeAll(async () => {
     ({ dir, cleanup } = await makeTmpDir('vmvault-nbdsrv-'));
     data = image();
-    overlayBase = image();
-    await writeFile(join(dir, 'file.raw'), data);
-    const overlay = await CowOverlay.create(new MemoryExport('cow', overlayBase), dir);
+    fileData = Buffer.concat([seededBytes(24 * MiB, 9), Buffer.alloc(8 * MiB - 4096), seededBytes(4096, 10)]);
+    await writeFile(join(dir, 'file.raw'), fileData);
+    basePath = join(dir, 'base.raw');
+    await writeFile(basePath, image());
+    await mkdir(join(dir, 'ovl'));
+    overlay = await CowOverlay.create(
+      await FileExport.open(basePath, 'cow', { description: 'overlay' }),
+      join(dir, 'ovl'),
+    );
     server = new NbdServer([
       new MemoryExport('mem', data, 'memory export'),
-      await FileExport.open(join(dir, 'file.raw'), 'file'),
+      await FileExport.open(join(dir, 'file.raw'), 'file', { description: 'a raw file' }),
       overlay,
     ]);
     sock = join(dir, 'srv.sock');
@@ -56,21 +68,33 @@ describe.runIf(run)('NBD server against real clients', () => {
     await cleanup();
   });
 
-  it('nbdinfo lists the exports with descriptions and maps holes', async () => {
+  it('nbdinfo: lists exports with descriptions, sizes, flags and block sizes, maps holes', async () => {
     const list = (await exec('nbdinfo', ['--list', `nbd+unix:///?socket=${sock}`])).stdout;
     expect(list).toMatch(/export="mem":\s+description: memory export/);
-    expect(list).toMatch(/export="file"/);
-    expect((await exec('nbdinfo', ['--size', `nbd+unix:///mem?socket=${sock}`])).stdout.trim()).toBe(
-      String(32 * MiB),
-    );
-    const map = (await exec('nbdinfo', ['--map', `nbd+unix:///mem?socket=${sock}`])).stdout;
+    expect(list).toMatch(/export="file":\s+description: a raw file/);
+    expect(list).toMatch(/export="cow"/);
+    expect((await exec('nbdinfo', ['--size', uri('mem')])).stdout.trim()).toBe(String(32 * MiB));
+    const info = JSON.parse((await exec('nbdinfo', ['--json', uri('file')])).stdout) as {
+      exports: Array<Record<string, unknown>>;
+    };
+    expect(info.exports[0]).toMatchObject({
+      'export-name': 'file',
+      is_read_only: true,
+      can_multi_conn: true,
+      can_cache: true,
+      block_size_minimum: 1,
+      block_size_maximum: 32 * MiB,
+    });
+    const map = (await exec('nbdinfo', ['--map', uri('mem')])).stdout;
     expect(map).toMatch(/^\s*0\s+4194304\s+0\s+data/m);
     expect(map).toMatch(/4194304\s+16777216\s+3\s+hole,zero/);
   });
 
-  it('nbdcopy and qemu-img read it byte for byte, over unix sockets and TCP', async () => {
-    await exec('nbdcopy', [`nbd+unix:///mem?socket=${sock}`, join(dir, 'copy.raw')]);
-    expect(sha(await readFile(join(dir, 'copy.raw')))).toBe(sha(data));
+  it('nbdcopy and qemu-img read it byte for byte, over unix sockets and TCP, with several connections', async () => {
+    await exec('nbdcopy', ['--connections=4', uri('file'), join(dir, 'copy.raw')]);
+    expect(sha(await readFile(join(dir, 'copy.raw')))).toBe(sha(fileData));
+    await exec('nbdcopy', [`nbd://127.0.0.1:${port}/mem`, join(dir, 'copy2.raw')]);
+    expect(sha(await readFile(join(dir, 'copy2.raw')))).toBe(sha(data));
     const cmp = await exec('qemu-img', [
       'compare',
       '-f',
@@ -81,37 +105,76 @@ describe.runIf(run)('NBD server against real clients', () => {
       join(dir, 'file.raw'),
     ]);
     expect(cmp.stdout).toMatch(/Images are identical/);
-    const info = await exec('qemu-img', ['info', `nbd+unix:///mem?socket=${sock}`]);
-    expect(info.stdout).toMatch(/virtual size: 32 MiB/);
+    expect((await exec('qemu-img', ['info', uri('mem')])).stdout).toMatch(/virtual size: 32 MiB/);
     const conv = join(dir, 'conv.qcow2');
-    await exec('qemu-img', ['convert', '-O', 'qcow2', `nbd+unix:///mem?socket=${sock}`, conv]);
-    expect((await exec('qemu-img', ['compare', '-F', 'raw', conv, join(dir, 'file.raw')])).stdout).toMatch(
+    await exec('qemu-img', ['convert', '-O', 'qcow2', uri('mem'), conv]);
+    expect((await exec('qemu-img', ['compare', '-F', 'raw', conv, join(dir, 'copy2.raw')])).stdout).toMatch(
       /identical/,
     );
+    // The zero ranges travelled as holes: the qcow2 holds only the 5 MiB of data.
+    const qinfo = JSON.parse((await exec('qemu-img', ['info', '--output=json', conv])).stdout) as {
+      'actual-size': number;
+    };
+    expect(qinfo['actual-size']).toBeLessThan(8 * MiB);
   });
 
-  it('our own client: reads, block status, many clients at once', async () => {
+  it('a client without structured replies (libnbd) gets simple replies', async () => {
+    const r = await exec(
+      'nbdsh',
+      [
+        '-c',
+        'h.set_request_structured_replies(False)',
+        '-c',
+        `h.connect_uri(${JSON.stringify(uri('mem'))})`,
+        '-c',
+        'import hashlib',
+        '-c',
+        'print(h.get_structured_replies_negotiated(), h.can_meta_context("base:allocation"))',
+        '-c',
+        `print(hashlib.sha256(b"".join(h.pread(4*1024*1024, o) for o in range(0, ${32 * MiB}, 4*1024*1024))).hexdigest())`,
+      ],
+      { env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` } },
+    ); // nbdsh needs the system python3
+
+    const [flags, digest] = r.stdout.trim().split('\n');
+    expect(flags).toBe('False False');
+    expect(digest).toBe(sha(data));
+  });
+
+  it('our own client: many connections and requests at once, block status, reads split', async () => {
     const clients = await Promise.all(
       Array.from({ length: 6 }, () =>
-        NbdClient.connect({ socketPath: sock, exportName: 'mem', metaContexts: [BASE_ALLOCATION] }),
+        NbdClient.connect({
+          socketPath: sock,
+          exportName: 'mem',
+          metaContexts: [BASE_ALLOCATION],
+          maxInFlight: 64,
+        }),
       ),
     );
-    const reads = await Promise.all(clients.map((c, i) => c.read(i * MiB, 3 * MiB)));
-    reads.forEach((r, i) =>
-      expect(
-        r.findIndex((b, k) => b !== data[i * MiB + k]),
-        `client ${i}`,
-      ).toBe(-1),
+    const reads = await Promise.all(
+      clients.flatMap((c, i) => Array.from({ length: 16 }, (_, k) => c.read(((i * 16 + k) % 31) * MiB, MiB))),
     );
-    const ext: Array<{ offset: number; isZero: boolean }> = [];
+    reads.forEach((r, j) => {
+      const off = (j % 31) * MiB;
+      expect(r.equals(data.subarray(off, off + MiB)), `read ${j}`).toBe(true);
+    });
+    const ext: MergedExtent[] = [];
     for await (const e of walkExtents(clients[0]!, 0, clients[0]!.sizeBytes)) ext.push(e);
-    expect(ext.filter((e) => !e.isZero).map((e) => e.offset)).toEqual([0, 20 * MiB]);
+    expect(ext.filter((e) => !e.isZero).map((e) => [e.offset, e.length])).toEqual([
+      [0, 4 * MiB],
+      [20 * MiB, MiB],
+    ]);
     expect(clients[0]!.isReadOnly).toBe(false); // MemoryExport takes writes
+    expect(clients[0]!.canMultiConn).toBe(false);
     await Promise.all(clients.map((c) => c.close()));
+    const f = await NbdClient.connect({ socketPath: sock, exportName: 'file', structuredReplies: false });
+    expect(sha(await f.read(0, f.sizeBytes))).toBe(sha(fileData));
+    await f.close();
   });
 
-  it('writable overlay: qemu-io writes are visible through the export, the base is unchanged', async () => {
-    const before = sha(overlayBase);
+  it('writable overlay: qemu-io writes, zeroes and discards are visible through the export; the base file is unchanged', async () => {
+    const before = sha(await readFile(basePath));
     await exec('qemu-io', [
       '-f',
       'raw',
@@ -119,7 +182,13 @@ describe.runIf(run)('NBD server against real clients', () => {
       'write -P 0xab 1M 64k',
       '-c',
       'write -P 0xcd 10000 3000',
-      `nbd+unix:///cow?socket=${sock}`,
+      '-c',
+      'write -z 2M 1M',
+      '-c',
+      'discard 20M 512k',
+      '-c',
+      'write -P 0xef 33550336 4096',
+      uri('cow'),
     ]);
     const r = await exec('qemu-io', [
       '-f',
@@ -128,130 +197,42 @@ describe.runIf(run)('NBD server against real clients', () => {
       'read -P 0xab 1M 64k',
       '-c',
       'read -P 0xcd 10000 3000',
-      `nbd+unix:///cow?socket=${sock}`,
+      '-c',
+      'read -P 0 2M 1M',
+      '-c',
+      'read -P 0xef 33550336 4096',
+      uri('cow'),
     ]);
     expect(r.stdout).not.toMatch(/Pattern verification failed/);
-    const c = await NbdClient.connect({ socketPath: sock, exportName: 'cow' });
-    const around = await c.read(8192, 8192); // partial-block write kept its neighbours
-    expect(around.subarray(0, 10000 - 8192).equals(overlayBase.subarray(8192, 10000))).toBe(true);
-    await c.close();
-    expect(sha(overlayBase)).toBe(before);
+    const expected = image();
+    expected.fill(0xab, MiB, MiB + 64 * 1024);
+    expected.fill(0xcd, 10000, 13000);
+    expected.fill(0, 2 * MiB, 3 * MiB);
+    expected.fill(0, 20 * MiB, 20 * MiB + 512 * 1024); // a discard of whole blocks reads as zeros here
+    expected.fill(0xef, 33550336, 33550336 + 4096);
+    await exec('nbdcopy', [uri('cow'), join(dir, 'cow.raw')]);
+    expect(sha(await readFile(join(dir, 'cow.raw')))).toBe(sha(expected));
+    // The map shows written data and zeroed ranges.
+    const map = (await exec('nbdinfo', ['--map', uri('cow')])).stdout;
+    expect(map).toMatch(/2097152\s+1048576\s+3\s+hole,zero/);
+    expect(sha(await readFile(basePath))).toBe(before);
+    expect(overlay.changedRanges().zeroed).toEqual([
+      [2 * MiB, MiB],
+      [20 * MiB, 512 * 1024],
+    ]);
   });
 
-  describe('malformed input never takes the server down', () => {
-    /** Sends raw bytes after an optional handshake, returns what came back before the close. */
-    async function raw(send: (s: import('node:net').Socket) => void, waitMs = 300): Promise<Buffer> {
-      return new Promise((resolve) => {
-        const s = connect(sock);
-        const got: Buffer[] = [];
-        s.on('data', (d: Buffer) => got.push(d));
-        s.on('close', () => resolve(Buffer.concat(got)));
-        s.on('error', () => {});
-        s.once('data', () => send(s));
-        setTimeout(() => s.destroy(), waitMs);
-      });
-    }
-    const stillWorks = async (): Promise<void> => {
-      const c = await NbdClient.connect({ socketPath: sock, exportName: 'mem' });
-      expect((await c.read(0, 16)).equals(data.subarray(0, 16))).toBe(true);
-      await c.close();
-    };
-
-    it('bad client flags, bad option magic, huge option length, unknown option', async () => {
-      await raw((s) => s.write(Buffer.from([0, 0, 0, 0xff])));
-      await raw((s) => {
-        s.write(Buffer.from([0, 0, 0, 3]));
-        s.write(Buffer.alloc(16, 0x41));
-      });
-      const big = Buffer.alloc(16);
-      big.writeBigUInt64BE(0x49484156454f5054n, 0);
-      big.writeUInt32BE(7, 8);
-      big.writeUInt32BE(0xfffffff0, 12);
-      await raw((s) => {
-        s.write(Buffer.from([0, 0, 0, 3]));
-        s.write(big);
-        s.write(Buffer.alloc(1024));
-      });
-      const unknown = Buffer.alloc(16);
-      unknown.writeBigUInt64BE(0x49484156454f5054n, 0);
-      unknown.writeUInt32BE(999, 8);
-      const reply = await raw((s) => {
-        s.write(Buffer.from([0, 0, 0, 3]));
-        s.write(unknown);
-      });
-      expect(reply.length).toBeGreaterThanOrEqual(18 + 20);
-      expect(reply.readUInt32BE(18 + 12)).toBe(2 ** 31 + 1); // NBD_REP_ERR_UNSUP
-      await stillWorks();
-    });
-
-    it('requests out of range, too large, unknown; a refused write keeps the stream in sync; abrupt close', async () => {
-      // A hand-made session: EXPORT_NAME for the read-only 'file' export, simple replies.
-      const replies = await new Promise<Buffer>((resolve) => {
-        const s = connect(sock);
-        const got: Buffer[] = [];
-        let stage = 0;
-        const req = (type: number, offset: bigint, length: number, cookie: bigint): Buffer => {
-          const h = Buffer.alloc(28);
-          h.writeUInt32BE(0x25609513, 0);
-          h.writeUInt16BE(type, 6);
-          h.writeBigUInt64BE(cookie, 8);
-          h.writeBigUInt64BE(offset, 16);
-          h.writeUInt32BE(length, 24);
-          return h;
-        };
-        s.on('data', (d: Buffer) => {
-          got.push(d);
-          const all = Buffer.concat(got);
-          if (stage === 0 && all.length >= 18) {
-            stage = 1;
-            got.length = 0;
-            const opt = Buffer.alloc(16);
-            opt.writeBigUInt64BE(0x49484156454f5054n, 0);
-            opt.writeUInt32BE(1, 8); // NBD_OPT_EXPORT_NAME
-            opt.writeUInt32BE(4, 12);
-            s.write(Buffer.concat([Buffer.from([0, 0, 0, 3]), opt, Buffer.from('file')]));
-          } else if (stage === 1 && all.length >= 10) {
-            stage = 2;
-            got.length = 0;
-            // A refused write (its payload must be skipped), an unknown command, a read past the
-            // end, a read far too large, then a valid read.
-            s.write(
-              Buffer.concat([
-                req(1, 0n, 4096, 1n),
-                Buffer.alloc(4096, 7),
-                req(99, 0n, 0, 2n),
-                req(0, BigInt(31 * MiB), 2 * MiB, 3n),
-                req(0, 0n, 64 * MiB, 4n),
-                req(0, 0n, 16, 5n),
-              ]),
-            );
-          } else if (stage === 2 && all.length >= 5 * 16 + 16) {
-            s.destroy();
-            resolve(all);
-          }
-        });
-        s.on('error', () => {});
-        setTimeout(() => {
-          s.destroy();
-          resolve(Buffer.concat(got));
-        }, 3000);
-      });
-      const errs = new Map<bigint, number>();
-      for (let at = 0; at + 16 <= replies.length;) {
-        const cookie = replies.readBigUInt64BE(at + 8);
-        errs.set(cookie, replies.readUInt32BE(at + 4));
-        at += 16 + (cookie === 5n && replies.readUInt32BE(at + 4) === 0 ? 16 : 0);
-      }
-      expect(errs.get(1n)).toBe(1); // EPERM: read-only export
-      expect(errs.get(2n)).toBe(22); // EINVAL: unknown command
-      expect(errs.get(3n)).toBe(22); // EINVAL: past the end
-      expect(errs.get(4n)).toBe(22); // too large (EINVAL without structured replies)
-      expect(errs.get(5n)).toBe(0);
-      await raw((sock2) => {
-        sock2.write(Buffer.from([0, 0, 0, 3]));
-        sock2.destroy(); // abrupt close mid-handshake
-      });
-      await stillWorks();
-    });
+  it('an overlay file is removed on close, or kept with a map of what changed', async () => {
+    const odir = join(dir, 'keep');
+    await mkdir(odir);
+    const gone = await CowOverlay.create(new MemoryExport('a', Buffer.alloc(MiB)), odir);
+    await gone.write(0, Buffer.alloc(4096, 1));
+    await gone.close();
+    expect(existsSync(gone.path)).toBe(false);
+    const kept = await CowOverlay.create(new MemoryExport('b', Buffer.alloc(MiB)), odir, { keep: true });
+    await kept.write(8192, Buffer.alloc(100, 1));
+    await kept.close();
+    expect(existsSync(kept.path)).toBe(true);
+    expect(JSON.parse(await readFile(`${kept.path}.map`, 'utf8'))).toMatchObject({ written: [[8192, 4096]] });
   });
 });

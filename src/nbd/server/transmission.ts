@@ -58,6 +58,9 @@ export function validateRequest(h: RequestHeader, c: ValidationContext): number 
   if (h.type === NBD_CMD.NBD_CMD_FLUSH) return 0;
   if (h.type === NBD_CMD.NBD_CMD_BLOCK_STATUS && (!c.structured || !c.baseAllocation))
     return NBD_ERRNO.NBD_EINVAL;
+  if (h.type === NBD_CMD.NBD_CMD_WRITE && h.length > c.blockSize.maximum) return NBD_ERRNO.NBD_EINVAL;
+  if (h.type === NBD_CMD.NBD_CMD_READ && h.length > c.blockSize.maximum)
+    return c.structured ? NBD_ERRNO.NBD_EOVERFLOW : NBD_ERRNO.NBD_EINVAL;
   const end = h.offset + BigInt(h.length);
   if (end > BigInt(c.sizeBytes))
     return h.type === NBD_CMD.NBD_CMD_WRITE || h.type === NBD_CMD.NBD_CMD_WRITE_ZEROES
@@ -65,9 +68,6 @@ export function validateRequest(h: RequestHeader, c: ValidationContext): number 
       : NBD_ERRNO.NBD_EINVAL;
   const m = BigInt(c.blockSize.minimum);
   if (m > 1n && (h.offset % m !== 0n || BigInt(h.length) % m !== 0n)) return NBD_ERRNO.NBD_EINVAL;
-  if (h.type === NBD_CMD.NBD_CMD_WRITE && h.length > c.blockSize.maximum) return NBD_ERRNO.NBD_EINVAL;
-  if (h.type === NBD_CMD.NBD_CMD_READ && h.length > c.blockSize.maximum)
-    return c.structured ? NBD_ERRNO.NBD_EOVERFLOW : NBD_ERRNO.NBD_EINVAL;
   if (h.type === NBD_CMD.NBD_CMD_BLOCK_STATUS && h.length === 0) return NBD_ERRNO.NBD_EINVAL;
   return 0;
 }
