@@ -38,6 +38,11 @@ export interface NbdExport {
   /** Exactly `length` bytes at `offset` (the server only asks within the export). */
   read(offset: number, length: number): Promise<Buffer>;
   /**
+   * Optional: fills `dest` with the `dest.length` bytes at `offset`. When present (and the export
+   * reports no zero ranges), the server reads into reusable buffers instead of calling `read`.
+   */
+  readInto?(offset: number, dest: Buffer): Promise<void>;
+  /**
    * Optional: a read that reports zero ranges. Pieces cover [offset, offset+length) in order and
    * without gaps. Preferred over `read` + `extents` for structured READ replies.
    */

@@ -66,6 +66,10 @@ export class FileExport implements NbdExport {
     return buf;
   }
 
+  readInto(offset: number, dest: Buffer): Promise<void> {
+    return readFully(this.fh, dest, offset);
+  }
+
   async flush(): Promise<void> {
     await this.fh.sync();
   }

@@ -2,6 +2,7 @@ import { rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { ByteBudget } from '../../util/index.js';
 import { ByteQueue } from '../byte-queue.js';
+import { BufferPool } from './buffer-pool.js';
 import { NbdClosedError } from '../errors.js';
 import type { NbdExport } from './export.js';
 import { ClientGone, serverHandshake } from './handshake.js';
@@ -31,6 +32,7 @@ export class NbdServer {
   private readonly sockets = new Set<Socket>();
   private readonly unixPaths: string[] = [];
   private readonly readBudget: ByteBudget;
+  private readonly bufferPool = new BufferPool();
   private closing: Promise<void> | undefined;
 
   constructor(
@@ -97,6 +99,7 @@ export class NbdServer {
     const t = new Transmission(socket, neg, {
       maxInFlight: this.opts.maxInFlight ?? 16,
       readBudget: this.readBudget,
+      bufferPool: this.bufferPool,
       onProtocolError: (err) => this.report(err),
     });
     for (const b of queue.takeAll()) t.push(b);

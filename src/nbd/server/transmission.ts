@@ -17,6 +17,7 @@ import {
   nbdErrnoFromCode,
 } from '../protocol.js';
 import { encodeChunkHeader, encodeSimpleReply, writeChunkHeader, type RequestHeader } from '../wire.js';
+import type { BufferPool } from './buffer-pool.js';
 import { isWritable, readPieces, type ExportBlockSize, type ExportExtent, type NbdExport } from './export.js';
 import { BASE_ALLOCATION_ID, DEFAULT_EXPORT_BLOCK_SIZE, type Negotiated } from './handshake.js';
 import { RequestParser, type RequestSink } from './request-parser.js';
@@ -75,6 +76,7 @@ export function validateRequest(h: RequestHeader, c: ValidationContext): number 
 export interface TransmissionOptions {
   maxInFlight: number;
   readBudget: ByteBudget;
+  bufferPool: BufferPool;
   /** The client broke framing (the connection is closed). */
   onProtocolError: (err: Error) => void;
 }
@@ -177,13 +179,17 @@ export class Transmission implements RequestSink {
 
   // ---- replies ----------------------------------------------------------------------------------
 
-  private send(parts: Buffer[]): void {
-    if (this.closed && !this.disconnecting) return;
-    if (this.socket.destroyed) return;
-    if (parts.length === 1) this.socket.write(parts[0]!);
+  /** Writes one reply in one batch; `written` runs once the socket is done with the buffers. */
+  private send(parts: Buffer[], written?: () => void): void {
+    if ((this.closed && !this.disconnecting) || this.socket.destroyed) {
+      written?.();
+      return;
+    }
+    if (parts.length === 1) this.socket.write(parts[0]!, written);
     else {
       this.socket.cork();
-      for (const p of parts) this.socket.write(p);
+      for (let i = 0; i < parts.length; i++)
+        this.socket.write(parts[i]!, i === parts.length - 1 ? written : undefined);
       this.socket.uncork();
     }
     if (this.socket.writableNeedDrain) this.flow();
@@ -273,6 +279,8 @@ export class Transmission implements RequestSink {
     const budget = this.opts.readBudget;
     await budget.acquire(length);
     try {
+      if (e.readInto && (df || !this.neg.structured || (!e.readExtents && !e.extents)))
+        return await this.readPooled(e, cookie, offset, length);
       if (!this.neg.structured) {
         const data = await e.read(offset, length);
         return this.send([encodeSimpleReply(cookie, 0), data]);
@@ -300,6 +308,32 @@ export class Transmission implements RequestSink {
     } finally {
       budget.release(length);
     }
+  }
+
+  /** READ into a pooled buffer, returned to the pool once the socket has written it. */
+  private async readPooled(e: NbdExport, cookie: bigint, offset: number, length: number): Promise<void> {
+    const pool = this.opts.bufferPool;
+    const buf = pool.get(length);
+    try {
+      await e.readInto!(offset, buf);
+    } catch (err) {
+      pool.put(buf);
+      throw err;
+    }
+    let hdr: Buffer;
+    if (this.neg.structured) {
+      hdr = Buffer.allocUnsafe(NBD_SIZE.STRUCTURED_REPLY_HEADER + 8);
+      writeChunkHeader(
+        hdr,
+        0,
+        cookie,
+        NBD_REPLY_FLAG_DONE,
+        NBD_REPLY_TYPE.NBD_REPLY_TYPE_OFFSET_DATA,
+        8 + length,
+      );
+      hdr.writeBigUInt64BE(BigInt(offset), 20);
+    } else hdr = encodeSimpleReply(cookie, 0);
+    this.send([hdr, buf], () => pool.put(buf));
   }
 
   private async blockStatus(
