@@ -222,6 +222,37 @@ describe.runIf(run)('NBD server against real clients', () => {
     ]);
   });
 
+  it('overlay: concurrent partial-block writes from several connections lose no bytes', async () => {
+    const odir = join(dir, 'conc');
+    await mkdir(odir);
+    const base = seededBytes(MiB, 77);
+    const expected = Buffer.from(base);
+    const ov = await CowOverlay.create(new MemoryExport('c', Buffer.from(base)), odir);
+    const srv = new NbdServer([ov]);
+    const s = join(odir, 'c.sock');
+    await srv.listenUnix(s);
+    try {
+      const clients = await Promise.all(
+        [0, 1, 2].map(() => NbdClient.connect({ socketPath: s, exportName: 'c' })),
+      );
+      // 300 writes of 1000 bytes, neighbours sharing 4 KiB blocks, spread over three connections.
+      await Promise.all(
+        Array.from({ length: 300 }, (_, i) => {
+          const chunk = Buffer.alloc(1000, (i % 250) + 1);
+          chunk.copy(expected, i * 1000);
+          return clients[i % 3]!.write(i * 1000, chunk);
+        }),
+      );
+      await clients[0]!.writeZeroes(512 * 1024, 64 * 1024);
+      expected.fill(0, 512 * 1024, 576 * 1024);
+      expect(sha(await clients[1]!.read(0, MiB))).toBe(sha(expected));
+      await Promise.all(clients.map((c) => c.close()));
+    } finally {
+      await srv.close();
+    }
+    expect(existsSync(ov.path)).toBe(false);
+  });
+
   it('an overlay file is removed on close, or kept with a map of what changed', async () => {
     const odir = join(dir, 'keep');
     await mkdir(odir);

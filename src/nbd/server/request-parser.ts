@@ -4,6 +4,10 @@
  * whether it is wanted: a refused write's payload is skipped without buffering (as nbdkit does),
  * so the stream stays in sync whatever the request claimed. A bad magic throws NbdProtocolError:
  * the connection must be closed.
+ *
+ * WRITE payloads are kept as views of the input until complete (memory grows only with the bytes
+ * the client really sent, whatever length it announced), so input buffers must not be reused by
+ * the caller (socket 'data' buffers never are).
  */
 import { NbdProtocolError } from '../errors.js';
 import { NBD_CMD, NBD_REQUEST_MAGIC, NBD_SIZE } from '../protocol.js';
@@ -20,7 +24,7 @@ export class RequestParser {
   private readonly hdr = Buffer.alloc(NBD_SIZE.REQUEST_HEADER);
   private hdrFill = 0;
   private current: RequestHeader | undefined;
-  private payload: Buffer | undefined;
+  private pieces: Buffer[] = [];
   private payloadFill = 0;
   /** Bytes of a refused payload still to skip. */
   private skip = 0;
@@ -44,12 +48,15 @@ export class RequestParser {
           at += k;
           if (this.skip === 0) this.finish(h, undefined);
         } else {
-          const p = this.payload!;
-          const k = Math.min(p.length - this.payloadFill, input.length - at);
-          input.copy(p, this.payloadFill, at, at + k);
+          const k = Math.min(h.length - this.payloadFill, input.length - at);
+          this.pieces.push(input.subarray(at, at + k));
           this.payloadFill += k;
           at += k;
-          if (this.payloadFill === p.length) this.finish(h, p);
+          if (this.payloadFill === h.length) {
+            const p = this.pieces.length === 1 ? this.pieces[0]! : Buffer.concat(this.pieces, h.length);
+            this.pieces = [];
+            this.finish(h, p);
+          }
         }
         continue;
       }
@@ -71,7 +78,7 @@ export class RequestParser {
       this.refusedErrno = errno;
       if (errno !== 0) this.skip = h.length;
       else {
-        this.payload = Buffer.allocUnsafe(h.length);
+        this.pieces = [];
         this.payloadFill = 0;
       }
     }
@@ -79,7 +86,6 @@ export class RequestParser {
 
   private finish(h: RequestHeader, payload: Buffer | undefined): void {
     this.current = undefined;
-    this.payload = undefined;
     const errno = this.refusedErrno;
     this.refusedErrno = 0;
     this.sink.request(h, payload, errno);
