@@ -9,7 +9,6 @@ export {
   type WriteZeroesOptions,
 } from './client/client.js';
 export { walkExtents, type MergedExtent } from './client/extents.js';
-export { ReplyParser, type ReplyHandler, type InFlightRequest } from './client/reply-parser.js';
 export { parseNbdUri, formatNbdUri, type NbdUri } from './uri.js';
 export { startQemuNbd, type QemuNbdOptions, type QemuNbdExport } from './qemu-nbd.js';
 export {
@@ -21,6 +20,12 @@ export {
 } from './errors.js';
 export * from './protocol.js';
 export { NbdServer, type NbdServerOptions } from './server/server.js';
-export { isWritable, type NbdExport, type ExportExtent } from './server/export.js';
+export {
+  isWritable,
+  type NbdExport,
+  type ExportExtent,
+  type ExportBlockSize,
+  type ReadPiece,
+} from './server/export.js';
 export { FileExport, MemoryExport } from './server/exports.js';
 export { CowOverlay } from './server/overlay.js';
