@@ -43,15 +43,6 @@ function zstdCompress(src: Uint8Array, level: number): Uint8Array {
   return scratch.subarray(0, n);
 }
 
-function zstdDecompress(src: Uint8Array, plaintextBytes: number): Buffer {
-  const out = Buffer.from(new ArrayBuffer(plaintextBytes));
-  dctx ??= new zstd.DCtx();
-  const n = dctx.decompress(out, src);
-  if (n !== plaintextBytes)
-    throw new BlobFormatError(`plaintext is ${n} bytes, header says ${plaintextBytes}`);
-  return out;
-}
-
 /** Encodes a blob into a buffer that owns its ArrayBuffer (transferable between threads). */
 export function encodeBlob(plaintext: Uint8Array, opts: EncodeOptions): Buffer {
   let codec: Codec = Codec.NONE;
@@ -121,31 +112,59 @@ export function verifyBlobTag(blob: Uint8Array): void {
   }
 }
 
+/** Checks a blob's envelope (and its tag unless `verifyTag: false`); returns header and payload. */
+function openBlob(blob: Uint8Array, verifyTag: boolean): { h: BlobHeader; payload: Uint8Array } {
+  if (verifyTag) verifyBlobTag(blob);
+  const h = readBlobHeader(blob);
+  if (h.flags & BlobFlag.ENCRYPTED)
+    throw new BlobFormatError('blob is encrypted; this version cannot read encrypted repositories');
+  if (h.codec !== Codec.NONE && h.codec !== Codec.ZSTD) throw new BlobFormatError(`unknown codec ${h.codec}`);
+  if (h.codec === Codec.NONE && h.payloadBytes !== h.plaintextBytes)
+    throw new BlobFormatError(`plaintext is ${h.payloadBytes} bytes, header says ${h.plaintextBytes}`);
+  return { h, payload: blob.subarray(BLOB_HEADER_BYTES, BLOB_HEADER_BYTES + h.payloadBytes) };
+}
+
+function zstdDecompressInto(dest: Uint8Array, src: Uint8Array, plaintextBytes: number): void {
+  dctx ??= new zstd.DCtx();
+  let n: number;
+  try {
+    n = dctx.decompress(dest.subarray(0, plaintextBytes), src);
+  } catch (err) {
+    throw new BlobFormatError(
+      `zstd payload does not decompress: ${err instanceof Error ? err.message : String(err)}`,
+    );
+  }
+  if (n !== plaintextBytes)
+    throw new BlobFormatError(`plaintext is ${n} bytes, header says ${plaintextBytes}`);
+}
+
 /**
  * Returns the plaintext, throwing BlobFormatError on any damage. The integrity tag is checked
  * unless the caller verifies the plaintext against its content id itself (`verifyTag: false`):
  * then a damaged blob fails that check instead, and one hash pass is saved.
  */
 export function decodeBlob(blob: Uint8Array, opts: { verifyTag?: boolean } = {}): Buffer {
-  if (opts.verifyTag ?? true) verifyBlobTag(blob);
-  const h = readBlobHeader(blob);
-  if (h.flags & BlobFlag.ENCRYPTED)
-    throw new BlobFormatError('blob is encrypted; this version cannot read encrypted repositories');
-  const payload = blob.subarray(BLOB_HEADER_BYTES, BLOB_HEADER_BYTES + h.payloadBytes);
-  let plain: Buffer;
-  if (h.codec === Codec.NONE) plain = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
-  else if (h.codec === Codec.ZSTD) {
-    try {
-      plain = zstdDecompress(payload, h.plaintextBytes);
-    } catch (err) {
-      if (err instanceof BlobFormatError) throw err;
-      throw new BlobFormatError(
-        `zstd payload does not decompress: ${err instanceof Error ? err.message : String(err)}`,
-      );
-    }
-  } else throw new BlobFormatError(`unknown codec ${h.codec}`);
-  if (plain.length !== h.plaintextBytes) {
-    throw new BlobFormatError(`plaintext is ${plain.length} bytes, header says ${h.plaintextBytes}`);
-  }
-  return plain;
+  const { h, payload } = openBlob(blob, opts.verifyTag ?? true);
+  if (h.codec === Codec.NONE) return Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+  const out = Buffer.from(new ArrayBuffer(h.plaintextBytes));
+  zstdDecompressInto(out, payload, h.plaintextBytes);
+  return out;
+}
+
+/**
+ * Decodes into `dest` (reused memory: no allocation, no page faults on fresh pages) and returns
+ * the plaintext length. A plaintext longer than `dest` is damage (chunks never exceed the
+ * repository's chunk size). Verification as in `decodeBlob`.
+ */
+export function decodeBlobInto(
+  blob: Uint8Array,
+  dest: Uint8Array,
+  opts: { verifyTag?: boolean } = {},
+): number {
+  const { h, payload } = openBlob(blob, opts.verifyTag ?? true);
+  if (h.plaintextBytes > dest.length)
+    throw new BlobFormatError(`plaintext is ${h.plaintextBytes} bytes, more than a chunk (${dest.length})`);
+  if (h.codec === Codec.NONE) dest.set(payload);
+  else zstdDecompressInto(dest, payload, h.plaintextBytes);
+  return h.plaintextBytes;
 }

@@ -1,7 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { WorkerPool, WorkerTaskError } from '../util/index.js';
 import type { Backend } from './backend/backend.js';
-import { decodeBlob, encodeBlob, BlobFormatError } from './blob.js';
+import { decodeBlob, decodeBlobInto, encodeBlob, BlobFormatError } from './blob.js';
 import { chunkIdOf, type ChunkId } from './chunk-id.js';
 import type { ChunkWorkerRequest, ChunkWorkerResult } from './chunk-worker.js';
 import { ChunkCorruptError, ChunkMissingError, isNotFound, type ChunkLocation } from './errors.js';
@@ -97,14 +97,79 @@ export class ChunkStore {
 
   /** Reads and verifies a chunk. Missing → ChunkMissingError; damaged → ChunkCorruptError. */
   async get(id: string, loc: ChunkLocation = {}): Promise<Buffer> {
-    let blob: Buffer;
+    const pool = this.getPool();
+    const path = this.backend.filePath?.(Keys.data(id));
+    if (pool && path !== undefined) {
+      // The worker reads the file itself; on any read failure, fall back to the backend.
+      try {
+        const r = await pool.run({ op: 'decode', path, expectId: id });
+        if (!('data' in r)) throw new Error('unexpected worker reply');
+        return Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
+      } catch (err) {
+        if (!isReadFailure(err)) throw this.damage(err, id, loc);
+      }
+    }
+    return this.decode(await this.fetchBlob(id, loc), id, loc);
+  }
+
+  /**
+   * Reads and verifies a chunk into `dest` (at least a chunk long) and returns its length. With
+   * worker threads, `dest` should be a view of a SharedArrayBuffer: a worker reads, decompresses
+   * and verifies straight into it, so nothing is allocated or moved per chunk. Errors as `get`.
+   */
+  async getInto(id: string, dest: Buffer, loc: ChunkLocation = {}): Promise<number> {
+    const pool = this.getPool();
+    if (pool && !(dest.buffer instanceof SharedArrayBuffer)) {
+      const data = await this.get(id, loc);
+      if (data.length > dest.length)
+        throw new ChunkCorruptError(
+          id,
+          `plaintext is ${data.length} bytes, more than a chunk (${dest.length})`,
+          loc,
+        );
+      data.copy(dest);
+      return data.length;
+    }
+    const into = {
+      op: 'decodeInto' as const,
+      expectId: id,
+      dest: dest.buffer as SharedArrayBuffer,
+      destOffset: dest.byteOffset,
+      destLength: dest.length,
+    };
+    const path = this.backend.filePath?.(Keys.data(id));
+    if (pool && path !== undefined) {
+      try {
+        const r = await pool.run({ ...into, path });
+        if (!('length' in r)) throw new Error('unexpected worker reply');
+        return r.length;
+      } catch (err) {
+        if (!isReadFailure(err)) throw this.damage(err, id, loc);
+      }
+    }
+    const blob = await this.fetchBlob(id, loc);
     try {
-      blob = await this.backend.get(Keys.data(id));
+      if (!pool) {
+        const n = decodeBlobInto(blob, dest, { verifyTag: false });
+        if (chunkIdOf(dest.subarray(0, n)) !== id)
+          throw new BlobFormatError('content does not match its id (BLAKE3 mismatch)');
+        return n;
+      }
+      const r = await pool.run({ ...into, blob }, ownsBuffer(blob) ? [blob.buffer as ArrayBuffer] : []);
+      if (!('length' in r)) throw new Error('unexpected worker reply');
+      return r.length;
+    } catch (err) {
+      throw this.damage(err, id, loc);
+    }
+  }
+
+  private async fetchBlob(id: string, loc: ChunkLocation): Promise<Buffer> {
+    try {
+      return await this.backend.get(Keys.data(id));
     } catch (err) {
       if (isNotFound(err)) throw new ChunkMissingError(id, loc);
       throw err;
     }
-    return this.decode(blob, id, loc);
   }
 
   async decode(blob: Buffer, id: string | null, loc: ChunkLocation = {}): Promise<Buffer> {
@@ -116,23 +181,37 @@ export class ChunkStore {
           throw new BlobFormatError('content does not match its id (BLAKE3 mismatch)');
         return data;
       }
-      const own =
-        blob.byteOffset === 0 && blob.buffer instanceof ArrayBuffer && blob.buffer.byteLength === blob.length;
-      const r = await pool.run({ op: 'decode', blob, expectId: id }, own ? [blob.buffer as ArrayBuffer] : []);
+      const r = await pool.run(
+        { op: 'decode', blob, expectId: id },
+        ownsBuffer(blob) ? [blob.buffer as ArrayBuffer] : [],
+      );
       if (!('data' in r)) throw new Error('unexpected worker reply');
       return Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
     } catch (err) {
-      if (err instanceof BlobFormatError || (err instanceof WorkerTaskError && err.code === 'BLOB_DAMAGED')) {
-        throw new ChunkCorruptError(id ?? 'unknown', err.message, loc);
-      }
-      throw err;
+      throw this.damage(err, id, loc);
     }
+  }
+
+  /** Damage found while decoding becomes a ChunkCorruptError naming the chunk; other errors pass. */
+  private damage(err: unknown, id: string | null, loc: ChunkLocation): unknown {
+    if (err instanceof BlobFormatError || (err instanceof WorkerTaskError && err.code === 'BLOB_DAMAGED'))
+      return new ChunkCorruptError(id ?? 'unknown', err.message, loc);
+    return err;
   }
 
   async close(): Promise<void> {
     await this.pool?.close();
     this.pool = undefined;
   }
+}
+
+function isReadFailure(err: unknown): boolean {
+  return err instanceof WorkerTaskError && err.code === 'READ_FAILED';
+}
+
+/** A buffer that alone backs its ArrayBuffer, so it can move to a worker without a copy. */
+function ownsBuffer(b: Buffer): boolean {
+  return b.byteOffset === 0 && b.buffer instanceof ArrayBuffer && b.buffer.byteLength === b.length;
 }
 
 function workerScriptUrl(): URL {

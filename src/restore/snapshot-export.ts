@@ -1,20 +1,41 @@
-import type { ExportExtent, NbdExport } from '../nbd/index.js';
+import type { ExportExtent, NbdExport, ReadPiece } from '../nbd/index.js';
 import type { DiskIndex, Repository, Snapshot, SnapshotDisk } from '../repo/index.js';
+import { ChunkCache, type ChunkCacheStats } from './chunk-cache.js';
+
+/** Decoded chunks kept resident per served disk unless `cacheBytes` says otherwise. */
+const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
 
 /**
- * One disk of a snapshot as an NBD export: reads fetch and verify chunks lazily through a bounded
- * LRU cache; zero slots are reported as holes (base:allocation HOLE|ZERO) and sent as holes.
+ * One disk of a snapshot as an NBD export. Reads fetch, decompress and verify chunks lazily
+ * (worker threads decode straight into a ChunkCache of shared buffers) and hand the server views
+ * of those buffers, released once the socket has the bytes: nothing is copied or allocated per
+ * request. Zero slots are reported as holes (base:allocation HOLE|ZERO) and sent as holes.
  */
 export class SnapshotExport implements NbdExport {
-  private readonly cache = new Map<number, Promise<Buffer>>();
+  private readonly cache: ChunkCache;
 
   private constructor(
-    private readonly repo: Repository,
+    repo: Repository,
     private readonly snapshot: Snapshot,
     private readonly disk: SnapshotDisk,
     private readonly index: DiskIndex,
-    private readonly cacheSlots: number,
-  ) {}
+    cacheSlots: number,
+  ) {
+    const cs = index.chunkSizeBytes;
+    this.cache = new ChunkCache(
+      (slot, dest) =>
+        repo.chunks.getInto(index.get(slot)!, dest, {
+          snapshot: snapshot.id,
+          disk: disk.target,
+          offset: slot * cs,
+        }),
+      cs,
+      cacheSlots,
+      // Bursts (many clients, deep queues) may pin more chunks at once; memory returns to
+      // `cacheSlots` buffers afterwards.
+      Math.max(2 * cacheSlots, Math.ceil((64 * 1024 * 1024) / cs)),
+    );
+  }
 
   static async open(
     repo: Repository,
@@ -23,7 +44,7 @@ export class SnapshotExport implements NbdExport {
     opts: { cacheBytes?: number } = {},
   ): Promise<SnapshotExport> {
     const index = await repo.getIndex(disk.index);
-    const slots = Math.max(4, Math.floor((opts.cacheBytes ?? 32 * 1024 * 1024) / index.chunkSizeBytes));
+    const slots = Math.max(4, Math.floor((opts.cacheBytes ?? DEFAULT_CACHE_BYTES) / index.chunkSizeBytes));
     return new SnapshotExport(repo, snapshot, disk, index, slots);
   }
 
@@ -36,44 +57,72 @@ export class SnapshotExport implements NbdExport {
   get sizeBytes(): number {
     return this.disk.sizeBytes;
   }
+  get cacheStats(): ChunkCacheStats {
+    return this.cache.stats;
+  }
 
-  private slot(slot: number): Promise<Buffer> {
-    const hit = this.cache.get(slot);
-    if (hit) {
-      this.cache.delete(slot); // refresh LRU position
-      this.cache.set(slot, hit);
-      return hit;
+  /**
+   * The pieces of [offset, offset+length): zero slots as zero pieces, the rest as views of
+   * cached chunks. Every piece with data has a `release` the caller must call when done.
+   */
+  async readExtents(offset: number, length: number): Promise<ReadPiece[]> {
+    const cs = this.index.chunkSizeBytes;
+    const end = offset + length;
+    const pieces: Array<ReadPiece | Promise<ReadPiece>> = [];
+    let zeroFrom = -1;
+    for (let at = offset; at < end;) {
+      const s = Math.floor(at / cs);
+      const stop = Math.min(end, (s + 1) * cs);
+      if (this.index.isZero(s)) {
+        if (zeroFrom < 0) zeroFrom = at;
+      } else {
+        if (zeroFrom >= 0) pieces.push({ offset: zeroFrom, length: at - zeroFrom });
+        zeroFrom = -1;
+        pieces.push(this.piece(s, at, stop));
+      }
+      at = stop;
     }
-    const id = this.index.get(slot)!;
-    const p = this.repo.chunks.get(id, {
-      snapshot: this.snapshot.id,
-      disk: this.disk.target,
-      offset: slot * this.index.chunkSizeBytes,
-    });
-    p.catch(() => this.cache.delete(slot));
-    this.cache.set(slot, p);
-    while (this.cache.size > this.cacheSlots) this.cache.delete(this.cache.keys().next().value!);
-    return p;
+    if (zeroFrom >= 0) pieces.push({ offset: zeroFrom, length: end - zeroFrom });
+    const settled = await Promise.allSettled(pieces);
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      for (const r of settled) if (r.status === 'fulfilled') r.value.release?.();
+      throw failed.reason;
+    }
+    return settled.map((r) => (r as PromiseFulfilledResult<ReadPiece>).value);
+  }
+
+  private async piece(slot: number, from: number, to: number): Promise<ReadPiece> {
+    const cs = this.index.chunkSizeBytes;
+    const chunk = await this.cache.pin(slot);
+    if (chunk.data.length < to - slot * cs) {
+      chunk.release();
+      throw new RangeError(`chunk of slot ${slot} is ${chunk.data.length} bytes, shorter than its slot`);
+    }
+    return {
+      offset: from,
+      length: to - from,
+      data: chunk.data.subarray(from - slot * cs, to - slot * cs),
+      release: chunk.release,
+    };
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
-    const cs = this.index.chunkSizeBytes;
     const out = Buffer.alloc(length);
-    const first = Math.floor(offset / cs);
-    const last = Math.floor((offset + length - 1) / cs);
-    await Promise.all(
-      Array.from({ length: last - first + 1 }, async (_, i) => {
-        const s = first + i;
-        if (this.index.isZero(s)) return;
-        const data = await this.slot(s);
-        const start = Math.max(offset, s * cs);
-        const end = Math.min(offset + length, s * cs + data.length);
-        data.copy(out, start - offset, start - s * cs, end - s * cs);
-      }),
-    );
+    for (const p of await this.readExtents(offset, length)) {
+      p.data?.copy(out, p.offset - offset);
+      p.release?.();
+    }
     return out;
   }
 
+  async prefetch(offset: number, length: number): Promise<void> {
+    for (const p of await this.readExtents(offset, length)) p.release?.();
+  }
+
+  async close(): Promise<void> {
+    this.cache.clear();
+  }
   async extents(offset: number, length: number): Promise<ExportExtent[]> {
     const cs = this.index.chunkSizeBytes;
     const out: ExportExtent[] = [];

@@ -30,10 +30,15 @@ export class WorkerPool<Req, Res> {
 
   constructor(scriptUrl: URL, size: number) {
     const path = fileURLToPath(scriptUrl);
-    const execArgv = path.endsWith('.ts') ? ['--import', 'tsx'] : [];
+    // A worker thread ignores `--import` in execArgv, so a .ts script (tests and benchmarks run
+    // from sources) is started by a small bootstrap that registers tsx's loader first.
+    const source = path.endsWith('.ts')
+      ? `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))})` +
+        `.then((m) => { m.register(); return import(${JSON.stringify(scriptUrl.href)}); })`
+      : path;
     for (let i = 0; i < size; i++) {
-      const worker = new Worker(path, {
-        execArgv,
+      const worker = new Worker(source, {
+        eval: source !== path,
         resourceLimits: { maxYoungGenerationSizeMb: 8, maxOldGenerationSizeMb: 64 },
       });
       const slot: Slot<Res> = { worker, inFlight: new Map() };

@@ -20,6 +20,12 @@ export interface ReadPiece {
   length: number;
   /** Exactly `length` bytes; undefined = zeros (sent as a hole). */
   data?: Buffer;
+  /**
+   * When present, `data` is lent (e.g. a view of a cached chunk): it stays unchanged until the
+   * receiver of the piece calls `release`, which it must do exactly once when done with the bytes
+   * (the server: once the socket has taken them, or the reply was abandoned).
+   */
+  release?: () => void;
 }
 
 export interface ExportBlockSize {
@@ -103,11 +109,23 @@ export async function readPieces(e: NbdExport, offset: number, length: number): 
 
 function checkPieces(pieces: ReadPiece[], offset: number, length: number): ReadPiece[] {
   let at = offset;
+  let bad: string | undefined;
   for (const p of pieces) {
-    if (p.offset !== at || p.length <= 0 || (p.data && p.data.length !== p.length))
-      throw new Error(`readExtents returned a bad piece ${p.offset}+${p.length} (expected offset ${at})`);
+    if (p.offset !== at || p.length <= 0 || (p.data && p.data.length !== p.length)) {
+      bad = `readExtents returned a bad piece ${p.offset}+${p.length} (expected offset ${at})`;
+      break;
+    }
     at += p.length;
   }
-  if (at !== offset + length) throw new Error(`readExtents covered ${at - offset} of ${length} bytes`);
+  if (!bad && at !== offset + length) bad = `readExtents covered ${at - offset} of ${length} bytes`;
+  if (bad) {
+    releasePieces(pieces);
+    throw new Error(bad);
+  }
   return pieces;
+}
+
+/** Calls `release` of every lent piece. */
+export function releasePieces(pieces: readonly ReadPiece[]): void {
+  for (const p of pieces) p.release?.();
 }

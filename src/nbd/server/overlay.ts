@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { NBD_STATE } from '../protocol.js';
-import type { ExportExtent, NbdExport, ReadPiece } from './export.js';
+import { releasePieces, type ExportExtent, type NbdExport, type ReadPiece } from './export.js';
 
 /** Granularity of the overlay: one bit per 4 KiB block and per bitmap (64 MiB of memory per TiB). */
 const BLOCK = 4096;
@@ -114,14 +114,15 @@ export class CowOverlay implements NbdExport {
 
   async read(offset: number, length: number): Promise<Buffer> {
     const pieces = await this.readExtents(offset, length);
-    if (pieces.length === 1 && pieces[0]!.data) return pieces[0]!.data;
+    if (pieces.length === 1 && pieces[0]!.data && !pieces[0]!.release) return pieces[0]!.data;
     const out = Buffer.alloc(length);
     for (const p of pieces) p.data?.copy(out, p.offset - offset);
+    releasePieces(pieces);
     return out;
   }
 
   async readExtents(offset: number, length: number): Promise<ReadPiece[]> {
-    const parts = await Promise.all(
+    const settled = await Promise.allSettled(
       this.runs(offset, length).map(async (r): Promise<ReadPiece[]> => {
         if (r.source === Source.ZERO) return [{ offset: r.offset, length: r.length }];
         if (r.source === Source.OVERLAY) {
@@ -133,7 +134,13 @@ export class CowOverlay implements NbdExport {
         return [{ offset: r.offset, length: r.length, data: await this.base.read(r.offset, r.length) }];
       }),
     );
-    return parts.flat();
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    const parts = settled.flatMap((r) => (r.status === 'fulfilled' ? r.value : []));
+    if (failed) {
+      releasePieces(parts); // pieces lent by the base for the runs that did succeed
+      throw failed.reason;
+    }
+    return parts;
   }
 
   private async readFile(buf: Buffer, position: number): Promise<void> {

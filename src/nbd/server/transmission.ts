@@ -18,7 +18,15 @@ import {
 } from '../protocol.js';
 import { encodeChunkHeader, encodeSimpleReply, writeChunkHeader, type RequestHeader } from '../wire.js';
 import type { BufferPool } from './buffer-pool.js';
-import { isWritable, readPieces, type ExportBlockSize, type ExportExtent, type NbdExport } from './export.js';
+import {
+  isWritable,
+  readPieces,
+  releasePieces,
+  type ExportBlockSize,
+  type ExportExtent,
+  type NbdExport,
+  type ReadPiece,
+} from './export.js';
 import { BASE_ALLOCATION_ID, DEFAULT_EXPORT_BLOCK_SIZE, type Negotiated } from './handshake.js';
 import { RequestParser, type RequestSink } from './request-parser.js';
 
@@ -285,7 +293,7 @@ export class Transmission implements RequestSink {
         const data = await e.read(offset, length);
         return this.send([encodeSimpleReply(cookie, 0), data]);
       }
-      const pieces = df
+      const pieces: ReadPiece[] = df
         ? [{ offset, length, data: await e.read(offset, length) }]
         : await readPieces(e, offset, length);
       const parts: Buffer[] = [];
@@ -304,7 +312,7 @@ export class Transmission implements RequestSink {
           parts.push(hole);
         }
       });
-      this.send(parts);
+      this.send(parts, pieces.some((p) => p.release) ? () => releasePieces(pieces) : undefined);
     } finally {
       budget.release(length);
     }

@@ -30,6 +30,12 @@ export interface Backend {
   list(prefix: string): AsyncIterable<ObjectInfo>;
   delete(key: string): Promise<void>;
   close(): Promise<void>;
+  /**
+   * Optional, for backends that keep each object in a plain file: the file's path. Worker threads
+   * may read it directly instead of calling `get` (same bytes); whatever goes wrong there, the
+   * reader falls back to `get`, which reports the error.
+   */
+  filePath?(key: string): string;
 }
 
 export function validateKey(key: string): void {

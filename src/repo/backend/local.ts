@@ -22,6 +22,10 @@ export class LocalBackend implements Backend {
     return this.root;
   }
 
+  filePath(key: string): string {
+    return this.path(key);
+  }
+
   private path(key: string): string {
     validateKey(key);
     if (key === TMP_DIR || key.startsWith(`${TMP_DIR}/`)) throw new RangeError(`key '${key}' is reserved`);

@@ -1,0 +1,109 @@
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  ChunkCorruptError,
+  ChunkMissingError,
+  LocalBackend,
+  MemoryBackend,
+  Repository,
+  chunkIdOf,
+  format,
+} from '../../src/repo/index.js';
+import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
+
+const KiB = 1024;
+const compressible = Buffer.from('vmvault chunk '.repeat(9000)).subarray(0, 120 * KiB);
+const random = seededBytes(128 * KiB, 11);
+const shared = (): Buffer => Buffer.from(new SharedArrayBuffer(256 * KiB));
+
+describe('ChunkStore reads (get / getInto) on every path', () => {
+  let dir: string;
+  let cleanup: () => Promise<void>;
+  beforeAll(async () => ({ dir, cleanup } = await makeTmpDir('vmvault-chunks-')));
+  afterAll(async () => cleanup());
+
+  // workers 2: the local backend's files are read by the worker threads themselves;
+  // workers 0: everything inline; the memory backend: blobs travel to the workers.
+  for (const [name, workers, memory] of [
+    ['local, worker threads', 2, false],
+    ['local, inline', 0, false],
+    ['memory backend, worker threads', 2, true],
+  ] as const) {
+    describe(name, () => {
+      let repo: Repository;
+      let backend: LocalBackend | MemoryBackend;
+      beforeAll(async () => {
+        const path = join(dir, name.replace(/\W+/g, '-'));
+        backend = memory ? new MemoryBackend() : new LocalBackend(path);
+        await (await Repository.init(path, { chunkSizeBytes: 256 * KiB }, backend)).close();
+        repo = await Repository.open(path, { workers }, backend);
+        for (const c of [compressible, random]) await repo.chunks.put(Buffer.from(c));
+      });
+      afterAll(async () => repo.close());
+
+      it('returns verified plaintext for zstd and stored chunks, into shared and plain buffers', async () => {
+        for (const c of [compressible, random]) {
+          const id = chunkIdOf(c);
+          expect((await repo.chunks.get(id)).equals(c)).toBe(true);
+          for (const dest of [shared(), Buffer.alloc(256 * KiB)]) {
+            const n = await repo.chunks.getInto(id, dest);
+            expect(n).toBe(c.length);
+            expect(dest.subarray(0, n).equals(c)).toBe(true);
+          }
+        }
+      });
+
+      it('a missing chunk is ChunkMissingError; a damaged one ChunkCorruptError naming where', async () => {
+        const gone = chunkIdOf(Buffer.from('never stored'));
+        await expect(repo.chunks.get(gone)).rejects.toBeInstanceOf(ChunkMissingError);
+        await expect(repo.chunks.getInto(gone, shared())).rejects.toBeInstanceOf(ChunkMissingError);
+
+        const victim = Buffer.from(random);
+        victim[0]! ^= 1;
+        const id = chunkIdOf(victim);
+        await repo.chunks.put(Buffer.from(victim));
+        const key = format.Keys.data(id);
+        const blob = await backend.get(key);
+        blob[format.BLOB_HEADER_BYTES + 1000]! ^= 0xff; // one payload byte
+        await backend.put(key, blob);
+        const loc = { snapshot: 'abc', disk: 'vda', offset: 4096 };
+        for (const read of [() => repo.chunks.get(id, loc), () => repo.chunks.getInto(id, shared(), loc)]) {
+          const err = await read().then(
+            () => undefined,
+            (e: unknown) => e,
+          );
+          expect(err).toBeInstanceOf(ChunkCorruptError);
+          expect((err as Error).message).toMatch(/BLAKE3 mismatch/);
+          expect((err as Error).message).toContain('vda');
+        }
+      });
+
+      it('refuses a chunk longer than the buffer it is read into', async () => {
+        await expect(
+          repo.chunks.getInto(chunkIdOf(random), shared().subarray(0, 64 * KiB)),
+        ).rejects.toBeInstanceOf(ChunkCorruptError);
+      });
+    });
+  }
+
+  it('a chunk file that cannot be read directly falls back to the backend, which names the cause', async () => {
+    const path = join(dir, 'unreadable');
+    const backend = new LocalBackend(path);
+    await (await Repository.init(path, { chunkSizeBytes: 256 * KiB }, backend)).close();
+    const repo = await Repository.open(path, { workers: 1 }, backend);
+    try {
+      const id = chunkIdOf(random);
+      const file = backend.filePath(format.Keys.data(id));
+      // A directory where the chunk file should be: the worker's read fails, then the backend's.
+      await mkdir(file, { recursive: true });
+      await writeFile(join(file, 'x'), 'x');
+      await expect(repo.chunks.getInto(id, shared())).rejects.toThrow(/cannot read/);
+      await rm(file, { recursive: true });
+      await repo.chunks.put(Buffer.from(random), id);
+      expect(await repo.chunks.getInto(id, shared())).toBe(random.length);
+    } finally {
+      await repo.close();
+    }
+  });
+});
