@@ -8,7 +8,10 @@ import {
   type SnapshotDisk,
 } from '../repo/index.js';
 
-/** Where restored bytes go. Offsets arrive in increasing order; gaps are zeros. */
+/**
+ * Where restored bytes go. Offsets arrive in increasing order; gaps are zeros. `data` is lent:
+ * the caller reuses its memory once `write` resolves, so a sink copies what it keeps.
+ */
 export interface ChunkSink {
   write(offset: number, data: Buffer): Promise<void>;
   finish(): Promise<void>;
@@ -59,24 +62,27 @@ export async function restoreDisk(
   const slots: number[] = [];
   for (let s = 0; s < index.slotCount; s++) if (index.get(s)) slots.push(s);
 
-  const fetch = (slot: number): Promise<Buffer | DamagedRange> => {
+  // Chunks are decoded by worker threads straight into these shared buffers (one per chunk in
+  // flight, plus the one being written): no allocation per chunk, memory fixed by the window.
+  const free: Buffer[] = Array.from({ length: window + 1 }, () =>
+    Buffer.from(new SharedArrayBuffer(index.chunkSizeBytes)),
+  );
+  type Fetched = { buf: Buffer; data: Buffer } | DamagedRange;
+  const fetch = (slot: number): Promise<Fetched> => {
     const id = index.get(slot)!;
     const offset = slot * index.chunkSizeBytes;
     const length = index.slotLength(slot);
-    return repo.chunks.get(id, { snapshot: snapshot.id, disk: disk.target, offset }).then(
-      (data) => {
-        if (data.length !== length) {
-          return Promise.reject(
-            new ChunkCorruptError(id, `length ${data.length} differs from the slot's ${length}`, {
-              snapshot: snapshot.id,
-              disk: disk.target,
-              offset,
-            }),
-          );
-        }
-        return data;
-      },
-      (err: unknown) => {
+    const loc = { snapshot: snapshot.id, disk: disk.target, offset };
+    const buf = free.pop()!;
+    return repo.chunks
+      .getInto(id, buf, loc)
+      .then((n): Fetched => {
+        if (n !== length)
+          throw new ChunkCorruptError(id, `length ${n} differs from the slot's ${length}`, loc);
+        return { buf, data: buf.subarray(0, n) };
+      })
+      .catch((err: unknown): Fetched => {
+        free.push(buf);
         if (opts.ignoreErrors && (err instanceof ChunkCorruptError || err instanceof ChunkMissingError)) {
           return {
             offset,
@@ -86,12 +92,11 @@ export async function restoreDisk(
           };
         }
         throw err;
-      },
-    );
+      });
   };
 
   progress.start(disk.target, index.diskSizeBytes);
-  const inflight: Array<Promise<Buffer | DamagedRange>> = [];
+  const inflight: Array<Promise<Fetched>> = [];
   let next = 0;
   try {
     const fill = (): void => {
@@ -109,9 +114,10 @@ export async function restoreDisk(
       fill();
       const slot = slots[i]!;
       const offset = slot * index.chunkSizeBytes;
-      if (Buffer.isBuffer(r)) {
-        await sink.write(offset, r);
-        bytesWritten += r.length;
+      if ('buf' in r) {
+        await sink.write(offset, r.data);
+        free.push(r.buf);
+        bytesWritten += r.data.length;
       } else damaged.push(r);
       progress.advance(offset + index.slotLength(slot) - lastEnd);
       lastEnd = offset + index.slotLength(slot);
