@@ -3,6 +3,7 @@ import { ExitCode, isVmvaultError, CancelledError } from '../util/index.js';
 import { VERSION } from '../backup/index.js';
 import { backupImageCommand } from './commands/backup-image.js';
 import { backupCommand } from './commands/backup.js';
+import { checkCommand } from './commands/check.js';
 import { initCommand } from './commands/init.js';
 import { restoreCommand } from './commands/restore.js';
 import { serveCommand } from './commands/serve.js';
@@ -32,6 +33,7 @@ export function buildProgram(): Command {
     statsCommand(),
     restoreCommand(),
     serveCommand(),
+    checkCommand(),
   ]) {
     cmd.addHelpText('after', EXIT_CODES_HELP);
     program.addCommand(cmd);

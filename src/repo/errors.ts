@@ -98,7 +98,7 @@ export class ChunkCorruptError extends VmvaultError {
     readonly location: ChunkLocation = {},
   ) {
     super('CHUNK_CORRUPT', `chunk ${chunkId} is corrupt${where(location)}: ${reason}`, {
-      hint: "run 'vmvault check --read-data' to find every damaged chunk; a later backup of the same data repairs it",
+      hint: "run 'vmvault check --read-data' to find every damaged chunk; delete its file (data/<hh>/<id>), then a full backup of the same data stores it again",
       exitCode: ExitCode.INTEGRITY,
       details: { chunkId, ...location },
     });
@@ -115,9 +115,16 @@ export class ChunkMissingError extends VmvaultError {
     readonly location: ChunkLocation = {},
   ) {
     super('CHUNK_MISSING', `chunk ${chunkId} is missing${where(location)}`, {
-      hint: "run 'vmvault check' to find every missing chunk; a later backup of the same data repairs it",
+      hint: "run 'vmvault check' to find every missing chunk; a full backup of the same data (backup -l full, backup-image) stores it again",
       exitCode: ExitCode.INTEGRITY,
       details: { chunkId, ...location },
     });
+  }
+}
+
+/** `vmvault check` found missing or damaged objects (exit code INTEGRITY, like a damaged chunk). */
+export class CheckFailedError extends VmvaultError {
+  constructor(message: string, hint: string, details: Record<string, unknown> = {}) {
+    super('CHECK_FAILED', message, { hint, exitCode: ExitCode.INTEGRITY, details });
   }
 }

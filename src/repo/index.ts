@@ -4,6 +4,15 @@ export { MemoryBackend } from './backend/memory.js';
 export { openBackend } from './backend/open.js';
 export { encodeBlob, decodeBlob, readBlobHeader, verifyBlobTag, BlobFormatError } from './blob.js';
 export { chunkIdOf, hashBytes, isAllZero, isChunkId, type ChunkId } from './chunk-id.js';
+export {
+  checkRepository,
+  checkFailure,
+  describeProblem,
+  type CheckOptions,
+  type CheckProblem,
+  type CheckProblemKind,
+  type CheckResult,
+} from './check.js';
 export { ChunkStore, type PutResult } from './chunk-store.js';
 export { newConfig, parseCompression, type RepoConfig, type InitOptions } from './config.js';
 export { DiskIndex, slotCountFor } from './disk-index.js';

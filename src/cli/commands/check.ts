@@ -1,0 +1,83 @@
+import { Command } from 'commander';
+import { formatBytes } from '../../util/index.js';
+import {
+  checkFailure,
+  checkRepository,
+  describeProblem,
+  shortId,
+  type CheckResult,
+} from '../../repo/index.js';
+import { globals, printJson, repoOption, withRepo } from '../context.js';
+import { makeProgress } from '../progress-tty.js';
+import { rootAbort } from '../signals.js';
+
+export function checkCommand(): Command {
+  return new Command('check')
+    .description(
+      'verify the repository: snapshot manifests, disk indexes, and that every referenced chunk is stored',
+    )
+    .option('--read-data', 'also read every referenced chunk once and verify its content (BLAKE3)')
+    .option('--json', 'print JSON')
+    .addOption(repoOption())
+    .action(async (opts: { readData?: boolean; json?: boolean; repo?: string }, cmd: Command) => {
+      const quiet = (globals(cmd).quiet ?? false) || opts.json === true;
+      // A redrawn progress line on a TTY; nothing at all otherwise (the summary says it all).
+      const tty = process.stderr.isTTY === true && !quiet;
+      const result = await withRepo(opts, (repo) =>
+        checkRepository(repo, {
+          readData: opts.readData ?? false,
+          ...(tty
+            ? { progressFor: (phase: string) => makeProgress(`check ${phase}`, process.stderr, false) }
+            : {}),
+          signal: rootAbort.signal,
+        }),
+      );
+      if (opts.json) printJson(jsonSummary(result));
+      else process.stdout.write(textSummary(result));
+      const failure = checkFailure(result);
+      if (failure) throw failure;
+    });
+}
+
+function textSummary(r: CheckResult): string {
+  const plural = (n: number, what: string): string => `${n} ${what}${n === 1 ? '' : 's'}`;
+  const lines = r.problems.map(describeProblem);
+  lines.push(
+    `snapshots          ${r.snapshots} checked, ${r.snapshotsDamaged} damaged`,
+    `indexes            ${r.indexes} checked${r.files ? `, ${plural(r.files, 'file')}` : ''}`,
+    `chunks referenced  ${r.chunksReferenced} (${formatBytes(r.bytesReferenced)})`,
+    r.readData
+      ? `chunks read        ${r.chunksRead} (${formatBytes(r.bytesRead)} verified)`
+      : `chunks read        0 (presence only; --read-data verifies their content)`,
+    `damaged chunks     ${r.chunksMissing} missing, ${r.readData ? r.chunksCorrupt : '-'} corrupt`,
+    `unreferenced       ${plural(r.unreferencedChunks, 'chunk')}, ${formatBytes(r.unreferencedBytes)} (${
+      r.unreferencedExact
+        ? 'not an error: what a garbage collection would delete'
+        : 'includes chunks of the damaged snapshots and indexes, which could not be read'
+    })`,
+  );
+  if (r.problems.length === 0) lines.push('no problems found');
+  return `${lines.join('\n')}\n`;
+}
+
+function jsonSummary(r: CheckResult): Record<string, unknown> {
+  return {
+    message_type: 'summary',
+    ok: r.problems.length === 0,
+    readData: r.readData,
+    snapshots: r.snapshots,
+    snapshotsDamaged: r.snapshotsDamaged,
+    indexes: r.indexes,
+    files: r.files,
+    chunksReferenced: r.chunksReferenced,
+    bytesReferenced: r.bytesReferenced,
+    chunksRead: r.chunksRead,
+    bytesRead: r.bytesRead,
+    chunksMissing: r.chunksMissing,
+    chunksCorrupt: r.chunksCorrupt,
+    unreferencedChunks: r.unreferencedChunks,
+    unreferencedBytes: r.unreferencedBytes,
+    unreferencedExact: r.unreferencedExact,
+    problems: r.problems.map((p) => ({ ...p, shortId: shortId(p.snapshot), message: describeProblem(p) })),
+  };
+}
