@@ -16,7 +16,7 @@ import {
  * 16-byte integrity tag (BLAKE3-128 of header+payload). Pure functions, safe in worker threads.
  */
 export interface EncodeOptions {
-  /** zstd level; 0 disables compression. */
+  /** zstd level (1..19, or -7..-1 for zstd's fast levels); 0 disables compression. */
   levelZstd: number;
 }
 
@@ -47,7 +47,7 @@ function zstdCompress(src: Uint8Array, level: number): Uint8Array {
 export function encodeBlob(plaintext: Uint8Array, opts: EncodeOptions): Buffer {
   let codec: Codec = Codec.NONE;
   let payload: Uint8Array = plaintext;
-  if (opts.levelZstd > 0 && plaintext.length > 0) {
+  if (opts.levelZstd !== 0 && plaintext.length > 0) {
     const z = zstdCompress(plaintext, opts.levelZstd);
     // Store raw when compression does not pay for itself (≥ 1/64 saved).
     if (z.length < plaintext.length - (plaintext.length >> 6)) {

@@ -25,7 +25,7 @@ export interface RepoConfig {
 
 export interface InitOptions {
   chunkSizeBytes?: number;
-  /** zstd level 1..19, or 0 for no compression. */
+  /** zstd level 1..19, a fast level -7..-1, or 0 for no compression. */
   levelZstd?: number;
 }
 
@@ -39,7 +39,10 @@ export function newConfig(opts: InitOptions = {}): RepoConfig {
   }
   const level = opts.levelZstd ?? DEFAULT_ZSTD_LEVEL;
   if (level !== 0 && (!Number.isInteger(level) || level < MIN_ZSTD_LEVEL || level > MAX_ZSTD_LEVEL)) {
-    throw new UsageError(`invalid zstd level ${level}`, `use zstd:1 to zstd:19, or none`);
+    throw new UsageError(
+      `invalid zstd level ${level}`,
+      `use zstd:1 to zstd:${MAX_ZSTD_LEVEL}, a fast level zstd:${MIN_ZSTD_LEVEL} to zstd:-1, or none`,
+    );
   }
   return {
     format: 'vmvault-repository',
@@ -53,14 +56,15 @@ export function newConfig(opts: InitOptions = {}): RepoConfig {
   };
 }
 
-/** Parses `zstd`, `zstd:LEVEL` or `none`. */
+/** Parses `zstd`, `zstd:LEVEL` (1..19, or -7..-1: zstd's fast levels) or `none`. */
 export function parseCompression(text: string): number {
   if (text === 'none') return 0;
-  const m = /^zstd(?::(\d+))?$/.exec(text);
-  if (!m) throw new UsageError(`invalid compression '${text}'`, 'use zstd, zstd:LEVEL (1-19) or none');
+  const m = /^zstd(?::(-?\d+))?$/.exec(text);
+  const fix = `use zstd, zstd:LEVEL (1 to ${MAX_ZSTD_LEVEL}; ${MIN_ZSTD_LEVEL} to -1 for zstd's fast levels) or none`;
+  if (!m) throw new UsageError(`invalid compression '${text}'`, fix);
   const level = m[1] === undefined ? DEFAULT_ZSTD_LEVEL : Number(m[1]);
-  if (level < MIN_ZSTD_LEVEL || level > MAX_ZSTD_LEVEL)
-    throw new UsageError(`invalid zstd level ${level}`, 'use 1 to 19');
+  if (level === 0 || level < MIN_ZSTD_LEVEL || level > MAX_ZSTD_LEVEL)
+    throw new UsageError(`invalid zstd level ${level}`, fix);
   return level;
 }
 

@@ -63,5 +63,6 @@ export const MIN_CHUNK_SIZE = 64 * 1024;
 export const MAX_CHUNK_SIZE = 16 * 1024 * 1024;
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
 export const DEFAULT_ZSTD_LEVEL = 1;
-export const MIN_ZSTD_LEVEL = 1;
+/** zstd's fast levels (negative: less compression, more speed) go down to this. */
+export const MIN_ZSTD_LEVEL = -7;
 export const MAX_ZSTD_LEVEL = 19;

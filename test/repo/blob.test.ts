@@ -1,5 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { decodeBlob, encodeBlob, readBlobHeader, BlobFormatError, format } from '../../src/repo/index.js';
+import {
+  decodeBlob,
+  encodeBlob,
+  parseCompression,
+  readBlobHeader,
+  BlobFormatError,
+  format,
+} from '../../src/repo/index.js';
 import { seededBytes } from '../helpers/tmp.js';
 
 describe('blob format', () => {
@@ -15,6 +22,19 @@ describe('blob format', () => {
     expect(readBlobHeader(rb).codec).toBe(format.Codec.NONE);
     expect(rb.length).toBe(random.length + format.BLOB_HEADER_BYTES + format.BLOB_TAG_BYTES);
     expect(decodeBlob(rb).equals(random)).toBe(true);
+  });
+
+  it("zstd's fast levels compress less but decode the same; the level grammar", () => {
+    const text = Buffer.from('fast level text 0123456789 '.repeat(5000));
+    const fast = encodeBlob(text, { levelZstd: -4 });
+    expect(readBlobHeader(fast).codec).toBe(format.Codec.ZSTD);
+    expect(decodeBlob(fast).equals(text)).toBe(true);
+    expect(parseCompression('zstd:-4')).toBe(-4);
+    expect(parseCompression('zstd:19')).toBe(19);
+    expect(parseCompression('zstd')).toBe(format.DEFAULT_ZSTD_LEVEL);
+    expect(parseCompression('none')).toBe(0);
+    for (const bad of ['zstd:0', 'zstd:-8', 'zstd:20', 'zstd:x', 'lz4'])
+      expect(() => parseCompression(bad), bad).toThrow(/invalid/);
   });
 
   it('level 0 stores raw', () => {

@@ -9,7 +9,7 @@ export function initCommand(): Command {
     .argument('[repo]', 'repository location (a directory); defaults to -r / VMVAULT_REPO')
     .addOption(new Option('-r, --repo <repo>', 'repository location').env('VMVAULT_REPO'))
     .option('--chunk-size <size>', 'chunk size, a power of two from 64K to 16M', '1M')
-    .option('--compression <codec>', 'zstd, zstd:LEVEL (1-19) or none', 'zstd:1')
+    .option('--compression <codec>', 'zstd, zstd:LEVEL (1-19; -7 to -1: faster, larger) or none', 'zstd:1')
     .option('--json', 'print the result as JSON')
     .action(
       async (
