@@ -59,6 +59,9 @@ say "incremental backup: reads only the changed chunks"
 "$V" snapshots
 "$V" stats
 
+say "verify the repository: every snapshot, index and chunk, each chunk re-read and re-hashed"
+"$V" check --read-data
+
 say "restore the latest snapshot as qcow2 with an adjusted domain XML, define and start it"
 "$V" restore vmvault-demo@latest -o "$W/restored" --define --name vmvault-demo-restored
 qemu-img check -q "$W/restored/vda.qcow2" 2>/dev/null || qemu-img check "$W/restored/vda.qcow2"
