@@ -47,7 +47,20 @@ export function buildProgram(): Command {
 }
 
 /** The single place that turns errors into one line on stderr and an exit code. */
+/**
+ * A reader that goes away (`vmvault snapshots | head`) is a normal end, not a crash: stop quietly,
+ * as other command-line tools do, instead of an EPIPE stack trace.
+ */
+function endQuietlyOnClosedPipes(): void {
+  for (const stream of [process.stdout, process.stderr])
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+      throw err;
+    });
+}
+
 export async function main(argv: string[]): Promise<void> {
+  endQuietlyOnClosedPipes();
   installSignalHandlers();
   const debug = argv.includes('--debug');
   const json = argv.includes('--json');

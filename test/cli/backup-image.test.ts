@@ -309,6 +309,16 @@ describe.runIf(run)('backup-image and restore through the CLI', () => {
       expect(help.code).toBe(0);
       expect(help.stdout).toMatch(/backup-image/);
     });
+
+    it('a reader that closes the pipe early (vmvault snapshots | head) ends it quietly, exit 0', async () => {
+      const child = startCli(['snapshots', '-r', repo]);
+      child.stdout!.destroy(); // the reader is gone before vmvault writes a byte
+      let stderr = '';
+      child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+      const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+      expect(stderr).toBe('');
+      expect(code).toBe(0);
+    });
   });
 });
 
