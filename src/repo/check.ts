@@ -1,4 +1,4 @@
-import { nullProgress, throwIfAborted, type Progress } from '../util/index.js';
+import { nullProgress, throwIfAborted, UsageError, type Progress } from '../util/index.js';
 import { decodeBlob } from './blob.js';
 import { hashBytes, isChunkId } from './chunk-id.js';
 import { DiskIndex } from './disk-index.js';
@@ -27,12 +27,25 @@ export interface CheckProblem {
   chunkId?: string;
   /** Index id (index problems). */
   index?: string;
-  /** What is wrong (damage only; absent for missing objects). */
+  /**
+   * What is wrong (damage only; absent for missing objects, except a chunk `--repair` moved to
+   * quarantine: then the damage it had).
+   */
   reason?: string;
+  /** A chunk that was corrupt and that `--repair` moved out of data/: where its blob is now. */
+  quarantineKey?: string;
+}
+
+/** A corrupt chunk that `--repair` moved from data/ to quarantine/. */
+export interface RepairedChunk {
+  chunkId: string;
+  quarantineKey: string;
 }
 
 export interface CheckResult {
   readData: boolean;
+  /** Whether corrupt chunks were to be moved to quarantine/ (`repair`). */
+  repair: boolean;
   /** Snapshot manifests checked (damaged ones included). */
   snapshots: number;
   /** Snapshots with at least one problem. */
@@ -48,10 +61,12 @@ export interface CheckResult {
   /** Chunks read and verified (zstd, BLAKE3 against the id): only with `readData`. */
   chunksRead: number;
   bytesRead: number;
-  /** Distinct referenced chunks absent from storage. */
+  /** Distinct referenced chunks absent from storage (those `repair` moved to quarantine/ included). */
   chunksMissing: number;
-  /** Distinct referenced chunks whose content is damaged (found only with `readData`). */
+  /** Distinct referenced chunks whose content is damaged and still in data/ (found only with `readData`). */
   chunksCorrupt: number;
+  /** Corrupt chunks moved to quarantine/ by `repair`; they now count as missing. */
+  repaired: RepairedChunk[];
   /** Objects under data/ that no snapshot references: what a garbage collection would delete. */
   unreferencedChunks: number;
   unreferencedBytes: number;
@@ -67,6 +82,13 @@ export interface CheckResult {
 export interface CheckOptions {
   /** Also read and verify every referenced chunk once. */
   readData?: boolean;
+  /**
+   * With `readData`: move every corrupt chunk's blob from data/ to quarantine/, so that the next
+   * backup that reads the same data stores a sound copy again. Manifests and indexes are not touched.
+   */
+  repair?: boolean;
+  /** The time that names quarantine keys (default: now). */
+  now?: Date;
   /** Chunks read and verified concurrently with `readData` (default 8). Bounds memory. */
   window?: number;
   /** Progress of a phase ('indexes', 'data'), in bytes of disk (indexes) or chunk plaintext (data). */
@@ -86,11 +108,19 @@ type IndexState = { ok: true } | { ok: false; kind: 'index-missing' | 'index-dam
  * and chunk is checked once however many snapshots share it; the data/ prefix is listed once
  * (after the indexes are read, so a backup running meanwhile never looks like missing chunks).
  * With `readData`, every referenced chunk is also read and fully verified, a small window at a time.
+ * With `repair` too, each chunk found corrupt is moved to quarantine/ and counts as missing from
+ * then on (a backup that reads the same data in full stores it again).
  *
  * Problems are returned, not thrown; the caller decides (see `checkFailure`).
  */
 export async function checkRepository(repo: Repository, opts: CheckOptions = {}): Promise<CheckResult> {
   const readData = opts.readData ?? false;
+  const repair = opts.repair ?? false;
+  if (repair && !readData)
+    throw new UsageError(
+      '--repair needs --read-data',
+      'add --read-data: only reading the chunks finds the corrupt ones',
+    );
   const signal = opts.signal;
   const problems: CheckProblem[] = [];
   let unreferencedExact = true;
@@ -234,9 +264,28 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
     dataProgress.done();
   }
 
-  // ---- 5. locate every reference to a bad chunk ------------------------------------------------
+  // ---- 5. --repair: move corrupt chunks out of data/ ----------------------------------------------
+  // One at a time (there are few); from here on they count as missing, which is what they are now.
+  const repaired: RepairedChunk[] = [];
+  const quarantined = new Map<string, { quarantineKey: string; reason: string }>();
+  if (repair && corrupt.size) {
+    const stamp = compactUtc(opts.now ?? new Date());
+    for (const [id, reason] of [...corrupt].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      throwIfAborted(signal);
+      const quarantineKey = await quarantineChunk(repo, id, stamp);
+      if (quarantineKey === undefined) continue;
+      corrupt.delete(id);
+      missing.add(id);
+      quarantined.set(id, { quarantineKey, reason });
+      repaired.push({ chunkId: id, quarantineKey });
+    }
+  }
+
+  // ---- 6. locate every reference to a bad chunk ------------------------------------------------
   if (missing.size || corrupt.size) {
-    const bad = (id: string): Pick<CheckProblem, 'kind' | 'reason'> | undefined => {
+    const bad = (id: string): Pick<CheckProblem, 'kind' | 'reason' | 'quarantineKey'> | undefined => {
+      const q = quarantined.get(id);
+      if (q) return { kind: 'chunk-missing', reason: q.reason, quarantineKey: q.quarantineKey };
       if (missing.has(id)) return { kind: 'chunk-missing' };
       const reason = corrupt.get(id);
       return reason === undefined ? undefined : { kind: 'chunk-corrupt', reason };
@@ -280,6 +329,7 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
 
   return {
     readData,
+    repair,
     snapshots: ids.length,
     snapshotsDamaged: new Set(problems.map((p) => p.snapshot)).size,
     indexes: indexState.size,
@@ -290,6 +340,7 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
     bytesRead,
     chunksMissing: missing.size,
     chunksCorrupt: corrupt.size,
+    repaired,
     unreferencedChunks,
     unreferencedBytes,
     unreferencedExact,
@@ -303,7 +354,11 @@ export function checkFailure(r: CheckResult): CheckFailedError | undefined {
   const count = (n: number, what: string): string => `${n} ${what}${n === 1 ? '' : 's'}`;
   const of = (kind: CheckProblemKind): number => r.problems.filter((p) => p.kind === kind).length;
   const parts: string[] = [];
-  if (r.chunksMissing) parts.push(count(r.chunksMissing, 'missing chunk'));
+  const moved = r.repaired.length;
+  if (r.chunksMissing)
+    parts.push(
+      `${count(r.chunksMissing, 'missing chunk')}${moved ? `: ${moved} corrupt, moved to quarantine/` : ''}`,
+    );
   if (r.chunksCorrupt) parts.push(count(r.chunksCorrupt, 'corrupt chunk'));
   const indexes = new Set(r.problems.filter((p) => p.kind.startsWith('index-')).map((p) => p.index ?? ''))
     .size;
@@ -313,14 +368,19 @@ export function checkFailure(r: CheckResult): CheckFailedError | undefined {
   const fullBackup = 'a backup that reads the same data in full (backup -l full, backup-image)';
   if (r.chunksCorrupt)
     hints.push(
-      `delete the corrupt chunk files (data/<hh>/<id>), then ${fullBackup} stores ${r.chunksMissing ? 'them and the missing ones' : 'them'} again`,
+      `run 'vmvault check --read-data --repair' to move the corrupt chunks to quarantine/, then ${fullBackup} stores ${r.chunksMissing ? 'them and the missing ones' : 'them'} again`,
     );
-  else if (r.chunksMissing) hints.push(`${fullBackup} stores missing chunks again`);
+  else if (r.chunksMissing)
+    hints.push(
+      `${fullBackup} stores missing chunks again${moved ? ' (the ones moved to quarantine/ included)' : ''}`,
+    );
   if (r.chunksMissing || r.chunksCorrupt)
-    hints.push("until then 'vmvault restore --ignore-errors' restores the rest of an affected snapshot");
+    hints.push(
+      "until then the snapshots that use them stay damaged: 'vmvault restore --ignore-errors' restores the rest of an affected snapshot",
+    );
   if (indexes || of('snapshot-damaged'))
     hints.push(
-      'a snapshot with a damaged manifest or index cannot be restored: delete its manifest (snapshots/<id>) and take a new backup',
+      `a snapshot with a damaged manifest or index cannot be restored${r.repair ? ' (--repair does not touch them)' : ''}: delete its manifest (snapshots/<id>) and take a new backup`,
     );
   return new CheckFailedError(
     `check found ${count(r.problems.length, 'problem')} (${parts.join(', ')}) in ${count(r.snapshotsDamaged, 'snapshot')}`,
@@ -329,6 +389,7 @@ export function checkFailure(r: CheckResult): CheckFailedError | undefined {
       problems: r.problems.length,
       chunksMissing: r.chunksMissing,
       chunksCorrupt: r.chunksCorrupt,
+      chunksRepaired: moved,
       snapshotsDamaged: r.snapshotsDamaged,
     },
   );
@@ -343,7 +404,11 @@ export function describeProblem(p: CheckProblem): string {
   const why = p.reason ? `; ${p.reason}` : '';
   switch (p.kind) {
     case 'chunk-missing':
-      return `chunk ${p.chunkId ?? '?'} is missing: ${where.join(', ')}`;
+      return `chunk ${p.chunkId ?? '?'} is missing: ${where.join(', ')}${
+        p.quarantineKey !== undefined
+          ? `; was corrupt${p.reason ? `: ${p.reason}` : ''}; moved to ${p.quarantineKey}`
+          : ''
+      }`;
     case 'chunk-corrupt':
       return `chunk ${p.chunkId ?? '?'} is corrupt: ${where.join(', ')}${why}`;
     case 'index-missing':
@@ -448,4 +513,50 @@ function errText(err: unknown): string {
 function corruptReason(err: ChunkCorruptError, id: string): string {
   const prefix = `chunk ${id} is corrupt: `;
   return err.message.startsWith(prefix) ? err.message.slice(prefix.length) : err.message;
+}
+
+/** `20261201T201500Z`: the UTC time in quarantine keys (sorts by time, no ':' for file systems). */
+export function compactUtc(d: Date): string {
+  return d
+    .toISOString()
+    .replace(/\.\d+Z$/, 'Z')
+    .replace(/[-:]/g, '');
+}
+
+/**
+ * Moves a corrupt chunk's blob from data/ to quarantine/ through the Backend interface: get, put
+ * the copy (create-if-absent), and only then delete the data key, so the bytes exist somewhere at
+ * every moment. The blob is verified again first: only one that is still damaged is moved (a
+ * concurrent repair and backup may have stored a sound copy meanwhile). Returns the quarantine
+ * key, or undefined when nothing was moved (the chunk is gone or now sound).
+ */
+async function quarantineChunk(repo: Repository, id: string, stamp: string): Promise<string | undefined> {
+  const dataKey = Keys.data(id);
+  let blob: Buffer;
+  try {
+    blob = await repo.backend.get(dataKey);
+  } catch (err) {
+    if (isNotFound(err)) return undefined;
+    throw err;
+  }
+  try {
+    await repo.chunks.decode(Buffer.from(blob), id); // a copy: decoding may move its buffer to a worker
+    return undefined;
+  } catch (err) {
+    if (!(err instanceof ChunkCorruptError)) throw err;
+  }
+  const base = Keys.quarantine(id, stamp);
+  let key = base;
+  for (let n = 2; !(await repo.backend.putIfAbsent(key, blob)); n++) {
+    // Taken: by the same bytes (another check --repair of this chunk in the same second) is fine.
+    const there = await repo.backend.get(key).catch((err: unknown) => {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    });
+    if (there?.equals(blob)) break;
+    if (n > 100) throw new Error(`cannot find a free quarantine key for chunk ${id} (${base}.N taken)`);
+    key = `${base}.${n}`;
+  }
+  await repo.backend.delete(dataKey);
+  return key;
 }

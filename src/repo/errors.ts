@@ -98,7 +98,7 @@ export class ChunkCorruptError extends VmvaultError {
     readonly location: ChunkLocation = {},
   ) {
     super('CHUNK_CORRUPT', `chunk ${chunkId} is corrupt${where(location)}: ${reason}`, {
-      hint: "run 'vmvault check --read-data' to find every damaged chunk; delete its file (data/<hh>/<id>), then a full backup of the same data stores it again",
+      hint: "run 'vmvault check --read-data --repair' to set damaged chunks aside, then a full backup of the same data stores them again",
       exitCode: ExitCode.INTEGRITY,
       details: { chunkId, ...location },
     });

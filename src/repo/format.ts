@@ -44,6 +44,8 @@ export const Keys = {
   snapshotPrefix: 'snapshots/',
   lockPrefix: 'locks/',
   keyPrefix: 'keys/',
+  /** Corrupt chunk blobs set aside by `check --repair`; never read by vmvault. */
+  quarantinePrefix: 'quarantine/',
   /** data/<first two hex>/<64 hex>: 256-way fan-out keeps directories and S3 prefixes small. */
   data(hexId: string): string {
     return `data/${hexId.slice(0, 2)}/${hexId}`;
@@ -56,6 +58,10 @@ export const Keys = {
   },
   lock(name: string): string {
     return `locks/${name}`;
+  },
+  /** quarantine/<64 hex>-<UTC time, e.g. 20261201T201500Z>: a chunk blob moved out of data/. */
+  quarantine(hexId: string, stamp: string): string {
+    return `quarantine/${hexId}-${stamp}`;
   },
 } as const;
 

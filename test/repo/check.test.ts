@@ -1,4 +1,4 @@
-import { chmod, cp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, cp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -29,6 +29,8 @@ interface CheckJson {
   bytesRead: number;
   chunksMissing: number;
   chunksCorrupt: number;
+  repair: boolean;
+  repaired: Array<{ chunkId: string; quarantineKey: string }>;
   unreferencedChunks: number;
   unreferencedBytes: number;
   unreferencedExact: boolean;
@@ -42,6 +44,7 @@ interface CheckJson {
     chunkId?: string;
     index?: string;
     reason?: string;
+    quarantineKey?: string;
     message: string;
   }>;
 }
@@ -64,6 +67,7 @@ describe.runIf(run)('vmvault check', () => {
   /** Chunk ids of image A's slots 0..5 (6 MiB of distinct random data, then a 2 MiB hole). */
   const slotsA: string[] = [];
   let slot2B: string;
+  let imgA: string;
   let copies = 0;
 
   /** A private copy of the two-snapshot repository, for a test to damage. */
@@ -85,7 +89,7 @@ describe.runIf(run)('vmvault check', () => {
     repo = join(dir, 'repo');
     const a = seededBytes(6 * MiB, 11);
     for (let s = 0; s < 6; s++) slotsA.push(chunkIdOf(a.subarray(s * MiB, (s + 1) * MiB)));
-    const imgA = join(dir, 'a.raw');
+    imgA = join(dir, 'a.raw');
     const imgB = join(dir, 'b.raw');
     for (const [path, data] of [
       [imgA, a],
@@ -194,7 +198,7 @@ describe.runIf(run)('vmvault check', () => {
     );
     expect(text.stdout).toMatch(/^chunks read\s+7 /m);
     expect(expectOneLineError(text)).toMatch(
-      /^vmvault: check found 1 problem \(1 corrupt chunk\) in 1 snapshot; delete the corrupt chunk files/,
+      /^vmvault: check found 1 problem \(1 corrupt chunk\) in 1 snapshot; run 'vmvault check --read-data --repair' to move the corrupt chunks to quarantine\/, then .*stores them again/,
     );
     const { json } = await checkJson(r, '--read-data');
     expect(json).toMatchObject({ ok: false, chunksRead: 7, chunksCorrupt: 1, chunksMissing: 0 });
@@ -207,6 +211,108 @@ describe.runIf(run)('vmvault check', () => {
         chunkId: id,
       }),
     ]);
+  });
+
+  it('--repair moves a corrupt chunk to quarantine/; a full backup of the same data stores it again', async () => {
+    const r = await copyRepo();
+    const id = slotsA[1]!; // used by both snapshots, at offset 1 MiB
+    await flipByte(chunkFile(r, id), 36 + 1000);
+    const damaged = await readFile(chunkFile(r, id));
+
+    const text = await check(r, '--read-data', '--repair');
+    expect(text.code).toBe(20); // the snapshots are still not whole
+    const key = new RegExp(`quarantine/${id}-\\d{8}T\\d{6}Z`);
+    for (const snap of [snapA, snapB])
+      expect(text.stdout).toMatch(
+        new RegExp(
+          `^chunk ${id} is missing: snapshot ${snap.slice(0, 8)} \\(web\\), disk vda, offset ${MiB}; was corrupt: .+; moved to ${key.source}$`,
+          'm',
+        ),
+      );
+    expect(text.stdout).toMatch(/^damaged chunks\s+1 missing, 0 corrupt$/m);
+    expect(text.stdout).toMatch(/^repaired\s+1 corrupt chunk moved to quarantine\//m);
+    expect(text.stdout).toMatch(
+      /stay damaged until a full backup of the same data \(backup -l full, backup-image\)/,
+    );
+    expect(expectOneLineError(text)).toMatch(
+      /^vmvault: check found 2 problems \(1 missing chunk: 1 corrupt, moved to quarantine\/\) in 2 snapshots; .*stores missing chunks again .*; until then the snapshots that use them stay damaged: .*--ignore-errors/,
+    );
+
+    // Moved, not deleted: the damaged bytes are kept under quarantine/, data/ no longer has them.
+    const moved = await readdir(join(r, 'quarantine'));
+    expect(moved).toHaveLength(1);
+    expect(`quarantine/${moved[0]!}`).toMatch(new RegExp(`^${key.source}$`));
+    expect((await readFile(join(r, 'quarantine', moved[0]!))).equals(damaged)).toBe(true);
+    await expect(stat(chunkFile(r, id))).rejects.toMatchObject({ code: 'ENOENT' });
+
+    // A plain check now reports it missing; quarantine/ is not listed as chunks.
+    const plain = await checkJson(r);
+    expect(plain.res.code).toBe(20);
+    expect(plain.json).toMatchObject({
+      chunksMissing: 1,
+      unreferencedChunks: 0,
+      repair: false,
+      repaired: [],
+    });
+    expect(plain.json.problems.map((p) => p.kind)).toEqual(['chunk-missing', 'chunk-missing']);
+
+    // A full read of the same data stores it again: the repository is whole, the old snapshot
+    // restores byte-identical.
+    const b = await runCli(['backup-image', '-r', r, '--vm', 'web', `${imgA}:vda`, '--json']);
+    expect(b.code, b.stderr).toBe(0);
+    const after = await checkJson(r, '--read-data');
+    expect(after.res.code, after.res.stderr).toBe(0);
+    expect(after.json).toMatchObject({ ok: true, chunksRead: 7, chunksMissing: 0, unreferencedChunks: 0 });
+    const out = join(dir, `repaired-${copies}.raw`);
+    const restored = await runCli(['restore', snapA, '-r', r, '--disk', 'vda', '-o', out]);
+    expect(restored.code, restored.stderr).toBe(0);
+    expect((await readFile(out)).equals(await readFile(imgA))).toBe(true);
+  });
+
+  it('--repair --json lists the moved chunks; missing chunks cannot be repaired', async () => {
+    const r = await copyRepo();
+    await flipByte(chunkFile(r, slot2B), 36 + 1000);
+    await rm(chunkFile(r, slotsA[4]!));
+    const { res, json } = await checkJson(r, '--read-data', '--repair');
+    expect(res.code).toBe(20);
+    expect(JSON.parse(res.stderr.trim().split('\n').pop()!)).toMatchObject({
+      code: 'CHECK_FAILED',
+      exit_code: 20,
+    });
+    expect(json).toMatchObject({ ok: false, repair: true, chunksMissing: 2, chunksCorrupt: 0 });
+    expect(json.repaired).toEqual([
+      {
+        chunkId: slot2B,
+        quarantineKey: expect.stringMatching(new RegExp(`^quarantine/${slot2B}-\\d{8}T\\d{6}Z$`)),
+      },
+    ]);
+    const repairedProblem = json.problems.find((p) => p.chunkId === slot2B);
+    expect(repairedProblem).toMatchObject({
+      kind: 'chunk-missing',
+      snapshot: snapB,
+      offset: 2 * MiB,
+      quarantineKey: json.repaired[0]!.quarantineKey,
+    });
+    expect(repairedProblem?.message).toContain(`moved to ${json.repaired[0]!.quarantineKey}`);
+    expect(
+      json.problems.filter((p) => p.chunkId === slotsA[4]).every((p) => p.quarantineKey === undefined),
+    ).toBe(true);
+
+    const text = await check(await copyRepo(), '--read-data', '--repair');
+    expect(text.stdout).toMatch(/^repaired\s+0 corrupt chunks moved to quarantine\/$/m);
+    expect(text.code).toBe(0);
+    const r2 = await copyRepo();
+    await rm(chunkFile(r2, slotsA[4]!));
+    const missing = await check(r2, '--read-data', '--repair');
+    expect(missing.code).toBe(20);
+    expect(missing.stdout).toMatch(/^1 missing chunk cannot be repaired: only a full backup/m);
+  });
+
+  it('--repair without --read-data is a usage error', async () => {
+    const r = await check(repo, '--repair');
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(expectOneLineError(r)).toMatch(/^vmvault: --repair needs --read-data; add --read-data/);
   });
 
   it('unreferenced chunks are counted but are not an error', async () => {
@@ -290,6 +396,96 @@ describe.runIf(run)('vmvault check', () => {
 });
 
 describe('checkRepository (library, memory backend)', () => {
+  it('repair copies the blob to quarantine/ before it deletes the data key', async () => {
+    const ops: string[] = [];
+    class Recording extends MemoryBackend {
+      override async putIfAbsent(key: string, data: Buffer): Promise<boolean> {
+        ops.push(`putIfAbsent ${key}`);
+        return super.putIfAbsent(key, data);
+      }
+      override async put(key: string, data: Buffer): Promise<void> {
+        ops.push(`put ${key}`);
+        return super.put(key, data);
+      }
+      override async delete(key: string): Promise<void> {
+        ops.push(`delete ${key}`);
+        return super.delete(key);
+      }
+    }
+    const backend = new Recording();
+    const KiB = 1024;
+    const repo = await Repository.init('memory:', { chunkSizeBytes: 64 * KiB }, backend);
+    try {
+      const put = await repo.chunks.put(seededBytes(64 * KiB, 7));
+      const index = DiskIndex.empty(64 * KiB, 64 * KiB);
+      index.set(0, put.id);
+      const idx = await repo.putIndex(index);
+      await repo.putSnapshot({
+        version: 1,
+        vm: { name: 'vm' },
+        time: new Date().toISOString(),
+        host: 'h',
+        tags: [],
+        parent: null,
+        mode: 'image',
+        checkpoint: null,
+        disks: [
+          {
+            target: 'vda',
+            sizeBytes: 64 * KiB,
+            chunkSizeBytes: 64 * KiB,
+            index: idx.id,
+            allocatedBytes: 64 * KiB,
+            stats: {
+              bytesRead: 0,
+              bytesNew: 0,
+              bytesDedup: 0,
+              bytesZero: 0,
+              bytesReused: 0,
+              bytesStored: 0,
+              chunksNew: 0,
+            },
+          },
+        ],
+        files: [],
+        program: 'test',
+      });
+      const dataKey = format.Keys.data(put.id);
+      const blob = await backend.get(dataKey);
+      blob[100] = blob[100]! ^ 0xff;
+      await backend.put(dataKey, blob);
+      await expect(checkRepository(repo, { repair: true })).rejects.toMatchObject({ exitCode: 2 });
+
+      ops.length = 0;
+      const now = new Date('2026-12-01T20:15:00.123Z');
+      const r = await checkRepository(repo, { readData: true, repair: true, now });
+      const quarantineKey = `quarantine/${put.id}-20261201T201500Z`;
+      expect(r.repaired).toEqual([{ chunkId: put.id, quarantineKey }]);
+      expect(ops).toEqual([`putIfAbsent ${quarantineKey}`, `delete ${dataKey}`]);
+      expect((await backend.get(quarantineKey)).equals(blob)).toBe(true);
+      expect(await backend.exists(dataKey)).toBe(false);
+      expect(r).toMatchObject({ chunksMissing: 1, chunksCorrupt: 0, unreferencedChunks: 0 });
+      expect(r.problems).toEqual([
+        expect.objectContaining({ kind: 'chunk-missing', chunkId: put.id, offset: 0, quarantineKey }),
+      ]);
+      expect(checkFailure(r)?.exitCode).toBe(20);
+
+      // The same data stored again (by another process: this one's ChunkStore remembers the id
+      // as present): sound, and the quarantined copy is never read.
+      const next = await Repository.open('memory:', { workers: 0 }, backend);
+      try {
+        expect((await next.chunks.put(seededBytes(64 * KiB, 7))).isNew).toBe(true);
+        const again = await checkRepository(next, { readData: true, repair: true });
+        expect(again.problems).toEqual([]);
+        expect(again.repaired).toEqual([]);
+      } finally {
+        await next.close();
+      }
+    } finally {
+      await repo.close();
+    }
+  });
+
   it('checks the files stored beside the disks and names a missing file chunk', async () => {
     const backend = new MemoryBackend();
     const KiB = 1024;

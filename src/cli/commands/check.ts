@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { formatBytes } from '../../util/index.js';
+import { formatBytes, UsageError } from '../../util/index.js';
 import {
   checkFailure,
   checkRepository,
@@ -17,26 +17,38 @@ export function checkCommand(): Command {
       'verify the repository: snapshot manifests, disk indexes, and that every referenced chunk is stored',
     )
     .option('--read-data', 'also read every referenced chunk once and verify its content (BLAKE3)')
+    .option(
+      '--repair',
+      'with --read-data: move every corrupt chunk to quarantine/, so that a full backup of the same data stores it again',
+    )
     .option('--json', 'print JSON')
     .addOption(repoOption())
-    .action(async (opts: { readData?: boolean; json?: boolean; repo?: string }, cmd: Command) => {
-      const quiet = (globals(cmd).quiet ?? false) || opts.json === true;
-      // A redrawn progress line on a TTY; nothing at all otherwise (the summary says it all).
-      const tty = process.stderr.isTTY === true && !quiet;
-      const result = await withRepo(opts, (repo) =>
-        checkRepository(repo, {
-          readData: opts.readData ?? false,
-          ...(tty
-            ? { progressFor: (phase: string) => makeProgress(`check ${phase}`, process.stderr, false) }
-            : {}),
-          signal: rootAbort.signal,
-        }),
-      );
-      if (opts.json) printJson(jsonSummary(result));
-      else process.stdout.write(textSummary(result));
-      const failure = checkFailure(result);
-      if (failure) throw failure;
-    });
+    .action(
+      async (opts: { readData?: boolean; repair?: boolean; json?: boolean; repo?: string }, cmd: Command) => {
+        if (opts.repair && !opts.readData)
+          throw new UsageError(
+            '--repair needs --read-data',
+            "add --read-data ('vmvault check --read-data --repair'): only reading every chunk finds the corrupt ones",
+          );
+        const quiet = (globals(cmd).quiet ?? false) || opts.json === true;
+        // A redrawn progress line on a TTY; nothing at all otherwise (the summary says it all).
+        const tty = process.stderr.isTTY === true && !quiet;
+        const result = await withRepo(opts, (repo) =>
+          checkRepository(repo, {
+            readData: opts.readData ?? false,
+            repair: opts.repair ?? false,
+            ...(tty
+              ? { progressFor: (phase: string) => makeProgress(`check ${phase}`, process.stderr, false) }
+              : {}),
+            signal: rootAbort.signal,
+          }),
+        );
+        if (opts.json) printJson(jsonSummary(result));
+        else process.stdout.write(textSummary(result));
+        const failure = checkFailure(result);
+        if (failure) throw failure;
+      },
+    );
 }
 
 function textSummary(r: CheckResult): string {
@@ -56,8 +68,36 @@ function textSummary(r: CheckResult): string {
         : 'includes chunks of the damaged snapshots and indexes, which could not be read'
     })`,
   );
+  if (r.repair) lines.push(...repairSummary(r));
   if (r.problems.length === 0) lines.push('no problems found');
   return `${lines.join('\n')}\n`;
+}
+
+/** With --repair: what was moved, and what that means for the snapshots. */
+function repairSummary(r: CheckResult): string[] {
+  const plural = (n: number, what: string): string => `${n} ${what}${n === 1 ? '' : 's'}`;
+  const moved = r.repaired.length;
+  const stillMissing = r.chunksMissing - moved;
+  const lines = [
+    `repaired           ${plural(moved, 'corrupt chunk')} moved to quarantine/${
+      moved ? ' (kept for inspection; safe to delete)' : ''
+    }`,
+  ];
+  if (moved)
+    lines.push(
+      `the snapshots that use ${moved === 1 ? 'it' : 'them'} stay damaged until a full backup of the same data (backup -l full, backup-image) stores ${moved === 1 ? 'it' : 'them'} again; until then 'vmvault restore --ignore-errors' restores the rest`,
+    );
+  if (stillMissing > 0)
+    lines.push(
+      `${plural(stillMissing, 'missing chunk')} cannot be repaired: only a full backup of the same data stores ${stillMissing === 1 ? 'it' : 'them'} again`,
+    );
+  if (r.chunksCorrupt)
+    lines.push(
+      `${plural(r.chunksCorrupt, 'corrupt chunk')} not moved: read again, ${r.chunksCorrupt === 1 ? 'its blob' : 'their blobs'} matched the id or had gone`,
+    );
+  if (r.problems.some((p) => p.kind.startsWith('index-') || p.kind === 'snapshot-damaged'))
+    lines.push('damaged manifests and indexes are not touched by --repair');
+  return lines;
 }
 
 function jsonSummary(r: CheckResult): Record<string, unknown> {
@@ -65,6 +105,7 @@ function jsonSummary(r: CheckResult): Record<string, unknown> {
     message_type: 'summary',
     ok: r.problems.length === 0,
     readData: r.readData,
+    repair: r.repair,
     snapshots: r.snapshots,
     snapshotsDamaged: r.snapshotsDamaged,
     indexes: r.indexes,
@@ -75,6 +116,7 @@ function jsonSummary(r: CheckResult): Record<string, unknown> {
     bytesRead: r.bytesRead,
     chunksMissing: r.chunksMissing,
     chunksCorrupt: r.chunksCorrupt,
+    repaired: r.repaired,
     unreferencedChunks: r.unreferencedChunks,
     unreferencedBytes: r.unreferencedBytes,
     unreferencedExact: r.unreferencedExact,
