@@ -9,6 +9,8 @@ import {
   format,
   MemoryBackend,
   Repository,
+  type SnapshotFile,
+  type SnapshotManifest,
 } from '../../src/repo/index.js';
 import { expectOneLineError, runCli, type CliResult } from '../helpers/cli.js';
 import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
@@ -420,36 +422,7 @@ describe('checkRepository (library, memory backend)', () => {
       const index = DiskIndex.empty(64 * KiB, 64 * KiB);
       index.set(0, put.id);
       const idx = await repo.putIndex(index);
-      await repo.putSnapshot({
-        version: 1,
-        vm: { name: 'vm' },
-        time: new Date().toISOString(),
-        host: 'h',
-        tags: [],
-        parent: null,
-        mode: 'image',
-        checkpoint: null,
-        disks: [
-          {
-            target: 'vda',
-            sizeBytes: 64 * KiB,
-            chunkSizeBytes: 64 * KiB,
-            index: idx.id,
-            allocatedBytes: 64 * KiB,
-            stats: {
-              bytesRead: 0,
-              bytesNew: 0,
-              bytesDedup: 0,
-              bytesZero: 0,
-              bytesReused: 0,
-              bytesStored: 0,
-              chunksNew: 0,
-            },
-          },
-        ],
-        files: [],
-        program: 'test',
-      });
+      await repo.putSnapshot(oneDiskManifest(idx.id, 64 * KiB, 64 * KiB));
       const dataKey = format.Keys.data(put.id);
       const blob = await backend.get(dataKey);
       blob[100] = blob[100]! ^ 0xff;
@@ -499,36 +472,7 @@ describe('checkRepository (library, memory backend)', () => {
       const xml = Buffer.concat([Buffer.from('<domain/>'.repeat(10000)), Buffer.alloc(64 * KiB)]);
       const file = await repo.putFile('domain-xml', 'vm.xml', xml);
       expect(file.chunks).toHaveLength(3); // two data chunks, one zero chunk
-      const snap = await repo.putSnapshot({
-        version: 1,
-        vm: { name: 'vm' },
-        time: new Date().toISOString(),
-        host: 'h',
-        tags: [],
-        parent: null,
-        mode: 'image',
-        checkpoint: null,
-        disks: [
-          {
-            target: 'vda',
-            sizeBytes: 128 * KiB,
-            chunkSizeBytes: 64 * KiB,
-            index: idx.id,
-            allocatedBytes: 64 * KiB,
-            stats: {
-              bytesRead: 0,
-              bytesNew: 0,
-              bytesDedup: 0,
-              bytesZero: 0,
-              bytesReused: 0,
-              bytesStored: 0,
-              chunksNew: 0,
-            },
-          },
-        ],
-        files: [file],
-        program: 'test',
-      });
+      const snap = await repo.putSnapshot(oneDiskManifest(idx.id, 128 * KiB, 64 * KiB, [file]));
       const clean = await checkRepository(repo, { readData: true });
       expect(clean).toMatchObject({ snapshots: 1, indexes: 1, files: 1, chunksReferenced: 3, chunksRead: 3 });
       expect(clean.problems).toEqual([]);
@@ -553,3 +497,42 @@ describe('checkRepository (library, memory backend)', () => {
     }
   });
 });
+
+/** A manifest of one image snapshot with disk vda (and optional stored files), for library tests. */
+function oneDiskManifest(
+  index: string,
+  sizeBytes: number,
+  chunkSizeBytes: number,
+  files: SnapshotFile[] = [],
+): SnapshotManifest {
+  return {
+    version: 1,
+    vm: { name: 'vm' },
+    time: new Date().toISOString(),
+    host: 'h',
+    tags: [],
+    parent: null,
+    mode: 'image',
+    checkpoint: null,
+    disks: [
+      {
+        target: 'vda',
+        sizeBytes,
+        chunkSizeBytes,
+        index,
+        allocatedBytes: sizeBytes,
+        stats: {
+          bytesRead: 0,
+          bytesNew: 0,
+          bytesDedup: 0,
+          bytesZero: 0,
+          bytesReused: 0,
+          bytesStored: 0,
+          chunksNew: 0,
+        },
+      },
+    ],
+    files,
+    program: 'test',
+  };
+}
