@@ -22,6 +22,8 @@ export * from './protocol.js';
 export { NbdServer, type NbdServerOptions } from './server/server.js';
 export {
   isWritable,
+  releasePieces,
+  settlePieces,
   type NbdExport,
   type ExportExtent,
   type ExportBlockSize,

@@ -1,5 +1,11 @@
-import type { ExportExtent, NbdExport, ReadPiece } from '../nbd/index.js';
-import type { DiskIndex, Repository, Snapshot, SnapshotDisk } from '../repo/index.js';
+import { settlePieces, type ExportExtent, type NbdExport, type ReadPiece } from '../nbd/index.js';
+import {
+  ChunkCorruptError,
+  type DiskIndex,
+  type Repository,
+  type Snapshot,
+  type SnapshotDisk,
+} from '../repo/index.js';
 import { ChunkCache, type ChunkCacheStats } from './chunk-cache.js';
 
 /** Decoded chunks kept resident per served disk unless `cacheBytes` says otherwise. */
@@ -83,21 +89,19 @@ export class SnapshotExport implements NbdExport {
       at = stop;
     }
     if (zeroFrom >= 0) pieces.push({ offset: zeroFrom, length: end - zeroFrom });
-    const settled = await Promise.allSettled(pieces);
-    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) {
-      for (const r of settled) if (r.status === 'fulfilled') r.value.release?.();
-      throw failed.reason;
-    }
-    return settled.map((r) => (r as PromiseFulfilledResult<ReadPiece>).value);
+    return settlePieces(pieces);
   }
 
   private async piece(slot: number, from: number, to: number): Promise<ReadPiece> {
     const cs = this.index.chunkSizeBytes;
     const chunk = await this.cache.pin(slot);
-    if (chunk.data.length < to - slot * cs) {
+    if (chunk.data.length !== this.index.slotLength(slot)) {
       chunk.release();
-      throw new RangeError(`chunk of slot ${slot} is ${chunk.data.length} bytes, shorter than its slot`);
+      throw new ChunkCorruptError(
+        this.index.get(slot)!,
+        `length ${chunk.data.length} differs from the slot's ${this.index.slotLength(slot)}`,
+        { snapshot: this.snapshot.id, disk: this.disk.target, offset: slot * cs },
+      );
     }
     return {
       offset: from,

@@ -129,3 +129,20 @@ function checkPieces(pieces: ReadPiece[], offset: number, length: number): ReadP
 export function releasePieces(pieces: readonly ReadPiece[]): void {
   for (const p of pieces) p.release?.();
 }
+
+/**
+ * Awaits the parts of a read, in order. When one fails, the lent pieces of the others are
+ * released before the error is thrown, so nothing stays pinned.
+ */
+export async function settlePieces(
+  parts: ReadonlyArray<ReadPiece | ReadPiece[] | Promise<ReadPiece | ReadPiece[]>>,
+): Promise<ReadPiece[]> {
+  const settled = await Promise.allSettled(parts);
+  const pieces = settled.flatMap((r) => (r.status === 'fulfilled' ? r.value : []));
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) {
+    releasePieces(pieces);
+    throw failed.reason;
+  }
+  return pieces;
+}

@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { NBD_STATE } from '../protocol.js';
-import { releasePieces, type ExportExtent, type NbdExport, type ReadPiece } from './export.js';
+import { releasePieces, settlePieces, type ExportExtent, type NbdExport, type ReadPiece } from './export.js';
 
 /** Granularity of the overlay: one bit per 4 KiB block and per bitmap (64 MiB of memory per TiB). */
 const BLOCK = 4096;
@@ -122,7 +122,7 @@ export class CowOverlay implements NbdExport {
   }
 
   async readExtents(offset: number, length: number): Promise<ReadPiece[]> {
-    const settled = await Promise.allSettled(
+    return settlePieces(
       this.runs(offset, length).map(async (r): Promise<ReadPiece[]> => {
         if (r.source === Source.ZERO) return [{ offset: r.offset, length: r.length }];
         if (r.source === Source.OVERLAY) {
@@ -134,13 +134,6 @@ export class CowOverlay implements NbdExport {
         return [{ offset: r.offset, length: r.length, data: await this.base.read(r.offset, r.length) }];
       }),
     );
-    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    const parts = settled.flatMap((r) => (r.status === 'fulfilled' ? r.value : []));
-    if (failed) {
-      releasePieces(parts); // pieces lent by the base for the runs that did succeed
-      throw failed.reason;
-    }
-    return parts;
   }
 
   private async readFile(buf: Buffer, position: number): Promise<void> {
