@@ -27,7 +27,7 @@ export class BlobFormatError extends Error {
   }
 }
 
-// One compression and one decompression context per thread, and a reusable scratch buffer:
+// One compression and one decompression context per thread, and a reusable encode buffer:
 // no per-chunk native allocations (they bloat RSS long before the GC reclaims them).
 // The binding is CommonJS whose exports Node's ESM loader cannot see by name: load it with require.
 const zstd = createRequire(import.meta.url)('zstd-napi/binding.js') as typeof ZstdBinding;
@@ -35,38 +35,60 @@ let cctx: ZstdBinding.CCtx | undefined;
 let dctx: ZstdBinding.DCtx | undefined;
 let scratch = Buffer.alloc(0);
 
-function zstdCompress(src: Uint8Array, level: number): Uint8Array {
-  const bound = zstd.compressBound(src.length);
-  if (scratch.length < bound) scratch = Buffer.allocUnsafe(bound);
-  cctx ??= new zstd.CCtx();
-  const n = cctx.compress(scratch, src, level);
-  return scratch.subarray(0, n);
-}
-
-/** Encodes a blob into a buffer that owns its ArrayBuffer (transferable between threads). */
-export function encodeBlob(plaintext: Uint8Array, opts: EncodeOptions): Buffer {
-  let codec: Codec = Codec.NONE;
-  let payload: Uint8Array = plaintext;
-  if (opts.levelZstd !== 0 && plaintext.length > 0) {
-    const z = zstdCompress(plaintext, opts.levelZstd);
-    // Store raw when compression does not pay for itself (≥ 1/64 saved).
-    if (z.length < plaintext.length - (plaintext.length >> 6)) {
-      codec = Codec.ZSTD;
-      payload = z;
-    }
-  }
-  const out = Buffer.from(new ArrayBuffer(BLOB_HEADER_BYTES + payload.length + BLOB_TAG_BYTES));
+/** Blob header fields for `plaintextBytes` of plaintext in `payloadBytes` of `codec` payload. */
+function writeHeader(out: Buffer, codec: Codec, plaintextBytes: number, payloadBytes: number): void {
   out.writeUInt32BE(BLOB_MAGIC, 0);
   out.writeUInt8(BLOB_VERSION, 4);
   out.writeUInt8(codec, 5);
   out.writeUInt8(0, 6); // flags: not encrypted
   out.writeUInt8(0, 7);
-  out.writeBigUInt64BE(BigInt(plaintext.length), 8);
-  out.writeBigUInt64BE(BigInt(payload.length), 16);
+  out.writeBigUInt64BE(BigInt(plaintextBytes), 8);
+  out.writeBigUInt64BE(BigInt(payloadBytes), 16);
   out.fill(0, 24, 24 + BLOB_NONCE_BYTES);
-  out.set(payload, BLOB_HEADER_BYTES);
-  const tagAt = BLOB_HEADER_BYTES + payload.length;
+}
+
+/** The most bytes a blob of `plaintextBytes` can take (the buffer `encodeBlobTo` needs). */
+export function blobBound(plaintextBytes: number): number {
+  return BLOB_HEADER_BYTES + zstd.compressBound(plaintextBytes) + BLOB_TAG_BYTES;
+}
+
+/**
+ * Encodes a blob into `out` (at least `blobBound(plaintext.length)` bytes) and returns a view of
+ * it: zstd compresses straight to its place after the header, so nothing is allocated or copied
+ * per chunk.
+ */
+export function encodeBlobTo(plaintext: Uint8Array, opts: EncodeOptions, out: Buffer): Buffer {
+  const bound = blobBound(plaintext.length);
+  if (out.length < bound) throw new RangeError(`blob buffer of ${out.length} bytes, ${bound} needed`);
+  let codec: Codec = Codec.NONE;
+  let payloadBytes = plaintext.length;
+  if (opts.levelZstd !== 0 && plaintext.length > 0) {
+    cctx ??= new zstd.CCtx();
+    const n = cctx.compress(
+      out.subarray(BLOB_HEADER_BYTES, bound - BLOB_TAG_BYTES),
+      plaintext,
+      opts.levelZstd,
+    );
+    // Store raw when compression does not pay for itself (≥ 1/64 saved).
+    if (n < plaintext.length - (plaintext.length >> 6)) {
+      codec = Codec.ZSTD;
+      payloadBytes = n;
+    }
+  }
+  if (codec === Codec.NONE) out.set(plaintext, BLOB_HEADER_BYTES);
+  writeHeader(out, codec, plaintext.length, payloadBytes);
+  const tagAt = BLOB_HEADER_BYTES + payloadBytes;
   blake3(out.subarray(0, tagAt)).copy(out, tagAt, 0, BLOB_TAG_BYTES);
+  return out.subarray(0, tagAt + BLOB_TAG_BYTES);
+}
+
+/** Encodes a blob into a buffer that owns its ArrayBuffer (transferable between threads). */
+export function encodeBlob(plaintext: Uint8Array, opts: EncodeOptions): Buffer {
+  const bound = blobBound(plaintext.length);
+  if (scratch.length < bound) scratch = Buffer.allocUnsafeSlow(Math.max(bound, scratch.length * 2));
+  const view = encodeBlobTo(plaintext, opts, scratch);
+  const out = Buffer.from(new ArrayBuffer(view.length));
+  out.set(view);
   return out;
 }
 

@@ -1,6 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { WorkerPool, WorkerTaskError } from '../util/index.js';
 import type { Backend } from './backend/backend.js';
+import { mapError } from './backend/local.js';
 import { decodeBlob, decodeBlobInto, encodeBlob, BlobFormatError } from './blob.js';
 import { chunkIdOf, type ChunkId } from './chunk-id.js';
 import type { ChunkWorkerRequest, ChunkWorkerResult } from './chunk-worker.js';
@@ -31,6 +32,8 @@ const KNOWN_IDS_LIMIT = 500_000;
 export class ChunkStore {
   private readonly known = new Set<string>();
   private readonly inFlight = new Map<string, Promise<PutResult>>();
+  /** One key per data/<hh> directory whose names this process created or relied on since `flush`. */
+  private readonly unsynced = new Map<string, string>();
   private pool: WorkerPool<ChunkWorkerRequest, ChunkWorkerResult> | undefined;
 
   constructor(
@@ -72,11 +75,49 @@ export class ChunkStore {
   }
 
   private async doPut(data: Buffer, id: ChunkId, transfer: boolean): Promise<PutResult> {
+    if (this.known.has(id)) return { id, isNew: false, storedBytes: 0, buffer: data };
+    const pool = this.getPool();
+    const spec = this.backend.fileStore?.();
+    if (pool && spec && this.backend.syncNames) {
+      // A worker checks for the file, encodes and creates it: one message, no fs call here.
+      const key = Keys.data(id);
+      const canTransfer = transfer && data.buffer instanceof ArrayBuffer && data.byteOffset === 0;
+      let r: ChunkWorkerResult;
+      try {
+        r = await pool.run(
+          { op: 'store', data, levelZstd: this.levelZstd, spec, key, transferred: canTransfer },
+          canTransfer ? [data.buffer as ArrayBuffer] : [],
+        );
+      } catch (err) {
+        throw err instanceof WorkerTaskError && /^E[A-Z]+$/.test(err.code)
+          ? mapError(err, key, 'write')
+          : err;
+      }
+      if (!('stored' in r)) throw new Error('unexpected worker reply');
+      this.unsynced.set(id.slice(0, 2), key);
+      this.remember(id);
+      const back = r.input ? Buffer.from(r.input.buffer, r.input.byteOffset, r.input.byteLength) : data;
+      return { id, isNew: r.stored, storedBytes: r.storedBytes, buffer: back };
+    }
     if (await this.has(id)) return { id, isNew: false, storedBytes: 0, buffer: data };
     const { blob, buffer } = await this.encodeChunk(data, transfer);
     const created = await this.backend.putIfAbsent(Keys.data(id), blob);
     this.remember(id);
     return { id, isNew: created, storedBytes: created ? blob.length : 0, buffer };
+  }
+
+  /**
+   * The durability barrier before anything refers to chunks stored (or found) since the last call:
+   * worker-created chunk files are durable before their names appear, and this makes the names
+   * durable (one directory fsync per data/<hh> touched, instead of one per chunk). Chunks found
+   * present count too: another process may have created them and not yet synced their names.
+   * Repository calls it before writing an index or a manifest.
+   */
+  async flush(): Promise<void> {
+    if (this.unsynced.size === 0 || !this.backend.syncNames) return;
+    const keys = [...this.unsynced.values()];
+    this.unsynced.clear();
+    await this.backend.syncNames(keys);
   }
 
   private async encodeChunk(data: Buffer, transfer: boolean): Promise<{ blob: Buffer; buffer: Buffer }> {

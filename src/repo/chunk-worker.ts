@@ -5,7 +5,8 @@
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { blake3 } from '@napi-rs/blake-hash';
-import { decodeBlob, decodeBlobInto, encodeBlob } from './blob.js';
+import { createObjectFile, objectExistsSync, type LocalFileSpec } from './backend/local-files.js';
+import { blobBound, decodeBlob, decodeBlobInto, encodeBlob, encodeBlobTo } from './blob.js';
 
 /**
  * A blob to decode: its bytes, or the path of the file that holds it (backends that store objects
@@ -17,6 +18,18 @@ export type BlobSource = { blob: Uint8Array; path?: undefined } | { path: string
 
 export type ChunkWorkerRequest =
   | { op: 'encode'; data: Uint8Array; levelZstd: number }
+  /**
+   * Stores a chunk as object `key` in a file-backed backend unless the object exists: encodes it
+   * and creates the file itself (local-files.ts), so the main thread sees one message per chunk.
+   */
+  | {
+      op: 'store';
+      data: Uint8Array;
+      levelZstd: number;
+      spec: LocalFileSpec;
+      key: string;
+      transferred?: boolean;
+    }
   | ({ op: 'decode'; expectId: string | null } & BlobSource)
   /** Decodes into shared memory the caller owns (`dest` bytes at `destOffset`): nothing moves back. */
   | ({
@@ -29,7 +42,10 @@ export type ChunkWorkerRequest =
 
 /** `input` is the request's buffer handed back when it was transferred in (zero-copy both ways). */
 export type ChunkWorkerResult =
-  { blob: Uint8Array; input?: Uint8Array } | { data: Uint8Array } | { length: number };
+  | { blob: Uint8Array; input?: Uint8Array }
+  | { stored: boolean; storedBytes: number; input?: Uint8Array }
+  | { data: Uint8Array }
+  | { length: number };
 
 function damaged(message: string): Error {
   return Object.assign(new Error(message), { code: 'BLOB_DAMAGED' });
@@ -79,10 +95,36 @@ function ownBuffer(b: Uint8Array): ArrayBuffer | undefined {
     : undefined;
 }
 
-function handle(req: ChunkWorkerRequest & { transferred?: boolean }): {
+interface Handled {
   result: ChunkWorkerResult;
   transfer: ArrayBuffer[];
-} {
+}
+
+// Blob buffers for stores in flight on this thread (a file write reads its buffer until it ends).
+const freeBlobBuffers: Buffer[] = [];
+
+async function store(req: Extract<ChunkWorkerRequest, { op: 'store' }>): Promise<Handled> {
+  let stored = false;
+  let storedBytes = 0;
+  if (!objectExistsSync(req.spec, req.key)) {
+    const bound = blobBound(req.data.length);
+    let buf = freeBlobBuffers.pop();
+    if (!buf || buf.length < bound) buf = Buffer.allocUnsafeSlow(bound);
+    try {
+      const blob = encodeBlobTo(req.data, { levelZstd: req.levelZstd }, buf);
+      stored = await createObjectFile(req.spec, req.key, blob);
+      if (stored) storedBytes = blob.length;
+    } finally {
+      if (freeBlobBuffers.length < 16) freeBlobBuffers.push(buf);
+    }
+  }
+  if (req.transferred && req.data.buffer instanceof ArrayBuffer)
+    return { result: { stored, storedBytes, input: req.data }, transfer: [req.data.buffer] };
+  return { result: { stored, storedBytes }, transfer: [] };
+}
+
+function handle(req: ChunkWorkerRequest & { transferred?: boolean }): Handled | Promise<Handled> {
+  if (req.op === 'store') return store(req);
   if (req.op === 'encode') {
     const blob = encodeBlob(req.data, { levelZstd: req.levelZstd });
     const transfer: ArrayBuffer[] = [];
@@ -123,20 +165,30 @@ function handle(req: ChunkWorkerRequest & { transferred?: boolean }): {
   return { result: { data }, transfer: data.buffer instanceof ArrayBuffer ? [data.buffer] : [] };
 }
 
+function reply(id: number, { result, transfer }: Handled): void {
+  parentPort?.postMessage({ id, ok: true, result }, transfer);
+}
+
+/** Errors cross as { code, message }: BLOB_DAMAGED, READ_FAILED, or an errno code (ENOSPC, ...). */
+function replyError(id: number, err: unknown): void {
+  const code =
+    typeof err === 'object' && err && 'code' in err
+      ? String((err as { code: unknown }).code)
+      : 'WORKER_ERROR';
+  parentPort?.postMessage({ id, ok: false, code, message: err instanceof Error ? err.message : String(err) });
+}
+
 parentPort?.on('message', (msg: { id: number; req: ChunkWorkerRequest & { transferred?: boolean } }) => {
   try {
-    const { result, transfer } = handle(msg.req);
-    parentPort?.postMessage({ id: msg.id, ok: true, result }, transfer);
+    const handled = handle(msg.req);
+    // A store waits for its fdatasync in libuv's pool; meanwhile this thread takes the next task.
+    if (handled instanceof Promise)
+      handled.then(
+        (h) => reply(msg.id, h),
+        (err: unknown) => replyError(msg.id, err),
+      );
+    else reply(msg.id, handled);
   } catch (err) {
-    const code =
-      typeof err === 'object' && err && 'code' in err
-        ? String((err as { code: unknown }).code)
-        : 'WORKER_ERROR';
-    parentPort?.postMessage({
-      id: msg.id,
-      ok: false,
-      code,
-      message: err instanceof Error ? err.message : String(err),
-    });
+    replyError(msg.id, err);
   }
 });

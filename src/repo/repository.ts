@@ -90,6 +90,7 @@ export class Repository {
     const plain = index.encode();
     const id = blake3(plain).toString('hex');
     const blob = encodeBlob(plain, { levelZstd: 3 });
+    await this.chunks.flush(); // the chunks it names are durable before the index is
     const created = await this.backend.putIfAbsent(Keys.index(id), blob);
     return { id, storedBytes: created ? blob.length : 0 };
   }
@@ -122,6 +123,7 @@ export class Repository {
   /** Writes a manifest (last step of a backup). The snapshot exists once this returns. */
   async putSnapshot(manifest: SnapshotManifest): Promise<Snapshot> {
     const { id, json } = encodeManifest(manifest);
+    await this.chunks.flush(); // the file chunks it names (putFile) are durable before it is
     await this.backend.putIfAbsent(Keys.snapshot(id), encodeBlob(json, { levelZstd: 3 }));
     return { ...manifest, id };
   }

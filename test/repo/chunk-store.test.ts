@@ -1,9 +1,10 @@
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   ChunkCorruptError,
   ChunkMissingError,
+  DiskIndex,
   LocalBackend,
   MemoryBackend,
   Repository,
@@ -102,6 +103,106 @@ describe('ChunkStore reads (get / getInto) on every path', () => {
       await rm(file, { recursive: true });
       await repo.chunks.put(Buffer.from(random), id);
       expect(await repo.chunks.getInto(id, shared())).toBe(random.length);
+    } finally {
+      await repo.close();
+    }
+  });
+});
+
+/** A local backend that records the order of name syncs and object writes. */
+class RecordingBackend extends LocalBackend {
+  readonly events: string[] = [];
+  override async syncNames(keys: Iterable<string>): Promise<void> {
+    const list = [...keys];
+    this.events.push(
+      `sync ${list
+        .map((k) => k.split('/').slice(0, 2).join('/'))
+        .sort()
+        .join(' ')}`,
+    );
+    await super.syncNames(list);
+  }
+  override async putIfAbsent(key: string, data: Buffer): Promise<boolean> {
+    this.events.push(`put ${key.split('/')[0]}`);
+    return super.putIfAbsent(key, data);
+  }
+}
+
+describe('ChunkStore writes through worker threads (local backend)', () => {
+  let dir: string;
+  let cleanup: () => Promise<void>;
+  beforeAll(async () => ({ dir, cleanup } = await makeTmpDir('vmvault-chunk-writes-')));
+  afterAll(async () => cleanup());
+
+  const open = async (name: string): Promise<{ repo: Repository; backend: RecordingBackend }> => {
+    const path = join(dir, name);
+    const backend = new RecordingBackend(path);
+    await (await Repository.init(path, { chunkSizeBytes: 256 * KiB }, backend)).close();
+    return { repo: await Repository.open(path, { workers: 2 }, backend), backend };
+  };
+
+  it('stores each chunk once, in files the backend reads back, and leaves no temp files', async () => {
+    const { repo, backend } = await open('store');
+    try {
+      const first = await Promise.all([compressible, random].map((c) => repo.chunks.put(Buffer.from(c))));
+      expect(first.map((r) => r.isNew)).toEqual([true, true]);
+      for (const [i, c] of [compressible, random].entries()) {
+        const blob = await backend.get(format.Keys.data(chunkIdOf(c)));
+        expect(first[i]!.storedBytes).toBe(blob.length);
+        expect((await repo.chunks.get(chunkIdOf(c))).equals(c)).toBe(true);
+      }
+      expect(first[0]!.storedBytes).toBeLessThan(compressible.length / 4); // zstd
+      expect((await repo.chunks.put(Buffer.from(random))).isNew).toBe(false);
+      expect(await readdir(join(dir, 'store', 'tmp'))).toEqual([]);
+    } finally {
+      await repo.close();
+    }
+    // Another process (a fresh store, nothing remembered) finds the file and stores nothing.
+    const again = await Repository.open(join(dir, 'store'), { workers: 2 });
+    try {
+      expect(await again.chunks.put(Buffer.from(compressible))).toMatchObject({
+        isNew: false,
+        storedBytes: 0,
+      });
+    } finally {
+      await again.close();
+    }
+  });
+
+  it('syncs the names of stored and found chunks (one per directory) before an index is written', async () => {
+    const { repo, backend } = await open('barrier');
+    try {
+      const ids = [compressible, random].map((c) => chunkIdOf(c));
+      for (const c of [compressible, random]) await repo.chunks.put(Buffer.from(c));
+      backend.events.length = 0;
+      const index = DiskIndex.empty(512 * KiB, 256 * KiB);
+      ids.forEach((id, slot) => index.set(slot, id));
+      await repo.putIndex(index);
+      const dirs = [...new Set(ids.map((id) => `data/${id.slice(0, 2)}`))].sort().join(' ');
+      expect(backend.events).toEqual([`sync ${dirs}`, 'put index']);
+      // Nothing new since: the next index needs no sync.
+      backend.events.length = 0;
+      await repo.putIndex(DiskIndex.empty(256 * KiB, 256 * KiB));
+      expect(backend.events).toEqual(['put index']);
+    } finally {
+      await repo.close();
+    }
+  });
+
+  it('a chunk that cannot be written is a BackendError naming it, and nothing is left half-made', async () => {
+    const { repo } = await open('broken');
+    try {
+      const id = chunkIdOf(random);
+      // Where the chunk's directory should be there is a plain file: its link fails.
+      await mkdir(join(dir, 'broken', 'data'), { recursive: true });
+      await writeFile(join(dir, 'broken', 'data', id.slice(0, 2)), 'x');
+      await expect(repo.chunks.put(Buffer.from(random), id)).rejects.toMatchObject({
+        code: expect.stringMatching(/^BACKEND_/),
+        message: expect.stringContaining(id.slice(0, 2)),
+      });
+      expect(await readdir(join(dir, 'broken', 'tmp'))).toEqual([]);
+      await rm(join(dir, 'broken', 'data', id.slice(0, 2)));
+      expect((await repo.chunks.put(Buffer.from(random), id)).isNew).toBe(true);
     } finally {
       await repo.close();
     }

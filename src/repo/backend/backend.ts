@@ -1,3 +1,5 @@
+import type { LocalFileSpec } from './local-files.js';
+
 /**
  * The storage backend interface: a flat key space of immutable-ish objects. Keys use '/' as a
  * separator and never start with '/'. Every backend must pass test/repo/backend/conformance.ts.
@@ -36,6 +38,15 @@ export interface Backend {
    * reader falls back to `get`, which reports the error.
    */
   filePath?(key: string): string;
+  /**
+   * Optional, with `syncNames`, for backends that keep each object in a plain file: where other
+   * threads may create objects themselves with `createObjectFile` (local-files.ts). Such objects
+   * are as atomic as `putIfAbsent`'s and their bytes are durable before their name appears; the
+   * names become durable at `syncNames`.
+   */
+  fileStore?(): LocalFileSpec;
+  /** Makes the names of objects created through `fileStore` (or seen there) durable. */
+  syncNames?(keys: Iterable<string>): Promise<void>;
 }
 
 export function validateKey(key: string): void {

@@ -4,14 +4,14 @@ import { dirname, join, sep } from 'node:path';
 import { errnoCode } from '../../util/index.js';
 import { BackendError } from '../errors.js';
 import { validateKey, type Backend, type ObjectInfo } from './backend.js';
-
-/** Temp files live here, on the same filesystem as the objects, so rename/link are atomic. */
-const TMP_DIR = 'tmp';
+import { TMP_DIR, createObjectFile, objectPath, type LocalFileSpec } from './local-files.js';
 
 /**
  * Local directory backend. Durable, atomic writes: data goes to a temp file, is fsynced, then
  * renamed (put) or hard-linked (putIfAbsent: link fails with EEXIST if another writer won) to its
  * final name, and the directory is fsynced. No partial object is ever visible under a final name.
+ * Worker threads may create objects the same way themselves (`fileStore`, local-files.ts); the
+ * names they create become durable at `syncNames`.
  */
 export class LocalBackend implements Backend {
   private readonly knownDirs = new Set<string>();
@@ -26,10 +26,28 @@ export class LocalBackend implements Backend {
     return this.path(key);
   }
 
+  fileStore(): LocalFileSpec {
+    return { root: this.root };
+  }
+
+  async syncNames(keys: Iterable<string>): Promise<void> {
+    const dirs = new Set<string>();
+    for (const k of keys) dirs.add(dirname(this.path(k)));
+    await Promise.all(
+      [...dirs].map(async (d) => {
+        try {
+          await fsyncDir(d);
+        } catch (err) {
+          throw mapError(err, d.slice(this.root.length + 1) || '/', 'sync');
+        }
+      }),
+    );
+  }
+
   private path(key: string): string {
     validateKey(key);
     if (key === TMP_DIR || key.startsWith(`${TMP_DIR}/`)) throw new RangeError(`key '${key}' is reserved`);
-    return join(this.root, ...key.split('/'));
+    return objectPath(this.root, key);
   }
 
   async get(key: string): Promise<Buffer> {
@@ -113,22 +131,12 @@ export class LocalBackend implements Backend {
 
   async putIfAbsent(key: string, data: Buffer): Promise<boolean> {
     const p = this.path(key);
-    let tmp: string | undefined;
     try {
-      await this.ensureDir(dirname(p));
-      tmp = await this.writeTemp(data);
-      try {
-        await fs.link(tmp, p);
-      } catch (err) {
-        if (errnoCode(err) === 'EEXIST') return false;
-        throw err;
-      }
+      if (!(await createObjectFile(this.fileStore(), key, data))) return false;
       await fsyncDir(dirname(p));
       return true;
     } catch (err) {
       throw mapError(err, key, 'write');
-    } finally {
-      if (tmp) await fs.rm(tmp, { force: true }).catch(() => {});
     }
   }
 
@@ -214,7 +222,8 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-function mapError(err: unknown, key: string, op: string): unknown {
+/** A failed file operation on `key` as a BackendError naming the cause (also for worker threads' errors). */
+export function mapError(err: unknown, key: string, op: string): unknown {
   if (err instanceof BackendError || err instanceof RangeError) return err;
   const code = errnoCode(err);
   const what = `cannot ${op} ${key.split('/').join(sep)}`;

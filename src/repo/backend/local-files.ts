@@ -1,0 +1,113 @@
+import {
+  closeSync,
+  fdatasync,
+  linkSync,
+  mkdirSync,
+  openSync,
+  statSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
+import { constants as fsc } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { threadId } from 'node:worker_threads';
+import { errnoCode } from '../../util/index.js';
+
+/**
+ * The local backend's file layout, as plain functions any thread can use: the chunk store's worker
+ * threads create chunk files with them directly (no round trip through the main thread), and
+ * LocalBackend uses the same code for its own `putIfAbsent`.
+ *
+ * An object is created as LocalBackend documents: its bytes go to a fresh temp file in `tmp/`,
+ * are fdatasync'ed, and only then is the file hard-linked to its final name (`link` fails with
+ * EEXIST when another writer won). A name therefore never points at bytes that a crash could
+ * tear. The new name itself is durable only once its directory is fsynced: LocalBackend does that
+ * before `putIfAbsent` returns; worker-created objects leave it to `LocalBackend.syncNames`.
+ */
+export interface LocalFileSpec {
+  root: string;
+}
+
+/** Temp files live here, on the same filesystem as the objects, so link is atomic. */
+export const TMP_DIR = 'tmp';
+
+export function objectPath(root: string, key: string): string {
+  return join(root, ...key.split('/'));
+}
+
+// Directories this thread knows exist (mkdir once per thread, not once per object).
+const knownDirs = new Set<string>();
+let tmpCounter = 0;
+
+function ensureDir(dir: string): void {
+  if (knownDirs.has(dir)) return;
+  mkdirSync(dir, { recursive: true });
+  knownDirs.add(dir);
+}
+
+/** Runs `op`; when it fails with ENOENT because `dir` (which this thread made) was removed, makes it again once. */
+function inDir<T>(dir: string, op: () => T): T {
+  ensureDir(dir);
+  try {
+    return op();
+  } catch (err) {
+    if (errnoCode(err) !== 'ENOENT') throw err;
+    knownDirs.delete(dir);
+    ensureDir(dir);
+    return op();
+  }
+}
+
+function datasync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+/** True when the object's file exists (any error but "not there" is thrown). */
+export function objectExistsSync(spec: LocalFileSpec, key: string): boolean {
+  try {
+    statSync(objectPath(spec.root, key));
+    return true;
+  } catch (err) {
+    const code = errnoCode(err);
+    if (code === 'ENOENT' || code === 'ENOTDIR') return false;
+    throw err;
+  }
+}
+
+/**
+ * Creates the object unless its name exists; returns false when it did. The calls that only
+ * touch the page cache and directories are synchronous: cheaper than a thread-pool round trip
+ * each, which measured ~15% slower for a whole backup. The fdatasync, which waits for the disk,
+ * runs in libuv's thread pool so that the calling thread (a compressing worker) goes on with its
+ * next task meanwhile. Errors are the raw errno errors; the temp file is removed on every path.
+ */
+export async function createObjectFile(spec: LocalFileSpec, key: string, data: Uint8Array): Promise<boolean> {
+  const path = objectPath(spec.root, key);
+  const tmpDir = join(spec.root, TMP_DIR);
+  const tmp = join(tmpDir, `${process.pid}-${threadId}-${++tmpCounter}-${Date.now().toString(36)}`);
+  const fd = inDir(tmpDir, () => openSync(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644));
+  let isOpen = true;
+  try {
+    let done = 0;
+    while (done < data.length) done += writeSync(fd, data, done, data.length - done);
+    await datasync(fd);
+    isOpen = false;
+    closeSync(fd);
+    return inDir(dirname(path), () => {
+      try {
+        linkSync(tmp, path);
+        return true;
+      } catch (err) {
+        if (errnoCode(err) === 'EEXIST') return false;
+        throw err;
+      }
+    });
+  } finally {
+    if (isOpen) closeSync(fd);
+    try {
+      unlinkSync(tmp);
+    } catch {
+      // A temp file left behind (unlink failed, process killed) is removed by a later open.
+    }
+  }
+}
