@@ -56,8 +56,13 @@ export class ChunkStore {
 
   async has(id: string): Promise<boolean> {
     if (this.known.has(id)) return true;
-    const present = await this.backend.exists(Keys.data(id));
-    if (present) this.remember(id);
+    const key = Keys.data(id);
+    const present = await this.backend.exists(key);
+    if (present) {
+      this.remember(id);
+      // Another process may have created it without syncing its name yet: see flush().
+      if (this.backend.syncNames) this.unsynced.set(id.slice(0, 2), key);
+    }
     return present;
   }
 
