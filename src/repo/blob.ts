@@ -101,9 +101,17 @@ export interface BlobHeader {
 }
 
 export function readBlobHeader(blob: Uint8Array): BlobHeader {
-  if (blob.length < BLOB_HEADER_BYTES + BLOB_TAG_BYTES)
-    throw new BlobFormatError(`blob too short (${blob.length} bytes)`);
-  const b = Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength);
+  return parseBlobHeader(blob, blob.length);
+}
+
+/**
+ * Parses a blob's header from its first BLOB_HEADER_BYTES (or more) bytes, given the whole blob's
+ * length (e.g. its file size), so a reader can decide how to read the rest.
+ */
+export function parseBlobHeader(head: Uint8Array, blobLength: number): BlobHeader {
+  if (blobLength < BLOB_HEADER_BYTES + BLOB_TAG_BYTES || head.length < BLOB_HEADER_BYTES)
+    throw new BlobFormatError(`blob too short (${blobLength} bytes)`);
+  const b = Buffer.from(head.buffer, head.byteOffset, head.byteLength);
   if (b.readUInt32BE(0) !== BLOB_MAGIC) throw new BlobFormatError('bad blob magic');
   const version = b.readUInt8(4);
   if (version !== BLOB_VERSION) throw new BlobFormatError(`unknown blob version ${version}`);
@@ -114,9 +122,9 @@ export function readBlobHeader(blob: Uint8Array): BlobHeader {
     plaintextBytes: Number(b.readBigUInt64BE(8)),
     payloadBytes: Number(b.readBigUInt64BE(16)),
   };
-  if (h.payloadBytes !== blob.length - BLOB_HEADER_BYTES - BLOB_TAG_BYTES) {
+  if (h.payloadBytes !== blobLength - BLOB_HEADER_BYTES - BLOB_TAG_BYTES) {
     throw new BlobFormatError(
-      `blob length ${blob.length} does not match its header (payload ${h.payloadBytes})`,
+      `blob length ${blobLength} does not match its header (payload ${h.payloadBytes})`,
     );
   }
   return h;

@@ -88,6 +88,26 @@ describe('ChunkStore reads (get / getInto) on every path', () => {
     });
   }
 
+  it('a truncated chunk file is ChunkCorruptError, whether stored raw (read straight into the buffer) or zstd', async () => {
+    const path = join(dir, 'truncated');
+    const backend = new LocalBackend(path);
+    await (await Repository.init(path, { chunkSizeBytes: 256 * KiB }, backend)).close();
+    const repo = await Repository.open(path, { workers: 1 }, backend);
+    try {
+      for (const c of [random, compressible]) {
+        const id = chunkIdOf(c);
+        await repo.chunks.put(Buffer.from(c), id);
+        const key = format.Keys.data(id);
+        const blob = await backend.get(key);
+        await backend.put(key, blob.subarray(0, blob.length - 100));
+        await expect(repo.chunks.getInto(id, shared())).rejects.toThrow(/does not match its header/);
+        await expect(repo.chunks.getInto(id, shared())).rejects.toBeInstanceOf(ChunkCorruptError);
+      }
+    } finally {
+      await repo.close();
+    }
+  });
+
   it('a chunk file that cannot be read directly falls back to the backend, which names the cause', async () => {
     const path = join(dir, 'unreadable');
     const backend = new LocalBackend(path);
