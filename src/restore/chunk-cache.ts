@@ -43,6 +43,7 @@ export class ChunkCache {
   private readonly entries = new Map<number, Entry>(); // least recently used first
   private readonly free: Buffer[] = [];
   private owned = 0;
+  private pinCount = 0;
   readonly stats: ChunkCacheStats = { hits: 0, loads: 0, overflows: 0 };
 
   constructor(
@@ -60,6 +61,11 @@ export class ChunkCache {
     return this.owned;
   }
 
+  /** Pins not yet released (each reader's view of a chunk): 0 whenever no read is in progress. */
+  get pinned(): number {
+    return this.pinCount;
+  }
+
   async pin(slot: number): Promise<PinnedChunk> {
     let e = this.entries.get(slot);
     if (e) {
@@ -68,6 +74,7 @@ export class ChunkCache {
       this.entries.set(slot, e);
     } else e = this.startLoad(slot);
     e.pins++;
+    this.pinCount++;
     try {
       await e.ready;
     } catch (err) {
@@ -157,6 +164,7 @@ export class ChunkCache {
   }
 
   private unpin(e: Entry): void {
+    this.pinCount--;
     if (--e.pins > 0) return;
     if (e.detached) {
       if (e.pooled) {

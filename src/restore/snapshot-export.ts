@@ -66,6 +66,10 @@ export class SnapshotExport implements NbdExport {
   get cacheStats(): ChunkCacheStats {
     return this.cache.stats;
   }
+  /** Chunks lent to readers and not yet released (see ChunkCache.pinned). */
+  get pinnedChunks(): number {
+    return this.cache.pinned;
+  }
 
   /**
    * The pieces of [offset, offset+length): zero slots as zero pieces, the rest as views of

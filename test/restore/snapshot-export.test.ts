@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NbdServer } from '../../src/nbd/index.js';
+import { NbdClient, NbdServer } from '../../src/nbd/index.js';
 import { LocalBackend, Repository, format, type Snapshot } from '../../src/repo/index.js';
 import { SnapshotExport } from '../../src/restore/index.js';
 import { exec } from '../../src/util/index.js';
@@ -143,6 +143,38 @@ describe.runIf(run)('SnapshotExport served over NBD', () => {
       await exp.close();
     } finally {
       await writeFile(file, saved);
+    }
+  });
+
+  it('clients that vanish in the middle of replies release every chunk lent to them', async () => {
+    // A cache smaller than the reads in flight: lent chunks, overflow buffers and evictions mix.
+    const exp = await SnapshotExport.open(repo, snap, snap.disks[0]!, { cacheBytes: 4 * MiB });
+    const sock = join(dir, 'vanish.sock');
+    const server = new NbdServer([exp]);
+    await server.listenUnix(sock);
+    try {
+      for (let round = 0; round < 4; round++) {
+        const client = await NbdClient.connect({ socketPath: sock, exportName: 'vda' });
+        const reads = Array.from({ length: 48 }, (_, i) =>
+          client.read(((i * 7 + round) % 40) * MiB, MiB).then(
+            () => true,
+            () => false,
+          ),
+        );
+        await Promise.race(reads); // some replies are out, others still being written
+        client.destroy();
+        await Promise.all(reads);
+      }
+      // The server hears each disconnect and its pending socket writes fail: each releases.
+      for (let i = 0; i < 100 && exp.pinnedChunks > 0; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(exp.pinnedChunks).toBe(0);
+      // And it still serves every byte to the next client.
+      const client = await NbdClient.connect({ socketPath: sock, exportName: 'vda' });
+      expect(sha(await client.read(0, original.length))).toBe(sha(original));
+      await client.close();
+      expect(exp.pinnedChunks).toBe(0);
+    } finally {
+      await server.close();
     }
   });
 });
