@@ -1,7 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { WorkerPool, WorkerTaskError } from '../util/index.js';
 import type { Backend } from './backend/backend.js';
-import { mapError } from './backend/local.js';
+import { mapError, type LocalFileSpec } from './backend/local-files.js';
 import { decodeBlob, decodeBlobInto, encodeBlob, BlobFormatError } from './blob.js';
 import { chunkIdOf, type ChunkId } from './chunk-id.js';
 import type { ChunkWorkerRequest, ChunkWorkerResult } from './chunk-worker.js';
@@ -36,11 +36,16 @@ export class ChunkStore {
   private readonly unsynced = new Map<string, string>();
   private pool: WorkerPool<ChunkWorkerRequest, ChunkWorkerResult> | undefined;
 
+  /** Where worker threads create chunk files (backends with plain files and `syncNames` only). */
+  private readonly fileSpec: LocalFileSpec | undefined;
+
   constructor(
     private readonly backend: Backend,
     private readonly levelZstd: number,
     private readonly workers: number = availableParallelism(),
-  ) {}
+  ) {
+    this.fileSpec = backend.syncNames ? backend.fileStore?.() : undefined;
+  }
 
   private getPool(): WorkerPool<ChunkWorkerRequest, ChunkWorkerResult> | undefined {
     if (this.workers <= 0) return undefined;
@@ -82,8 +87,8 @@ export class ChunkStore {
   private async doPut(data: Buffer, id: ChunkId, transfer: boolean): Promise<PutResult> {
     if (this.known.has(id)) return { id, isNew: false, storedBytes: 0, buffer: data };
     const pool = this.getPool();
-    const spec = this.backend.fileStore?.();
-    if (pool && spec && this.backend.syncNames) {
+    const spec = this.fileSpec;
+    if (pool && spec) {
       // A worker checks for the file, encodes and creates it: one message, no fs call here.
       const key = Keys.data(id);
       const canTransfer = transfer && data.buffer instanceof ArrayBuffer && data.byteOffset === 0;

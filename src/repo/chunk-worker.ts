@@ -6,15 +6,7 @@ import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { blake3 } from '@napi-rs/blake-hash';
 import { createObjectFile, objectExistsSync, type LocalFileSpec } from './backend/local-files.js';
-import {
-  blobBound,
-  decodeBlob,
-  decodeBlobInto,
-  encodeBlob,
-  encodeBlobTo,
-  parseBlobHeader,
-  type BlobHeader,
-} from './blob.js';
+import { blobBound, decodeBlob, decodeBlobInto, encodeBlob, encodeBlobTo, parseBlobHeader } from './blob.js';
 import { BLOB_HEADER_BYTES, Codec } from './format.js';
 
 /**
@@ -60,6 +52,15 @@ function damaged(message: string): Error {
   return Object.assign(new Error(message), { code: 'BLOB_DAMAGED' });
 }
 
+/** Runs a decode step; whatever it throws (BlobFormatError, zstd) is damage to the blob. */
+function decoding<T>(step: () => T): T {
+  try {
+    return step();
+  } catch (err) {
+    throw damaged(err instanceof Error ? err.message : String(err));
+  }
+}
+
 // One read buffer per thread for blobs read from files, grown to the largest blob seen. Blobs
 // are read to offset 4, so that their payload (after the 36-byte header) is 8-byte aligned: V8
 // copies into shared memory (SharedArrayBuffer) about 5x slower from an unaligned source.
@@ -93,13 +94,15 @@ function readFully(fd: number, into: Uint8Array, at: number, length: number, pos
   return done;
 }
 
-function readOpenFile(fd: number): Uint8Array {
-  let size: number;
+function sizeOf(fd: number): number {
   try {
-    size = fstatSync(fd).size;
+    return fstatSync(fd).size;
   } catch (err) {
     throw readFailed(err);
   }
+}
+
+function readOpenFile(fd: number, size: number): Uint8Array {
   if (fileScratch.length < SCRATCH_AT + size)
     fileScratch = Buffer.allocUnsafeSlow(Math.max(SCRATCH_AT + size, fileScratch.length * 2));
   const n = readFully(fd, fileScratch, SCRATCH_AT, size, 0);
@@ -109,7 +112,7 @@ function readOpenFile(fd: number): Uint8Array {
 function readWholeFile(path: string): Uint8Array {
   const fd = openForRead(path);
   try {
-    return readOpenFile(fd);
+    return readOpenFile(fd, sizeOf(fd));
   } finally {
     closeSync(fd);
   }
@@ -126,19 +129,9 @@ const head = Buffer.alloc(BLOB_HEADER_BYTES);
 function decodeFileInto(path: string, dest: Uint8Array): number {
   const fd = openForRead(path);
   try {
-    let size: number;
-    try {
-      size = fstatSync(fd).size;
-    } catch (err) {
-      throw readFailed(err);
-    }
+    const size = sizeOf(fd);
     if (readFully(fd, head, 0, BLOB_HEADER_BYTES, 0) === BLOB_HEADER_BYTES) {
-      let h: BlobHeader;
-      try {
-        h = parseBlobHeader(head, size);
-      } catch (err) {
-        throw damaged(err instanceof Error ? err.message : String(err));
-      }
+      const h = decoding(() => parseBlobHeader(head, size));
       if (
         h.codec === Codec.NONE &&
         h.flags === 0 &&
@@ -151,12 +144,8 @@ function decodeFileInto(path: string, dest: Uint8Array): number {
         return n;
       }
     }
-    const blob = readOpenFile(fd);
-    try {
-      return decodeBlobInto(blob, dest, { verifyTag: false });
-    } catch (err) {
-      throw damaged(err instanceof Error ? err.message : String(err));
-    }
+    const blob = readOpenFile(fd, size);
+    return decoding(() => decodeBlobInto(blob, dest, { verifyTag: false }));
   } finally {
     closeSync(fd);
   }
@@ -180,7 +169,7 @@ interface Handled {
   transfer: ArrayBuffer[];
 }
 
-// Blob buffers for stores in flight on this thread (a file write reads its buffer until it ends).
+// Blob buffers for this thread's stores in flight (each is free again once its store settles).
 const freeBlobBuffers: Buffer[] = [];
 
 async function store(req: Extract<ChunkWorkerRequest, { op: 'store' }>): Promise<Handled> {
@@ -218,28 +207,18 @@ function handle(req: ChunkWorkerRequest & { transferred?: boolean }): Handled | 
   }
   if (req.op === 'decodeInto') {
     const dest = new Uint8Array(req.dest, req.destOffset, req.destLength);
-    let n: number;
-    if (req.path !== undefined) n = decodeFileInto(req.path, dest);
-    else {
-      try {
-        n = decodeBlobInto(req.blob, dest, { verifyTag: false });
-      } catch (err) {
-        throw damaged(err instanceof Error ? err.message : String(err));
-      }
-    }
+    const n =
+      req.path !== undefined
+        ? decodeFileInto(req.path, dest)
+        : decoding(() => decodeBlobInto(req.blob, dest, { verifyTag: false }));
     if (blake3(dest.subarray(0, n)).toString('hex') !== req.expectId)
       throw damaged('content does not match its id (BLAKE3 mismatch)');
     return { result: { length: n }, transfer: [] };
   }
   const blob = blobOf(req);
-  let data: Buffer;
-  try {
-    data = decodeBlob(blob, { verifyTag: req.expectId === null });
-    // Read from a file, a stored (codec none) plaintext is a view of the thread's read buffer.
-    if (data.buffer === fileScratch.buffer) data = Buffer.from(data);
-  } catch (err) {
-    throw damaged(err instanceof Error ? err.message : String(err));
-  }
+  let data = decoding(() => decodeBlob(blob, { verifyTag: req.expectId === null }));
+  // Read from a file, a stored (codec none) plaintext is a view of the thread's read buffer.
+  if (data.buffer === fileScratch.buffer) data = Buffer.from(data);
   if (req.expectId !== null && blake3(data).toString('hex') !== req.expectId)
     throw damaged('content does not match its id (BLAKE3 mismatch)');
   // The plaintext lives either in a fresh ArrayBuffer (zstd) or inside the blob this thread owns

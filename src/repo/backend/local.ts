@@ -1,21 +1,26 @@
-import { randomBytes } from 'node:crypto';
-import { promises as fs, constants as fsc } from 'node:fs';
-import { dirname, join, sep } from 'node:path';
+import { promises as fs } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { errnoCode } from '../../util/index.js';
 import { BackendError } from '../errors.js';
 import { validateKey, type Backend, type ObjectInfo } from './backend.js';
-import { TMP_DIR, createObjectFile, objectPath, type LocalFileSpec } from './local-files.js';
+import {
+  TMP_DIR,
+  createObjectFile,
+  mapError,
+  objectPath,
+  renameIntoPlace,
+  writeTempFile,
+  type LocalFileSpec,
+} from './local-files.js';
 
 /**
- * Local directory backend. Durable, atomic writes: data goes to a temp file, is fsynced, then
+ * Local directory backend. Durable, atomic writes: data goes to a temp file, is fdatasync'ed, then
  * renamed (put) or hard-linked (putIfAbsent: link fails with EEXIST if another writer won) to its
  * final name, and the directory is fsynced. No partial object is ever visible under a final name.
  * Worker threads may create objects the same way themselves (`fileStore`, local-files.ts); the
  * names they create become durable at `syncNames`.
  */
 export class LocalBackend implements Backend {
-  private readonly knownDirs = new Set<string>();
-
   constructor(readonly root: string) {}
 
   get location(): string {
@@ -86,45 +91,12 @@ export class LocalBackend implements Backend {
     }
   }
 
-  private async ensureDir(dir: string): Promise<void> {
-    if (this.knownDirs.has(dir)) return;
-    await fs.mkdir(dir, { recursive: true });
-    this.knownDirs.add(dir);
-  }
-
-  /** Writes data to a fresh temp file and fsyncs it; returns its path. */
-  private async writeTemp(data: Buffer): Promise<string> {
-    const tmpDir = join(this.root, TMP_DIR);
-    await this.ensureDir(tmpDir);
-    const tmp = join(tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}`);
-    const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
-    try {
-      let done = 0;
-      while (done < data.length) {
-        const { bytesWritten } = await fh.write(data, done, data.length - done);
-        done += bytesWritten;
-      }
-      await fh.sync();
-    } catch (err) {
-      await fh.close().catch(() => {});
-      await fs.rm(tmp, { force: true });
-      throw err;
-    }
-    await fh.close();
-    return tmp;
-  }
-
   async put(key: string, data: Buffer): Promise<void> {
     const p = this.path(key);
-    let tmp: string | undefined;
     try {
-      await this.ensureDir(dirname(p));
-      tmp = await this.writeTemp(data);
-      await fs.rename(tmp, p);
-      tmp = undefined;
+      renameIntoPlace(this.fileStore(), await writeTempFile(this.fileStore(), data), key);
       await fsyncDir(dirname(p));
     } catch (err) {
-      if (tmp) await fs.rm(tmp, { force: true }).catch(() => {});
       throw mapError(err, key, 'write');
     }
   }
@@ -219,32 +191,5 @@ async function fsyncDir(dir: string): Promise<void> {
     await fh.sync();
   } finally {
     await fh.close();
-  }
-}
-
-/** A failed file operation on `key` as a BackendError naming the cause (also for worker threads' errors). */
-export function mapError(err: unknown, key: string, op: string): unknown {
-  if (err instanceof BackendError || err instanceof RangeError) return err;
-  const code = errnoCode(err);
-  const what = `cannot ${op} ${key.split('/').join(sep)}`;
-  switch (code) {
-    case 'ENOENT':
-    case 'ENOTDIR':
-      return new BackendError('not-found', `${what}: not found`, { cause: err });
-    case 'ENOSPC':
-    case 'EDQUOT':
-      return new BackendError('no-space', `${what}: no space left on the device`, { cause: err });
-    case 'EACCES':
-    case 'EPERM':
-    case 'EROFS':
-      return new BackendError('permission', `${what}: permission denied`, { cause: err });
-    case 'EAGAIN':
-    case 'EBUSY':
-    case 'EINTR':
-      return new BackendError('transient', `${what}: ${code}`, { cause: err });
-    default:
-      return new BackendError('other', `${what}: ${err instanceof Error ? err.message : String(err)}`, {
-        cause: err,
-      });
   }
 }
