@@ -1,6 +1,13 @@
 import { availableParallelism } from 'node:os';
 import { ByteBudget, Semaphore, nullProgress, throwIfAborted, type Progress } from '../util/index.js';
-import { DiskIndex, isAllZero, chunkIdOf, type DiskStats, type Repository } from '../repo/index.js';
+import {
+  DiskIndex,
+  isAllZero,
+  chunkIdOf,
+  emptyDiskStats,
+  type DiskStats,
+  type Repository,
+} from '../repo/index.js';
 
 /** What to do with one chunk slot. */
 export type SlotAction = 'read' | 'zero' | 'reuse';
@@ -52,15 +59,7 @@ export async function backupDisk(repo: Repository, opts: BackupDiskOptions): Pro
     : DiskIndex.empty(source.sizeBytes, cs);
   if (parent && parent.chunkSizeBytes !== cs)
     throw new Error('parent index chunk size differs from the repository chunk size');
-  const stats: DiskStats = {
-    bytesRead: 0,
-    bytesNew: 0,
-    bytesDedup: 0,
-    bytesZero: 0,
-    bytesReused: 0,
-    bytesStored: 0,
-    chunksNew: 0,
-  };
+  const stats: DiskStats = emptyDiskStats();
   const workers = Math.max(1, availableParallelism());
   const budget = new ByteBudget(
     opts.budgetBytes ?? Math.max(8 * cs, Math.min(64 * 1024 * 1024, 4 * workers * cs)),

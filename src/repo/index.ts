@@ -23,6 +23,7 @@ export {
   encodeManifest,
   decodeManifest,
   shortId,
+  emptyDiskStats,
   type Snapshot,
   type SnapshotId,
   type SnapshotDisk,

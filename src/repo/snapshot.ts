@@ -21,6 +21,19 @@ export interface DiskStats {
   chunksNew: number;
 }
 
+/** Stats of a disk before anything was read (every counter zero). */
+export function emptyDiskStats(): DiskStats {
+  return {
+    bytesRead: 0,
+    bytesNew: 0,
+    bytesDedup: 0,
+    bytesZero: 0,
+    bytesReused: 0,
+    bytesStored: 0,
+    chunksNew: 0,
+  };
+}
+
 export interface SnapshotDisk {
   /** Disk target, e.g. `vda`. */
   target: string;

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { planBackup, type PlanInput } from '../../src/backup/index.js';
 import type { DomainDisk } from '../../src/libvirt/index.js';
-import type { Snapshot } from '../../src/repo/index.js';
+import { emptyDiskStats, type Snapshot } from '../../src/repo/index.js';
 
 const disk = (target: string, format = 'qcow2', device: DomainDisk['device'] = 'disk'): DomainDisk => ({
   target,
@@ -39,15 +39,7 @@ function snap(
       index: 'i',
       allocatedBytes: 0,
       checkpointBitmap: bitmap,
-      stats: {
-        bytesRead: 0,
-        bytesNew: 0,
-        bytesDedup: 0,
-        bytesZero: 0,
-        bytesReused: 0,
-        bytesStored: 0,
-        chunksNew: 0,
-      },
+      stats: emptyDiskStats(),
     })),
     files:
       withXml && checkpoint
