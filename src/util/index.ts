@@ -6,3 +6,4 @@ export * from './log.js';
 export * from './progress.js';
 export * from './subprocess.js';
 export * from './worker-pool.js';
+export * from './names.js';
