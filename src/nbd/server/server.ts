@@ -1,4 +1,4 @@
-import { lstat, unlink } from 'node:fs/promises';
+import { lstat, stat, unlink } from 'node:fs/promises';
 import { connect, createServer, isIP, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import { ExitCode, errnoCode, errorMessage } from '../../util/index.js';
@@ -330,6 +330,13 @@ function socketIsLive(path: string): Promise<boolean> {
 }
 
 async function removeStaleSocket(path: string): Promise<void> {
+  // bind() reports a missing directory as EACCES: look first.
+  const parent = await stat(dirname(path)).catch((err: unknown) => {
+    if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return undefined;
+    throw unixListenError(path, err);
+  });
+  if (!parent?.isDirectory())
+    throw unixListenError(path, Object.assign(new Error('no directory'), { code: 'ENOENT' }));
   let st;
   try {
     st = await lstat(path);
