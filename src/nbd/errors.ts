@@ -53,3 +53,10 @@ export class NbdTimeoutError extends VmvaultError {
     super('NBD_TIMEOUT', message);
   }
 }
+
+/** The server cannot listen where it was asked to (socket path, address, port). */
+export class NbdListenError extends VmvaultError {
+  constructor(message: string, hint: string, exitCode?: number) {
+    super('NBD_LISTEN', message, { hint, ...(exitCode === undefined ? {} : { exitCode }) });
+  }
+}

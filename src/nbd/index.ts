@@ -13,6 +13,7 @@ export { parseNbdUri, formatNbdUri, type NbdUri } from './uri.js';
 export { startQemuNbd, type QemuNbdOptions, type QemuNbdExport } from './qemu-nbd.js';
 export {
   NbdClosedError,
+  NbdListenError,
   NbdOptionError,
   NbdProtocolError,
   NbdRequestError,

@@ -1,11 +1,15 @@
 /**
  * The transmission phase of one server connection: validate each request (one validator), hand it
- * to the export, and send simple or structured replies. Up to `maxInFlight` requests run at once;
- * beyond that, and while the socket's send buffer is full, reading from the client pauses. Bytes
- * of READ data held in memory are bounded by a byte budget shared by all connections.
+ * to the export, and send simple or structured replies. Up to `maxInFlight` requests run at once.
+ * Memory is bounded per connection and server-wide: reply bytes not yet taken by the socket (READ
+ * data from the moment the READ starts) and WRITE payloads not yet handled count against
+ * `maxConnectionBytes`; while a connection is over it, or its send buffer is full, no new request
+ * starts and the socket is not read, so a client that does not read its replies stops being
+ * served instead of filling memory. READ data also holds the server-wide `ReadBudget` until the
+ * socket has taken it.
  */
 import type { Socket } from 'node:net';
-import { errnoCode, type ByteBudget } from '../../util/index.js';
+import { errnoCode } from '../../util/index.js';
 import {
   NBD_CMD,
   NBD_CMD_FLAG,
@@ -18,6 +22,7 @@ import {
 } from '../protocol.js';
 import { encodeChunkHeader, encodeSimpleReply, writeChunkHeader, type RequestHeader } from '../wire.js';
 import type { BufferPool } from './buffer-pool.js';
+import type { ReadBudget } from './read-budget.js';
 import {
   isWritable,
   readPieces,
@@ -83,10 +88,19 @@ export function validateRequest(h: RequestHeader, c: ValidationContext): number 
 
 export interface TransmissionOptions {
   maxInFlight: number;
-  readBudget: ByteBudget;
+  /** Reply bytes not yet taken by the socket plus unhandled WRITE payloads, per connection. */
+  maxConnectionBytes: number;
+  readBudget: ReadBudget;
   bufferPool: BufferPool;
   /** The client broke framing (the connection is closed). */
   onProtocolError: (err: Error) => void;
+}
+
+/** Bytes of a connection's bound held for one reply; see `Transmission.reserve`. */
+interface Reservation {
+  release(): void;
+  /** Runs `hook` when the reservation is released (at once if it already is). */
+  then(hook: () => void): void;
 }
 
 interface Queued {
@@ -103,6 +117,14 @@ export class Transmission implements RequestSink {
   private paused = false;
   private disconnecting = false;
   private closed = false;
+  /** Reply bytes reserved or written and not yet taken by the socket. */
+  private replyBytes = 0;
+  /** WRITE payloads received and not yet handled. */
+  private payloadBytes = 0;
+  /** Releases of replies the socket has not taken yet (all run when the connection closes). */
+  private readonly outstanding = new Set<() => void>();
+  /** When the socket last took a reply (or this connection started holding reply bytes). */
+  lastProgress = Date.now();
 
   constructor(
     private readonly socket: Socket,
@@ -117,8 +139,17 @@ export class Transmission implements RequestSink {
       baseAllocation: neg.baseAllocation,
       blockSize: e.blockSize ?? DEFAULT_EXPORT_BLOCK_SIZE,
     };
-    socket.on('drain', () => this.flow());
-    socket.on('close', () => (this.closed = true));
+    socket.on('drain', () => this.pump());
+    socket.on('close', () => {
+      this.closed = true;
+      // Whatever the socket did not take is dropped with it: give its memory back.
+      for (const release of [...this.outstanding]) release();
+    });
+  }
+
+  /** Bytes this connection holds for replies the socket has not taken (tests, stall detection). */
+  get heldReplyBytes(): number {
+    return this.replyBytes;
   }
 
   /** Bytes from the client (the handshake's leftovers first, then socket data). */
@@ -147,18 +178,33 @@ export class Transmission implements RequestSink {
       this.maybeEnd();
       return;
     }
+    this.payloadBytes += payload?.length ?? 0;
     this.queue.push({ h, payload, errno: refusedErrno });
     this.pump();
   }
 
   // ---- scheduling ---------------------------------------------------------------------------------
 
+  /** Reply bytes a request reserves before it runs (READ data; other replies are counted when sent). */
+  private static cost(q: Queued): number {
+    return q.h.type === NBD_CMD.NBD_CMD_READ && !q.errno ? q.h.length : 0;
+  }
+
+  private canStart(q: Queued): boolean {
+    if (this.active >= this.opts.maxInFlight || this.socket.writableNeedDrain) return false;
+    // A connection holding nothing may always run one request, however large.
+    return this.replyBytes === 0 || this.replyBytes + Transmission.cost(q) <= this.opts.maxConnectionBytes;
+  }
+
   private pump(): void {
-    while (this.active < this.opts.maxInFlight && this.queue.length > 0) {
+    while (this.queue.length > 0 && !this.closed && this.canStart(this.queue[0]!)) {
       const q = this.queue.shift()!;
+      const cost = Transmission.cost(q);
+      const reservation = cost > 0 ? this.reserve(cost) : undefined;
       this.active++;
-      void this.handle(q).finally(() => {
+      void this.handle(q, reservation).finally(() => {
         this.active--;
+        this.payloadBytes -= q.payload?.length ?? 0;
         this.pump();
         this.maybeEnd();
       });
@@ -166,9 +212,17 @@ export class Transmission implements RequestSink {
     this.flow();
   }
 
-  /** Pause reading while requests queue up or the send buffer is full; resume otherwise. */
+  /**
+   * Read from the client only while requests can start: nothing queued, the send buffer not
+   * full, and the connection's reply bytes and payloads under their bound.
+   */
   private flow(): void {
-    const stop = this.queue.length > 0 || this.socket.writableNeedDrain;
+    const max = this.opts.maxConnectionBytes;
+    const stop =
+      this.queue.length > 0 ||
+      this.socket.writableNeedDrain ||
+      this.replyBytes >= max ||
+      this.payloadBytes >= max;
     if (stop && !this.paused) {
       this.paused = true;
       this.socket.pause();
@@ -185,19 +239,58 @@ export class Transmission implements RequestSink {
     }
   }
 
+  /**
+   * A reservation of `bytes` of this connection's bound, given back once: when the socket has
+   * taken the reply, or when the connection closes first. Hooks added with `then` run with it.
+   */
+  private reserve(bytes: number): Reservation {
+    if (bytes > 0 && this.replyBytes === 0) this.lastProgress = Date.now();
+    this.replyBytes += bytes;
+    const hooks: Array<() => void> = [];
+    let done = false;
+    const release = (): void => {
+      if (done) return;
+      done = true;
+      this.outstanding.delete(release);
+      this.replyBytes -= bytes;
+      this.lastProgress = Date.now();
+      for (const h of hooks.splice(0)) h();
+      if (!this.closed) this.pump();
+    };
+    this.outstanding.add(release);
+    return {
+      release,
+      then: (h) => (done ? h() : hooks.push(h)),
+    };
+  }
+
+  /**
+   * Replies are written but the client has not taken any for `ms`: it is not reading. (A
+   * connection only waiting for the server-wide budget is not stalled.)
+   */
+  stalledFor(ms: number): boolean {
+    return this.socket.writableLength > 0 && Date.now() - this.lastProgress > ms;
+  }
+
   // ---- replies ----------------------------------------------------------------------------------
 
-  /** Writes one reply in one batch; `written` runs once the socket is done with the buffers. */
-  private send(parts: Buffer[], written?: () => void): void {
-    if ((this.closed && !this.disconnecting) || this.socket.destroyed) {
-      written?.();
-      return;
-    }
-    if (parts.length === 1) this.socket.write(parts[0]!, written);
+  /**
+   * Writes one reply in one batch; `written` runs once the socket is done with the buffers (or the
+   * connection is gone). Its bytes count against the connection's bound until then, unless the
+   * caller reserved them already (`written` then gives them back).
+   */
+  private send(parts: Buffer[], reserved?: Reservation): void {
+    const r = reserved ?? this.reserve(parts.reduce((n, p) => n + p.length, 0));
+    if ((this.closed && !this.disconnecting) || this.socket.destroyed) return r.release();
+    if (this.socket.writableLength === 0) this.lastProgress = Date.now();
+    // The write callback also runs (with an error) when the socket is destroyed first; the
+    // connection's 'close' releases whatever is left in any case.
+    const done = (): void => r.release();
+    if (parts.length === 1) this.socket.write(parts[0]!, done);
     else {
       this.socket.cork();
       for (let i = 0; i < parts.length; i++)
-        this.socket.write(parts[i]!, i === parts.length - 1 ? written : undefined);
+        this.socket.write(parts[i]!, i === parts.length - 1 ? done : undefined);
       this.socket.uncork();
     }
     if (this.socket.writableNeedDrain) this.flow();
@@ -224,10 +317,14 @@ export class Transmission implements RequestSink {
 
   // ---- commands ---------------------------------------------------------------------------------
 
-  private async handle(q: Queued): Promise<void> {
+  /** `reservation`: a READ's data bytes, reserved by `pump`; it goes with the reply. */
+  private async handle(q: Queued, reservation: Reservation | undefined): Promise<void> {
     const { h } = q;
     const errno = q.errno || validateRequest(h, this.ctx);
-    if (errno) return this.fail(h.cookie, errno, `${nbdCmdName(h.type)} refused`);
+    if (errno) {
+      reservation?.release();
+      return this.fail(h.cookie, errno, `${nbdCmdName(h.type)} refused`);
+    }
     const e = this.neg.exp;
     const offset = Number(h.offset);
     try {
@@ -239,6 +336,7 @@ export class Transmission implements RequestSink {
             offset,
             h.length,
             (h.flags & NBD_CMD_FLAG.NBD_CMD_FLAG_DF) !== 0,
+            reservation ?? this.reserve(0),
           );
         case NBD_CMD.NBD_CMD_WRITE:
           if (h.length > 0) await e.write!(offset, q.payload!);
@@ -276,22 +374,31 @@ export class Transmission implements RequestSink {
     }
   }
 
+  /**
+   * READ: the server-wide budget is held, like the connection's `reservation`, until the socket
+   * has taken the reply (or the connection is gone); on failure both are given back at once.
+   */
   private async read(
     e: NbdExport,
     cookie: bigint,
     offset: number,
     length: number,
     df: boolean,
+    reservation: Reservation,
   ): Promise<void> {
-    if (length === 0) return this.ok(cookie);
+    if (length === 0) {
+      reservation.release();
+      return this.ok(cookie);
+    }
     const budget = this.opts.readBudget;
     await budget.acquire(length);
+    reservation.then(() => budget.release(length));
     try {
       if (e.readInto && (df || !this.neg.structured || (!e.readExtents && !e.extents)))
-        return await this.readPooled(e, cookie, offset, length);
+        return await this.readPooled(e, cookie, offset, length, reservation);
       if (!this.neg.structured) {
         const data = await e.read(offset, length);
-        return this.send([encodeSimpleReply(cookie, 0), data]);
+        return this.send([encodeSimpleReply(cookie, 0), data], reservation);
       }
       const pieces: ReadPiece[] = df
         ? [{ offset, length, data: await e.read(offset, length) }]
@@ -312,14 +419,22 @@ export class Transmission implements RequestSink {
           parts.push(hole);
         }
       });
-      this.send(parts, pieces.some((p) => p.release) ? () => releasePieces(pieces) : undefined);
-    } finally {
-      budget.release(length);
+      if (pieces.some((p) => p.release)) reservation.then(() => releasePieces(pieces));
+      this.send(parts, reservation);
+    } catch (err) {
+      reservation.release();
+      throw err;
     }
   }
 
   /** READ into a pooled buffer, returned to the pool once the socket has written it. */
-  private async readPooled(e: NbdExport, cookie: bigint, offset: number, length: number): Promise<void> {
+  private async readPooled(
+    e: NbdExport,
+    cookie: bigint,
+    offset: number,
+    length: number,
+    reservation: Reservation,
+  ): Promise<void> {
     const pool = this.opts.bufferPool;
     const buf = pool.get(length);
     try {
@@ -341,7 +456,8 @@ export class Transmission implements RequestSink {
       );
       hdr.writeBigUInt64BE(BigInt(offset), 20);
     } else hdr = encodeSimpleReply(cookie, 0);
-    this.send([hdr, buf], () => pool.put(buf));
+    reservation.then(() => pool.put(buf));
+    this.send([hdr, buf], reservation);
   }
 
   private async blockStatus(
