@@ -93,7 +93,7 @@ function checkFormatFits(disk: SnapshotDisk, format: ImageFormat): void {
   if (format === 'qcow2' && disk.sizeBytes % 512 !== 0)
     throw new VmvaultError(
       'QCOW2_SIZE',
-      `disk ${disk.target} is ${disk.sizeBytes} bytes, not a multiple of 512: a qcow2 image cannot have that exact size`,
+      `disk ${printable(disk.target, 40)} is ${disk.sizeBytes} bytes, not a multiple of 512: a qcow2 image cannot have that exact size`,
       { hint: 'restore it with --format raw (or to a .raw file)', exitCode: ExitCode.USAGE },
     );
 }

@@ -277,6 +277,49 @@ describe.runIf(run)('restore through the CLI: all or nothing at the output, form
     expect(back.equals(seededBytes(size, 13))).toBe(true);
   });
 
+  const strace = spawnSync('strace', ['-qq', '-e', 'trace=none', 'true']).status === 0;
+  it.runIf(strace)('the image is synced before it gets its name, and the directory after', async () => {
+    const out = join(dir, 'synced');
+    const trace = join(dir, 'synced.trace');
+    const t = await exec('strace', [
+      '-f',
+      '-qq',
+      '-e',
+      'trace=openat,fsync,link,linkat,rename,renameat,renameat2',
+      '-o',
+      trace,
+      process.execPath,
+      BIN,
+      'restore',
+      snap,
+      '-r',
+      repo,
+      '--disk',
+      'vda',
+      '-o',
+      `${out}/`,
+    ]);
+    expect(t.code).toBe(0);
+    const lines = (await readFile(trace, 'utf8')).split('\n').map((l) => l.replace(/^\d+\s+/, ''));
+    const at = (re: RegExp, from = 0): number => lines.findIndex((l, i) => i >= from && re.test(l));
+    const esc = (p: string): string => p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    const tmpOpen = at(
+      new RegExp(`openat\\(.*"${esc(out)}/\\.vda\\.qcow2\\.vmvault-tmp-[^"]+", .*O_CREAT.*=\\s*(\\d+)$`),
+    );
+    expect(tmpOpen).toBeGreaterThanOrEqual(0);
+    const tmpFd = /= (\d+)$/.exec(lines[tmpOpen]!)![1]!;
+    const named = at(new RegExp(`link\\(.*"${esc(out)}/vda\\.qcow2"\\)\\s*=\\s*0$`));
+    expect(named).toBeGreaterThan(tmpOpen);
+    const tmpSync = at(new RegExp(`^fsync\\(${tmpFd}\\)\\s*=\\s*0$`), tmpOpen);
+    expect(tmpSync).toBeGreaterThan(tmpOpen);
+    expect(tmpSync).toBeLessThan(named);
+    const dirOpen = at(new RegExp(`openat\\(.*"${esc(out)}", .*O_DIRECTORY.*=\\s*(\\d+)$`), named);
+    expect(dirOpen).toBeGreaterThan(named);
+    const dirFd = /= (\d+)$/.exec(lines[dirOpen]!)![1]!;
+    expect(at(new RegExp(`^fsync\\(${dirFd}\\)\\s*=\\s*0$`), dirOpen)).toBeGreaterThan(dirOpen);
+    await identical(imgA, join(out, 'vda.qcow2'), 'qcow2');
+  });
+
   const loop = spawnSync('losetup', ['--version']).status === 0 && process.getuid?.() === 0;
   it.runIf(loop)('an in-place restore to a block device is labelled raw block device', async () => {
     const copy = join(dir, 'loop.raw');
