@@ -28,6 +28,8 @@ export const IMAGE_WRITE_ERROR = {
   STATE: 'IMAGE_WRITE_STATE',
   /** The virtual size does not fit the format's limits at this cluster size. */
   TOO_LARGE: 'IMAGE_TOO_LARGE',
+  /** The format cannot hold this exact virtual size (qcow2: not a multiple of 512 bytes). */
+  SIZE: 'IMAGE_SIZE_UNREPRESENTABLE',
 } as const;
 export type ImageWriteErrorCode = (typeof IMAGE_WRITE_ERROR)[keyof typeof IMAGE_WRITE_ERROR];
 

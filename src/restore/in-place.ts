@@ -12,6 +12,9 @@ export interface InPlaceResult {
 /** Read-modify surface of an existing image (a raw file, a block device, or an NBD export). */
 export interface InPlaceTarget {
   readonly sizeBytes: number;
+  /** What the target holds: raw bytes (a file or a block device) or a qcow2 image. */
+  readonly format: 'qcow2' | 'raw';
+  readonly blockDevice: boolean;
   read(offset: number, length: number): Promise<Buffer>;
   write(offset: number, data: Buffer): Promise<void>;
   flush(): Promise<void>;
@@ -38,6 +41,8 @@ export async function openRawTarget(path: string): Promise<InPlaceTarget> {
   if (st.isBlockDevice()) sizeBytes = Number((await exec('blockdev', ['--getsize64', path])).stdout.trim());
   return {
     sizeBytes,
+    format: 'raw',
+    blockDevice: st.isBlockDevice(),
     async read(offset, length) {
       const buf = Buffer.alloc(length);
       let done = 0;
@@ -78,6 +83,8 @@ export async function openNbdTarget(
   }
   return {
     sizeBytes: client.sizeBytes,
+    format: format === 'qcow2' ? 'qcow2' : 'raw',
+    blockDevice: false,
     read: (offset, length) => client.read(offset, length),
     write: (offset, data) => client.write(offset, data),
     flush: () => client.flush(),

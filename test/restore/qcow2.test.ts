@@ -263,17 +263,24 @@ describe.runIf(run)('qcow2 writer', () => {
     expect(allocated).toBe(MiB + 5 * 512 * KiB);
   });
 
-  it('rounds a virtual size that is not a multiple of 512 up (QEMU counts sectors), keeping the tail', async () => {
+  it('refuses a virtual size that is not a multiple of 512 (QEMU counts sectors); a multiple of 512 is kept exactly', async () => {
     const sizeBytes = 3 * 64 * KiB + 1000;
-    const raw = seededBytes(sizeBytes, 9);
     const q = join(dir, 'odd.qcow2');
-    const r = join(dir, 'odd.raw');
-    await writeFile(r, Buffer.concat([raw, Buffer.alloc(24)])); // the same content, 512-aligned
-    const w = await createQcow2Writer(q, sizeBytes);
+    await expect(createQcow2Writer(q, sizeBytes)).rejects.toMatchObject({ code: IMAGE_WRITE_ERROR.SIZE });
+    await expect(stat(q)).rejects.toMatchObject({ code: 'ENOENT' }); // nothing created
+    const even = 3 * 64 * KiB + 1024; // not a whole cluster, but whole sectors
+    const raw = seededBytes(even, 9);
+    const r = join(dir, 'even.raw');
+    await writeFile(r, raw);
+    const w = await createQcow2Writer(q, even);
     await w.write(0, raw);
     await w.finish();
     await expectCleanCheck(q);
     await expectIdentical(q, r);
+    const info = JSON.parse((await exec('qemu-img', ['info', '--output=json', q])).stdout) as {
+      'virtual-size': number;
+    };
+    expect(info['virtual-size']).toBe(even);
   });
 
   it('copies what it is given: a caller may reuse its buffer once write() returns', async () => {

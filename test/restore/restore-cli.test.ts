@@ -1,9 +1,9 @@
-import { spawn } from 'node:child_process';
-import { open, readdir, rm, stat } from 'node:fs/promises';
+import { spawn, spawnSync } from 'node:child_process';
+import { open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exec } from '../../src/util/index.js';
-import { BIN, expectOneLineError, runCli } from '../helpers/cli.js';
+import { BIN, errorLine, expectOneLineError, runCli, startCli } from '../helpers/cli.js';
 import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
 import { requireTools } from '../helpers/tools.js';
 
@@ -93,5 +93,276 @@ describe.runIf(run)('restore through the CLI: damage and very large sparse disks
       q,
     ]);
     expect(io.stdout).not.toMatch(/Pattern verification failed/);
+  });
+});
+
+describe.runIf(run)('restore through the CLI: all or nothing at the output, formats and sizes', () => {
+  let dir: string;
+  let cleanup: () => Promise<void>;
+  let repo: string;
+  let snap: string;
+  let imgA: string;
+  let imgB: string;
+  /** Snapshot disk → index id, and chunk ids of vdb. */
+  let indexOf: Record<string, string>;
+
+  const chunkPath = (id: string): string => join(repo, 'data', id.slice(0, 2), id);
+  const indexPath = (id: string): string => join(repo, 'index', id.slice(0, 2), id);
+  const chunkIdAt = async (img: string, offset: number): Promise<string> => {
+    const { blake3 } = await import('@napi-rs/blake-hash');
+    const fh = await open(img, 'r');
+    const buf = Buffer.alloc(MiB);
+    await fh.read(buf, 0, MiB, offset);
+    await fh.close();
+    return blake3(buf).toString('hex');
+  };
+  const names = async (d: string): Promise<string[]> => (await readdir(d).catch(() => [])).sort();
+  const identical = async (img: string, out: string, fmt: string): Promise<void> => {
+    const c = await exec('qemu-img', ['compare', '-f', 'raw', '-F', fmt, img, out], { allowFailure: true });
+    expect(c.code, c.stdout + c.stderr).toBe(0);
+  };
+
+  beforeAll(async () => {
+    ({ dir, cleanup } = await makeTmpDir('vmvault-restore-atomic-'));
+    repo = join(dir, 'repo');
+    expect((await runCli(['init', repo])).code).toBe(0);
+    imgA = join(dir, 'a.raw');
+    imgB = join(dir, 'b.raw');
+    await writeFile(imgA, seededBytes(8 * MiB, 11));
+    await writeFile(imgB, seededBytes(8 * MiB, 12));
+    const b = await runCli([
+      'backup-image',
+      '-r',
+      repo,
+      '--vm',
+      'two',
+      `${imgA}:vda`,
+      `${imgB}:vdb`,
+      '--json',
+    ]);
+    expect(b.code, b.stderr).toBe(0);
+    snap = (JSON.parse(b.stdout) as { snapshot: string }).snapshot;
+    const show = await runCli(['show', snap, '-r', repo, '--json']);
+    const disks = (JSON.parse(show.stdout) as { disks: Array<{ target: string; index: string }> }).disks;
+    indexOf = Object.fromEntries(disks.map((d) => [d.target, d.index]));
+  });
+  afterAll(async () => cleanup());
+
+  it('a restore that fails midway (damaged chunk, damaged index) leaves nothing at the output; the retry succeeds', async () => {
+    // A corrupt chunk of the second disk: the first disk is done by then, and is not kept either.
+    const id = await chunkIdAt(imgB, 5 * MiB);
+    const good = await readFile(chunkPath(id));
+    const bad = Buffer.from(good);
+    bad[bad.length >> 1]! ^= 0xff; // in the payload
+    await writeFile(chunkPath(id), bad);
+    const out = join(dir, 'all');
+    const r = await runCli(['restore', snap, '-r', repo, '-o', out]);
+    expect(r.code).toBe(20);
+    expect(errorLine(r)).toMatch(new RegExp(`chunk ${id}.*disk vdb, offset ${5 * MiB}`));
+    expect(await names(out)).toEqual([]);
+    // A damaged index, restoring one disk into a file: no file at -o.
+    const idx = indexPath(indexOf.vda!);
+    const goodIndex = await readFile(idx);
+    await writeFile(idx, goodIndex.subarray(0, goodIndex.length - 7));
+    const file = join(dir, 'one.qcow2');
+    const r1 = await runCli(['restore', snap, '-r', repo, '--disk', 'vda', '-o', file]);
+    expect(r1.code).not.toBe(0);
+    errorLine(r1);
+    expect((await names(dir)).filter((n) => n.includes('one.qcow2'))).toEqual([]);
+    // The causes gone, the same commands succeed.
+    await writeFile(chunkPath(id), good);
+    await writeFile(idx, goodIndex);
+    const again = await runCli(['restore', snap, '-r', repo, '-o', out]);
+    expect(again.code, again.stderr).toBe(0);
+    expect(await names(out)).toEqual(['vda.qcow2', 'vdb.qcow2']);
+    await identical(imgA, join(out, 'vda.qcow2'), 'qcow2');
+    await identical(imgB, join(out, 'vdb.qcow2'), 'qcow2');
+    const one = await runCli(['restore', snap, '-r', repo, '--disk', 'vda', '-o', file]);
+    expect(one.code, one.stderr).toBe(0);
+    await identical(imgA, file, 'qcow2');
+  });
+
+  it('SIGKILL during a restore leaves only a named temporary file; the retry removes it and succeeds', async () => {
+    // A FIFO in place of a chunk of vdb: the restore blocks reading it, after vda is written.
+    const id = await chunkIdAt(imgB, 3 * MiB);
+    const good = await readFile(chunkPath(id));
+    await rm(chunkPath(id));
+    await exec('mkfifo', [chunkPath(id)]);
+    const out = join(dir, 'killed');
+    const p = startCli(['restore', snap, '-r', repo, '-o', out, '--format', 'raw']);
+    const exited = new Promise<void>((resolve) => p.on('close', () => resolve()));
+    try {
+      const deadline = Date.now() + 30_000;
+      while (!(await names(out)).some((n) => n.startsWith('.vdb.raw.vmvault-tmp-'))) {
+        if (Date.now() > deadline) throw new Error(`no temporary file for vdb in ${out}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    } finally {
+      p.kill('SIGKILL');
+      await exited;
+      await rm(chunkPath(id), { force: true });
+      await writeFile(chunkPath(id), good);
+    }
+    const left = await names(out);
+    expect(left.filter((n) => !n.includes('.vmvault-tmp-'))).toEqual([]); // nothing at vda.raw or vdb.raw
+    expect(left.length).toBeGreaterThan(0);
+    const again = await runCli(['restore', snap, '-r', repo, '-o', out, '--format', 'raw']);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stderr).toMatch(
+      /removed .*\.vdb\.raw\.vmvault-tmp-\d+-[0-9a-f]+, left by an interrupted restore/,
+    );
+    expect(await names(out)).toEqual(['vda.raw', 'vdb.raw']);
+    await identical(imgB, join(out, 'vdb.raw'), 'raw');
+  });
+
+  it('-o naming an existing file without --disk is a one-line error with the fix', async () => {
+    const r = await runCli(['restore', snap, '-r', repo, '-o', imgA]);
+    expect(r.code).toBe(2);
+    expect(expectOneLineError(r)).toMatch(
+      /a\.raw is a file, but without --disk .*add --disk DISK .*vda, vdb/,
+    );
+    await identical(imgB, imgB, 'raw');
+    expect((await readFile(imgA)).equals(seededBytes(8 * MiB, 11))).toBe(true);
+  });
+
+  it('an output name with an unknown extension is refused unless --format says what to write', async () => {
+    for (const name of ['x.vmdk', 'x.vdi', 'noext']) {
+      const out = join(dir, name);
+      const r = await runCli(['restore', snap, '-r', repo, '--disk', 'vda', '-o', out]);
+      expect(r.code).toBe(2);
+      expect(expectOneLineError(r)).toMatch(
+        /cannot tell the image format of .* from its name: vmvault writes qcow2 \(\.qcow2\) and raw \(\.raw, \.img\); .*--format/,
+      );
+      expect(await names(dir)).not.toContain(name);
+    }
+    const out = join(dir, 'y.vmdk');
+    const r = await runCli(['restore', snap, '-r', repo, '--disk', 'vda', '-o', out, '--format', 'raw']);
+    expect(r.code, r.stderr).toBe(0);
+    await identical(imgA, out, 'raw');
+  });
+
+  it('a disk whose size is not a multiple of 512: qcow2 is refused naming raw, raw keeps the exact size', async () => {
+    const odd = join(dir, 'odd.raw');
+    const size = 3 * 64 * 1024 + 1000;
+    await writeFile(odd, seededBytes(size, 13));
+    const b = await runCli(['backup-image', '-r', repo, '--vm', 'odd', `${odd}:vda`]);
+    expect(b.code, b.stderr).toBe(0);
+    for (const args of [
+      ['-o', join(dir, 'odd-dir')],
+      ['--disk', 'vda', '-o', join(dir, 'odd.qcow2')],
+    ]) {
+      const r = await runCli(['restore', 'odd@latest', '-r', repo, ...args]);
+      expect(r.code).toBe(2);
+      expect(expectOneLineError(r)).toMatch(
+        new RegExp(
+          `disk vda is ${size} bytes, not a multiple of 512: a qcow2 image cannot have that exact size; .*--format raw`,
+        ),
+      );
+    }
+    expect(await names(join(dir, 'odd-dir'))).toEqual([]);
+    expect(await names(dir)).not.toContain('odd.qcow2');
+    const r = await runCli([
+      'restore',
+      'odd@latest',
+      '-r',
+      repo,
+      '-o',
+      join(dir, 'odd-dir'),
+      '--format',
+      'raw',
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const back = await readFile(join(dir, 'odd-dir', 'vda.raw'));
+    expect(back.length).toBe(size);
+    expect(back.equals(seededBytes(size, 13))).toBe(true);
+  });
+
+  const strace = spawnSync('strace', ['-qq', '-e', 'trace=none', 'true']).status === 0;
+  it.runIf(strace)('the image is synced before it gets its name, and the directory after', async () => {
+    const out = join(dir, 'synced');
+    const trace = join(dir, 'synced.trace');
+    const t = await exec('strace', [
+      '-f',
+      '-qq',
+      '-e',
+      'trace=openat,fsync,link,linkat,rename,renameat,renameat2',
+      '-o',
+      trace,
+      process.execPath,
+      BIN,
+      'restore',
+      snap,
+      '-r',
+      repo,
+      '--disk',
+      'vda',
+      '-o',
+      `${out}/`,
+    ]);
+    expect(t.code).toBe(0);
+    const lines = (await readFile(trace, 'utf8')).split('\n').map((l) => l.replace(/^\d+\s+/, ''));
+    const at = (re: RegExp, from = 0): number => lines.findIndex((l, i) => i >= from && re.test(l));
+    const esc = (p: string): string => p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    const tmpOpen = at(
+      new RegExp(`openat\\(.*"${esc(out)}/\\.vda\\.qcow2\\.vmvault-tmp-[^"]+", .*O_CREAT.*=\\s*(\\d+)$`),
+    );
+    expect(tmpOpen).toBeGreaterThanOrEqual(0);
+    const tmpFd = /= (\d+)$/.exec(lines[tmpOpen]!)![1]!;
+    const named = at(new RegExp(`link\\(.*"${esc(out)}/vda\\.qcow2"\\)\\s*=\\s*0$`));
+    expect(named).toBeGreaterThan(tmpOpen);
+    const tmpSync = at(new RegExp(`^fsync\\(${tmpFd}\\)\\s*=\\s*0$`), tmpOpen);
+    expect(tmpSync).toBeGreaterThan(tmpOpen);
+    expect(tmpSync).toBeLessThan(named);
+    const dirOpen = at(new RegExp(`openat\\(.*"${esc(out)}", .*O_DIRECTORY.*=\\s*(\\d+)$`), named);
+    expect(dirOpen).toBeGreaterThan(named);
+    const dirFd = /= (\d+)$/.exec(lines[dirOpen]!)![1]!;
+    expect(at(new RegExp(`^fsync\\(${dirFd}\\)\\s*=\\s*0$`), dirOpen)).toBeGreaterThan(dirOpen);
+    await identical(imgA, join(out, 'vda.qcow2'), 'qcow2');
+  });
+
+  const loop = spawnSync('losetup', ['--version']).status === 0 && process.getuid?.() === 0;
+  it.runIf(loop)('an in-place restore to a block device is labelled raw block device', async () => {
+    const copy = join(dir, 'loop.raw');
+    await writeFile(copy, Buffer.alloc(8 * MiB, 0x5a));
+    const dev = (await exec('losetup', ['-f', '--show', copy])).stdout.trim();
+    try {
+      const r = await runCli(['restore', snap, '-r', repo, '--disk', 'vda', '-o', dev, '--in-place']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stderr).toMatch(
+        new RegExp(`restored vda of snapshot ${snap.slice(0, 8)} to ${dev} \\(raw block device, in place`),
+      );
+      const j = await runCli([
+        'restore',
+        snap,
+        '-r',
+        repo,
+        '--disk',
+        'vda',
+        '-o',
+        dev,
+        '--in-place',
+        '--json',
+      ]);
+      const s = JSON.parse(j.stdout) as { disks: Array<{ format: string; blockDevice: boolean }> };
+      expect(s.disks[0]).toMatchObject({ format: 'raw', blockDevice: true });
+      const q = await runCli([
+        'restore',
+        snap,
+        '-r',
+        repo,
+        '--disk',
+        'vda',
+        '-o',
+        dev,
+        '--in-place',
+        '--format',
+        'qcow2',
+      ]);
+      expect(q.code).toBe(2);
+      expect(expectOneLineError(q)).toMatch(/is a block device, not qcow2; drop --format/);
+    } finally {
+      await exec('losetup', ['-d', dev], { allowFailure: true });
+    }
+    await identical(imgA, copy, 'raw');
   });
 });

@@ -39,7 +39,7 @@ export function restoreCommand(): Command {
     .addOption(
       new Option(
         '--format <format>',
-        'image format (default qcow2; with --disk, from the file extension)',
+        'image format (default qcow2; with --disk, from the file extension: .qcow2, .raw or .img)',
       ).choices(['qcow2', 'raw']),
     )
     .option(
@@ -86,12 +86,14 @@ export function restoreCommand(): Command {
       }
       if (opts.json) printJson(jsonSummary(result, defined));
       else if (!quiet) {
+        for (const t of result.removedTemps) log.info(`removed ${t}, left by an interrupted restore`);
         for (const d of result.disks) {
+          const kind = d.blockDevice ? 'raw block device' : d.format;
           const how = d.inPlace
             ? `in place: ${d.inPlace.chunksWritten} of ${d.inPlace.chunksChecked} chunks differed, ${formatBytes(d.bytesWritten)} written`
             : `${formatBytes(d.bytesWritten)} data`;
           log.info(
-            `restored ${d.target} of snapshot ${shortId(result.snapshot.id)} to ${d.path} (${d.format}, ${how})`,
+            `restored ${d.target} of snapshot ${shortId(result.snapshot.id)} to ${d.path} (${kind}, ${how})`,
           );
         }
         if (result.configPath)
@@ -128,12 +130,14 @@ function jsonSummary(r: RestoreResult, defined: string | undefined): Record<stri
       target: d.target,
       path: d.path,
       format: d.format,
+      blockDevice: d.blockDevice,
       bytesWritten: d.bytesWritten,
       damaged: d.damaged,
       inPlace: d.inPlace ?? null,
     })),
     config: r.configPath ?? null,
     files: r.files,
+    removedTemps: r.removedTemps,
     defined: defined ?? null,
   };
 }

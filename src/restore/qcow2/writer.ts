@@ -104,6 +104,12 @@ export class Qcow2Writer implements ImageWriter {
       throw new RangeError(`invalid qcow2 cluster size ${cs}: a power of two from 512 B to 2 MiB`);
     if (!Number.isSafeInteger(virtualSizeBytes) || virtualSizeBytes < 0)
       throw new RangeError(`invalid virtual size ${virtualSizeBytes}`);
+    if (virtualSizeBytes % 512 !== 0)
+      throw new ImageWriteError(
+        IMAGE_WRITE_ERROR.SIZE,
+        `a qcow2 image cannot be ${virtualSizeBytes} bytes: QEMU counts its size in 512-byte sectors`,
+        { hint: 'write a raw image instead', path },
+      );
     if (l1Entries(virtualSizeBytes, cs) * 8 > QCOW_MAX_L1_SIZE)
       throw new ImageWriteError(
         IMAGE_WRITE_ERROR.TOO_LARGE,
@@ -314,9 +320,8 @@ export class Qcow2Writer implements ImageWriter {
     h.writeUInt32BE(QCOW2_VERSION, 4);
     // 8..19: no backing file.
     h.writeUInt32BE(this.clusterBits, 20);
-    // QEMU counts the size in 512-byte sectors and drops a partial one, so round up (as
-    // `qemu-img convert` does for an odd-sized raw file); the tail reads as zeros.
-    h.writeBigUInt64BE(BigInt(Math.ceil(this.virtualSizeBytes / 512) * 512), 24);
+    // A multiple of 512 (create() refuses others: QEMU would drop a partial sector).
+    h.writeBigUInt64BE(BigInt(this.virtualSizeBytes), 24);
     // 32: crypt_method 0.
     h.writeUInt32BE(this.l1.length / 8, 36);
     h.writeBigUInt64BE(BigInt(l1Offset), 40);
