@@ -112,6 +112,18 @@ describe('init and open through the CLI', () => {
       expect(expectOneLineError(init)).toMatch(
         /notes is not empty \(it holds notes\.txt\) and is not a vmvault repository; choose an empty or new directory/,
       );
+      // Only hidden files (a home directory) or empty directories: not empty either.
+      const home = join(dir, 'home');
+      await mkdir(join(home, 'empty-dir'), { recursive: true });
+      expect(expectOneLineError(await runCli(['init', home]))).toMatch(
+        /home is not empty \(it holds empty-dir\)/,
+      );
+      await rm(join(home, 'empty-dir'), { recursive: true });
+      await writeFile(join(home, '.bashrc'), '# mine');
+      expect(expectOneLineError(await runCli(['init', home]))).toMatch(
+        /home is not empty \(it holds \.bashrc\)/,
+      );
+      expect((await stat(home)).mode & 0o777).toBe(0o755);
       // A file named config that is not ours is not "a repository".
       await writeFile(join(other, 'config'), 'key=value\n');
       expect(expectOneLineError(await runCli(['init', other]))).toMatch(/is not empty \(it holds config\)/);

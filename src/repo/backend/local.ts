@@ -1,7 +1,7 @@
 import { constants as fsc, promises as fs, statSync } from 'node:fs';
 import { dirname, join, sep } from 'node:path';
 import { errnoCode } from '../../util/index.js';
-import { BackendError } from '../errors.js';
+import { BackendError, RepoNotEmptyError } from '../errors.js';
 import { validateKey, type Backend, type ObjectInfo } from './backend.js';
 import {
   DEFAULT_DIR_MODE,
@@ -95,6 +95,11 @@ export class LocalBackend implements Backend {
           hint: 'choose a new or empty directory for the repository',
         });
       if (st) {
+        // Repository.init saw no objects; hidden files and empty directories count here too (a
+        // home directory is not "empty"). lost+found (a fresh file system) and tmp/ (a killed
+        // init's temp file) do not.
+        const other = (await fs.readdir(root)).find((n) => n !== 'lost+found' && n !== TMP_DIR);
+        if (other !== undefined) throw new RepoNotEmptyError(root, other);
         await fs.access(root, fsc.W_OK | fsc.X_OK);
         // A directory someone else owns but lets us write keeps its mode (new objects follow it).
         const owned = await fs.chmod(root, DEFAULT_DIR_MODE).then(
@@ -114,7 +119,7 @@ export class LocalBackend implements Backend {
       }
       for (const d of made) await this.fsyncDir(dirname(d));
     } catch (err) {
-      if (err instanceof BackendError) throw err;
+      if (err instanceof BackendError || err instanceof RepoNotEmptyError) throw err;
       fail(err);
     }
     this.spec = { root, dirMode: DEFAULT_DIR_MODE, fileMode: DEFAULT_FILE_MODE };
