@@ -6,9 +6,16 @@
 # touched), defines a small TCG VM whose disk holds an ext4 filesystem of real files, and then:
 #   full backup → guest writes → incremental backup → restore to qcow2 + domain XML → the
 #   restored VM is defined and started under libvirt.
+#
+# What it leaves (README.md, "Quick start"): the packages scripts/setup.sh installed when they were
+# missing (libvirt-daemon-system enables the system's libvirtd sockets), /usr/local/bin/vmvault
+# (a symlink to bin/vmvault), and WORKDIR (by default /tmp/vmvault-quickstart.XXXX, some 300 MB:
+# the repository, the demo disk, the restored disk and the private daemon's state, where the two
+# VMs stay defined). The private libvirtd and its VMs are stopped on exit; nothing goes to
+# /var/tmp and no VM is defined in the system's libvirt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --link
 W=${1:-$(mktemp -d -t vmvault-quickstart.XXXX)}
 mkdir -p "$W"; chmod 755 "$W"
 W=$(realpath "$W")
@@ -21,7 +28,7 @@ say() { printf '\n== %s\n' "$*"; }
 
 say "a VM with a 512 MiB qcow2 disk holding real files"
 mkdir -p "$W/files" && cp -r /usr/share/doc "$W/files/" 2>/dev/null || true
-truncate -s 512M "$W/disk.raw" && mkfs.ext4 -q -F -d "$W/files" "$W/disk.raw"
+truncate -s 512M "$W/disk.raw" && mkfs.ext4 -q -F -d "$W/files" "$W/disk.raw" && rm -rf "$W/files"
 qemu-img convert -f raw -O qcow2 "$W/disk.raw" "$W/demo.qcow2" && rm -f "$W/disk.raw"
 cat > "$W/demo.xml" <<XML
 <domain type='qemu'>
@@ -71,4 +78,12 @@ virsh -q -c "$URI" destroy vmvault-demo >/dev/null
 qemu-img convert -O raw "$W/demo.qcow2" "$W/original.raw"
 qemu-img convert -U -O raw "$W/restored/vda.qcow2" "$W/restored.raw"
 cmp "$W/original.raw" "$W/restored.raw" && rm -f "$W/original.raw" "$W/restored.raw"
-say "the restored disk is identical to the VM's disk, and the restored VM ran under libvirt. Work dir: $W"
+say "the restored disk is identical to the VM's disk, and the restored VM ran under libvirt"
+bash scripts/libvirt-env.sh stop "$LV" >/dev/null 2>&1 || true
+trap - EXIT
+echo "Left behind: $W ($(du -sh "$W" 2>/dev/null | cut -f1): repository, demo and restored disks, the private daemon's state); remove it with: rm -rf $W"
+if command -v vmvault >/dev/null 2>&1; then
+  echo "vmvault is on your PATH ($(command -v vmvault)); try: vmvault snapshots -r $W/repo"
+else
+  echo "vmvault is not on your PATH; run $V, or as root: ln -s $V /usr/local/bin/vmvault"
+fi

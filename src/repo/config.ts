@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { isPowerOfTwo, UsageError, formatBytes } from '../util/index.js';
+import { isPowerOfTwo, printable, UsageError, formatBytes } from '../util/index.js';
+import type { Backend } from './backend/backend.js';
 import {
   DEFAULT_CHUNK_SIZE,
   DEFAULT_ZSTD_LEVEL,
@@ -8,6 +9,7 @@ import {
   MIN_CHUNK_SIZE,
   MIN_ZSTD_LEVEL,
   REPO_FORMAT_VERSION,
+  Keys,
 } from './format.js';
 import { RepoFormatError } from './errors.js';
 
@@ -68,33 +70,146 @@ export function parseCompression(text: string): number {
   return level;
 }
 
+/** No config is near this big; a larger `config` is damaged (and is not read into memory). */
+export const MAX_CONFIG_BYTES = 64 * 1024;
+
+export const CONFIG_HINT =
+  'put it back from a copy of the repository (docs/format.md "Config" describes every field)';
+
+const CONFIG_FIELDS = new Set([
+  'format',
+  'version',
+  'id',
+  'createdAt',
+  'chunkSizeBytes',
+  'hash',
+  'compression',
+  'encryption',
+]);
+
+/** A value from an untrusted config, short and safe to print. */
+function shown(value: unknown): string {
+  return printable(value === undefined ? 'missing' : (JSON.stringify(value) ?? String(value)), 40);
+}
+
+/** True when `buf` is a config some vmvault wrote (whatever else is wrong with it). */
+export function isRepositoryConfig(buf: Buffer): boolean {
+  try {
+    const obj: unknown = JSON.parse(buf.toString('utf8'));
+    return (
+      typeof obj === 'object' && obj !== null && (obj as { format?: unknown }).format === 'vmvault-repository'
+    );
+  } catch {
+    return false;
+  }
+}
+
+/** Key prefixes only a repository has: a location holding one of them but no config is a damaged repository. */
+const REPOSITORY_PREFIXES = [
+  Keys.dataPrefix,
+  Keys.indexPrefix,
+  Keys.snapshotPrefix,
+  Keys.quarantinePrefix,
+  Keys.lockPrefix,
+  Keys.keyPrefix,
+];
+
+/** The first repository object at the backend's location (a chunk, index, manifest, ...), if any. */
+export async function findRepositoryObject(backend: Backend): Promise<string | undefined> {
+  for (const prefix of REPOSITORY_PREFIXES) {
+    for await (const obj of backend.list(prefix)) return obj.key;
+  }
+  return undefined;
+}
+
+/**
+ * Parses and validates `config` (untrusted: any host that can write the repository wrote it).
+ * Every field is checked; the error names the first bad one.
+ */
 export function parseConfig(buf: Buffer, location: string): RepoConfig {
+  const damaged = (what: string): RepoFormatError =>
+    new RepoFormatError(`the config of ${location} is damaged: ${what}`, CONFIG_HINT);
+  if (buf.length === 0) throw damaged('it is empty');
   let obj: unknown;
   try {
     obj = JSON.parse(buf.toString('utf8'));
   } catch {
-    throw new RepoFormatError(`the config of ${location} is not valid JSON`);
+    throw damaged('it is not valid JSON (truncated or overwritten?)');
   }
-  const c = obj as Partial<RepoConfig>;
-  if (c.format !== 'vmvault-repository') throw new RepoFormatError(`${location} is not a vmvault repository`);
+  if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) throw damaged('it is not a JSON object');
+  const c = obj as Record<string, unknown>;
+  if (c.format !== 'vmvault-repository')
+    throw new RepoFormatError(
+      `${location} is not a vmvault repository (its config has format ${shown(c.format)})`,
+      'pass the right --repo',
+    );
+  if (typeof c.version !== 'number' || !Number.isSafeInteger(c.version) || c.version < 1)
+    throw damaged(`version is ${shown(c.version)}, not a format version`);
   if (c.version !== REPO_FORMAT_VERSION) {
     throw new RepoFormatError(
-      `repository format version ${String(c.version)} is not supported (this vmvault reads version ${REPO_FORMAT_VERSION})`,
+      `repository format version ${c.version} is not supported (this vmvault reads version ${REPO_FORMAT_VERSION})`,
       'upgrade vmvault',
     );
   }
+  for (const k of Object.keys(c)) if (!CONFIG_FIELDS.has(k)) throw damaged(`unknown field ${shown(k)}`);
+  if (typeof c.id !== 'string' || !/^[0-9a-f]{64}$/.test(c.id))
+    throw damaged(`id is ${shown(c.id)}, not 64 lowercase hex digits`);
   if (
-    typeof c.chunkSizeBytes !== 'number' ||
-    !isPowerOfTwo(c.chunkSizeBytes) ||
-    typeof c.id !== 'string' ||
-    !c.compression
-  ) {
-    throw new RepoFormatError(`the config of ${location} is damaged`);
-  }
-  if (c.encryption !== 'none')
-    throw new RepoFormatError(
-      `repository encryption '${String(c.encryption)}' is not supported`,
-      'upgrade vmvault',
+    typeof c.createdAt !== 'string' ||
+    !/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$/.test(c.createdAt) ||
+    !Number.isFinite(Date.parse(c.createdAt))
+  )
+    throw damaged(`createdAt is ${shown(c.createdAt)}, not a UTC time (2026-11-22T14:00:00.000Z)`);
+  const cs = c.chunkSizeBytes;
+  if (
+    typeof cs !== 'number' ||
+    !Number.isSafeInteger(cs) ||
+    !isPowerOfTwo(cs) ||
+    cs < MIN_CHUNK_SIZE ||
+    cs > MAX_CHUNK_SIZE
+  )
+    throw damaged(
+      `chunkSizeBytes is ${shown(cs)}, not a power of two from ${MIN_CHUNK_SIZE} to ${MAX_CHUNK_SIZE}`,
     );
-  return c as RepoConfig;
+  if (c.hash !== 'blake3-256') throw damaged(`hash is ${shown(c.hash)}, not "blake3-256"`);
+  const comp = c.compression;
+  if (typeof comp !== 'object' || comp === null || Array.isArray(comp))
+    throw damaged(`compression is ${shown(comp)}, not {"codec": ..., "level": ...}`);
+  const { codec, level, ...extra } = comp as Record<string, unknown>;
+  const extraKey = Object.keys(extra)[0];
+  if (extraKey !== undefined) throw damaged(`unknown field compression.${shown(extraKey)}`);
+  if (codec === 'zstd') {
+    if (
+      typeof level !== 'number' ||
+      !Number.isInteger(level) ||
+      level === 0 ||
+      level < MIN_ZSTD_LEVEL ||
+      level > MAX_ZSTD_LEVEL
+    )
+      throw damaged(
+        `compression.level is ${shown(level)}, not a zstd level (${MIN_ZSTD_LEVEL} to -1 or 1 to ${MAX_ZSTD_LEVEL})`,
+      );
+  } else if (codec === 'none') {
+    if (level !== 0) throw damaged(`compression.level is ${shown(level)}; codec "none" has level 0`);
+  } else {
+    throw damaged(`compression.codec is ${shown(codec)}, not "zstd" or "none"`);
+  }
+  if (c.encryption !== 'none') {
+    if (typeof c.encryption === 'string')
+      throw new RepoFormatError(
+        `repository encryption ${shown(c.encryption)} is not supported`,
+        'upgrade vmvault',
+      );
+    throw damaged(`encryption is ${shown(c.encryption)}, not "none"`);
+  }
+  return {
+    format: 'vmvault-repository',
+    version: c.version,
+    id: c.id,
+    createdAt: c.createdAt,
+    chunkSizeBytes: cs,
+    hash: 'blake3-256',
+    compression: codec === 'none' ? { codec: 'none', level: 0 } : { codec: 'zstd', level: level as number },
+    encryption: 'none',
+  };
 }

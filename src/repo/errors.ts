@@ -1,4 +1,4 @@
-import { ExitCode, VmvaultError } from '../util/index.js';
+import { ExitCode, VmvaultError, printable } from '../util/index.js';
 
 export type BackendErrorKind =
   'not-found' | 'exists' | 'permission' | 'no-space' | 'transient' | 'range' | 'other';
@@ -49,6 +49,35 @@ export class RepoExistsError extends VmvaultError {
     super('REPO_EXISTS', `a repository already exists at ${location}`, {
       hint: 'use it as it is, or choose another location',
     });
+  }
+}
+
+/** `init` on a directory that holds something other than a repository. */
+export class RepoNotEmptyError extends VmvaultError {
+  constructor(location: string, entry: string) {
+    super(
+      'REPO_NOT_EMPTY',
+      `${location} is not empty (it holds ${printable(entry)}) and is not a vmvault repository`,
+      {
+        hint: 'choose an empty or new directory for the repository',
+      },
+    );
+  }
+}
+
+/** A location with repository objects (data/, index/, snapshots/, ...) but no `config`. */
+export class RepoConfigMissingError extends VmvaultError {
+  constructor(location: string, entry: string) {
+    const top = `${printable(entry.split('/')[0] ?? entry)}/`;
+    super(
+      'REPO_CONFIG_MISSING',
+      `${location} is a damaged repository: its config is missing (it has ${top})`,
+      {
+        hint: "put its 'config' back from a copy of the repository, or choose an empty or new directory for a new one",
+        exitCode: ExitCode.INTEGRITY,
+        details: { entry },
+      },
+    );
   }
 }
 

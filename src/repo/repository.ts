@@ -5,12 +5,23 @@ import { openBackend } from './backend/open.js';
 import { decodeBlob, encodeBlob, BlobFormatError } from './blob.js';
 import { isAllZero, type ChunkId } from './chunk-id.js';
 import { ChunkStore } from './chunk-store.js';
-import { newConfig, parseConfig, type InitOptions, type RepoConfig } from './config.js';
+import {
+  CONFIG_HINT,
+  MAX_CONFIG_BYTES,
+  findRepositoryObject,
+  isRepositoryConfig,
+  newConfig,
+  parseConfig,
+  type InitOptions,
+  type RepoConfig,
+} from './config.js';
 import { DiskIndex } from './disk-index.js';
 import {
   isNotFound,
+  RepoConfigMissingError,
   RepoExistsError,
   RepoFormatError,
+  RepoNotEmptyError,
   RepoNotFoundError,
   SnapshotNotFoundError,
 } from './errors.js';
@@ -55,15 +66,22 @@ export class Repository {
     backend: Backend = openBackend(location),
   ): Promise<Repository> {
     const config = newConfig(opts);
-    if (await backend.exists(Keys.config)) throw new RepoExistsError(backend.location);
-    for await (const obj of backend.list('')) {
-      throw new RepoExistsError(`${backend.location} (the location is not empty: ${obj.key})`);
+    const where = backend.location;
+    const existing = await backend.stat(Keys.config);
+    if (existing) {
+      if (existing.sizeBytes <= MAX_CONFIG_BYTES && isRepositoryConfig(await backend.get(Keys.config)))
+        throw new RepoExistsError(where);
+      throw new RepoNotEmptyError(where, Keys.config);
     }
+    const damaged = await findRepositoryObject(backend);
+    if (damaged !== undefined) throw new RepoConfigMissingError(where, damaged);
+    for await (const obj of backend.list('')) throw new RepoNotEmptyError(where, obj.key);
+    await backend.create?.();
     const created = await backend.putIfAbsent(
       Keys.config,
       Buffer.from(`${JSON.stringify(config, null, 2)}\n`),
     );
-    if (!created) throw new RepoExistsError(backend.location);
+    if (!created) throw new RepoExistsError(where);
     return new Repository(backend, config, {});
   }
 
@@ -72,6 +90,17 @@ export class Repository {
     opts: OpenOptions = {},
     backend: Backend = openBackend(location),
   ): Promise<Repository> {
+    const info = await backend.stat(Keys.config);
+    if (info === undefined) {
+      const damaged = await findRepositoryObject(backend);
+      if (damaged !== undefined) throw new RepoConfigMissingError(backend.location, damaged);
+      throw new RepoNotFoundError(backend.location);
+    }
+    if (info.sizeBytes > MAX_CONFIG_BYTES)
+      throw new RepoFormatError(
+        `the config of ${backend.location} is damaged: ${info.sizeBytes} bytes, more than any config (${MAX_CONFIG_BYTES})`,
+        CONFIG_HINT,
+      );
     let raw: Buffer;
     try {
       raw = await backend.get(Keys.config);

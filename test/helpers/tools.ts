@@ -22,7 +22,7 @@ export function missingTools(names: readonly string[]): string[] {
 export function requireTools(names: readonly string[]): boolean {
   const missing = missingTools(names);
   if (missing.length === 0) return true;
-  const msg = `missing tools: ${missing.join(', ')} (run scripts/setup.sh as root)`;
+  const msg = `missing tools: ${missing.join(', ')} (run scripts/setup.sh --tests as root)`;
   if (process.env.VMVAULT_TEST_STRICT === '1') throw new Error(msg);
   console.warn(`skipping: ${msg}`);
   return false;

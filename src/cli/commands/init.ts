@@ -1,3 +1,5 @@
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { Command, Option } from 'commander';
 import { formatBytes, parseSize, UsageError } from '../../util/index.js';
 import { Repository, parseCompression } from '../../repo/index.js';
@@ -24,17 +26,40 @@ export function initCommand(): Command {
         });
         await repo.close();
         const c = repo.config;
+        const modes = await accessModes(repo.location);
         if (opts.json)
           printJson({
             location: repo.location,
             id: c.id,
             chunkSizeBytes: c.chunkSizeBytes,
             compression: c.compression,
+            ...(modes ? { dirMode: octal(modes.dir), fileMode: octal(modes.file) } : {}),
           });
-        else
+        else {
           process.stdout.write(
             `created repository ${c.id.slice(0, 8)} at ${repo.location} (chunk size ${formatBytes(c.chunkSizeBytes)}, compression ${c.compression.codec === 'none' ? 'none' : `zstd:${c.compression.level}`})\n`,
           );
+          if (modes)
+            process.stdout.write(
+              modes.dir & 0o077
+                ? `access: directories ${octal(modes.dir)}, files ${octal(modes.file)}\n`
+                : `access: its owner only (directories ${octal(modes.dir)}, files ${octal(modes.file)}); to share it with a group: chmod 0750 DIR and chmod 0640 DIR/config, new objects follow\n`,
+            );
+        }
       },
     );
+}
+
+/** The modes of a local repository's directory and config (undefined for other backends). */
+async function accessModes(location: string): Promise<{ dir: number; file: number } | undefined> {
+  try {
+    const [dir, file] = await Promise.all([stat(location), stat(join(location, 'config'))]);
+    return { dir: dir.mode & 0o7777, file: file.mode & 0o7777 };
+  } catch {
+    return undefined;
+  }
+}
+
+function octal(mode: number): string {
+  return `0${mode.toString(8)}`;
 }

@@ -47,6 +47,11 @@ export interface Backend {
   fileStore?(): LocalFileSpec;
   /** Makes the names of objects created through `fileStore` (or seen there) durable. */
   syncNames?(keys: Iterable<string>): Promise<void>;
+  /**
+   * Optional: makes the location of a new repository (a local directory, owner-only) or says in
+   * one line why it cannot. `Repository.init` calls it once it found the location free.
+   */
+  create?(): Promise<void>;
 }
 
 export function validateKey(key: string): void {

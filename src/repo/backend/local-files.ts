@@ -1,6 +1,9 @@
 import {
+  chmodSync,
   closeSync,
+  fchmodSync,
   fdatasync,
+  fstatSync,
   linkSync,
   mkdirSync,
   openSync,
@@ -13,7 +16,7 @@ import { constants as fsc } from 'node:fs';
 import { dirname, join, sep } from 'node:path';
 import { threadId } from 'node:worker_threads';
 import { errnoCode } from '../../util/index.js';
-import { BackendError } from '../errors.js';
+import { BackendError, type BackendErrorKind } from '../errors.js';
 
 /**
  * The local backend's file layout, as plain functions any thread can use: the chunk store's worker
@@ -23,12 +26,25 @@ import { BackendError } from '../errors.js';
  * An object is created as LocalBackend documents: its bytes go to a fresh temp file in `tmp/`,
  * are fdatasync'ed, and only then is the file hard-linked to its final name (`link` fails with
  * EEXIST when another writer won). A name therefore never points at bytes that a crash could
- * tear. The new name itself is durable only once its directory is fsynced: LocalBackend does that
- * before `putIfAbsent` returns; worker-created objects leave it to `LocalBackend.syncNames`.
+ * tear. The new name itself is durable only once its directory is fsynced, and a directory made
+ * here only once its parent is fsynced: LocalBackend does both before `put`/`putIfAbsent` return;
+ * for worker-created objects `LocalBackend.syncNames` does (docs/format.md, "Concurrency and crash
+ * safety").
+ *
+ * Modes: directories get `dirMode`, files `fileMode` (owner-only by default), set explicitly so that
+ * the umask cannot widen or narrow them (docs/format.md, "Key layout").
  */
 export interface LocalFileSpec {
   root: string;
+  /** Mode of new directories (default 0700). */
+  dirMode?: number;
+  /** Mode of new files (default 0600). */
+  fileMode?: number;
 }
+
+/** A new repository is readable by its owner only (as restic's are). */
+export const DEFAULT_DIR_MODE = 0o700;
+export const DEFAULT_FILE_MODE = 0o600;
 
 /** Temp files live here, on the same filesystem as the objects, so link is atomic. */
 export const TMP_DIR = 'tmp';
@@ -39,25 +55,63 @@ export function objectPath(root: string, key: string): string {
 
 // Directories this thread knows exist (mkdir once per thread, not once per object).
 const knownDirs = new Set<string>();
+// File modes this thread's umask is known to leave alone (then no fchmod per file is needed).
+const umaskKeeps = new Map<number, boolean>();
 let tmpCounter = 0;
 
-function ensureDir(dir: string): void {
+/**
+ * Makes `dir` (below `spec.root`) and its missing parents up to the root (never the root itself: a
+ * repository that has gone is "not found", not silently made again) with `spec.dirMode`, whatever
+ * the umask. Its parent's fsync is LocalBackend's (see above).
+ */
+function ensureDir(spec: LocalFileSpec, dir: string): void {
   if (knownDirs.has(dir)) return;
-  mkdirSync(dir, { recursive: true });
+  makeDir(dir, spec.dirMode ?? DEFAULT_DIR_MODE, spec.root);
   knownDirs.add(dir);
 }
 
+function makeDir(dir: string, mode: number, root: string): void {
+  try {
+    mkdirSync(dir, { mode });
+  } catch (err) {
+    const code = errnoCode(err);
+    if (code === 'EEXIST') return;
+    const parent = dirname(dir);
+    if (code !== 'ENOENT' || parent === root || parent === dir || !parent.startsWith(root)) throw err;
+    makeDir(parent, mode, root);
+    try {
+      mkdirSync(dir, { mode });
+    } catch (again) {
+      if (errnoCode(again) === 'EEXIST') return;
+      throw again;
+    }
+  }
+  chmodSync(dir, mode); // mkdir's mode went through the umask
+}
+
 /** Runs `op`; when it fails with ENOENT because `dir` (which this thread made) was removed, makes it again once. */
-function inDir<T>(dir: string, op: () => T): T {
-  ensureDir(dir);
+function inDir<T>(spec: LocalFileSpec, dir: string, op: () => T): T {
+  ensureDir(spec, dir);
   try {
     return op();
   } catch (err) {
     if (errnoCode(err) !== 'ENOENT') throw err;
     knownDirs.delete(dir);
-    ensureDir(dir);
+    ensureDir(spec, dir);
     return op();
   }
+}
+
+/** Gives the new file `fd` exactly `mode`: once per thread it checks whether the umask kept it. */
+function setFileMode(fd: number, mode: number): void {
+  const kept = umaskKeeps.get(mode);
+  if (kept === true) return;
+  if (kept === undefined) {
+    const ok = (fstatSync(fd).mode & 0o7777) === mode;
+    umaskKeeps.set(mode, ok);
+    if (ok) return;
+  }
+  fchmodSync(fd, mode);
 }
 
 function datasync(fd: number): Promise<void> {
@@ -86,8 +140,10 @@ export function objectExistsSync(spec: LocalFileSpec, key: string): boolean {
 export async function writeTempFile(spec: LocalFileSpec, data: Uint8Array): Promise<string> {
   const tmpDir = join(spec.root, TMP_DIR);
   const tmp = join(tmpDir, `${process.pid}-${threadId}-${++tmpCounter}-${Date.now().toString(36)}`);
-  const fd = inDir(tmpDir, () => openSync(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644));
+  const mode = spec.fileMode ?? DEFAULT_FILE_MODE;
+  const fd = inDir(spec, tmpDir, () => openSync(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, mode));
   try {
+    setFileMode(fd, mode);
     let done = 0;
     while (done < data.length) done += writeSync(fd, data, done, data.length - done);
     await datasync(fd);
@@ -104,7 +160,7 @@ export async function writeTempFile(spec: LocalFileSpec, data: Uint8Array): Prom
 export function renameIntoPlace(spec: LocalFileSpec, tmp: string, key: string): void {
   const path = objectPath(spec.root, key);
   try {
-    inDir(dirname(path), () => renameSync(tmp, path));
+    inDir(spec, dirname(path), () => renameSync(tmp, path));
   } catch (err) {
     removeQuietly(tmp);
     throw err;
@@ -127,7 +183,7 @@ export async function createObjectFile(spec: LocalFileSpec, key: string, data: U
   const path = objectPath(spec.root, key);
   const tmp = await writeTempFile(spec, data);
   try {
-    return inDir(dirname(path), () => {
+    return inDir(spec, dirname(path), () => {
       try {
         linkSync(tmp, path);
         return true;
@@ -141,29 +197,97 @@ export async function createObjectFile(spec: LocalFileSpec, key: string, data: U
   }
 }
 
-/** A failed file operation on `key` as a BackendError naming the cause (also for worker threads' errors). */
-export function mapError(err: unknown, key: string, op: string): unknown {
-  if (err instanceof BackendError || err instanceof RangeError) return err;
+/** What an errno means for a repository, in words, with the fix where there is one. */
+export interface ErrnoMeaning {
+  kind: BackendErrorKind;
+  reason: string;
+  hint?: string;
+}
+
+/**
+ * The meaning of a failed file operation's errno. `reading` (read, stat, list): a path component
+ * that is not a directory means the object cannot be there (not found); for a write it is a file in
+ * the way.
+ */
+export function errnoMeaning(err: unknown, reading: boolean): ErrnoMeaning {
   const code = errnoCode(err);
-  const what = `cannot ${op} ${key.split('/').join(sep)}`;
   switch (code) {
     case 'ENOENT':
+      return { kind: 'not-found', reason: 'not found' };
     case 'ENOTDIR':
-      return new BackendError('not-found', `${what}: not found`, { cause: err });
+      return reading
+        ? { kind: 'not-found', reason: 'not found' }
+        : {
+            kind: 'other',
+            reason: 'a file is in the way (part of the path is a file, not a directory)',
+            hint: 'move that file out of the repository',
+          };
+    case 'EISDIR':
+      return {
+        kind: 'other',
+        reason: 'is a directory, not a file',
+        hint: 'move that directory out of the repository',
+      };
     case 'ENOSPC':
+      return { kind: 'no-space', reason: 'no space left on the device' };
     case 'EDQUOT':
-      return new BackendError('no-space', `${what}: no space left on the device`, { cause: err });
+      return { kind: 'no-space', reason: 'disk quota exceeded' };
+    case 'EROFS':
+      return {
+        kind: 'permission',
+        reason: 'read-only file system',
+        hint: 'mount it read-write, or use a repository on writable storage',
+      };
     case 'EACCES':
     case 'EPERM':
-    case 'EROFS':
-      return new BackendError('permission', `${what}: permission denied`, { cause: err });
+      return { kind: 'permission', reason: 'permission denied' };
+    case 'ELOOP':
+      return {
+        kind: 'other',
+        reason: 'too many levels of symbolic links (a symlink loop)',
+        hint: 'fix the symbolic links in the repository path',
+      };
+    case 'ENAMETOOLONG':
+      return { kind: 'other', reason: 'file name too long', hint: 'use a shorter repository path' };
+    case 'EMFILE':
+    case 'ENFILE':
+      return {
+        kind: 'other',
+        reason: 'too many open files',
+        hint: 'raise the limit (ulimit -n) or run fewer jobs at once',
+      };
+    case 'EIO':
+      return {
+        kind: 'other',
+        reason: 'input/output error',
+        hint: 'the storage device reported a failure: check it (dmesg) before going on',
+      };
+    case 'EXDEV':
+      return {
+        kind: 'other',
+        reason: `tmp/ and the object are on different file systems`,
+        hint: 'keep the whole repository directory on one file system',
+      };
+    case 'EEXIST':
+      return { kind: 'exists', reason: 'already exists' };
     case 'EAGAIN':
     case 'EBUSY':
     case 'EINTR':
-      return new BackendError('transient', `${what}: ${code}`, { cause: err });
+      return { kind: 'transient', reason: code };
     default:
-      return new BackendError('other', `${what}: ${err instanceof Error ? err.message : String(err)}`, {
-        cause: err,
-      });
+      return { kind: 'other', reason: err instanceof Error ? err.message : String(err) };
   }
+}
+
+const READING_OPS = new Set(['read', 'stat', 'list']);
+
+/** A failed file operation on `key` as a BackendError naming the cause (also for worker threads' errors). */
+export function mapError(err: unknown, key: string, op: string): unknown {
+  if (err instanceof BackendError || err instanceof RangeError) return err;
+  const m = errnoMeaning(err, READING_OPS.has(op));
+  const what = `cannot ${op} ${key.split('/').join(sep)}`;
+  return new BackendError(m.kind, `${what}: ${m.reason}`, {
+    cause: err,
+    ...(m.hint === undefined ? {} : { hint: m.hint }),
+  });
 }

@@ -1,11 +1,14 @@
-import { promises as fs } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { constants as fsc, promises as fs, statSync } from 'node:fs';
+import { dirname, join, sep } from 'node:path';
 import { errnoCode } from '../../util/index.js';
-import { BackendError } from '../errors.js';
+import { BackendError, RepoNotEmptyError } from '../errors.js';
 import { validateKey, type Backend, type ObjectInfo } from './backend.js';
 import {
+  DEFAULT_DIR_MODE,
+  DEFAULT_FILE_MODE,
   TMP_DIR,
   createObjectFile,
+  errnoMeaning,
   mapError,
   objectPath,
   renameIntoPlace,
@@ -16,12 +19,21 @@ import {
 /**
  * Local directory backend. Durable, atomic writes: data goes to a temp file, is fdatasync'ed, then
  * renamed (put) or hard-linked (putIfAbsent: link fails with EEXIST if another writer won) to its
- * final name, and the directory is fsynced. No partial object is ever visible under a final name.
+ * final name, and the directory is fsynced, and so is the parent of every directory made on the way
+ * (once per directory and process). No partial object is ever visible under a final name.
  * Worker threads may create objects the same way themselves (`fileStore`, local-files.ts); the
- * names they create become durable at `syncNames`.
+ * names they create, and the directories they make, become durable at `syncNames`.
+ *
+ * Modes: `create` makes the repository owner-only (directory 0700, config 0600). New directories
+ * then take the mode of the repository directory and new files that of `config`, so a repository
+ * an administrator opened to a group (0750 / 0640) stays that way (docs/format.md, "Key layout").
  */
 export class LocalBackend implements Backend {
   constructor(readonly root: string) {}
+
+  /** Directories whose own entry in their parent is known durable (fsynced by this object). */
+  private readonly durableEntries = new Set<string>();
+  private spec: LocalFileSpec | undefined;
 
   get location(): string {
     return this.root;
@@ -32,21 +44,129 @@ export class LocalBackend implements Backend {
   }
 
   fileStore(): LocalFileSpec {
-    return { root: this.root };
+    this.spec ??= this.existingModes();
+    return this.spec;
+  }
+
+  /** The modes new objects get: those of the repository directory and its config. */
+  private existingModes(): LocalFileSpec {
+    const modeOf = (p: string): number | undefined => {
+      try {
+        return statSync(p).mode;
+      } catch {
+        return undefined;
+      }
+    };
+    const rootMode = modeOf(this.root);
+    const dirMode = rootMode === undefined ? DEFAULT_DIR_MODE : (rootMode & 0o2777) | 0o700;
+    const configMode = modeOf(join(this.root, 'config'));
+    const fileMode = ((configMode ?? dirMode) & 0o666) | 0o600;
+    return { root: this.root, dirMode, fileMode };
+  }
+
+  /**
+   * Makes the directory of a new repository (and its missing parents), owner-only whatever the
+   * umask, with every new directory's parent fsynced; an existing directory must be writable and
+   * is made owner-only too. Repository.init calls it after it found the location free.
+   */
+  async create(): Promise<void> {
+    const root = this.root;
+    const fail = (err: unknown): never => {
+      const code = errnoCode(err);
+      const m = errnoMeaning(err, false);
+      if (code === 'ENOTDIR')
+        throw new BackendError('other', `cannot create a repository at ${root}: part of the path is a file`, {
+          cause: err,
+          hint: 'choose a new or empty directory',
+        });
+      throw new BackendError(m.kind, `cannot create a repository at ${root}: ${m.reason}`, {
+        cause: err,
+        hint: m.hint ?? (m.kind === 'permission' ? 'choose a directory you can write to' : undefined),
+      });
+    };
+    let made: string[] = [];
+    try {
+      const st = await fs.stat(root).catch((err: unknown) => {
+        if (errnoCode(err) === 'ENOENT') return undefined;
+        throw err;
+      });
+      if (st && !st.isDirectory())
+        throw new BackendError('other', `${root} is a file, not a directory`, {
+          hint: 'choose a new or empty directory for the repository',
+        });
+      if (st) {
+        // Repository.init saw no objects; hidden files and empty directories count here too (a
+        // home directory is not "empty"). lost+found (a fresh file system) and tmp/ (a killed
+        // init's temp file) do not.
+        const other = (await fs.readdir(root)).find((n) => n !== 'lost+found' && n !== TMP_DIR);
+        if (other !== undefined) throw new RepoNotEmptyError(root, other);
+        await fs.access(root, fsc.W_OK | fsc.X_OK);
+        // A directory someone else owns but lets us write keeps its mode (new objects follow it).
+        const owned = await fs.chmod(root, DEFAULT_DIR_MODE).then(
+          () => true,
+          (err: unknown) => {
+            if (errnoCode(err) === 'EPERM') return false;
+            throw err;
+          },
+        );
+        if (!owned) return;
+      } else {
+        const first = await fs.mkdir(dirname(root), { recursive: true });
+        made = first === undefined ? [] : chainFrom(first, dirname(root));
+        await fs.mkdir(root, { mode: DEFAULT_DIR_MODE });
+        made.push(root);
+        await fs.chmod(root, DEFAULT_DIR_MODE); // mkdir's mode went through the umask
+      }
+      for (const d of made) await this.fsyncDir(dirname(d));
+    } catch (err) {
+      if (err instanceof BackendError || err instanceof RepoNotEmptyError) throw err;
+      fail(err);
+    }
+    this.spec = { root, dirMode: DEFAULT_DIR_MODE, fileMode: DEFAULT_FILE_MODE };
   }
 
   async syncNames(keys: Iterable<string>): Promise<void> {
     const dirs = new Set<string>();
     for (const k of keys) dirs.add(dirname(this.path(k)));
-    await Promise.all(
-      [...dirs].map(async (d) => {
-        try {
-          await fsyncDir(d);
-        } catch (err) {
-          throw mapError(err, d.slice(this.root.length + 1) || '/', 'sync');
-        }
-      }),
-    );
+    await Promise.all([...dirs].map((d) => this.syncDir(d)));
+    await this.makeEntriesDurable([...dirs]);
+  }
+
+  /**
+   * Makes the entries of `dirs` in their parents durable, up to the repository directory: a
+   * directory made since (by this thread or a worker) is lost in a crash until its parent is
+   * fsynced. Once per directory and process; every parent is fsynced once per call.
+   */
+  private async makeEntriesDurable(dirs: readonly string[]): Promise<void> {
+    let level = dirs.filter((d) => this.isBelowRoot(d) && !this.durableEntries.has(d));
+    while (level.length > 0) {
+      const parents = [...new Set(level.map((d) => dirname(d)))];
+      await Promise.all(parents.map((p) => this.syncDir(p)));
+      for (const d of level) this.durableEntries.add(d);
+      level = parents.filter((p) => this.isBelowRoot(p) && !this.durableEntries.has(p));
+    }
+  }
+
+  private isBelowRoot(dir: string): boolean {
+    return dir.startsWith(this.root + sep) && dir.length > this.root.length + 1;
+  }
+
+  private async syncDir(dir: string): Promise<void> {
+    try {
+      await this.fsyncDir(dir);
+    } catch (err) {
+      throw mapError(err, dir.slice(this.root.length + 1) || '/', 'sync');
+    }
+  }
+
+  /** Fsyncs one directory (every directory sync of this backend goes through here; tests count them). */
+  protected async fsyncDir(dir: string): Promise<void> {
+    const fh = await fs.open(dir, 'r');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
   }
 
   private path(key: string): string {
@@ -95,21 +215,23 @@ export class LocalBackend implements Backend {
     const p = this.path(key);
     try {
       renameIntoPlace(this.fileStore(), await writeTempFile(this.fileStore(), data), key);
-      await fsyncDir(dirname(p));
+      await this.fsyncDir(dirname(p));
     } catch (err) {
       throw mapError(err, key, 'write');
     }
+    await this.makeEntriesDurable([dirname(p)]);
   }
 
   async putIfAbsent(key: string, data: Buffer): Promise<boolean> {
     const p = this.path(key);
     try {
       if (!(await createObjectFile(this.fileStore(), key, data))) return false;
-      await fsyncDir(dirname(p));
-      return true;
+      await this.fsyncDir(dirname(p));
     } catch (err) {
       throw mapError(err, key, 'write');
     }
+    await this.makeEntriesDurable([dirname(p)]);
+    return true;
   }
 
   async stat(key: string): Promise<ObjectInfo | undefined> {
@@ -185,11 +307,11 @@ export class LocalBackend implements Backend {
   async close(): Promise<void> {}
 }
 
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fs.open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
+/** `from` and every directory below it down to `to` (`from` is an ancestor of `to` or `to` itself). */
+function chainFrom(from: string, to: string): string[] {
+  const out: string[] = [];
+  for (let d = to; ; d = dirname(d)) {
+    out.unshift(d);
+    if (d === from || dirname(d) === d) return out;
   }
 }

@@ -2,7 +2,8 @@ import { spawn } from 'node:child_process';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { LocalBackend } from '../../../src/repo/index.js';
+import { errnoMeaning, mapError } from '../../../src/repo/backend/local-files.js';
+import { ChunkStore, LocalBackend, Repository, chunkIdOf } from '../../../src/repo/index.js';
 import { makeTmpDir } from '../../helpers/tmp.js';
 import { defineBackendConformance } from './conformance.js';
 
@@ -60,5 +61,108 @@ describe('local backend specifics', () => {
     } finally {
       await t.cleanup();
     }
+  });
+});
+
+/** A local backend that records every directory fsync (in order). */
+class RecordingBackend extends LocalBackend {
+  /** Below the root: '/index/ab', the root: '/'. */
+  readonly synced: string[] = [];
+  readonly absolute: string[] = [];
+  protected override async fsyncDir(dir: string): Promise<void> {
+    await super.fsyncDir(dir);
+    this.synced.push(dir.slice(this.root.length) || '/');
+    this.absolute.push(dir);
+  }
+}
+
+describe('local backend durability of new directories', () => {
+  it('put and putIfAbsent fsync the parent of every directory they made, once per directory', async () => {
+    const t = await makeTmpDir();
+    try {
+      const b = new RecordingBackend(t.dir);
+      await b.putIfAbsent('index/ab/one', Buffer.from('1'));
+      // The object's directory (its name), then index/ (entry ab), then the root (entry index).
+      expect(b.synced).toEqual(['/index/ab', '/index', '/']);
+      b.synced.length = 0;
+      await b.put('index/ab/two', Buffer.from('2'));
+      expect(b.synced).toEqual(['/index/ab']);
+      b.synced.length = 0;
+      await b.put('index/cd/three', Buffer.from('3'));
+      expect(b.synced).toEqual(['/index/cd', '/index']);
+    } finally {
+      await t.cleanup();
+    }
+  });
+
+  it('chunk files made by worker threads: the barrier (ChunkStore.flush) syncs data/<hh>, data/ and the root', async () => {
+    const t = await makeTmpDir();
+    try {
+      const b = new RecordingBackend(t.dir);
+      await (await Repository.init(t.dir, { chunkSizeBytes: 64 * 1024 }, b)).close();
+      b.synced.length = 0;
+      const store = new ChunkStore(b, 1, 2);
+      try {
+        const chunks = [1, 2, 3, 4].map((i) => Buffer.alloc(64 * 1024, i));
+        for (const c of chunks) await store.put(c);
+        expect(b.synced).toEqual([]); // the workers made data/<hh> and the files, nothing synced yet
+        await store.flush();
+        const hh = [...new Set(chunks.map((c) => `/data/${chunkIdOf(c).slice(0, 2)}`))].sort();
+        expect(b.synced.slice(0, hh.length).sort()).toEqual(hh);
+        expect(b.synced.slice(hh.length)).toEqual(['/data', '/']);
+        b.synced.length = 0;
+        await store.put(Buffer.alloc(64 * 1024, 1)); // known: no new directory, nothing to sync
+        await store.flush();
+        expect(b.synced).toEqual([]);
+      } finally {
+        await store.close();
+      }
+    } finally {
+      await t.cleanup();
+    }
+  });
+
+  it('init fsyncs the parent of the repository directory and of each parent it made', async () => {
+    const t = await makeTmpDir();
+    try {
+      const b = new RecordingBackend(join(t.dir, 'a', 'b', 'repo'));
+      await (await Repository.init(b.root, {}, b)).close();
+      // a, a/b and repo were made: their parents first, then config's directory (the root).
+      expect(b.absolute).toEqual([t.dir, join(t.dir, 'a'), join(t.dir, 'a', 'b'), b.root]);
+    } finally {
+      await t.cleanup();
+    }
+  });
+});
+
+describe('errno mapping', () => {
+  const err = (code: string): NodeJS.ErrnoException => Object.assign(new Error(code), { code });
+  it.each([
+    ['EROFS', 'permission', /read-only file system; mount it read-write/],
+    ['EACCES', 'permission', /permission denied; check the permissions/],
+    ['EPERM', 'permission', /permission denied/],
+    ['ENOSPC', 'no-space', /no space left on the device/],
+    ['EDQUOT', 'no-space', /disk quota exceeded/],
+    ['ENOENT', 'not-found', /not found/],
+    ['EISDIR', 'other', /is a directory, not a file/],
+    ['ENOTDIR', 'other', /a file is in the way/],
+    ['ELOOP', 'other', /symbolic links/],
+    ['ENAMETOOLONG', 'other', /file name too long/],
+    ['EMFILE', 'other', /too many open files; raise the limit/],
+    ['EIO', 'other', /input\/output error; the storage device reported a failure/],
+    ['EXDEV', 'other', /different file systems/],
+    ['EAGAIN', 'transient', /EAGAIN/],
+  ])('%s on a write is %s', (code, kind, text) => {
+    const e = mapError(err(code), 'data/ab/x', 'write') as InstanceType<typeof Error> & {
+      kind: string;
+      oneLine(): string;
+    };
+    expect(e.kind).toBe(kind);
+    expect(e.oneLine()).toMatch(/^cannot write data\/ab\/x: /);
+    expect(e.oneLine()).toMatch(text);
+  });
+  it('a path through a file is "not found" when reading (the object cannot be there)', () => {
+    expect(errnoMeaning(err('ENOTDIR'), true).kind).toBe('not-found');
+    expect(errnoMeaning(err('ENOTDIR'), false).kind).toBe('other');
   });
 });
