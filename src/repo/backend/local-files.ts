@@ -64,16 +64,39 @@ function datasync(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
 }
 
-/** True when the object's file exists (any error but "not there" is thrown). */
-export function objectExistsSync(spec: LocalFileSpec, key: string): boolean {
+/** What is at an object's path: nothing, or a regular file of `sizeBytes`. */
+export type ObjectFileState = { kind: 'absent' } | { kind: 'file'; sizeBytes: number };
+
+/** The error for something other than a regular file at `path` (code NOT_A_FILE; see mapError). */
+function notAFile(path: string, what: string): Error {
+  return Object.assign(new Error(`${path} is ${what}, not an object file`), { code: 'NOT_A_FILE' });
+}
+
+function describeNonFile(st: import('node:fs').Stats): string {
+  if (st.isDirectory()) return 'a directory';
+  if (st.isSocket()) return 'a socket';
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isBlockDevice() || st.isCharacterDevice()) return 'a device';
+  return 'not a regular file';
+}
+
+/**
+ * Whether the object's file exists. Only a regular file counts: anything else in its place (a
+ * directory, a socket) is thrown as a NOT_A_FILE error, never taken for the object. Any other
+ * error but "not there" is thrown too.
+ */
+export function objectFileState(spec: LocalFileSpec, key: string): ObjectFileState {
+  const path = objectPath(spec.root, key);
+  let st: import('node:fs').Stats;
   try {
-    statSync(objectPath(spec.root, key));
-    return true;
+    st = statSync(path);
   } catch (err) {
     const code = errnoCode(err);
-    if (code === 'ENOENT' || code === 'ENOTDIR') return false;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return { kind: 'absent' };
     throw err;
   }
+  if (!st.isFile()) throw notAFile(path, describeNonFile(st));
+  return { kind: 'file', sizeBytes: st.size };
 }
 
 /**
@@ -132,13 +155,24 @@ export async function createObjectFile(spec: LocalFileSpec, key: string, data: U
         linkSync(tmp, path);
         return true;
       } catch (err) {
-        if (errnoCode(err) === 'EEXIST') return false;
-        throw err;
+        if (errnoCode(err) !== 'EEXIST') throw err;
+        // Only a regular file is the object; a directory or socket in its place is not.
+        const st = statSync(path, { throwIfNoEntry: false });
+        if (st && !st.isFile()) throw notAFile(path, describeNonFile(st));
+        return false;
       }
     });
   } finally {
     removeQuietly(tmp);
   }
+}
+
+function notAFileReason(err: unknown): string {
+  if (errnoCode(err) === 'EISDIR') return 'a directory is in its place';
+  const m = /is (an? [a-zA-Z ]+|not a regular file), not an object file$/.exec(
+    err instanceof Error ? err.message : '',
+  );
+  return `${m ? m[1]! : 'something other than a file'} is in its place`;
 }
 
 /** A failed file operation on `key` as a BackendError naming the cause (also for worker threads' errors). */
@@ -150,6 +184,9 @@ export function mapError(err: unknown, key: string, op: string): unknown {
     case 'ENOENT':
     case 'ENOTDIR':
       return new BackendError('not-found', `${what}: not found`, { cause: err });
+    case 'NOT_A_FILE':
+    case 'EISDIR':
+      return new BackendError('not-a-file', `${what}: ${notAFileReason(err)}`, { cause: err });
     case 'ENOSPC':
     case 'EDQUOT':
       return new BackendError('no-space', `${what}: no space left on the device`, { cause: err });
