@@ -14,6 +14,7 @@ import {
   encodeBlob,
   format,
   hashBytes,
+  BackendError,
   Repository,
   type Snapshot,
 } from '../../src/repo/index.js';
@@ -480,5 +481,11 @@ describe.runIf(run)('malformed objects: indexes, chunks and file chunks', () => 
         hint: expect.stringMatching(/--chunk-size/) as unknown,
       }),
     );
+  });
+
+  it('the out-of-space hint tells the truth: no snapshot, stored objects stay unreferenced', () => {
+    const hint = new BackendError('no-space', 'cannot write data/ab/x: no space left on the device').hint;
+    expect(hint).not.toMatch(/unchanged/);
+    expect(hint).toMatch(/no snapshot was written; objects already stored stay unreferenced/);
   });
 });
