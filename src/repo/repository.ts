@@ -251,25 +251,25 @@ export class Repository {
     return { kind, name, sizeBytes: data.length, chunks };
   }
 
+  /** A stored file's bytes; every chunk verified. A chunk list that does not fit the size is RepoDamagedError. */
   async getFile(file: SnapshotFile): Promise<Buffer> {
+    const listDamaged = (why: string): RepoDamagedError =>
+      new RepoDamagedError(
+        `file ${file.name} ${why}`,
+        "the snapshot's manifest is damaged; 'vmvault check' lists it",
+      );
     const parts: Buffer[] = [];
     let left = file.sizeBytes;
     for (const id of file.chunks) {
       const len = Math.min(left, this.chunkSizeBytes);
-      if (len <= 0)
-        throw new RepoDamagedError(
-          `file ${file.name} lists more chunks than its ${file.sizeBytes} bytes need`,
-        );
+      if (len <= 0) throw listDamaged(`lists more chunks than its ${file.sizeBytes} bytes need`);
       const part = /^0+$/.test(id) ? Buffer.alloc(len) : await this.chunks.get(id as ChunkId);
       if (part.length !== len)
-        throw new RepoDamagedError(
-          `file ${file.name} lists chunk ${id.slice(0, 8)} of ${part.length} bytes where ${len} belong`,
-        );
+        throw listDamaged(`lists chunk ${id.slice(0, 8)} of ${part.length} bytes where ${len} belong`);
       parts.push(part);
       left -= len;
     }
-    if (left > 0)
-      throw new RepoDamagedError(`file ${file.name} lists too few chunks for its ${file.sizeBytes} bytes`);
+    if (left > 0) throw listDamaged(`lists too few chunks for its ${file.sizeBytes} bytes`);
     return Buffer.concat(parts);
   }
 

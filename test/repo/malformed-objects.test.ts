@@ -488,4 +488,17 @@ describe.runIf(run)('malformed objects: indexes, chunks and file chunks', () => 
     expect(hint).not.toMatch(/unchanged/);
     expect(hint).toMatch(/no snapshot was written; objects already stored stay unreferenced/);
   });
+
+  it('a file entry whose chunk list does not fit its size is damage (exit 20), never a wrong file', async () => {
+    await withRepo(async (r) => {
+      const f = await r.putFile('domain-xml', 'x.xml', Buffer.from('<domain/>'));
+      expect((await r.getFile(f)).toString()).toBe('<domain/>');
+      for (const bad of [
+        { ...f, chunks: [...f.chunks, f.chunks[0]!] },
+        { ...f, sizeBytes: 3 },
+        { ...f, sizeBytes: 2 * CHUNK },
+      ])
+        await expect(r.getFile(bad)).rejects.toMatchObject({ code: 'REPO_DAMAGED', exitCode: 20 });
+    });
+  });
 });
