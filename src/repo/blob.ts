@@ -9,6 +9,8 @@ import {
   BLOB_VERSION,
   BlobFlag,
   Codec,
+  MAX_BLOB_PLAINTEXT_BYTES,
+  ZSTD_MAX_EXPANSION,
 } from './format.js';
 
 /**
@@ -50,6 +52,17 @@ function writeHeader(out: Buffer, codec: Codec, plaintextBytes: number, payloadB
 /** The most bytes a blob of `plaintextBytes` can take (the buffer `encodeBlobTo` needs). */
 export function blobBound(plaintextBytes: number): number {
   return BLOB_HEADER_BYTES + zstd.compressBound(plaintextBytes) + BLOB_TAG_BYTES;
+}
+
+/**
+ * Whether a stored object of `sizeBytes` can be the blob of a `plaintextBytes`-byte chunk as any
+ * vmvault writes it: the envelope plus a payload of 1 byte up to the plaintext itself (zstd is kept
+ * only when it is smaller; otherwise the plaintext is stored raw). A file of any other size is
+ * damage (emptied, truncated, or something else), and a backup replaces it instead of trusting it.
+ */
+export function isPlausibleBlobSize(sizeBytes: number, plaintextBytes: number): boolean {
+  const envelope = BLOB_HEADER_BYTES + BLOB_TAG_BYTES;
+  return sizeBytes > envelope && sizeBytes <= envelope + plaintextBytes;
 }
 
 /**
@@ -119,15 +132,31 @@ export function parseBlobHeader(head: Uint8Array, blobLength: number): BlobHeade
     version,
     codec: b.readUInt8(5),
     flags: b.readUInt8(6),
-    plaintextBytes: Number(b.readBigUInt64BE(8)),
-    payloadBytes: Number(b.readBigUInt64BE(16)),
+    plaintextBytes: lengthField(b, 8, 'plaintext'),
+    payloadBytes: lengthField(b, 16, 'payload'),
   };
   if (h.payloadBytes !== blobLength - BLOB_HEADER_BYTES - BLOB_TAG_BYTES) {
     throw new BlobFormatError(
       `blob length ${blobLength} does not match its header (payload ${h.payloadBytes})`,
     );
   }
+  if (h.plaintextBytes > MAX_BLOB_PLAINTEXT_BYTES)
+    throw new BlobFormatError(
+      `blob header claims ${h.plaintextBytes} plaintext bytes, more than any object (${MAX_BLOB_PLAINTEXT_BYTES})`,
+    );
+  if (h.codec === Codec.ZSTD && h.plaintextBytes > h.payloadBytes * ZSTD_MAX_EXPANSION)
+    throw new BlobFormatError(
+      `blob header claims ${h.plaintextBytes} plaintext bytes, more than ${h.payloadBytes} bytes of zstd can hold`,
+    );
   return h;
+}
+
+/** A u64 length field; beyond 2^53 - 1 (which no object comes near) it is damage, not a number. */
+function lengthField(b: Buffer, at: number, what: string): number {
+  const v = b.readBigUInt64BE(at);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER))
+    throw new BlobFormatError(`blob header's ${what} length (${v}) is out of range`);
+  return Number(v);
 }
 
 /** Checks the integrity tag without decompressing. */
@@ -171,10 +200,18 @@ function zstdDecompressInto(dest: Uint8Array, src: Uint8Array, plaintextBytes: n
 /**
  * Returns the plaintext, throwing BlobFormatError on any damage. The integrity tag is checked
  * unless the caller verifies the plaintext against its content id itself (`verifyTag: false`):
- * then a damaged blob fails that check instead, and one hash pass is saved.
+ * then a damaged blob fails that check instead, and one hash pass is saved. `maxPlaintextBytes`
+ * bounds what the header may claim (a chunk: the chunk size) before anything is allocated.
  */
-export function decodeBlob(blob: Uint8Array, opts: { verifyTag?: boolean } = {}): Buffer {
+export function decodeBlob(
+  blob: Uint8Array,
+  opts: { verifyTag?: boolean; maxPlaintextBytes?: number } = {},
+): Buffer {
   const { h, payload } = openBlob(blob, opts.verifyTag ?? true);
+  if (opts.maxPlaintextBytes !== undefined && h.plaintextBytes > opts.maxPlaintextBytes)
+    throw new BlobFormatError(
+      `plaintext is ${h.plaintextBytes} bytes, more than this kind of object holds (${opts.maxPlaintextBytes})`,
+    );
   if (h.codec === Codec.NONE) return Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
   const out = Buffer.from(new ArrayBuffer(h.plaintextBytes));
   zstdDecompressInto(out, payload, h.plaintextBytes);

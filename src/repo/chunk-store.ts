@@ -2,11 +2,11 @@ import { availableParallelism } from 'node:os';
 import { WorkerPool, WorkerTaskError } from '../util/index.js';
 import type { Backend } from './backend/backend.js';
 import { mapError, type LocalFileSpec } from './backend/local-files.js';
-import { decodeBlob, decodeBlobInto, encodeBlob, BlobFormatError } from './blob.js';
+import { decodeBlob, decodeBlobInto, encodeBlob, isPlausibleBlobSize, BlobFormatError } from './blob.js';
 import { chunkIdOf, type ChunkId } from './chunk-id.js';
 import type { ChunkWorkerRequest, ChunkWorkerResult } from './chunk-worker.js';
 import { ChunkCorruptError, ChunkMissingError, isNotFound, type ChunkLocation } from './errors.js';
-import { Keys } from './format.js';
+import { Keys, MAX_CHUNK_SIZE } from './format.js';
 
 export interface PutResult {
   id: ChunkId;
@@ -43,6 +43,8 @@ export class ChunkStore {
     private readonly backend: Backend,
     private readonly levelZstd: number,
     private readonly workers: number = availableParallelism(),
+    /** The repository chunk size: no chunk's plaintext is longer (bounds what a blob may claim). */
+    private readonly chunkSizeBytes: number = MAX_CHUNK_SIZE,
   ) {
     this.fileSpec = backend.syncNames ? backend.fileStore?.() : undefined;
   }
@@ -59,16 +61,23 @@ export class ChunkStore {
     this.known.add(id);
   }
 
+  /**
+   * Whether the chunk is stored: a regular file (in a file-backed backend; a directory in its
+   * place is an error) of at least a blob's envelope. `put` checks the size against the chunk too.
+   */
   async has(id: string): Promise<boolean> {
     if (this.known.has(id)) return true;
-    const key = Keys.data(id);
-    const present = await this.backend.exists(key);
-    if (present) {
-      this.remember(id);
-      // Another process may have created it without syncing its name yet: see flush().
-      if (this.backend.syncNames) this.unsynced.set(id.slice(0, 2), key);
-    }
+    const st = await this.backend.stat(Keys.data(id));
+    const present = st !== undefined && isPlausibleBlobSize(st.sizeBytes, this.chunkSizeBytes);
+    if (present) this.found(id);
     return present;
+  }
+
+  /** A chunk found present: remembered, and its name made durable at the next flush. */
+  private found(id: string): void {
+    this.remember(id);
+    // Another process may have created it without syncing its name yet: see flush().
+    if (this.backend.syncNames) this.unsynced.set(id.slice(0, 2), Keys.data(id));
   }
 
   /**
@@ -99,22 +108,64 @@ export class ChunkStore {
           canTransfer ? [data.buffer as ArrayBuffer] : [],
         );
       } catch (err) {
-        throw err instanceof WorkerTaskError && /^E[A-Z]+$/.test(err.code)
+        throw err instanceof WorkerTaskError && (/^E[A-Z]+$/.test(err.code) || err.code === 'NOT_A_FILE')
           ? mapError(err, key, 'write')
           : err;
       }
       if (!('stored' in r)) throw new Error('unexpected worker reply');
+      if (r.replaced) this.replaced++;
       this.unsynced.set(id.slice(0, 2), key);
       this.remember(id);
       const back = r.input ? Buffer.from(r.input.buffer, r.input.byteOffset, r.input.byteLength) : data;
       return { id, isNew: r.stored, storedBytes: r.storedBytes, buffer: back };
     }
-    if (await this.has(id)) return { id, isNew: false, storedBytes: 0, buffer: data };
+    // Only a blob of a size this chunk's blob can have counts as present (see isPlausibleBlobSize);
+    // anything else of its name is damage, replaced atomically by the new blob.
+    const key = Keys.data(id);
+    const st = await this.backend.stat(key);
+    if (st && isPlausibleBlobSize(st.sizeBytes, data.length)) {
+      this.found(id);
+      return { id, isNew: false, storedBytes: 0, buffer: data };
+    }
     const { blob, buffer } = await this.encodeChunk(data, transfer);
-    const created = await this.backend.putIfAbsent(Keys.data(id), blob);
+    let created: boolean;
+    if (st) {
+      await this.backend.put(key, blob);
+      this.replaced++;
+      created = true;
+    } else created = await this.backend.putIfAbsent(key, blob);
     this.remember(id);
     return { id, isNew: created, storedBytes: created ? blob.length : 0, buffer };
   }
+
+  /**
+   * Stores a chunk like `put`, but a chunk found present is read back and verified first (for the
+   * few small chunks of a snapshot's files, where that costs nothing): a damaged one is replaced
+   * atomically by the good bytes, so the snapshot never references a blob this run has not
+   * verified or written. Errors other than damage (a directory in the chunk's place) are thrown.
+   */
+  async putVerified(data: Buffer): Promise<PutResult> {
+    const id = chunkIdOf(data);
+    try {
+      await this.get(id);
+      this.found(id);
+      return { id, isNew: false, storedBytes: 0 };
+    } catch (err) {
+      if (err instanceof ChunkMissingError) {
+        this.known.delete(id);
+        return this.put(data, id);
+      }
+      if (!(err instanceof ChunkCorruptError)) throw err;
+    }
+    const blob = await this.encode(data);
+    await this.backend.put(Keys.data(id), blob);
+    this.replaced++;
+    this.remember(id);
+    return { id, isNew: true, storedBytes: blob.length };
+  }
+
+  /** Damaged chunk files this store replaced with good bytes (a backup heals what it finds). */
+  replaced = 0;
 
   /**
    * The durability barrier before anything refers to chunks stored (or found) since the last call:
@@ -153,7 +204,12 @@ export class ChunkStore {
     if (pool && path !== undefined) {
       // The worker reads the file itself; on any read failure, fall back to the backend.
       try {
-        const r = await pool.run({ op: 'decode', path, expectId: id });
+        const r = await pool.run({
+          op: 'decode',
+          path,
+          expectId: id,
+          maxPlaintextBytes: this.chunkSizeBytes,
+        });
         if (!('data' in r)) throw new Error('unexpected worker reply');
         return Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
       } catch (err) {
@@ -227,13 +283,13 @@ export class ChunkStore {
     const pool = this.getPool();
     try {
       if (!pool) {
-        const data = decodeBlob(blob, { verifyTag: id === null });
+        const data = decodeBlob(blob, { verifyTag: id === null, maxPlaintextBytes: this.chunkSizeBytes });
         if (id !== null && chunkIdOf(data) !== id)
           throw new BlobFormatError('content does not match its id (BLAKE3 mismatch)');
         return data;
       }
       const r = await pool.run(
-        { op: 'decode', blob, expectId: id },
+        { op: 'decode', blob, expectId: id, maxPlaintextBytes: this.chunkSizeBytes },
         ownsBuffer(blob) ? [blob.buffer as ArrayBuffer] : [],
       );
       if (!('data' in r)) throw new Error('unexpected worker reply');

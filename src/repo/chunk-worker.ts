@@ -5,9 +5,23 @@
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { blake3 } from '@napi-rs/blake-hash';
-import { createObjectFile, objectExistsSync, type LocalFileSpec } from './backend/local-files.js';
-import { blobBound, decodeBlob, decodeBlobInto, encodeBlob, encodeBlobTo, parseBlobHeader } from './blob.js';
-import { BLOB_HEADER_BYTES, Codec } from './format.js';
+import {
+  createObjectFile,
+  objectFileState,
+  renameIntoPlace,
+  writeTempFile,
+  type LocalFileSpec,
+} from './backend/local-files.js';
+import {
+  blobBound,
+  decodeBlob,
+  decodeBlobInto,
+  encodeBlob,
+  encodeBlobTo,
+  isPlausibleBlobSize,
+  parseBlobHeader,
+} from './blob.js';
+import { BLOB_HEADER_BYTES, Codec, MAX_CHUNK_SIZE } from './format.js';
 
 /**
  * A blob to decode: its bytes, or the path of the file that holds it (backends that store objects
@@ -22,6 +36,9 @@ export type ChunkWorkerRequest =
   /**
    * Stores a chunk as object `key` in a file-backed backend unless the object exists: encodes it
    * and creates the file itself (local-files.ts), so the main thread sees one message per chunk.
+   * Only a regular file of a size the chunk's blob can have counts as present; a file of any other
+   * size is damage and is replaced (atomically) by the new blob; a non-file in its place is an
+   * error (NOT_A_FILE).
    */
   | {
       op: 'store';
@@ -31,7 +48,8 @@ export type ChunkWorkerRequest =
       key: string;
       transferred?: boolean;
     }
-  | ({ op: 'decode'; expectId: string | null } & BlobSource)
+  /** `maxPlaintextBytes`: the most a chunk can hold (the repository chunk size; default the largest). */
+  | ({ op: 'decode'; expectId: string | null; maxPlaintextBytes?: number } & BlobSource)
   /** Decodes into shared memory the caller owns (`dest` bytes at `destOffset`): nothing moves back. */
   | ({
       op: 'decodeInto';
@@ -44,7 +62,8 @@ export type ChunkWorkerRequest =
 /** `input` is the request's buffer handed back when it was transferred in (zero-copy both ways). */
 export type ChunkWorkerResult =
   | { blob: Uint8Array; input?: Uint8Array }
-  | { stored: boolean; storedBytes: number; input?: Uint8Array }
+  /** `replaced`: a damaged file of the chunk's name was there and the new blob took its place. */
+  | { stored: boolean; storedBytes: number; replaced?: boolean; input?: Uint8Array }
   | { data: Uint8Array }
   | { length: number };
 
@@ -109,10 +128,14 @@ function readOpenFile(fd: number, size: number): Uint8Array {
   return fileScratch.subarray(SCRATCH_AT, SCRATCH_AT + n);
 }
 
-function readWholeFile(path: string): Uint8Array {
+/** Reads a blob file whole, unless it is larger than a blob of `maxPlaintextBytes` can be (damage). */
+function readWholeFile(path: string, maxPlaintextBytes: number): Uint8Array {
   const fd = openForRead(path);
   try {
-    return readOpenFile(fd, sizeOf(fd));
+    const size = sizeOf(fd);
+    if (size > blobBound(maxPlaintextBytes))
+      throw damaged(`blob is ${size} bytes, more than a blob of ${maxPlaintextBytes} bytes can be`);
+    return readOpenFile(fd, size);
   } finally {
     closeSync(fd);
   }
@@ -144,6 +167,8 @@ function decodeFileInto(path: string, dest: Uint8Array): number {
         return n;
       }
     }
+    if (size > blobBound(dest.length))
+      throw damaged(`blob is ${size} bytes, more than a blob of ${dest.length} bytes can be`);
     const blob = readOpenFile(fd, size);
     return decoding(() => decodeBlobInto(blob, dest, { verifyTag: false }));
   } finally {
@@ -151,8 +176,8 @@ function decodeFileInto(path: string, dest: Uint8Array): number {
   }
 }
 
-function blobOf(src: BlobSource): Uint8Array {
-  return src.path !== undefined ? readWholeFile(src.path) : src.blob;
+function blobOf(src: BlobSource, maxPlaintextBytes: number): Uint8Array {
+  return src.path !== undefined ? readWholeFile(src.path, maxPlaintextBytes) : src.blob;
 }
 
 /** An ArrayBuffer we may transfer: one that backs this view alone (not a pooled slab). */
@@ -175,21 +200,29 @@ const freeBlobBuffers: Buffer[] = [];
 async function store(req: Extract<ChunkWorkerRequest, { op: 'store' }>): Promise<Handled> {
   let stored = false;
   let storedBytes = 0;
-  if (!objectExistsSync(req.spec, req.key)) {
+  const state = objectFileState(req.spec, req.key);
+  const replace = state.kind === 'file' && !isPlausibleBlobSize(state.sizeBytes, req.data.length);
+  if (state.kind === 'absent' || replace) {
     const bound = blobBound(req.data.length);
     let buf = freeBlobBuffers.pop();
     if (!buf || buf.length < bound) buf = Buffer.allocUnsafeSlow(bound);
     try {
       const blob = encodeBlobTo(req.data, { levelZstd: req.levelZstd }, buf);
-      stored = await createObjectFile(req.spec, req.key, blob);
+      if (replace) {
+        renameIntoPlace(req.spec, await writeTempFile(req.spec, blob), req.key);
+        stored = true;
+      } else stored = await createObjectFile(req.spec, req.key, blob);
       if (stored) storedBytes = blob.length;
     } finally {
       if (freeBlobBuffers.length < 16) freeBlobBuffers.push(buf);
     }
   }
   if (req.transferred && req.data.buffer instanceof ArrayBuffer)
-    return { result: { stored, storedBytes, input: req.data }, transfer: [req.data.buffer] };
-  return { result: { stored, storedBytes }, transfer: [] };
+    return {
+      result: { stored, storedBytes, replaced: replace, input: req.data },
+      transfer: [req.data.buffer],
+    };
+  return { result: { stored, storedBytes, replaced: replace }, transfer: [] };
 }
 
 function handle(req: ChunkWorkerRequest & { transferred?: boolean }): Handled | Promise<Handled> {
@@ -215,8 +248,9 @@ function handle(req: ChunkWorkerRequest & { transferred?: boolean }): Handled | 
       throw damaged('content does not match its id (BLAKE3 mismatch)');
     return { result: { length: n }, transfer: [] };
   }
-  const blob = blobOf(req);
-  let data = decoding(() => decodeBlob(blob, { verifyTag: req.expectId === null }));
+  const max = req.maxPlaintextBytes ?? MAX_CHUNK_SIZE;
+  const blob = blobOf(req, max);
+  let data = decoding(() => decodeBlob(blob, { verifyTag: req.expectId === null, maxPlaintextBytes: max }));
   // Read from a file, a stored (codec none) plaintext is a view of the thread's read buffer.
   if (data.buffer === fileScratch.buffer) data = Buffer.from(data);
   if (req.expectId !== null && blake3(data).toString('hex') !== req.expectId)

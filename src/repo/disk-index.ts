@@ -1,6 +1,15 @@
 import { hashBytes, chunkIdFromBytes, type ChunkId } from './chunk-id.js';
-import { CHUNK_ID_BYTES, INDEX_HEADER_BYTES, INDEX_MAGIC, INDEX_VERSION } from './format.js';
-import { RepoFormatError } from './errors.js';
+import {
+  CHUNK_ID_BYTES,
+  INDEX_HEADER_BYTES,
+  INDEX_MAGIC,
+  INDEX_VERSION,
+  MAX_CHUNK_SIZE,
+  MAX_INDEX_SLOTS,
+  MIN_CHUNK_SIZE,
+} from './format.js';
+import { RepoDamagedError, RepoFormatError } from './errors.js';
+import { formatBytes, VmvaultError } from '../util/index.js';
 
 /**
  * A fixed-slot map of one disk: slot i covers bytes [i*chunk, min((i+1)*chunk, disk size)) and
@@ -18,7 +27,17 @@ export class DiskIndex {
   ) {}
 
   static empty(diskSizeBytes: number, chunkSizeBytes: number): DiskIndex {
+    if (!Number.isSafeInteger(diskSizeBytes) || diskSizeBytes < 0 || !isChunkSize(chunkSizeBytes))
+      throw new RangeError(`no index for a ${diskSizeBytes}-byte disk in ${chunkSizeBytes}-byte chunks`);
     const n = slotCountFor(diskSizeBytes, chunkSizeBytes);
+    if (n > MAX_INDEX_SLOTS)
+      throw new VmvaultError(
+        'DISK_TOO_LARGE',
+        `a disk of ${formatBytes(diskSizeBytes)} needs ${n} chunks of ${formatBytes(chunkSizeBytes)}, more than an index holds (${MAX_INDEX_SLOTS})`,
+        {
+          hint: `back it up into a repository with larger chunks (vmvault init --chunk-size); at most ${formatBytes(MAX_INDEX_SLOTS * chunkSizeBytes)} per disk at this chunk size`,
+        },
+      );
     return new DiskIndex(diskSizeBytes, chunkSizeBytes, Buffer.alloc(n * CHUNK_ID_BYTES));
   }
 
@@ -84,30 +103,49 @@ export class DiskIndex {
     return Buffer.concat([body, hashBytes(body)]);
   }
 
+  /**
+   * Parses an index plaintext. Every header field is checked before it is used (a repository is
+   * untrusted): lengths are read as 64-bit integers and bounded, the chunk size must be one a
+   * repository can have, and nothing is allocated beyond the bytes at hand. Damage is a
+   * RepoDamagedError; an unknown version a RepoFormatError.
+   */
   static decode(buf: Buffer): DiskIndex {
-    if (buf.length < INDEX_HEADER_BYTES + CHUNK_ID_BYTES) throw new RepoFormatError('disk index too short');
-    if (buf.readUInt32BE(0) !== INDEX_MAGIC) throw new RepoFormatError('bad disk index magic');
+    const bad = (why: string): RepoDamagedError => new RepoDamagedError(`disk index ${why}`);
+    if (buf.length < INDEX_HEADER_BYTES + CHUNK_ID_BYTES) throw bad(`too short (${buf.length} bytes)`);
+    if (buf.readUInt32BE(0) !== INDEX_MAGIC) throw bad('has a bad magic (not a disk index)');
     const version = buf.readUInt8(4);
-    if (version !== INDEX_VERSION) throw new RepoFormatError(`unknown disk index version ${version}`);
+    if (version !== INDEX_VERSION)
+      throw new RepoFormatError(`unknown disk index version ${version}`, 'upgrade vmvault');
     const chunkSizeBytes = buf.readUInt32BE(8);
-    const diskSizeBytes = Number(buf.readBigUInt64BE(16));
-    const slotCount = Number(buf.readBigUInt64BE(24));
+    if (!isChunkSize(chunkSizeBytes)) throw bad(`has an impossible chunk size (${chunkSizeBytes})`);
+    const diskSize = buf.readBigUInt64BE(16);
+    const slots = buf.readBigUInt64BE(24);
+    if (slots > BigInt(MAX_INDEX_SLOTS))
+      throw bad(`claims ${slots} slots, more than an index holds (${MAX_INDEX_SLOTS})`);
+    if (diskSize > BigInt(MAX_INDEX_SLOTS) * BigInt(chunkSizeBytes))
+      throw bad(`claims a disk of ${diskSize} bytes, more than an index maps`);
+    const diskSizeBytes = Number(diskSize);
+    const slotCount = Number(slots);
+    if (slotCount !== slotCountFor(diskSizeBytes, chunkSizeBytes))
+      throw bad(
+        `has ${slotCount} slots for a disk of ${diskSizeBytes} bytes in ${chunkSizeBytes}-byte chunks`,
+      );
     const bodyLen = INDEX_HEADER_BYTES + slotCount * CHUNK_ID_BYTES;
-    if (
-      slotCount !== slotCountFor(diskSizeBytes, chunkSizeBytes) ||
-      buf.length !== bodyLen + CHUNK_ID_BYTES
-    ) {
-      throw new RepoFormatError('disk index header does not match its length');
-    }
+    if (buf.length !== bodyLen + CHUNK_ID_BYTES)
+      throw bad(`header does not match its length (${slotCount} slots, ${buf.length} bytes)`);
     const body = buf.subarray(0, bodyLen);
-    if (Buffer.compare(hashBytes(body), buf.subarray(bodyLen)) !== 0)
-      throw new RepoFormatError('disk index checksum mismatch');
+    if (Buffer.compare(hashBytes(body), buf.subarray(bodyLen)) !== 0) throw bad('checksum mismatch');
     return new DiskIndex(
       diskSizeBytes,
       chunkSizeBytes,
       Buffer.from(buf.subarray(INDEX_HEADER_BYTES, bodyLen)),
     );
   }
+}
+
+/** A chunk size a repository can have: a power of two from MIN_CHUNK_SIZE to MAX_CHUNK_SIZE. */
+function isChunkSize(n: number): boolean {
+  return Number.isInteger(n) && n >= MIN_CHUNK_SIZE && n <= MAX_CHUNK_SIZE && (n & (n - 1)) === 0;
 }
 
 export function slotCountFor(diskSizeBytes: number, chunkSizeBytes: number): number {

@@ -1,7 +1,15 @@
 import { ExitCode, VmvaultError, printable } from '../util/index.js';
 
 export type BackendErrorKind =
-  'not-found' | 'exists' | 'permission' | 'no-space' | 'transient' | 'range' | 'other';
+  | 'not-found'
+  | 'exists'
+  | 'permission'
+  | 'no-space'
+  | 'transient'
+  | 'range'
+  /** Something other than a regular file (a directory, a socket) where an object's file belongs. */
+  | 'not-a-file'
+  | 'other';
 
 /** A storage backend failure. Only backend modules create these; errno / S3 details go in `cause`. */
 export class BackendError extends VmvaultError {
@@ -10,9 +18,11 @@ export class BackendError extends VmvaultError {
     message: string,
     opts: { cause?: unknown; hint?: string; retryable?: boolean } = {},
   ) {
-    super(`BACKEND_${kind.toUpperCase().replace('-', '_')}`, message, {
+    super(`BACKEND_${kind.toUpperCase().replaceAll('-', '_')}`, message, {
       cause: opts.cause,
       hint: opts.hint ?? defaultHint(kind),
+      // The repository holds something no vmvault wrote: damage, as check reports it.
+      ...(kind === 'not-a-file' ? { exitCode: ExitCode.INTEGRITY } : {}),
     });
     this.retryable = opts.retryable ?? kind === 'transient';
   }
@@ -22,7 +32,9 @@ export class BackendError extends VmvaultError {
 function defaultHint(kind: BackendErrorKind): string | undefined {
   switch (kind) {
     case 'no-space':
-      return 'free space on the repository storage and run the command again (the repository is unchanged)';
+      return 'free space on the repository storage and run the command again (no snapshot was written; objects already stored stay unreferenced, and the next backup of the same data reuses them)';
+    case 'not-a-file':
+      return 'move it out of the repository (vmvault never creates one there); the next backup of the same data stores the object again';
     case 'permission':
       return 'check the permissions of the repository directory';
     default:
@@ -81,11 +93,27 @@ export class RepoConfigMissingError extends VmvaultError {
   }
 }
 
+/** A config, index or manifest this version cannot read (not a repository, an unknown version). */
 export class RepoFormatError extends VmvaultError {
-  constructor(message: string, hint?: string) {
-    super('REPO_FORMAT', message, {
+  constructor(message: string, hint?: string, opts: { code?: string; exitCode?: number } = {}) {
+    super(opts.code ?? 'REPO_FORMAT', message, {
       hint: hint ?? 'this repository was written by another vmvault version or is damaged',
+      ...(opts.exitCode !== undefined ? { exitCode: opts.exitCode } : {}),
     });
+  }
+}
+
+const DAMAGED_OBJECT_HINT =
+  "a backup of the same data stores it again; 'vmvault check --read-data' lists every damaged object";
+
+/**
+ * A disk index or snapshot manifest that is missing or damaged (its bytes do not decode, do not
+ * match its id, or hold impossible values): an integrity problem (exit code INTEGRITY, like a
+ * damaged chunk). Still a RepoFormatError for callers that catch those.
+ */
+export class RepoDamagedError extends RepoFormatError {
+  constructor(message: string, hint?: string) {
+    super(message, hint ?? DAMAGED_OBJECT_HINT, { code: 'REPO_DAMAGED', exitCode: ExitCode.INTEGRITY });
   }
 }
 

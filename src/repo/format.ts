@@ -14,6 +14,12 @@ export const BLOB_HEADER_BYTES = 36;
 /** Integrity tag after the payload: BLAKE3-128 of header+payload (or the AES-GCM tag when encrypted). */
 export const BLOB_TAG_BYTES = 16;
 export const BLOB_NONCE_BYTES = 12;
+/**
+ * The most plaintext one zstd payload byte can stand for: a zstd RLE block is 4 bytes (3 header
+ * bytes and the byte to repeat) for at most 128 KiB, and no block kind does better. A header that
+ * claims more plaintext than `payload × this` is damage, found before anything is allocated.
+ */
+export const ZSTD_MAX_EXPANSION = 32768;
 
 export const Codec = {
   NONE: 0,
@@ -32,6 +38,18 @@ export const INDEX_VERSION = 1;
 /** magic u32, version u8, reserved[3], chunk size u32, reserved u32, disk size u64, slot count u64. */
 export const INDEX_HEADER_BYTES = 32;
 export const CHUNK_ID_BYTES = 32;
+/**
+ * The most slots one disk index may have (2^26: 64 TiB at 1 MiB chunks, 4 TiB at 64 KiB, 1 PiB at
+ * 16 MiB): its plaintext is then at most 2 GiB + 64 bytes, which a reader can still hold. Readers
+ * refuse larger indexes, and a backup of a larger disk fails before it reads anything.
+ */
+export const MAX_INDEX_SLOTS = 2 ** 26;
+/** The largest disk index plaintext: header, MAX_INDEX_SLOTS slots, checksum. */
+export const MAX_INDEX_BYTES = 32 + MAX_INDEX_SLOTS * 32 + 32;
+/** The largest snapshot manifest (its JSON) a reader accepts; real ones are a few KiB. */
+export const MAX_MANIFEST_BYTES = 16 * 1024 * 1024;
+/** The largest plaintext of any blob (an index is the largest object kind). */
+export const MAX_BLOB_PLAINTEXT_BYTES = MAX_INDEX_BYTES;
 
 /** Snapshot manifest schema version (the JSON inside the manifest blob). */
 export const MANIFEST_VERSION = 1;

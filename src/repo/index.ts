@@ -2,7 +2,14 @@ export type { Backend, ObjectInfo } from './backend/backend.js';
 export { LocalBackend } from './backend/local.js';
 export { MemoryBackend } from './backend/memory.js';
 export { openBackend } from './backend/open.js';
-export { encodeBlob, decodeBlob, readBlobHeader, verifyBlobTag, BlobFormatError } from './blob.js';
+export {
+  encodeBlob,
+  decodeBlob,
+  isPlausibleBlobSize,
+  readBlobHeader,
+  verifyBlobTag,
+  BlobFormatError,
+} from './blob.js';
 export { chunkIdOf, hashBytes, isAllZero, isChunkId, type ChunkId } from './chunk-id.js';
 export {
   checkRepository,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DiskIndex, chunkIdOf, RepoFormatError } from '../../src/repo/index.js';
+import { DiskIndex, chunkIdOf, hashBytes, RepoDamagedError, RepoFormatError } from '../../src/repo/index.js';
 
 describe('disk index', () => {
   it('maps every slot and round-trips through its binary form', () => {
@@ -33,5 +33,37 @@ describe('disk index', () => {
     bad[40] = 1;
     expect(() => DiskIndex.decode(bad)).toThrow(RepoFormatError);
     expect(() => DiskIndex.decode(enc.subarray(0, 40))).toThrow(RepoFormatError);
+  });
+
+  it('checks every header field before it allocates: hostile slot counts, chunk and disk sizes are damage', () => {
+    const craft = (chunkSize: number, diskSize: bigint, slots: bigint, bodySlots: number): Buffer => {
+      const head = Buffer.alloc(32);
+      head.writeUInt32BE(0x564d5649, 0);
+      head.writeUInt8(1, 4);
+      head.writeUInt32BE(chunkSize, 8);
+      head.writeBigUInt64BE(diskSize, 16);
+      head.writeBigUInt64BE(slots, 24);
+      const body = Buffer.concat([head, Buffer.alloc(bodySlots * 32)]);
+      return Buffer.concat([body, hashBytes(body)]);
+    };
+    const K = 65536;
+    const cases: Array<[string, Buffer, RegExp]> = [
+      ['2^53 slots', craft(K, 3n * BigInt(K), 2n ** 53n, 3), /more than an index holds/],
+      ['2^64-1 slots', craft(K, 3n * BigInt(K), 2n ** 64n - 1n, 3), /more than an index holds/],
+      ['one slot too many', craft(K, 3n * BigInt(K), 4n, 4), /4 slots for a disk/],
+      ['chunk size 0', craft(0, 3n * BigInt(K), 3n, 3), /impossible chunk size/],
+      ['chunk size not a power of two', craft(3 * K, 3n * BigInt(K), 1n, 1), /impossible chunk size/],
+      ['chunk size beyond 16 MiB', craft(32 * 1024 * 1024, 3n * BigInt(K), 1n, 1), /impossible chunk size/],
+      ['disk size 2^60', craft(K, 2n ** 60n, 2n ** 44n, 3), /more than an index holds/],
+      ['disk size 2^64-1 with few slots', craft(K, 2n ** 64n - 1n, 3n, 3), /more than an index maps/],
+    ];
+    for (const [name, buf, msg] of cases) {
+      expect(() => DiskIndex.decode(buf), name).toThrow(RepoDamagedError);
+      expect(() => DiskIndex.decode(buf), name).toThrow(msg);
+    }
+    const future = craft(K, BigInt(K), 1n, 1);
+    future.writeUInt8(2, 4);
+    expect(() => DiskIndex.decode(future)).toThrow(RepoFormatError);
+    expect(() => DiskIndex.decode(future)).not.toThrow(RepoDamagedError);
   });
 });

@@ -118,16 +118,39 @@ function datasync(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
 }
 
-/** True when the object's file exists (any error but "not there" is thrown). */
-export function objectExistsSync(spec: LocalFileSpec, key: string): boolean {
+/** What is at an object's path: nothing, or a regular file of `sizeBytes`. */
+export type ObjectFileState = { kind: 'absent' } | { kind: 'file'; sizeBytes: number };
+
+/** The error for something other than a regular file at `path` (code NOT_A_FILE; see mapError). */
+function notAFile(path: string, what: string): Error {
+  return Object.assign(new Error(`${path} is ${what}, not an object file`), { code: 'NOT_A_FILE' });
+}
+
+function describeNonFile(st: import('node:fs').Stats): string {
+  if (st.isDirectory()) return 'a directory';
+  if (st.isSocket()) return 'a socket';
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isBlockDevice() || st.isCharacterDevice()) return 'a device';
+  return 'not a regular file';
+}
+
+/**
+ * Whether the object's file exists. Only a regular file counts: anything else in its place (a
+ * directory, a socket) is thrown as a NOT_A_FILE error, never taken for the object. Any other
+ * error but "not there" is thrown too.
+ */
+export function objectFileState(spec: LocalFileSpec, key: string): ObjectFileState {
+  const path = objectPath(spec.root, key);
+  let st: import('node:fs').Stats;
   try {
-    statSync(objectPath(spec.root, key));
-    return true;
+    st = statSync(path);
   } catch (err) {
     const code = errnoCode(err);
-    if (code === 'ENOENT' || code === 'ENOTDIR') return false;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return { kind: 'absent' };
     throw err;
   }
+  if (!st.isFile()) throw notAFile(path, describeNonFile(st));
+  return { kind: 'file', sizeBytes: st.size };
 }
 
 /**
@@ -188,13 +211,24 @@ export async function createObjectFile(spec: LocalFileSpec, key: string, data: U
         linkSync(tmp, path);
         return true;
       } catch (err) {
-        if (errnoCode(err) === 'EEXIST') return false;
-        throw err;
+        if (errnoCode(err) !== 'EEXIST') throw err;
+        // Only a regular file is the object; a directory or socket in its place is not.
+        const st = statSync(path, { throwIfNoEntry: false });
+        if (st && !st.isFile()) throw notAFile(path, describeNonFile(st));
+        return false;
       }
     });
   } finally {
     removeQuietly(tmp);
   }
+}
+
+function notAFileReason(err: unknown): string {
+  if (errnoCode(err) === 'EISDIR') return 'a directory is in its place';
+  const m = /is (an? [a-zA-Z ]+|not a regular file), not an object file$/.exec(
+    err instanceof Error ? err.message : '',
+  );
+  return `${m ? m[1]! : 'something other than a file'} is in its place`;
 }
 
 /** What an errno means for a repository, in words, with the fix where there is one. */
@@ -222,12 +256,10 @@ export function errnoMeaning(err: unknown, reading: boolean): ErrnoMeaning {
             reason: 'a file is in the way (part of the path is a file, not a directory)',
             hint: 'move that file out of the repository',
           };
+    case 'NOT_A_FILE':
     case 'EISDIR':
-      return {
-        kind: 'other',
-        reason: 'is a directory, not a file',
-        hint: 'move that directory out of the repository',
-      };
+      // The not-a-file kind's hint (move it out of the repository) applies.
+      return { kind: 'not-a-file', reason: notAFileReason(err) };
     case 'ENOSPC':
       return { kind: 'no-space', reason: 'no space left on the device' };
     case 'EDQUOT':

@@ -237,6 +237,11 @@ export class LocalBackend implements Backend {
   async stat(key: string): Promise<ObjectInfo | undefined> {
     try {
       const st = await fs.stat(this.path(key));
+      // Only a regular file is an object: a directory in its place is not "present" (list skips it).
+      if (!st.isFile())
+        throw Object.assign(new Error(`${key} is not a regular file`), {
+          code: st.isDirectory() ? 'EISDIR' : 'NOT_A_FILE',
+        });
       return { key, sizeBytes: st.size };
     } catch (err) {
       if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return undefined;

@@ -144,7 +144,7 @@ describe('errno mapping', () => {
     ['ENOSPC', 'no-space', /no space left on the device/],
     ['EDQUOT', 'no-space', /disk quota exceeded/],
     ['ENOENT', 'not-found', /not found/],
-    ['EISDIR', 'other', /is a directory, not a file/],
+    ['EISDIR', 'not-a-file', /a directory is in its place/],
     ['ENOTDIR', 'other', /a file is in the way/],
     ['ELOOP', 'other', /symbolic links/],
     ['ENAMETOOLONG', 'other', /file name too long/],
