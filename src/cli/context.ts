@@ -1,6 +1,6 @@
 import { Option, type Command } from 'commander';
-import { stderrLogger, UsageError, type Logger } from '../util/index.js';
-import { Repository } from '../repo/index.js';
+import { printable, stderrLogger, UsageError, type Logger } from '../util/index.js';
+import { Repository, type SnapshotDamagedError } from '../repo/index.js';
 
 export interface GlobalOptions {
   debug?: boolean;
@@ -23,7 +23,15 @@ export function loggerFor(cmd: Command): Logger {
 
 export async function openRepo(opts: { repo?: string }): Promise<Repository> {
   if (!opts.repo) throw new UsageError('no repository given', 'pass -r REPO or set VMVAULT_REPO');
-  return Repository.open(opts.repo);
+  return Repository.open(opts.repo, { onDamagedSnapshot: warnDamagedSnapshot });
+}
+
+/**
+ * A damaged manifest that a listing skipped: one warning line on stderr (the command goes on).
+ * The error's message names the snapshot by short id, its hint how to remove it.
+ */
+export function warnDamagedSnapshot(err: SnapshotDamagedError): void {
+  process.stderr.write(`warning: ${printable(`${err.message} (skipped); ${err.hint ?? ''}`, 400)}\n`);
 }
 
 /** Runs `fn` with an open repository and always closes it. */

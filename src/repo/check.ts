@@ -1,12 +1,12 @@
-import { nullProgress, throwIfAborted, UsageError, type Progress } from '../util/index.js';
+import { nullProgress, printable, throwIfAborted, UsageError, type Progress } from '../util/index.js';
 import { decodeBlob } from './blob.js';
-import { hashBytes, isChunkId } from './chunk-id.js';
+import { hashBytes } from './chunk-id.js';
 import { DiskIndex } from './disk-index.js';
 import { CheckFailedError, ChunkCorruptError, ChunkMissingError, isNotFound } from './errors.js';
 import { Keys } from './format.js';
+import { SnapshotDamagedError } from './manifest-schema.js';
 import type { Repository } from './repository.js';
-import { decodeManifest, shortId, type Snapshot } from './snapshot.js';
-import { byTime } from './snapshot-ref.js';
+import { shortId } from './snapshot.js';
 
 export type CheckProblemKind =
   'snapshot-damaged' | 'index-missing' | 'index-damaged' | 'chunk-missing' | 'chunk-corrupt';
@@ -27,18 +27,27 @@ export interface CheckProblem {
   chunkId?: string;
   /** Index id (index problems). */
   index?: string;
+  /** The manifest field that fails the schema (snapshot-damaged). */
+  field?: string;
   /**
    * What is wrong (damage only; absent for missing objects, except a chunk `--repair` moved to
    * quarantine: then the damage it had).
    */
   reason?: string;
-  /** A chunk that was corrupt and that `--repair` moved out of data/: where its blob is now. */
+  /** An object `--repair` moved to quarantine/ (chunk, index or manifest): where its blob is now. */
   quarantineKey?: string;
 }
 
 /** A corrupt chunk that `--repair` moved from data/ to quarantine/. */
 export interface RepairedChunk {
   chunkId: string;
+  quarantineKey: string;
+}
+
+/** A damaged disk index or manifest that `--repair` moved to quarantine/. */
+export interface RepairedObject {
+  /** Index id or snapshot id. */
+  id: string;
   quarantineKey: string;
 }
 
@@ -67,6 +76,10 @@ export interface CheckResult {
   chunksCorrupt: number;
   /** Corrupt chunks moved to quarantine/ by `repair`; they now count as missing. */
   repaired: RepairedChunk[];
+  /** Damaged disk indexes moved to quarantine/ by `repair`; they now count as missing. */
+  repairedIndexes: RepairedObject[];
+  /** Damaged manifests moved to quarantine/ by `repair`: those snapshots are gone. */
+  repairedSnapshots: RepairedObject[];
   /** Objects under data/ that no snapshot references: what a garbage collection would delete. */
   unreferencedChunks: number;
   unreferencedBytes: number;
@@ -83,8 +96,10 @@ export interface CheckOptions {
   /** Also read and verify every referenced chunk once. */
   readData?: boolean;
   /**
-   * With `readData`: move every corrupt chunk's blob from data/ to quarantine/, so that the next
-   * backup that reads the same data stores a sound copy again. Manifests and indexes are not touched.
+   * With `readData`: move every corrupt chunk's, damaged disk index's and damaged manifest's blob
+   * to quarantine/, so that the next backup that reads the same data stores a sound copy again
+   * (a manifest is simply gone). A manifest of a newer vmvault and an index that is sound but
+   * disagrees with its manifest are never moved.
    */
   repair?: boolean;
   /** The time that names quarantine keys (default: now). */
@@ -97,9 +112,19 @@ export interface CheckOptions {
 }
 
 const ZERO_ID = '0'.repeat(64);
-const HEX64 = /^[0-9a-f]{64}$/;
 
-type IndexState = { ok: true } | { ok: false; kind: 'index-missing' | 'index-damaged'; reason?: string };
+/**
+ * An index that cannot be used. `own`: its blob itself is damaged (envelope, id, layout), so
+ * `--repair` may move it; otherwise it is sound but does not fit its manifest or the repository.
+ */
+type IndexProblem = {
+  ok: false;
+  kind: 'index-missing' | 'index-damaged';
+  reason?: string;
+  own?: boolean;
+  quarantineKey?: string;
+};
+type IndexState = { ok: true } | IndexProblem;
 
 /**
  * Verifies a repository (`vmvault check`): every snapshot manifest (blob tag, id = BLAKE3 of its
@@ -125,19 +150,10 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
   const problems: CheckProblem[] = [];
   let unreferencedExact = true;
 
-  // ---- 1. manifests ----------------------------------------------------------------------------
-  const ids = await repo.snapshotIds();
-  const snaps: Snapshot[] = [];
-  for (const id of ids) {
-    throwIfAborted(signal);
-    const r = await readManifest(repo, id);
-    if (r === undefined) continue; // deleted meanwhile
-    if ('reason' in r) {
-      problems.push({ kind: 'snapshot-damaged', snapshot: id, vm: r.vm, reason: r.reason });
-      unreferencedExact = false;
-    } else snaps.push(r);
-  }
-  snaps.sort(byTime);
+  // ---- 1. manifests: blob, id, JSON, schema (manifest-schema.ts) ------------------------------
+  throwIfAborted(signal);
+  const { snapshots: snaps, damaged: damagedManifests } = await repo.scanSnapshots();
+  if (damagedManifests.length) unreferencedExact = false;
 
   // ---- 2. indexes and files: collect referenced chunks -----------------------------------------
   // id → plaintext length of the chunk; negated once the data/ listing has found it (lengths are ≥ 1).
@@ -170,17 +186,7 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
         indexState.set(d.index, state);
         progress.advance(d.sizeBytes);
       }
-      if (!state.ok) {
-        unreferencedExact = false;
-        problems.push({
-          kind: state.kind,
-          snapshot: s.id,
-          vm: s.vm.name,
-          disk: d.target,
-          index: d.index,
-          ...(state.reason ? { reason: state.reason } : {}),
-        });
-      }
+      if (!state.ok) unreferencedExact = false;
     }
     for (const f of s.files) {
       files++;
@@ -267,6 +273,7 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
   // ---- 5. --repair: move corrupt chunks out of data/ ----------------------------------------------
   // One at a time (there are few); from here on they count as missing, which is what they are now.
   const repaired: RepairedChunk[] = [];
+  const quarantinedManifests = new Map<string, string>();
   const quarantined = new Map<string, { quarantineKey: string; reason: string }>();
   if (repair && corrupt.size) {
     const stamp = compactUtc(opts.now ?? new Date());
@@ -280,6 +287,79 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
       repaired.push({ chunkId: id, quarantineKey });
     }
   }
+  const repairedIndexes: RepairedObject[] = [];
+  const repairedSnapshots: RepairedObject[] = [];
+  if (repair) {
+    const stamp = compactUtc(opts.now ?? new Date());
+    for (const [id, state] of [...indexState].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      if (state.ok || !state.own) continue;
+      throwIfAborted(signal);
+      const quarantineKey = await quarantineObject(
+        repo,
+        Keys.index(id),
+        Keys.quarantineIndex(id, stamp),
+        async (blob) => {
+          const r = decodeIndex(repo, id, blob);
+          return !(r instanceof DiskIndex) && r.own === true;
+        },
+      );
+      if (quarantineKey === undefined) continue;
+      indexState.set(id, {
+        ok: false,
+        kind: 'index-missing',
+        ...(state.reason ? { reason: state.reason } : {}),
+        quarantineKey,
+      });
+      repairedIndexes.push({ id, quarantineKey });
+    }
+    for (const d of damagedManifests) {
+      if (d.unsupportedVersion) continue; // a newer vmvault's snapshot, not damage
+      throwIfAborted(signal);
+      const id = d.snapshotId;
+      const quarantineKey = await quarantineObject(
+        repo,
+        Keys.snapshot(id),
+        Keys.quarantineSnapshot(id, stamp),
+        async (blob) => {
+          try {
+            repo.decodeSnapshot(id, blob);
+            return false;
+          } catch (err) {
+            if (err instanceof SnapshotDamagedError) return !err.unsupportedVersion;
+            throw err;
+          }
+        },
+      );
+      if (quarantineKey === undefined) continue;
+      quarantinedManifests.set(id, quarantineKey);
+      repairedSnapshots.push({ id, quarantineKey });
+    }
+  }
+  for (const d of damagedManifests) {
+    const q = quarantinedManifests.get(d.snapshotId);
+    problems.push({
+      kind: 'snapshot-damaged',
+      snapshot: d.snapshotId,
+      vm: d.vm,
+      reason: d.reason,
+      ...(d.field !== undefined ? { field: d.field } : {}),
+      ...(q !== undefined ? { quarantineKey: q } : {}),
+    });
+  }
+  for (const s of snaps)
+    for (const d of s.disks) {
+      const state = indexState.get(d.index);
+      if (!state || state.ok) continue;
+      problems.push({
+        kind: state.kind,
+        snapshot: s.id,
+        vm: s.vm.name,
+        disk: d.target,
+        index: d.index,
+        ...(state.reason ? { reason: state.reason } : {}),
+        ...(state.quarantineKey ? { quarantineKey: state.quarantineKey } : {}),
+      });
+    }
 
   // ---- 6. locate every reference to a bad chunk ------------------------------------------------
   if (missing.size || corrupt.size) {
@@ -330,7 +410,7 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
   return {
     readData,
     repair,
-    snapshots: ids.length,
+    snapshots: snaps.length + damagedManifests.length,
     snapshotsDamaged: new Set(problems.map((p) => p.snapshot)).size,
     indexes: indexState.size,
     files,
@@ -341,6 +421,8 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
     chunksMissing: missing.size,
     chunksCorrupt: corrupt.size,
     repaired,
+    repairedIndexes,
+    repairedSnapshots,
     unreferencedChunks,
     unreferencedBytes,
     unreferencedExact,
@@ -348,136 +430,163 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
   };
 }
 
+// ---- reporting: per kind and per object, with short ids ------------------------------------------
+
+/** The problems of one object (a chunk, an index or a manifest), however many places use it. */
+export interface ProblemGroup {
+  kind: CheckProblemKind;
+  /** Chunk id, index id or snapshot id. */
+  object: string;
+  /** The first place it is used (or the manifest itself). */
+  first: CheckProblem;
+  /** Places (snapshot, disk or file, offset) it is used. */
+  references: number;
+  /** Distinct snapshots that use it. */
+  snapshots: number;
+}
+
+/** Groups problems by kind and object, in the order they were found. */
+export function groupProblems(problems: readonly CheckProblem[]): ProblemGroup[] {
+  const groups = new Map<string, ProblemGroup & { snaps: Set<string> }>();
+  for (const p of problems) {
+    const object = p.kind.startsWith('chunk-')
+      ? (p.chunkId ?? '')
+      : p.kind.startsWith('index-')
+        ? (p.index ?? '')
+        : p.snapshot;
+    const key = `${p.kind} ${object}`;
+    let g = groups.get(key);
+    if (!g)
+      groups.set(
+        key,
+        (g = { kind: p.kind, object, first: p, references: 0, snapshots: 0, snaps: new Set() }),
+      );
+    g.references++;
+    g.snaps.add(p.snapshot);
+    g.snapshots = g.snaps.size;
+  }
+  return [...groups.values()].map(({ snaps: _snaps, ...g }) => g);
+}
+
+const plural = (n: number, one: string, many = `${one}s`): string => `${n} ${n === 1 ? one : many}`;
+
 /** The error to end `vmvault check` with when it found problems (exit code INTEGRITY), else undefined. */
 export function checkFailure(r: CheckResult): CheckFailedError | undefined {
   if (r.problems.length === 0) return undefined;
-  const count = (n: number, what: string): string => `${n} ${what}${n === 1 ? '' : 's'}`;
-  const of = (kind: CheckProblemKind): number => r.problems.filter((p) => p.kind === kind).length;
+  const groups = groupProblems(r.problems);
   const parts: string[] = [];
+  const usedBy = (kind: CheckProblemKind): string => {
+    const snaps = new Set(r.problems.filter((p) => p.kind === kind).map((p) => p.snapshot)).size;
+    return `referenced by ${plural(snaps, 'snapshot')}`;
+  };
+  const ofKind = (kind: CheckProblemKind): ProblemGroup[] => groups.filter((g) => g.kind === kind);
   const moved = r.repaired.length;
-  if (r.chunksMissing)
+  const missing = ofKind('chunk-missing').length;
+  if (missing)
     parts.push(
-      `${count(r.chunksMissing, 'missing chunk')}${moved ? `: ${moved} corrupt, moved to quarantine/` : ''}`,
+      `${plural(missing, 'chunk')} missing (${moved ? `${moved} corrupt, moved to quarantine/; ` : ''}${usedBy('chunk-missing')})`,
     );
-  if (r.chunksCorrupt) parts.push(count(r.chunksCorrupt, 'corrupt chunk'));
-  const indexes = new Set(r.problems.filter((p) => p.kind.startsWith('index-')).map((p) => p.index ?? ''))
-    .size;
-  if (indexes) parts.push(count(indexes, 'missing or damaged index'));
-  if (of('snapshot-damaged')) parts.push(count(of('snapshot-damaged'), 'damaged snapshot manifest'));
+  const corrupt = ofKind('chunk-corrupt').length;
+  if (corrupt) parts.push(`${plural(corrupt, 'chunk')} corrupt (${usedBy('chunk-corrupt')})`);
+  const movedIndexes = r.repairedIndexes.length;
+  const indexMissing = ofKind('index-missing').length;
+  if (indexMissing)
+    parts.push(
+      `${plural(indexMissing, 'disk index', 'disk indexes')} missing (${movedIndexes ? `${movedIndexes} damaged, moved to quarantine/; ` : ''}${usedBy('index-missing')})`,
+    );
+  const indexDamaged = ofKind('index-damaged').length;
+  if (indexDamaged)
+    parts.push(`${plural(indexDamaged, 'disk index', 'disk indexes')} damaged (${usedBy('index-damaged')})`);
+  const manifests = ofKind('snapshot-damaged').length;
+  const movedManifests = r.repairedSnapshots.length;
+  if (manifests)
+    parts.push(
+      `${plural(manifests, 'snapshot manifest')} damaged${movedManifests ? ` (${movedManifests} moved to quarantine/)` : ''}`,
+    );
+
   const hints: string[] = [];
-  const fullBackup = 'a backup that reads the same data in full (backup -l full, backup-image)';
-  if (r.chunksCorrupt)
+  const toRepair = !r.repair && (corrupt > 0 || indexDamaged > 0 || manifests > movedManifests);
+  if (toRepair)
+    hints.push("run 'vmvault check --read-data --repair' to move the damaged objects to quarantine/");
+  if (missing || corrupt || indexMissing || indexDamaged)
     hints.push(
-      `run 'vmvault check --read-data --repair' to move the corrupt chunks to quarantine/, then ${fullBackup} stores ${r.chunksMissing ? 'them and the missing ones' : 'them'} again`,
+      `${toRepair ? 'then ' : ''}a backup that reads the same data in full (backup -l full, backup-image) stores them again`,
     );
-  else if (r.chunksMissing)
-    hints.push(
-      `${fullBackup} stores missing chunks again${moved ? ' (the ones moved to quarantine/ included)' : ''}`,
-    );
-  if (r.chunksMissing || r.chunksCorrupt)
-    hints.push(
-      "until then the snapshots that use them stay damaged: 'vmvault restore --ignore-errors' restores the rest of an affected snapshot",
-    );
-  if (indexes || of('snapshot-damaged'))
-    hints.push(
-      `a snapshot with a damaged manifest or index cannot be restored${r.repair ? ' (--repair does not touch them)' : ''}: delete its manifest (snapshots/<id>) and take a new backup`,
-    );
-  return new CheckFailedError(
-    `check found ${count(r.problems.length, 'problem')} (${parts.join(', ')}) in ${count(r.snapshotsDamaged, 'snapshot')}`,
-    hints.join('; '),
-    {
-      problems: r.problems.length,
-      chunksMissing: r.chunksMissing,
-      chunksCorrupt: r.chunksCorrupt,
-      chunksRepaired: moved,
-      snapshotsDamaged: r.snapshotsDamaged,
-    },
-  );
+  if (missing || corrupt) hints.push("meanwhile 'vmvault restore --ignore-errors' restores the rest");
+  if (manifests && !toRepair)
+    hints.push('a snapshot whose manifest is damaged cannot be restored: take a new backup');
+  return new CheckFailedError(`check found ${parts.join(', ')}`, hints.join('; '), {
+    problems: r.problems.length,
+    chunksMissing: r.chunksMissing,
+    chunksCorrupt: r.chunksCorrupt,
+    chunksRepaired: moved,
+    indexesRepaired: movedIndexes,
+    snapshotsRepaired: movedManifests,
+    snapshotsDamaged: r.snapshotsDamaged,
+  });
 }
 
-/** One line per problem: what, then where (snapshot short id and VM, disk or file, offset). */
-export function describeProblem(p: CheckProblem): string {
-  const where = [`snapshot ${shortId(p.snapshot)}${p.vm !== null ? ` (${p.vm})` : ''}`];
-  if (p.disk !== undefined) where.push(`disk ${p.disk}`);
-  if (p.file !== undefined) where.push(`file ${p.file}`);
+/** `0ab13ffa` for a 64-hex id; anything else printable and short. */
+function short(id: string | undefined): string {
+  return id === undefined ? '?' : /^[0-9a-f]{64}$/.test(id) ? shortId(id) : printable(id, 16);
+}
+
+/** A quarantine key with its 64-hex id shortened: `quarantine/index-476b7416…-20261201T201500Z`. */
+function shortKey(key: string): string {
+  return key.replace(/[0-9a-f]{64}/, (id) => `${shortId(id)}…`);
+}
+
+function place(p: CheckProblem): string {
+  const where = [`snapshot ${shortId(p.snapshot)}${p.vm !== null ? ` (${printable(p.vm, 60)})` : ''}`];
+  if (p.disk !== undefined) where.push(`disk ${printable(p.disk, 40)}`);
+  if (p.file !== undefined) where.push(`file ${printable(p.file, 60)}`);
   if (p.offset !== undefined) where.push(`offset ${p.offset}`);
-  const why = p.reason ? `; ${p.reason}` : '';
+  return where.join(', ');
+}
+
+function what(p: CheckProblem): string {
+  const why = p.reason ? `; ${printable(p.reason, 160)}` : '';
+  const moved = (was: string): string =>
+    p.quarantineKey !== undefined
+      ? `; was ${was}${p.reason ? `: ${printable(p.reason, 160)}` : ''}; moved to ${shortKey(p.quarantineKey)}`
+      : '';
   switch (p.kind) {
     case 'chunk-missing':
-      return `chunk ${p.chunkId ?? '?'} is missing: ${where.join(', ')}${
-        p.quarantineKey !== undefined
-          ? `; was corrupt${p.reason ? `: ${p.reason}` : ''}; moved to ${p.quarantineKey}`
-          : ''
-      }`;
+      return `chunk ${short(p.chunkId)} is missing: ${place(p)}${moved('corrupt')}`;
     case 'chunk-corrupt':
-      return `chunk ${p.chunkId ?? '?'} is corrupt: ${where.join(', ')}${why}`;
+      return `chunk ${short(p.chunkId)} is corrupt: ${place(p)}${why}`;
     case 'index-missing':
-      return `disk index ${p.index ?? '?'} is missing: ${where.join(', ')}`;
+      return `disk index ${short(p.index)} is missing: ${place(p)}${moved('damaged')}`;
     case 'index-damaged':
-      return `disk index ${p.index ?? '?'} is damaged: ${where.join(', ')}${why}`;
+      return `disk index ${short(p.index)} is damaged: ${place(p)}${why}`;
     case 'snapshot-damaged':
-      return `snapshot ${p.snapshot} is damaged${p.vm !== null ? ` (${p.vm})` : ''}: ${p.reason ?? 'unreadable'}`;
+      return `snapshot ${shortId(p.snapshot)}${p.vm !== null ? ` (${printable(p.vm, 60)})` : ''} is damaged: ${printable(p.reason ?? 'unreadable', 160)}${
+        p.quarantineKey !== undefined ? `; moved to ${shortKey(p.quarantineKey)}` : ''
+      }`;
   }
+}
+
+/** One short line per problem (one place): what, then where (short ids). */
+export function describeProblem(p: CheckProblem): string {
+  return what(p);
+}
+
+/** One short line per object: its first place, and how many more use it. */
+export function describeGroup(g: ProblemGroup): string {
+  const more = g.references - 1;
+  return `${what(g.first)}${
+    more > 0 ? ` (and ${plural(more, 'more place')}; ${plural(g.snapshots, 'snapshot')} in all)` : ''
+  }`;
 }
 
 // ---- readers that classify damage instead of throwing -------------------------------------------
-
-async function readManifest(
-  repo: Repository,
-  id: string,
-): Promise<Snapshot | { reason: string; vm: string | null } | undefined> {
-  let blob: Buffer;
-  try {
-    blob = await repo.backend.get(Keys.snapshot(id));
-  } catch (err) {
-    if (isNotFound(err)) return undefined;
-    throw err;
-  }
-  let snap: Snapshot;
-  try {
-    snap = decodeManifest(id, decodeBlob(blob));
-  } catch (err) {
-    return { reason: errText(err), vm: null };
-  }
-  const bad = manifestProblem(snap, repo.chunkSizeBytes);
-  if (bad === undefined) return snap;
-  const vm: unknown = (snap as { vm?: unknown }).vm;
-  const name = typeof vm === 'object' && vm !== null ? (vm as { name?: unknown }).name : undefined;
-  return { reason: bad, vm: typeof name === 'string' ? name : null };
-}
-
-/** Structure a reader relies on; a manifest with the right id but the wrong shape is damage too. */
-function manifestProblem(s: Snapshot, chunkSize: number): string | undefined {
-  const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null;
-  const isSize = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
-  if (!isObj(s.vm) || typeof s.vm.name !== 'string') return 'the manifest has no VM name';
-  if (typeof s.time !== 'string' || Number.isNaN(Date.parse(s.time))) return 'the manifest has no valid time';
-  if (!Array.isArray(s.disks)) return 'the manifest has no disk list';
-  for (const [i, d] of (s.disks as unknown[]).entries()) {
-    if (!isObj(d) || typeof d.target !== 'string') return `disk ${i} of the manifest has no target`;
-    if (typeof d.index !== 'string' || !HEX64.test(d.index)) return `disk ${d.target} has no valid index id`;
-    if (!isSize(d.sizeBytes) || !isSize(d.chunkSizeBytes) || d.chunkSizeBytes === 0)
-      return `disk ${d.target} has no valid size or chunk size`;
-  }
-  if (!Array.isArray(s.files)) return 'the manifest has no file list';
-  for (const f of s.files as unknown[]) {
-    if (!isObj(f) || typeof f.name !== 'string' || !isSize(f.sizeBytes) || !Array.isArray(f.chunks))
-      return 'a file entry of the manifest is malformed';
-    const chunks = f.chunks as unknown[];
-    if (!chunks.every((c) => typeof c === 'string' && (c === ZERO_ID || isChunkId(c))))
-      return `file ${f.name} lists an invalid chunk id`;
-    if (chunks.length !== Math.ceil(f.sizeBytes / chunkSize))
-      return `file ${f.name} lists ${chunks.length} chunks for ${f.sizeBytes} bytes`;
-  }
-  return undefined;
-}
 
 async function readIndex(
   repo: Repository,
   id: string,
   diskSizeBytes: number,
   chunkSizeBytes: number,
-): Promise<DiskIndex | { ok: false; kind: 'index-missing' | 'index-damaged'; reason?: string }> {
+): Promise<DiskIndex | IndexProblem> {
   let blob: Buffer;
   try {
     blob = await repo.backend.get(Keys.index(id));
@@ -485,7 +594,25 @@ async function readIndex(
     if (isNotFound(err)) return { ok: false, kind: 'index-missing' };
     throw err;
   }
-  const damaged = (reason: string) => ({ ok: false as const, kind: 'index-damaged' as const, reason });
+  const index = decodeIndex(repo, id, blob);
+  if (!(index instanceof DiskIndex)) return index;
+  if (index.diskSizeBytes !== diskSizeBytes || index.chunkSizeBytes !== chunkSizeBytes)
+    return {
+      ok: false,
+      kind: 'index-damaged',
+      reason: `the index maps ${index.diskSizeBytes} bytes in ${index.chunkSizeBytes}-byte chunks, the manifest says ${diskSizeBytes} in ${chunkSizeBytes}`,
+    };
+  return index;
+}
+
+/** An index blob decoded and verified on its own (envelope, id, layout, the repository's chunk size). */
+function decodeIndex(repo: Repository, id: string, blob: Buffer): DiskIndex | IndexProblem {
+  const damaged = (reason: string, own = true): IndexProblem => ({
+    ok: false,
+    kind: 'index-damaged',
+    reason,
+    own,
+  });
   let index: DiskIndex;
   try {
     const plain = decodeBlob(blob);
@@ -497,15 +624,12 @@ async function readIndex(
   if (index.chunkSizeBytes !== repo.chunkSizeBytes)
     return damaged(
       `the index uses ${index.chunkSizeBytes}-byte chunks, the repository ${repo.chunkSizeBytes}-byte chunks`,
-    );
-  if (index.diskSizeBytes !== diskSizeBytes || index.chunkSizeBytes !== chunkSizeBytes)
-    return damaged(
-      `the index maps ${index.diskSizeBytes} bytes in ${index.chunkSizeBytes}-byte chunks, the manifest says ${diskSizeBytes} in ${chunkSizeBytes}`,
+      false,
     );
   return index;
 }
 
-/** Decoding is pure: whatever it throws (BlobFormatError, RepoFormatError, a malformed JSON shape) is damage. */
+/** Decoding is pure: whatever it throws (BlobFormatError, RepoFormatError, a malformed shape) is damage. */
 function errText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
@@ -524,39 +648,53 @@ export function compactUtc(d: Date): string {
 }
 
 /**
- * Moves a corrupt chunk's blob from data/ to quarantine/ through the Backend interface: get, put
- * the copy (create-if-absent), and only then delete the data key, so the bytes exist somewhere at
- * every moment. The blob is verified again first: only one that is still damaged is moved (a
- * concurrent repair and backup may have stored a sound copy meanwhile). Returns the quarantine
- * key, or undefined when nothing was moved (the chunk is gone or now sound).
+ * Moves a corrupt chunk's blob from data/ to quarantine/ (see `quarantineObject`). The blob is
+ * verified again first: only one that is still damaged is moved (a concurrent repair and backup
+ * may have stored a sound copy meanwhile).
  */
 async function quarantineChunk(repo: Repository, id: string, stamp: string): Promise<string | undefined> {
-  const dataKey = Keys.data(id);
+  return quarantineObject(repo, Keys.data(id), Keys.quarantine(id, stamp), async (blob) => {
+    try {
+      await repo.chunks.decode(Buffer.from(blob), id); // a copy: decoding may move its buffer to a worker
+      return false;
+    } catch (err) {
+      if (err instanceof ChunkCorruptError) return true;
+      throw err;
+    }
+  });
+}
+
+/**
+ * Moves a damaged object to quarantine/ through the Backend interface: get, check that it is
+ * still damaged (`stillDamaged`), put the copy (create-if-absent), and only then delete the
+ * original key, so the bytes exist somewhere at every moment. Returns the quarantine key, or
+ * undefined when nothing was moved (the object is gone or now sound).
+ */
+async function quarantineObject(
+  repo: Repository,
+  key: string,
+  base: string,
+  stillDamaged: (blob: Buffer) => Promise<boolean>,
+): Promise<string | undefined> {
   let blob: Buffer;
   try {
-    blob = await repo.backend.get(dataKey);
+    blob = await repo.backend.get(key);
   } catch (err) {
     if (isNotFound(err)) return undefined;
     throw err;
   }
-  try {
-    await repo.chunks.decode(Buffer.from(blob), id); // a copy: decoding may move its buffer to a worker
-    return undefined;
-  } catch (err) {
-    if (!(err instanceof ChunkCorruptError)) throw err;
-  }
-  const base = Keys.quarantine(id, stamp);
-  let key = base;
-  for (let n = 2; !(await repo.backend.putIfAbsent(key, blob)); n++) {
-    // Taken: by the same bytes (another check --repair of this chunk in the same second) is fine.
-    const there = await repo.backend.get(key).catch((err: unknown) => {
+  if (!(await stillDamaged(blob))) return undefined;
+  let to = base;
+  for (let n = 2; !(await repo.backend.putIfAbsent(to, blob)); n++) {
+    // Taken: by the same bytes (another check --repair of this object in the same second) is fine.
+    const there = await repo.backend.get(to).catch((err: unknown) => {
       if (isNotFound(err)) return undefined;
       throw err;
     });
     if (there?.equals(blob)) break;
-    if (n > 100) throw new Error(`cannot find a free quarantine key for chunk ${id} (${base}.N taken)`);
-    key = `${base}.${n}`;
+    if (n > 100) throw new Error(`cannot find a free quarantine key for ${key} (${base}.N taken)`);
+    to = `${base}.${n}`;
   }
-  await repo.backend.delete(dataKey);
-  return key;
+  await repo.backend.delete(key);
+  return to;
 }

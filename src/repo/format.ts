@@ -81,6 +81,14 @@ export const Keys = {
   quarantine(hexId: string, stamp: string): string {
     return `quarantine/${hexId}-${stamp}`;
   },
+  /** quarantine/index-<64 hex>-<time>: a damaged disk index blob moved out of index/. */
+  quarantineIndex(hexId: string, stamp: string): string {
+    return `quarantine/index-${hexId}-${stamp}`;
+  },
+  /** quarantine/snapshot-<64 hex>-<time>: a damaged manifest blob moved out of snapshots/. */
+  quarantineSnapshot(hexId: string, stamp: string): string {
+    return `quarantine/snapshot-${hexId}-${stamp}`;
+  },
 } as const;
 
 export const MIN_CHUNK_SIZE = 64 * 1024;

@@ -15,6 +15,10 @@ export {
   checkRepository,
   checkFailure,
   describeProblem,
+  describeGroup,
+  groupProblems,
+  type ProblemGroup,
+  type RepairedObject,
   type CheckOptions,
   type CheckProblem,
   type CheckProblemKind,
@@ -25,7 +29,13 @@ export { newConfig, parseCompression, type RepoConfig, type InitOptions } from '
 export { DiskIndex, slotCountFor } from './disk-index.js';
 export * from './errors.js';
 export * as format from './format.js';
-export { Repository, defaultHost, type OpenOptions } from './repository.js';
+export { Repository, defaultHost, type OpenOptions, type SnapshotListing } from './repository.js';
+export {
+  MANIFEST_LIMITS,
+  SnapshotDamagedError,
+  validateManifest,
+  damagedManifestHint,
+} from './manifest-schema.js';
 export {
   encodeManifest,
   decodeManifest,
@@ -38,5 +48,5 @@ export {
   type SnapshotManifest,
   type DiskStats,
 } from './snapshot.js';
-export { resolveSnapshotRef, byTime } from './snapshot-ref.js';
-export { repoStats, type RepoStats } from './stats.js';
+export { resolveSnapshotRef, byTime, MIN_ID_PREFIX } from './snapshot-ref.js';
+export { repoStats, type RepoStats, type StatsOptions } from './stats.js';

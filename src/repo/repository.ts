@@ -1,8 +1,9 @@
 import { hostname } from 'node:os';
+import { printable, VmvaultError } from '../util/index.js';
 import { blake3 } from '@napi-rs/blake-hash';
 import type { Backend } from './backend/backend.js';
 import { openBackend } from './backend/open.js';
-import { blobBound, decodeBlob, encodeBlob, BlobFormatError } from './blob.js';
+import { blobBound, decodeBlob, encodeBlob, BlobFormatError, readBlobHeader } from './blob.js';
 import { isAllZero, type ChunkId } from './chunk-id.js';
 import { ChunkStore } from './chunk-store.js';
 import {
@@ -28,8 +29,15 @@ import {
 } from './errors.js';
 import { Keys, MAX_INDEX_BYTES, MAX_MANIFEST_BYTES } from './format.js';
 import {
+  MANIFEST_LIMITS,
+  ManifestFieldError,
+  SnapshotDamagedError,
+  validateManifest,
+} from './manifest-schema.js';
+import {
   decodeManifest,
   encodeManifest,
+  shortId,
   type Snapshot,
   type SnapshotFile,
   type SnapshotManifest,
@@ -40,7 +48,22 @@ import { LocalBackend } from './backend/local.js';
 export interface OpenOptions {
   /** Worker threads for compression / verification (default: cores). 0 = inline. */
   workers?: number;
+  /**
+   * Called once per damaged manifest that a listing or a reference resolution skipped (the
+   * CLI prints a warning). Without it, damaged manifests are left out silently.
+   */
+  onDamagedSnapshot?: (err: SnapshotDamagedError) => void;
 }
+
+/** Every manifest of the repository: the sound ones, and what is wrong with the others. */
+export interface SnapshotListing {
+  /** Oldest first. */
+  snapshots: Snapshot[];
+  /** By id. */
+  damaged: SnapshotDamagedError[];
+}
+
+const HEX64 = /^[0-9a-f]{64}$/;
 
 /** The repository façade: config, chunk store, indexes and snapshot manifests over one backend. */
 export class Repository {
@@ -52,7 +75,9 @@ export class Repository {
     opts: OpenOptions,
   ) {
     this.chunks = new ChunkStore(backend, config.compression.level, opts.workers, config.chunkSizeBytes);
+    this.onDamagedSnapshot = opts.onDamagedSnapshot;
   }
+  private readonly onDamagedSnapshot: ((err: SnapshotDamagedError) => void) | undefined;
 
   get location(): string {
     return this.backend.location;
@@ -202,6 +227,20 @@ export class Repository {
    */
   async putSnapshot(manifest: SnapshotManifest): Promise<Snapshot> {
     const { id, json } = encodeManifest(manifest);
+    // Never write what a reader would refuse as damaged: the same schema every reader applies.
+    try {
+      validateManifest(JSON.parse(json.toString('utf8')), this.chunkSizeBytes);
+    } catch (err) {
+      if (!(err instanceof ManifestFieldError)) throw err;
+      throw new VmvaultError(
+        'MANIFEST_INVALID',
+        `refusing to write a snapshot of ${printable(manifest.vm.name, 80)}: ${printable(err.message, 160)}`,
+        {
+          hint: 'fix the name or value it names (docs/format.md, "Snapshot manifest", lists the rules)',
+          cause: err,
+        },
+      );
+    }
     await this.chunks.flush(); // the file chunks it names (putFile) are durable before it is
     const blob = encodeBlob(json, { levelZstd: 3 });
     await this.putVerifiedObject(Keys.snapshot(id), blob, async () => {
@@ -223,47 +262,127 @@ export class Repository {
     return { ...manifest, id };
   }
 
+  /**
+   * One snapshot by full id. Throws SnapshotNotFoundError when there is none and
+   * SnapshotDamagedError (exit 20) when its manifest is unreadable or fails the schema.
+   */
   async getSnapshot(id: string): Promise<Snapshot> {
-    let blob: Buffer;
+    if (!HEX64.test(id)) throw new SnapshotNotFoundError(id);
+    // A file far larger than any manifest is not read into memory at all.
+    const blob = await this.getBounded(
+      Keys.snapshot(id),
+      MAX_MANIFEST_BYTES,
+      () => new SnapshotNotFoundError(shortId(id)),
+      (why) => new SnapshotDamagedError(id, why.replace(/^is damaged: /, '')),
+    );
+    return this.decodeSnapshot(id, blob);
+  }
+
+  /** A manifest blob read from `snapshots/<id>`, decoded and validated (never trusts the header's length). */
+  decodeSnapshot(id: string, blob: Buffer): Snapshot {
+    let json: Buffer;
     try {
-      blob = await this.backend.get(Keys.snapshot(id));
-    } catch (err) {
-      if (isNotFound(err)) throw new SnapshotNotFoundError(id);
-      throw err;
-    }
-    try {
-      return decodeManifest(id, decodeBlob(blob));
-    } catch (err) {
-      if (err instanceof BlobFormatError)
-        throw new RepoDamagedError(
-          `snapshot ${id.slice(0, 8)} is damaged: ${err.message}`,
-          `delete snapshots/${id} or run 'vmvault check --read-data --repair'`,
+      const h = readBlobHeader(blob);
+      if (h.plaintextBytes > MANIFEST_LIMITS.maxManifestBytes)
+        throw new BlobFormatError(
+          `its blob header says ${h.plaintextBytes} bytes of manifest, at most ${MANIFEST_LIMITS.maxManifestBytes} allowed`,
         );
+      json = decodeBlob(blob);
+    } catch (err) {
+      if (err instanceof BlobFormatError) throw new SnapshotDamagedError(id, err.message);
       throw err;
     }
+    return decodeManifest(id, json, this.chunkSizeBytes);
   }
 
   async snapshotIds(): Promise<string[]> {
-    const ids: string[] = [];
+    return (await this.snapshotObjects()).map((o) => o.id);
+  }
+
+  private async snapshotObjects(): Promise<Array<{ id: string; sizeBytes: number }>> {
+    const objs: Array<{ id: string; sizeBytes: number }> = [];
     for await (const o of this.backend.list(Keys.snapshotPrefix)) {
       const id = o.key.slice(Keys.snapshotPrefix.length);
-      if (/^[0-9a-f]{64}$/.test(id)) ids.push(id);
+      if (HEX64.test(id)) objs.push({ id, sizeBytes: o.sizeBytes });
     }
-    return ids;
+    return objs;
   }
 
-  /** Every snapshot, oldest first. */
+  /**
+   * Every manifest, read and validated: the sound snapshots (oldest first) and, separately, one
+   * SnapshotDamagedError per manifest that cannot be used. Reports nothing: see `listSnapshots`.
+   */
+  async scanSnapshots(): Promise<SnapshotListing> {
+    const objs = await this.snapshotObjects();
+    const snapshots: Snapshot[] = [];
+    const damaged: SnapshotDamagedError[] = [];
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      for (let o = objs[next++]; o; o = objs[next++]) {
+        // A manifest blob can be no larger than its bound plus the envelope (zstd never expands
+        // much): refuse a huge object without reading it.
+        if (o.sizeBytes > MANIFEST_LIMITS.maxManifestBytes + 64 * 1024) {
+          damaged.push(
+            new SnapshotDamagedError(
+              o.id,
+              `the manifest object is ${o.sizeBytes} bytes, far more than a manifest`,
+            ),
+          );
+          continue;
+        }
+        try {
+          snapshots.push(await this.getSnapshot(o.id));
+        } catch (err) {
+          if (err instanceof SnapshotDamagedError) damaged.push(err);
+          else if (!(err instanceof SnapshotNotFoundError)) throw err; // deleted meanwhile: not listed
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(16, objs.length) }, worker));
+    damaged.sort((a, b) => (a.snapshotId < b.snapshotId ? -1 : 1));
+    return { snapshots: snapshots.sort(byTime), damaged };
+  }
+
+  /**
+   * Every sound snapshot, oldest first. A damaged manifest never stops the listing: it is left
+   * out and reported once per repository handle to `OpenOptions.onDamagedSnapshot`.
+   */
   async listSnapshots(): Promise<Snapshot[]> {
-    const ids = await this.snapshotIds();
-    const snaps = await Promise.all(ids.map((id) => this.getSnapshot(id)));
-    return snaps.sort(byTime);
+    const { snapshots, damaged } = await this.scanSnapshots();
+    this.reportDamagedSnapshots(damaged);
+    return snapshots;
   }
 
+  /**
+   * Resolves a reference (snapshot-ref.ts) among the sound snapshots; damaged ones are reported as
+   * by `listSnapshots`. A reference that names exactly a damaged snapshot (its id or an id prefix)
+   * throws that snapshot's SnapshotDamagedError (exit 20).
+   */
   async resolveSnapshot(ref: string): Promise<Snapshot> {
-    return resolveSnapshotRef(ref, await this.listSnapshots());
+    const { snapshots, damaged } = await this.scanSnapshots();
+    try {
+      const s = resolveSnapshotRef(ref, snapshots, damaged);
+      this.reportDamagedSnapshots(damaged);
+      return s;
+    } catch (err) {
+      // The error names the one the user asked for; warn about the others only.
+      this.reportDamagedSnapshots(damaged.filter((d) => d !== err));
+      throw err;
+    }
+  }
+
+  private readonly reportedDamaged = new Set<string>();
+  /** Passes damaged manifests (of `scanSnapshots`) to `OpenOptions.onDamagedSnapshot`, each once. */
+  reportDamagedSnapshots(damaged: readonly SnapshotDamagedError[]): void {
+    for (const d of damaged) {
+      if (this.reportedDamaged.has(d.snapshotId)) continue;
+      this.reportedDamaged.add(d.snapshotId);
+      this.onDamagedSnapshot?.(d);
+    }
   }
 
   async deleteSnapshot(id: string): Promise<void> {
+    if (!HEX64.test(id)) throw new SnapshotNotFoundError(id);
     await this.backend.delete(Keys.snapshot(id));
   }
 

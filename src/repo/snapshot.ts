@@ -1,6 +1,11 @@
 import { hashBytes } from './chunk-id.js';
-import { MANIFEST_VERSION } from './format.js';
-import { RepoFormatError } from './errors.js';
+import {
+  MANIFEST_LIMITS,
+  ManifestFieldError,
+  SnapshotDamagedError,
+  validateManifest,
+  vmNameOf,
+} from './manifest-schema.js';
 
 /** A snapshot id: BLAKE3-256 of the manifest JSON, 64 lowercase hex characters. */
 export type SnapshotId = string & { readonly __brand: 'SnapshotId' };
@@ -88,21 +93,36 @@ export function encodeManifest(m: SnapshotManifest): { id: SnapshotId; json: Buf
   return { id: hashBytes(json).toString('hex') as SnapshotId, json };
 }
 
-export function decodeManifest(id: string, json: Buffer): Snapshot {
-  if (hashBytes(json).toString('hex') !== id)
-    throw new RepoFormatError(`snapshot ${id.slice(0, 8)} does not match its id`);
-  let m: SnapshotManifest;
-  try {
-    m = JSON.parse(json.toString('utf8')) as SnapshotManifest;
-  } catch {
-    throw new RepoFormatError(`snapshot ${id.slice(0, 8)} is not valid JSON`);
-  }
-  if (m.version !== MANIFEST_VERSION)
-    throw new RepoFormatError(
-      `snapshot ${id.slice(0, 8)} has unknown manifest version ${m.version}`,
-      'upgrade vmvault',
+/**
+ * Decodes and validates a manifest read from `snapshots/<id>` (after its blob was decoded): the id
+ * must be BLAKE3 of the bytes, the bytes JSON, and the JSON must satisfy the schema
+ * (manifest-schema.ts) for a repository of `chunkSizeBytes`. Anything else is a
+ * SnapshotDamagedError naming the snapshot and, for the schema, the field.
+ */
+export function decodeManifest(id: string, json: Buffer, chunkSizeBytes: number): Snapshot {
+  if (json.length > MANIFEST_LIMITS.maxManifestBytes)
+    throw new SnapshotDamagedError(
+      id,
+      `the manifest is ${json.length} bytes, at most ${MANIFEST_LIMITS.maxManifestBytes} allowed`,
     );
-  return { ...m, id: id as SnapshotId };
+  if (hashBytes(json).toString('hex') !== id)
+    throw new SnapshotDamagedError(id, 'content does not match its id');
+  let value: unknown;
+  try {
+    value = JSON.parse(json.toString('utf8'));
+  } catch {
+    throw new SnapshotDamagedError(id, 'the manifest is not valid JSON');
+  }
+  try {
+    return { ...validateManifest(value, chunkSizeBytes), id: id as SnapshotId };
+  } catch (err) {
+    if (!(err instanceof ManifestFieldError)) throw err;
+    throw new SnapshotDamagedError(id, err.unsupportedVersion ? `manifest ${err.message}` : err.message, {
+      field: err.field,
+      vm: vmNameOf(value),
+      unsupportedVersion: err.unsupportedVersion,
+    });
+  }
 }
 
 export function shortId(id: string): string {

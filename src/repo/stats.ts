@@ -1,8 +1,16 @@
+import { ExitCode, VmvaultError } from '../util/index.js';
 import type { Repository } from './repository.js';
+import { RepoFormatError } from './errors.js';
 import { Keys } from './format.js';
+import { shortId } from './snapshot.js';
 
 export interface RepoStats {
+  /** Sound snapshots (the figures are theirs). */
   snapshots: number;
+  /** Manifests that could not be used: left out of every figure. */
+  snapshotsDamaged: number;
+  /** Disk indexes that could not be read: their disks' data is left out of logical and unique data. */
+  indexesDamaged: number;
   vms: number;
   /** Sum over snapshots of their disks' virtual sizes. */
   virtualBytes: number;
@@ -22,9 +30,20 @@ export interface RepoStats {
   compressionRatio: number;
 }
 
-/** Storage statistics computed from the indexes (chunk lengths) and a listing (stored sizes). */
-export async function repoStats(repo: Repository): Promise<RepoStats> {
-  const snaps = await repo.listSnapshots();
+export interface StatsOptions {
+  /** Told about each disk index that could not be read (one line, to print as a warning). */
+  onDamagedIndex?: (message: string) => void;
+}
+
+/**
+ * Storage statistics computed from the indexes (chunk lengths) and a listing (stored sizes).
+ * Damaged manifests (reported to the repository's `onDamagedSnapshot`) and damaged indexes are
+ * left out and counted, never fatal.
+ */
+export async function repoStats(repo: Repository, opts: StatsOptions = {}): Promise<RepoStats> {
+  const { snapshots: snaps, damaged } = await repo.scanSnapshots();
+  repo.reportDamagedSnapshots(damaged);
+  const badIndexes = new Set<string>();
   const chunkLen = new Map<string, number>();
   let logicalBytes = 0;
   let virtualBytes = 0;
@@ -37,7 +56,22 @@ export async function repoStats(repo: Repository): Promise<RepoStats> {
         logicalBytes += cached;
         continue;
       }
-      const idx = await repo.getIndex(d.index);
+      if (badIndexes.has(d.index)) continue;
+      let idx;
+      try {
+        idx = await repo.getIndex(d.index);
+      } catch (err) {
+        if (!(
+          err instanceof RepoFormatError ||
+          (err instanceof VmvaultError && err.exitCode === ExitCode.INTEGRITY)
+        ))
+          throw err;
+        badIndexes.add(d.index);
+        opts.onDamagedIndex?.(
+          `disk index ${shortId(d.index)} (snapshot ${shortId(s.id)}, disk ${d.target}) cannot be read, its data is left out: ${err.message}; run 'vmvault check'`,
+        );
+        continue;
+      }
       let alloc = 0;
       for (let slot = 0; slot < idx.slotCount; slot++) {
         const id = idx.get(slot);
@@ -72,6 +106,8 @@ export async function repoStats(repo: Repository): Promise<RepoStats> {
   }
   return {
     snapshots: snaps.length,
+    snapshotsDamaged: damaged.length,
+    indexesDamaged: badIndexes.size,
     vms: new Set(snaps.map((s) => s.vm.name)).size,
     virtualBytes,
     logicalBytes,

@@ -4,6 +4,7 @@ import {
   type Snapshot,
   SnapshotNotFoundError,
   AmbiguousSnapshotError,
+  SnapshotDamagedError,
 } from '../../src/repo/index.js';
 
 function snap(id: string, vm: string, time: string, checkpoint: string | null = null): Snapshot {
@@ -52,5 +53,27 @@ describe('snapshot references', () => {
     };
     expect(hint('nosuch@latest')).toMatch(/no snapshots of VM 'nosuch'/);
     expect(hint('web@2025-01-01')).toMatch(/first snapshot of 'web' is from 2026-01-01/);
+  });
+
+  it('says that an id prefix needs 4 characters', () => {
+    let line = '';
+    try {
+      resolveSnapshotRef('92', all);
+    } catch (err) {
+      line = (err as SnapshotNotFoundError).oneLine();
+    }
+    expect(line).toMatch(/^no snapshot matches '92'; an id prefix needs at least 4 characters/);
+    expect(() => resolveSnapshotRef('bbb', all)).toThrow(SnapshotNotFoundError);
+  });
+
+  it('a ref naming exactly a damaged snapshot throws its error (exit 20); it counts for ambiguity', () => {
+    const bad = new SnapshotDamagedError('cccc4444'.padEnd(64, '0'), 'vm is missing');
+    expect(() => resolveSnapshotRef('cccc', all, [bad])).toThrow(bad);
+    expect(bad.exitCode).toBe(20);
+    expect(bad.oneLine()).toMatch(/^snapshot cccc4444 is damaged: vm is missing; .*--repair/);
+    expect(() =>
+      resolveSnapshotRef('bbbb', all, [new SnapshotDamagedError('bbbb5555'.padEnd(64, '0'), 'x')]),
+    ).toThrow(AmbiguousSnapshotError);
+    expect(resolveSnapshotRef('web@latest', all, [bad])).toBe(all[1]);
   });
 });

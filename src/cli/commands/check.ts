@@ -3,7 +3,9 @@ import { formatBytes, UsageError } from '../../util/index.js';
 import {
   checkFailure,
   checkRepository,
+  describeGroup,
   describeProblem,
+  groupProblems,
   shortId,
   type CheckResult,
 } from '../../repo/index.js';
@@ -19,7 +21,7 @@ export function checkCommand(): Command {
     .option('--read-data', 'also read every referenced chunk once and verify its content (BLAKE3)')
     .option(
       '--repair',
-      'with --read-data: move every corrupt chunk to quarantine/, so that a full backup of the same data stores it again',
+      'with --read-data: move every corrupt chunk, damaged disk index and damaged manifest to quarantine/, so that a full backup of the same data stores them again',
     )
     .option('--json', 'print JSON')
     .addOption(repoOption())
@@ -53,7 +55,9 @@ export function checkCommand(): Command {
 
 function textSummary(r: CheckResult): string {
   const plural = (n: number, what: string): string => `${n} ${what}${n === 1 ? '' : 's'}`;
-  const lines = r.problems.map(describeProblem);
+  // One line per damaged object (its first place and how many more), not per place: a chunk
+  // shared by a hundred snapshots is one line. --json lists every place.
+  const lines = groupProblems(r.problems).map(describeGroup);
   lines.push(
     `snapshots          ${r.snapshots} checked, ${r.snapshotsDamaged} damaged`,
     `indexes            ${r.indexes} checked${r.files ? `, ${plural(r.files, 'file')}` : ''}`,
@@ -83,6 +87,25 @@ function repairSummary(r: CheckResult): string[] {
       moved ? ' (kept for inspection; safe to delete)' : ''
     }`,
   ];
+  const movedIndexes = r.repairedIndexes.length;
+  const movedManifests = r.repairedSnapshots.length;
+  if (movedIndexes || movedManifests)
+    lines.push(
+      `repaired           ${[
+        movedIndexes ? `${movedIndexes} damaged disk index${movedIndexes === 1 ? '' : 'es'}` : '',
+        movedManifests ? plural(movedManifests, 'damaged snapshot manifest') : '',
+      ]
+        .filter(Boolean)
+        .join(' and ')} moved to quarantine/`,
+    );
+  if (movedIndexes)
+    lines.push(
+      'the snapshots that use a moved disk index stay damaged until a full backup of the same data stores it again',
+    );
+  if (movedManifests)
+    lines.push(
+      `the snapshot${movedManifests === 1 ? '' : 's'} of a moved manifest ${movedManifests === 1 ? 'is' : 'are'} gone from listings`,
+    );
   if (moved)
     lines.push(
       `the snapshots that use ${moved === 1 ? 'it' : 'them'} stay damaged until a full backup of the same data (backup -l full, backup-image) stores ${moved === 1 ? 'it' : 'them'} again; until then 'vmvault restore --ignore-errors' restores the rest`,
@@ -95,8 +118,13 @@ function repairSummary(r: CheckResult): string[] {
     lines.push(
       `${plural(r.chunksCorrupt, 'corrupt chunk')} not moved: read again, ${r.chunksCorrupt === 1 ? 'its blob' : 'their blobs'} matched the id or had gone`,
     );
-  if (r.problems.some((p) => p.kind.startsWith('index-') || p.kind === 'snapshot-damaged'))
-    lines.push('damaged manifests and indexes are not touched by --repair');
+  const kept = r.problems.filter(
+    (p) => (p.kind === 'index-damaged' || p.kind === 'snapshot-damaged') && p.quarantineKey === undefined,
+  ).length;
+  if (kept)
+    lines.push(
+      'not moved: manifests of a newer vmvault, and indexes that are sound but do not fit their manifest',
+    );
   return lines;
 }
 
@@ -117,6 +145,8 @@ function jsonSummary(r: CheckResult): Record<string, unknown> {
     chunksMissing: r.chunksMissing,
     chunksCorrupt: r.chunksCorrupt,
     repaired: r.repaired,
+    repairedIndexes: r.repairedIndexes,
+    repairedSnapshots: r.repairedSnapshots,
     unreferencedChunks: r.unreferencedChunks,
     unreferencedBytes: r.unreferencedBytes,
     unreferencedExact: r.unreferencedExact,

@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { formatBytes } from '../../util/index.js';
+import { formatBytes, printable } from '../../util/index.js';
 import { shortId } from '../../repo/index.js';
 import { printJson, repoOption, withRepo } from '../context.js';
 import { table } from './snapshots.js';
@@ -18,12 +18,12 @@ export function showCommand(): Command {
       const stored = s.disks.reduce((a, d) => a + d.stats.bytesStored, 0);
       const out = [
         `snapshot  ${s.id}`,
-        `vm        ${s.vm.name}${s.vm.uuid ? ` (${s.vm.uuid})` : ''}`,
-        `time      ${s.time}`,
-        `host      ${s.host}`,
-        `mode      ${s.mode}${s.checkpoint ? ` (checkpoint ${s.checkpoint})` : ''}`,
+        `vm        ${printable(s.vm.name)}${s.vm.uuid ? ` (${printable(s.vm.uuid)})` : ''}`,
+        `time      ${printable(s.time)}`,
+        `host      ${printable(s.host)}`,
+        `mode      ${s.mode}${s.checkpoint ? ` (checkpoint ${printable(s.checkpoint)})` : ''}`,
         `parent    ${s.parent ? shortId(s.parent) : '-'}`,
-        `tags      ${s.tags.join(', ') || '-'}`,
+        `tags      ${printable(s.tags.join(', '), 400) || '-'}`,
         `size      ${formatBytes(virt)} virtual, ${formatBytes(alloc)} allocated, ${formatBytes(stored)} newly stored`,
         '',
       ].join('\n');
@@ -40,11 +40,11 @@ export function showCommand(): Command {
             formatBytes(d.stats.bytesStored),
             formatBytes(d.stats.bytesDedup),
             formatBytes(d.stats.bytesZero),
-            d.source ?? '',
+            printable(d.source ?? '', 120),
           ]),
         ),
       );
       if (s.files.length)
-        process.stdout.write(`files: ${s.files.map((f) => `${f.kind}:${f.name}`).join(', ')}\n`);
+        process.stdout.write(`files: ${s.files.map((f) => printable(`${f.kind}:${f.name}`)).join(', ')}\n`);
     });
 }

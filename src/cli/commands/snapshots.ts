@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { formatBytes } from '../../util/index.js';
+import { formatBytes, printable } from '../../util/index.js';
 import { shortId, type Snapshot } from '../../repo/index.js';
 import { printJson, repoOption, withRepo } from '../context.js';
 
@@ -17,12 +17,12 @@ export function snapshotsCommand(): Command {
       const rows = snaps.map((s) => [
         shortId(s.id),
         s.time.replace('T', ' ').replace(/\.\d+Z$/, 'Z'),
-        s.vm.name,
+        printable(s.vm.name, 60),
         s.mode,
         s.disks.map((d) => d.target).join(','),
         formatBytes(s.disks.reduce((a, d) => a + d.sizeBytes, 0)),
         formatBytes(s.disks.reduce((a, d) => a + d.stats.bytesNew, 0)),
-        s.tags.join(','),
+        printable(s.tags.join(','), 80),
       ]);
       process.stdout.write(table(['ID', 'TIME', 'VM', 'MODE', 'DISKS', 'SIZE', 'NEW', 'TAGS'], rows));
       process.stdout.write(`${snaps.length} snapshot${snaps.length === 1 ? '' : 's'}\n`);

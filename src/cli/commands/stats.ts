@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { formatBytes } from '../../util/index.js';
+import { formatBytes, printable } from '../../util/index.js';
 import { repoStats } from '../../repo/index.js';
 import { printJson, repoOption, withRepo } from '../context.js';
 
@@ -9,11 +9,15 @@ export function statsCommand(): Command {
     .option('--json', 'print JSON')
     .addOption(repoOption())
     .action(async (opts: { json?: boolean; repo?: string }) => {
-      const st = await withRepo(opts, (r) => repoStats(r));
+      const st = await withRepo(opts, (r) =>
+        repoStats(r, { onDamagedIndex: (m) => process.stderr.write(`warning: ${printable(m, 400)}\n`) }),
+      );
       if (opts.json) return printJson(st);
       process.stdout.write(
         [
-          `snapshots          ${st.snapshots} (${st.vms} VM${st.vms === 1 ? '' : 's'})`,
+          `snapshots          ${st.snapshots} (${st.vms} VM${st.vms === 1 ? '' : 's'})${
+            st.snapshotsDamaged ? `, ${st.snapshotsDamaged} damaged left out` : ''
+          }${st.indexesDamaged ? `; ${st.indexesDamaged} unreadable disk index${st.indexesDamaged === 1 ? '' : 'es'} left out` : ''}`,
           `virtual size       ${formatBytes(st.virtualBytes)}`,
           `logical data       ${formatBytes(st.logicalBytes)} (non-zero data of every snapshot)`,
           `unique data        ${formatBytes(st.uniqueBytes)} in ${st.chunksReferenced} chunks`,
