@@ -1,4 +1,4 @@
-import { promises as fs, readdirSync } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import {
   errorMessage,
@@ -10,6 +10,7 @@ import {
   VmvaultError,
   type Logger,
   type Progress,
+  printable,
 } from '../util/index.js';
 import {
   buildCheckpointXml,
@@ -46,6 +47,7 @@ import {
   type BackupPlan,
   type DiskPlan,
 } from './plan.js';
+import { makeRuntimeDir } from './runtime-dir.js';
 import { PROGRAM } from './version.js';
 
 /** One extent of an export, as the backup needs it. */
@@ -143,7 +145,7 @@ export async function backupDomain(
     newCheckpointName: newCheckpointName(repo.config.id),
   });
   for (const n of plan.notes) log.info(`${model.name}: ${n}`);
-  for (const s of plan.skipped) log.info(`${model.name}: skipping ${s.target}: ${s.reason}`);
+  for (const s of plan.skipped) log.info(`${model.name}: skipping ${printable(s.target, 40)}: ${s.reason}`);
 
   // Redefine checkpoints libvirt lost (transient domain, moved host, undefine/define).
   for (const s of plan.redefine) await redefineCheckpoint(client, repo, dom, s, log);
@@ -172,7 +174,8 @@ export async function backupDomain(
     }
   }
 
-  const runtimeDir = await makeRuntimeDir(opts.scratchDir ?? '/var/tmp');
+  // QEMU (possibly another user) creates the NBD socket and scratch files here.
+  const runtimeDir = await makeRuntimeDir(opts.scratchDir ?? '/var/tmp', RUNTIME_PREFIX, 0o1777);
   let jobStarted = false;
   let checkpointCreated = false;
   let succeeded = false;
@@ -330,32 +333,6 @@ async function lookup(client: LibvirtClient, name: string): Promise<DomainRef> {
   }
 }
 
-async function makeRuntimeDir(parent: string): Promise<string> {
-  // Remove directories left by killed runs (their pid is gone).
-  try {
-    for (const n of readdirSync(parent)) {
-      const m = new RegExp(`^${RUNTIME_PREFIX}(\\d+)-`).exec(n);
-      if (m && !pidAlive(Number(m[1])))
-        await fs.rm(join(parent, n), { recursive: true, force: true }).catch(() => {});
-    }
-  } catch {
-    /* parent unreadable: mkdtemp reports it */
-  }
-  const dir = await fs.mkdtemp(join(parent, `${RUNTIME_PREFIX}${process.pid}-`));
-  // QEMU (possibly another user) creates the NBD socket and scratch files here.
-  await fs.chmod(dir, 0o1777);
-  return dir;
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as { code?: string }).code === 'EPERM';
-  }
-}
-
 async function startJob(
   client: LibvirtClient,
   dom: DomainRef,
@@ -487,7 +464,10 @@ async function begin(
 async function planSlots(
   reader: ExportReader,
   read: 'full' | 'incremental',
-): Promise<(slot: number, offset: number, length: number) => SlotAction> {
+): Promise<{
+  plan: (slot: number, offset: number, length: number) => SlotAction;
+  dataExtents: Array<{ offset: number; length: number }>;
+}> {
   const data: Array<[number, number]> = [];
   const dirty: Array<[number, number]> = [];
   const push = (arr: Array<[number, number]>, off: number, len: number): void => {
@@ -511,7 +491,7 @@ async function planSlots(
     const e = arr[idx];
     return [e !== undefined && e[0] < end, idx];
   };
-  return (_slot, offset, length) => {
+  const plan = (_slot: number, offset: number, length: number): SlotAction => {
     const end = offset + length;
     let isDirty = true;
     if (read === 'incremental') [isDirty, ri] = overlaps(dirty, ri, offset, end);
@@ -520,6 +500,7 @@ async function planSlots(
     [hasData, di] = overlaps(data, di, offset, end);
     return hasData ? 'read' : 'zero';
   };
+  return { plan, dataExtents: data.map(([offset, length]) => ({ offset, length })) };
 }
 
 async function backupOneDisk(
@@ -533,13 +514,19 @@ async function backupOneDisk(
   log: Logger,
 ): Promise<SnapshotDisk> {
   const read = d.read === 'incremental' && parentIndex ? 'incremental' : 'full';
-  const slotPlan = await planSlots(reader, read);
+  const slots = await planSlots(reader, read);
   log.info(
-    `${d.target}: reading ${read === 'incremental' ? `changes since ${plan.baseCheckpoint}` : 'all allocated data'}`,
+    `${printable(opts.domain)}/${d.target}: reading ${read === 'incremental' ? `changes since ${plan.baseCheckpoint}` : 'all allocated data'}`,
   );
   const r = await backupDisk(repo, {
-    source: { sizeBytes: reader.sizeBytes, read: (o, l, into) => reader.read(o, l, into) },
-    plan: slotPlan,
+    source: {
+      sizeBytes: reader.sizeBytes,
+      name: `${opts.domain}/${d.target}`,
+      read: (o, l, into) => reader.read(o, l, into),
+    },
+    plan: slots.plan,
+    // Only the data inside a slot is read (the rest is zeros): bytesRead is what was really read.
+    dataExtents: slots.dataExtents,
     parent: read === 'incremental' ? parentIndex : undefined,
     readConcurrency: 8,
     ...(opts.progressFor ? { progress: opts.progressFor(d.target) } : {}),
