@@ -47,8 +47,8 @@ const PID_FILE = /^qemu-nbd-(\d+)-\d+\.pid$/;
 /**
  * Exports an image through qemu-nbd on a unix socket (returns once the socket accepts).
  *
- * qemu-nbd stays our child (never `--fork`) and runs under `setpriv --pdeathsig SIGKILL`, so the
- * kernel kills it when vmvault dies, SIGKILL included. The socket and pid file are named after our
+ * qemu-nbd stays our child (never `--fork`) and runs under `setpriv --pdeathsig SIGKILL` (SIGTERM
+ * for a writable export), so the kernel stops it when vmvault dies, SIGKILL included. The socket and pid file are named after our
  * pid, so `reapStaleQemuNbd` can find and stop a leftover of a run that died before setpriv armed
  * the death signal (or on a system without setpriv).
  */
@@ -73,8 +73,13 @@ export async function startQemuNbd(opts: QemuNbdOptions): Promise<QemuNbdExport>
   if (opts.bitmap) args.push('-B', opts.bitmap);
   args.push(opts.path);
   const setpriv = findSetpriv();
+  // The death signal is tied to the thread that spawned the child: Node spawns from the main
+  // thread, which lives as long as the process. A read-only export has nothing to flush (QEMU
+  // marks persistent bitmaps in use only when it opens an image read-write), so SIGKILL is safe
+  // and cannot be ignored; a writable one gets SIGTERM to close the image cleanly.
+  const deathSignal = (opts.readOnly ?? true) ? 'SIGKILL' : 'SIGTERM';
   const child = setpriv
-    ? spawn(setpriv, ['--pdeathsig', 'SIGKILL', '--', 'qemu-nbd', ...args], {
+    ? spawn(setpriv, ['--pdeathsig', deathSignal, '--', 'qemu-nbd', ...args], {
         stdio: ['ignore', 'ignore', 'pipe'],
       })
     : spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'pipe'] });
