@@ -464,10 +464,7 @@ async function begin(
 async function planSlots(
   reader: ExportReader,
   read: 'full' | 'incremental',
-): Promise<{
-  plan: (slot: number, offset: number, length: number) => SlotAction;
-  dataExtents: Array<{ offset: number; length: number }>;
-}> {
+): Promise<(slot: number, offset: number, length: number) => SlotAction> {
   const data: Array<[number, number]> = [];
   const dirty: Array<[number, number]> = [];
   const push = (arr: Array<[number, number]>, off: number, len: number): void => {
@@ -491,7 +488,7 @@ async function planSlots(
     const e = arr[idx];
     return [e !== undefined && e[0] < end, idx];
   };
-  const plan = (_slot: number, offset: number, length: number): SlotAction => {
+  return (_slot, offset, length) => {
     const end = offset + length;
     let isDirty = true;
     if (read === 'incremental') [isDirty, ri] = overlaps(dirty, ri, offset, end);
@@ -500,7 +497,6 @@ async function planSlots(
     [hasData, di] = overlaps(data, di, offset, end);
     return hasData ? 'read' : 'zero';
   };
-  return { plan, dataExtents: data.map(([offset, length]) => ({ offset, length })) };
 }
 
 async function backupOneDisk(
@@ -514,7 +510,7 @@ async function backupOneDisk(
   log: Logger,
 ): Promise<SnapshotDisk> {
   const read = d.read === 'incremental' && parentIndex ? 'incremental' : 'full';
-  const slots = await planSlots(reader, read);
+  const slotPlan = await planSlots(reader, read);
   log.info(
     `${printable(opts.domain)}/${d.target}: reading ${read === 'incremental' ? `changes since ${plan.baseCheckpoint}` : 'all allocated data'}`,
   );
@@ -524,9 +520,8 @@ async function backupOneDisk(
       name: `${opts.domain}/${d.target}`,
       read: (o, l, into) => reader.read(o, l, into),
     },
-    plan: slots.plan,
-    // Only the data inside a slot is read (the rest is zeros): bytesRead is what was really read.
-    dataExtents: slots.dataExtents,
+    // Chunks the plan reads are read whole over NBD: bytesRead counts exactly those bytes.
+    plan: slotPlan,
     parent: read === 'incremental' ? parentIndex : undefined,
     readConcurrency: 8,
     ...(opts.progressFor ? { progress: opts.progressFor(d.target) } : {}),
