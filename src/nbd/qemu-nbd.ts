@@ -106,8 +106,10 @@ export async function startQemuNbd(opts: QemuNbdOptions): Promise<QemuNbdExport>
   const stop = async (): Promise<void> => {
     if (!exited && !spawnError) {
       child.kill('SIGTERM');
-      // Wait until it has closed the image (its bitmaps must not stay 'in use').
-      const gone = await Promise.race([exit.then(() => true), sleep(5000).then(() => false)]);
+      // Wait until it has closed the image (its bitmaps must not stay 'in use'). A writable export
+      // may still be writing back its cache: give it a minute before it is killed.
+      const graceMs = (opts.readOnly ?? true) ? 5000 : 60_000;
+      const gone = await Promise.race([exit.then(() => true), sleep(graceMs).then(() => false)]);
       if (!gone) {
         child.kill('SIGKILL');
         await exit;

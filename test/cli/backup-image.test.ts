@@ -460,6 +460,12 @@ describe.runIf(run)('backup-image hardening (issue 17)', () => {
       expect(expectOneLineError(r)).toMatch(/invalid VM name '.*'; a VM name is 1 to 200 printable/);
       expect(r.stderr).not.toContain('\u001b');
     }
+    // A path with a colon whose tail is not a disk name is a path, when that file exists.
+    const colon = join(dir, 'odd:1.5.raw');
+    await makeImage(colon, 64 * 1024, [[0, seededBytes(4096, 6)]]);
+    const c = await runCli(['backup-image', '-r', repo, '--vm', 'names', colon, '--json']);
+    expect(c.code, c.stderr).toBe(0);
+    expect((JSON.parse(c.stdout) as { disks: JsonDisk[] }).disks.map((d) => d.target)).toEqual(['vda']);
     const images: string[] = [];
     for (let i = 0; i < 28; i++) {
       const p = join(dir, `tiny-${i}.raw`);
