@@ -38,7 +38,7 @@ import {
   type SnapshotDisk,
   type SnapshotFile,
 } from '../repo/index.js';
-import { backupDisk, type SlotAction } from './chunk-pipeline.js';
+import { backupDisk, SourceReadError, type SlotAction } from './chunk-pipeline.js';
 import {
   checkpointPrefix,
   newCheckpointName,
@@ -286,7 +286,10 @@ export async function backupDomain(
     return { domain: model.name, plan, snapshot, ...(estimateBytes !== undefined ? { estimateBytes } : {}) };
   } catch (err) {
     // The NBD connection may drop before libvirt reports the domain gone: ask for up to 3 s.
-    const connectionLost = isVmvaultError(err) && (err.code === 'NBD_CLOSED' || err.code === 'NBD_PROTOCOL');
+    // (A failed read arrives as a SourceReadError naming the disk; its cause is the NBD error.)
+    const nbdErr = err instanceof SourceReadError ? err.cause : err;
+    const connectionLost =
+      isVmvaultError(nbdErr) && (nbdErr.code === 'NBD_CLOSED' || nbdErr.code === 'NBD_PROTOCOL');
     if (!shutdownError && active && !(opts.signal?.aborted ?? false)) {
       for (let i = 0; i < 30 && !shutdownError; i++) {
         if (!(await client.isDomainActive(dom).catch(() => true))) {
