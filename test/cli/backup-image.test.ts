@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { execFileSync, spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, open, readFile, readdir, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -336,18 +337,23 @@ interface JsonDisk {
   bytesStored: number;
 }
 
-/** qemu-nbd processes whose command line mentions `text` (zombies have none and do not count). */
+/** Live qemu-nbd processes whose command line mentions `text` (from /proc; zombies have none). */
 function qemuNbdMentioning(text: string): string[] {
-  try {
-    return execFileSync('pgrep', ['-af', 'qemu-nbd'], { encoding: 'utf8' })
-      .split('\n')
-      .filter((l) => l.includes(text));
-  } catch {
-    return []; // pgrep exits 1 when nothing matches
+  const found: string[] = [];
+  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    let args: string[];
+    try {
+      args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    } catch {
+      continue; // exited meanwhile
+    }
+    if (args.some((a) => a.endsWith('qemu-nbd')) && args.some((a) => a.includes(text)))
+      found.push(`${pid} ${args.join(' ')}`);
   }
+  return found;
 }
 
-describe.runIf(run)('backup-image hardening (issue 17)', () => {
+describe.runIf(run && requireTools(['qemu-nbd', 'setpriv']))('backup-image hardening (issue 17)', () => {
   let dir: string;
   let cleanup: () => Promise<void>;
   let repo: string;
