@@ -109,7 +109,14 @@ export async function startQemuNbd(opts: QemuNbdOptions): Promise<QemuNbdExport>
       // Wait until it has closed the image (its bitmaps must not stay 'in use'). A writable export
       // may still be writing back its cache: give it a minute before it is killed.
       const graceMs = (opts.readOnly ?? true) ? 5000 : 60_000;
-      const gone = await Promise.race([exit.then(() => true), sleep(graceMs).then(() => false)]);
+      let timer: NodeJS.Timeout | undefined;
+      const gone = await Promise.race([
+        exit.then(() => true),
+        new Promise<boolean>((resolve) => {
+          timer = setTimeout(() => resolve(false), graceMs);
+        }),
+      ]);
+      clearTimeout(timer); // a pending timer would keep the process alive for the whole grace
       if (!gone) {
         child.kill('SIGKILL');
         await exit;
