@@ -1,9 +1,12 @@
-import { promises as fs } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { BASE_ALLOCATION, NbdClient, startQemuNbd, walkExtents } from '../nbd/index.js';
 import {
   exec,
+  isSafeDiskTarget,
+  isSafeVmName,
+  NAME_RULES,
+  printable,
   UsageError,
   VmvaultError,
   errnoCode,
@@ -12,7 +15,14 @@ import {
   type Progress,
 } from '../util/index.js';
 import { defaultHost, type Repository, type Snapshot, type SnapshotDisk } from '../repo/index.js';
-import { backupDisk, planFromDataExtents, type DiskSource } from './chunk-pipeline.js';
+import {
+  backupDisk,
+  planFromDataExtents,
+  ShortReadError,
+  SourceReadError,
+  type DiskSource,
+} from './chunk-pipeline.js';
+import { makeRuntimeDir } from './runtime-dir.js';
 import { PROGRAM } from './version.js';
 
 export interface ImageSpec {
@@ -21,23 +31,46 @@ export interface ImageSpec {
   target: string;
 }
 
-/** Parses `FILE[:DISK]` arguments; disks without a name get vda, vdb, ... in order. */
+/**
+ * The n-th default disk name (0 → vda, 25 → vdz, 26 → vdaa, 27 → vdab, …), as libvirt numbers
+ * disks (virDiskNameToIndex): a bijective base-26 suffix.
+ */
+export function defaultDiskName(n: number): string {
+  let suffix = '';
+  for (let i = n; i >= 0; i = Math.floor(i / 26) - 1) suffix = String.fromCharCode(97 + (i % 26)) + suffix;
+  return `vd${suffix}`;
+}
+
+/**
+ * Parses `FILE[:DISK]` arguments; disks without a name get vda, vdb, … in order. The text after
+ * the last ':' is a disk name when it follows the disk-name rules (`isSafeDiskTarget`); when it
+ * does not, the argument is taken as a path only if that file exists (a path with a colon in it),
+ * else it is refused with the rules.
+ */
 export function parseImageSpecs(args: readonly string[]): ImageSpec[] {
   const used = new Set<string>();
   const specs = args.map((arg) => {
-    const m = /^(.*):([A-Za-z0-9_.-]+)$/.exec(arg);
-    return m && m[1] ? { path: m[1], target: m[2] as string } : { path: arg, target: '' };
+    const colon = arg.lastIndexOf(':');
+    if (colon <= 0) return { path: arg, target: '' };
+    const path = arg.slice(0, colon);
+    const name = arg.slice(colon + 1);
+    if (isSafeDiskTarget(name)) return { path, target: name };
+    if (name.includes('/') || existsSync(arg)) return { path: arg, target: '' };
+    throw new UsageError(
+      `invalid disk name '${printable(name, 40)}' in '${printable(arg, 120)}'`,
+      `${NAME_RULES.disk} (FILE:DISK, e.g. disk.img:vdb)`,
+    );
   });
-  let next = 0;
   for (const s of specs)
     if (s.target) {
       if (used.has(s.target)) throw new UsageError(`disk name '${s.target}' is given twice`);
       used.add(s.target);
     }
+  let next = 0;
   for (const s of specs) {
     if (s.target) continue;
     let name: string;
-    do name = `vd${String.fromCharCode(97 + next++)}`;
+    do name = defaultDiskName(next++);
     while (used.has(name));
     used.add(name);
     s.target = name;
@@ -58,16 +91,15 @@ class FileSource implements DiskSource {
   constructor(
     private readonly fh: fs.FileHandle,
     readonly sizeBytes: number,
+    readonly name: string,
   ) {}
   async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     const buf = into && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
       const { bytesRead } = await this.fh.read(buf, done, length - done, offset + done);
-      if (bytesRead === 0) {
-        buf.fill(0, done); // file shrank under us: the rest reads as zero
-        break;
-      }
+      // End of file before the size we planned with: the image shrank under us. Never pad.
+      if (bytesRead === 0) throw new ShortReadError(this.name, offset, done, length);
       done += bytesRead;
     }
     return buf;
@@ -128,10 +160,20 @@ interface OpenedImage {
   format: string;
   sizeBytes: number;
   dataExtents: Array<{ offset: number; length: number }> | null;
+  /** The size of the file or device now (to notice an image that shrank while it was read). */
+  currentSize(): Promise<number>;
+  /** The size `currentSize` returned when the image was opened. */
+  openedSize: number;
   close(): Promise<void>;
 }
 
-async function openImage(spec: ImageSpec, runtimeDir: () => Promise<string>): Promise<OpenedImage> {
+async function deviceSize(path: string): Promise<number | undefined> {
+  const out = await exec('blockdev', ['--getsize64', path]).catch(() => undefined);
+  const n = out ? Number(out.stdout.trim()) : NaN;
+  return Number.isSafeInteger(n) ? n : undefined;
+}
+
+async function openImage(spec: ImageSpec, runtimeDir: string): Promise<OpenedImage> {
   let st: import('node:fs').Stats;
   try {
     st = await fs.stat(spec.path);
@@ -160,17 +202,20 @@ async function openImage(spec: ImageSpec, runtimeDir: () => Promise<string>): Pr
     );
   }
   let sizeBytes = st.size;
-  if (st.isBlockDevice()) {
-    const out = await exec('blockdev', ['--getsize64', spec.path]).catch(() => undefined);
-    if (out) sizeBytes = Number(out.stdout.trim());
-  }
-  const info = await inspectImage(spec.path, st.isBlockDevice(), sizeBytes);
+  const isBlock = st.isBlockDevice();
+  if (isBlock) sizeBytes = (await deviceSize(spec.path)) ?? sizeBytes;
+  const currentSize = async (): Promise<number> =>
+    isBlock ? ((await deviceSize(spec.path)) ?? sizeBytes) : (await fs.stat(spec.path)).size;
+  const openedSize = sizeBytes;
+  const info = await inspectImage(spec.path, isBlock, sizeBytes);
   if (info.format === 'raw') {
     return {
-      source: new FileSource(fh, info.sizeBytes),
+      source: new FileSource(fh, info.sizeBytes, spec.path),
       format: 'raw',
       sizeBytes: info.sizeBytes,
       dataExtents: info.dataExtents,
+      currentSize: async () => (isBlock ? currentSize() : (await fh.stat()).size),
+      openedSize,
       close: () => fh.close(),
     };
   }
@@ -179,7 +224,7 @@ async function openImage(spec: ImageSpec, runtimeDir: () => Promise<string>): Pr
   const exp = await startQemuNbd({
     path: spec.path,
     format: info.format,
-    runtimeDir: await runtimeDir(),
+    runtimeDir,
     readOnly: true,
   });
   let client: NbdClient;
@@ -198,10 +243,16 @@ async function openImage(spec: ImageSpec, runtimeDir: () => Promise<string>): Pr
   for await (const e of walkExtents(client, 0, client.sizeBytes))
     if (!e.isZero) dataExtents.push({ offset: e.offset, length: e.length });
   return {
-    source: { sizeBytes: client.sizeBytes, read: (o, l, into) => client.read(o, l, into) },
+    source: {
+      sizeBytes: client.sizeBytes,
+      name: spec.path,
+      read: (o, l, into) => client.read(o, l, into),
+    },
     format: info.format,
     sizeBytes: client.sizeBytes,
     dataExtents,
+    currentSize,
+    openedSize,
     async close() {
       await client.close();
       await exp.stop();
@@ -209,29 +260,45 @@ async function openImage(spec: ImageSpec, runtimeDir: () => Promise<string>): Pr
   };
 }
 
-/** Backs up raw image files / block devices as one snapshot of `vm`. */
+const RUNTIME_PREFIX = 'vmvault-image-';
+
+/** Backs up raw image files / block devices (or any QEMU format) as one snapshot of `vm`. */
 export async function backupImages(repo: Repository, opts: BackupImageOptions): Promise<Snapshot> {
+  if (!isSafeVmName(opts.vm))
+    throw new UsageError(`invalid VM name '${printable(opts.vm, 80)}'`, `${NAME_RULES.vm} (--vm)`);
+  for (const spec of opts.images)
+    if (!isSafeDiskTarget(spec.target))
+      throw new UsageError(`invalid disk name '${printable(spec.target, 40)}'`, NAME_RULES.disk);
   const log = opts.logger ?? nullLogger;
   const opened: Array<{ spec: ImageSpec } & OpenedImage> = [];
-  let tmp: string | undefined;
-  const runtimeDir = async (): Promise<string> =>
-    (tmp ??= await fs.mkdtemp(join(tmpdir(), 'vmvault-image-')));
+  // qemu-nbd sockets and pid files; leftovers of killed runs are cleared first.
+  const runtimeDir = await makeRuntimeDir(tmpdir(), RUNTIME_PREFIX);
   try {
     for (const spec of opts.images) opened.push({ spec, ...(await openImage(spec, runtimeDir)) });
     const previous = (await repo.listSnapshots()).filter((s) => s.vm.name === opts.vm);
     const disks: SnapshotDisk[] = [];
-    for (const { spec, source, format, sizeBytes, dataExtents } of opened) {
+    for (const img of opened) {
+      const { spec, source, format, sizeBytes, dataExtents } = img;
       log.info(
-        `${spec.target}: reading ${spec.path}${format === 'raw' ? '' : ` (${format}, through qemu-nbd)`}`,
+        `${printable(opts.vm)}/${spec.target}: reading ${spec.path}${format === 'raw' ? '' : ` (${format}, through qemu-nbd)`}`,
       );
       const plan = dataExtents ? planFromDataExtents(dataExtents) : () => 'read' as const;
       const r = await backupDisk(repo, {
         source,
         plan,
+        dataExtents: dataExtents ?? undefined,
         readConcurrency: format === 'raw' ? 2 : 8,
         ...(opts.progressFor ? { progress: opts.progressFor(spec.target) } : {}),
         ...(opts.signal ? { signal: opts.signal } : {}),
       });
+      // A shrink the reads did not meet (in a hole, or under qemu, which reads past EOF as zeros).
+      const now = await img.currentSize().catch(() => img.openedSize);
+      if (now < img.openedSize)
+        throw new SourceReadError(
+          spec.path,
+          now,
+          `the image shrank from ${img.openedSize} to ${now} bytes during the backup`,
+        );
       const idx = await repo.putIndex(r.index);
       disks.push({
         target: spec.target,
@@ -260,6 +327,6 @@ export async function backupImages(repo: Repository, opts: BackupImageOptions): 
     });
   } finally {
     for (const o of opened) await o.close().catch(() => {});
-    if (tmp) await fs.rm(tmp, { recursive: true, force: true });
+    await fs.rm(runtimeDir, { recursive: true, force: true }).catch(() => {});
   }
 }

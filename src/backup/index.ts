@@ -1,12 +1,20 @@
 export {
   backupDisk,
   planFromDataExtents,
+  SourceReadError,
+  ShortReadError,
   type DiskSource,
   type SlotAction,
   type BackupDiskOptions,
   type BackupDiskResult,
 } from './chunk-pipeline.js';
-export { backupImages, parseImageSpecs, type ImageSpec, type BackupImageOptions } from './image.js';
+export {
+  backupImages,
+  defaultDiskName,
+  parseImageSpecs,
+  type ImageSpec,
+  type BackupImageOptions,
+} from './image.js';
 export { VERSION, PROGRAM } from './version.js';
 export {
   planBackup,

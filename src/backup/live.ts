@@ -1,4 +1,4 @@
-import { promises as fs, readdirSync } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import {
   errorMessage,
@@ -10,6 +10,7 @@ import {
   VmvaultError,
   type Logger,
   type Progress,
+  printable,
 } from '../util/index.js';
 import {
   buildCheckpointXml,
@@ -37,7 +38,7 @@ import {
   type SnapshotDisk,
   type SnapshotFile,
 } from '../repo/index.js';
-import { backupDisk, type SlotAction } from './chunk-pipeline.js';
+import { backupDisk, SourceReadError, type SlotAction } from './chunk-pipeline.js';
 import {
   checkpointPrefix,
   newCheckpointName,
@@ -46,6 +47,7 @@ import {
   type BackupPlan,
   type DiskPlan,
 } from './plan.js';
+import { makeRuntimeDir } from './runtime-dir.js';
 import { PROGRAM } from './version.js';
 
 /** One extent of an export, as the backup needs it. */
@@ -143,7 +145,7 @@ export async function backupDomain(
     newCheckpointName: newCheckpointName(repo.config.id),
   });
   for (const n of plan.notes) log.info(`${model.name}: ${n}`);
-  for (const s of plan.skipped) log.info(`${model.name}: skipping ${s.target}: ${s.reason}`);
+  for (const s of plan.skipped) log.info(`${model.name}: skipping ${printable(s.target, 40)}: ${s.reason}`);
 
   // Redefine checkpoints libvirt lost (transient domain, moved host, undefine/define).
   for (const s of plan.redefine) await redefineCheckpoint(client, repo, dom, s, log);
@@ -172,7 +174,8 @@ export async function backupDomain(
     }
   }
 
-  const runtimeDir = await makeRuntimeDir(opts.scratchDir ?? '/var/tmp');
+  // QEMU (possibly another user) creates the NBD socket and scratch files here.
+  const runtimeDir = await makeRuntimeDir(opts.scratchDir ?? '/var/tmp', RUNTIME_PREFIX, 0o1777);
   let jobStarted = false;
   let checkpointCreated = false;
   let succeeded = false;
@@ -283,7 +286,10 @@ export async function backupDomain(
     return { domain: model.name, plan, snapshot, ...(estimateBytes !== undefined ? { estimateBytes } : {}) };
   } catch (err) {
     // The NBD connection may drop before libvirt reports the domain gone: ask for up to 3 s.
-    const connectionLost = isVmvaultError(err) && (err.code === 'NBD_CLOSED' || err.code === 'NBD_PROTOCOL');
+    // (A failed read arrives as a SourceReadError naming the disk; its cause is the NBD error.)
+    const nbdErr = err instanceof SourceReadError ? err.cause : err;
+    const connectionLost =
+      isVmvaultError(nbdErr) && (nbdErr.code === 'NBD_CLOSED' || nbdErr.code === 'NBD_PROTOCOL');
     if (!shutdownError && active && !(opts.signal?.aborted ?? false)) {
       for (let i = 0; i < 30 && !shutdownError; i++) {
         if (!(await client.isDomainActive(dom).catch(() => true))) {
@@ -327,32 +333,6 @@ async function lookup(client: LibvirtClient, name: string): Promise<DomainRef> {
       });
     }
     throw err;
-  }
-}
-
-async function makeRuntimeDir(parent: string): Promise<string> {
-  // Remove directories left by killed runs (their pid is gone).
-  try {
-    for (const n of readdirSync(parent)) {
-      const m = new RegExp(`^${RUNTIME_PREFIX}(\\d+)-`).exec(n);
-      if (m && !pidAlive(Number(m[1])))
-        await fs.rm(join(parent, n), { recursive: true, force: true }).catch(() => {});
-    }
-  } catch {
-    /* parent unreadable: mkdtemp reports it */
-  }
-  const dir = await fs.mkdtemp(join(parent, `${RUNTIME_PREFIX}${process.pid}-`));
-  // QEMU (possibly another user) creates the NBD socket and scratch files here.
-  await fs.chmod(dir, 0o1777);
-  return dir;
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as { code?: string }).code === 'EPERM';
   }
 }
 
@@ -535,10 +515,15 @@ async function backupOneDisk(
   const read = d.read === 'incremental' && parentIndex ? 'incremental' : 'full';
   const slotPlan = await planSlots(reader, read);
   log.info(
-    `${d.target}: reading ${read === 'incremental' ? `changes since ${plan.baseCheckpoint}` : 'all allocated data'}`,
+    `${printable(opts.domain)}/${d.target}: reading ${read === 'incremental' ? `changes since ${plan.baseCheckpoint}` : 'all allocated data'}`,
   );
   const r = await backupDisk(repo, {
-    source: { sizeBytes: reader.sizeBytes, read: (o, l, into) => reader.read(o, l, into) },
+    source: {
+      sizeBytes: reader.sizeBytes,
+      name: `${opts.domain}/${d.target}`,
+      read: (o, l, into) => reader.read(o, l, into),
+    },
+    // Chunks the plan reads are read whole over NBD: bytesRead counts exactly those bytes.
     plan: slotPlan,
     parent: read === 'incremental' ? parentIndex : undefined,
     readConcurrency: 8,

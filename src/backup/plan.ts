@@ -1,4 +1,11 @@
-import { UsageError, VmvaultError } from '../util/index.js';
+import {
+  isSafeDiskTarget,
+  isSafeVmName,
+  NAME_RULES,
+  printable,
+  UsageError,
+  VmvaultError,
+} from '../util/index.js';
 import type { DomainDisk } from '../libvirt/index.js';
 import type { Snapshot } from '../repo/index.js';
 
@@ -79,6 +86,12 @@ function isBitmapCapable(d: DomainDisk): boolean {
  * libvirt and repository facts come in through `input`.
  */
 export function planBackup(input: PlanInput): BackupPlan {
+  if (!isSafeVmName(input.domainName))
+    throw new VmvaultError(
+      'UNSAFE_NAME',
+      `domain name '${printable(input.domainName, 80)}' cannot be stored by vmvault`,
+      { hint: `rename the domain: ${NAME_RULES.vm}` },
+    );
   const notes: string[] = [];
   const skipped: BackupPlan['skipped'] = [];
   const include = input.include?.length ? new Set(input.include) : undefined;
@@ -99,6 +112,12 @@ export function planBackup(input: PlanInput): BackupPlan {
     else if (include && !include.has(d.target))
       skipped.push({ target: d.target, reason: 'not in --include' });
     else if (exclude.has(d.target)) skipped.push({ target: d.target, reason: 'excluded' });
+    else if (!isSafeDiskTarget(d.target))
+      throw new VmvaultError(
+        'UNSAFE_NAME',
+        `domain '${printable(input.domainName, 80)}' has a disk named '${printable(d.target, 40)}', which vmvault cannot store (${NAME_RULES.disk})`,
+        { hint: `exclude it with -x '${printable(d.target, 40)}' or give it a libvirt target such as vdb` },
+      );
     else if (!isBitmapCapable(d) && !input.includeRaw)
       skipped.push({ target: d.target, reason: `${d.format ?? 'raw'} disk (use --raw to include it)` });
     else if (!input.isActive && !d.path)

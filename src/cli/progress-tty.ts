@@ -1,43 +1,63 @@
 import type { Progress } from '../util/index.js';
-import { formatBytes } from '../util/index.js';
+import { formatBytes, printable } from '../util/index.js';
+
+export interface ProgressStyle {
+  /**
+   * A backup: the position in the disk and the bytes really read differ (holes, unchanged
+   * ranges), so the line shows both and the rate is bytes read per second.
+   */
+  reads?: boolean;
+}
+
+const mib = (bytesPerSecond: number): string => `${(bytesPerSecond / 1048576).toFixed(1)} MiB/s`;
 
 /**
- * Progress on a TTY: one redrawn line with bytes, percent, MB/s and ETA. Not a TTY: a log line at
- * start and at the end (with the rate), nothing in between.
+ * Progress on a TTY: one redrawn line with bytes, percent, rate and ETA. Not a TTY: one line at the
+ * end (with the rate), nothing in between. Backups label disks `VM/disk` (live and backup-image
+ * alike) and report bytes read and the read rate (bytes read / elapsed time); the ETA comes from
+ * the position in the disk.
  */
 export function makeProgress(
   label: string,
   stream: NodeJS.WriteStream = process.stderr,
   quiet = false,
+  style: ProgressStyle = {},
 ): Progress {
+  const name = printable(label);
   let total = 0;
   let done = 0;
+  let read = 0;
   let started = 0;
   let lastDraw = 0;
   const tty = stream.isTTY === true && !quiet;
-  const rate = (): number => {
+  const perSecond = (n: number): number => {
     const s = (Date.now() - started) / 1000;
-    return s > 0 ? done / s : 0;
+    return s > 0 ? n / s : 0;
   };
   const draw = (final: boolean): void => {
     const pct = total > 0 ? Math.min(100, (done / total) * 100) : 0;
-    const r = rate();
-    const eta = r > 0 && total > done ? Math.round((total - done) / r) : 0;
+    const pos = perSecond(done);
+    const eta = pos > 0 && total > done ? Math.round((total - done) / pos) : 0;
     const width = 24;
     const fill = Math.round((pct / 100) * width);
     const bar = '#'.repeat(fill) + '-'.repeat(width - fill);
-    const line = `${label} [${bar}] ${pct.toFixed(0).padStart(3)}% ${formatBytes(done)}/${formatBytes(total)} ${(r / 1048576).toFixed(1)} MiB/s${final ? '' : ` ETA ${eta}s`}`;
+    const figures = style.reads
+      ? `${formatBytes(done)}/${formatBytes(total)}, read ${formatBytes(read)} ${mib(perSecond(read))}`
+      : `${formatBytes(done)}/${formatBytes(total)} ${mib(pos)}`;
+    const line = `${name} [${bar}] ${pct.toFixed(0).padStart(3)}% ${figures}${final ? '' : ` ETA ${eta}s`}`;
     stream.write(`\r${line.padEnd(Math.min(stream.columns ?? 100, 120) - 1)}${final ? '\n' : ''}`);
   };
   return {
     start(_l, totalBytes) {
       total = totalBytes;
       done = 0;
+      read = 0;
       started = Date.now();
       if (tty) draw(false);
     },
-    advance(bytes) {
+    advance(bytes, readBytes = bytes) {
       done += bytes;
+      read += readBytes;
       if (tty && Date.now() - lastDraw > 200) {
         lastDraw = Date.now();
         draw(false);
@@ -46,9 +66,11 @@ export function makeProgress(
     done() {
       if (tty) draw(true);
       else if (!quiet) {
-        const secs = (Date.now() - started) / 1000;
+        const secs = ((Date.now() - started) / 1000).toFixed(1);
         stream.write(
-          `${label}: ${formatBytes(done)} in ${secs.toFixed(1)} s (${(rate() / 1048576).toFixed(1)} MiB/s)\n`,
+          style.reads
+            ? `${name}: read ${formatBytes(read)} of ${formatBytes(total)} in ${secs} s (${mib(perSecond(read))})\n`
+            : `${name}: ${formatBytes(done)} in ${secs} s (${mib(perSecond(done))})\n`,
         );
       }
     },

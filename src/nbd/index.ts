@@ -10,7 +10,7 @@ export {
 } from './client/client.js';
 export { walkExtents, type MergedExtent } from './client/extents.js';
 export { parseNbdUri, formatNbdUri, type NbdUri } from './uri.js';
-export { startQemuNbd, type QemuNbdOptions, type QemuNbdExport } from './qemu-nbd.js';
+export { startQemuNbd, reapStaleQemuNbd, type QemuNbdOptions, type QemuNbdExport } from './qemu-nbd.js';
 export {
   NbdClosedError,
   NbdListenError,

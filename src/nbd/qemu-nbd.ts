@@ -1,7 +1,8 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
-import { join } from 'node:path';
-import { VmvaultError, errnoCode } from '../util/index.js';
+import { connect } from 'node:net';
+import { delimiter, join } from 'node:path';
+import { VmvaultError, errnoCode, sleep } from '../util/index.js';
 
 export interface QemuNbdOptions {
   path: string;
@@ -14,24 +15,49 @@ export interface QemuNbdOptions {
   bitmap?: string | null;
   /** Export name ('' = default). */
   exportName?: string;
+  /** How long qemu-nbd may take to open the image and listen (default 30 s). */
+  startTimeoutMs?: number;
 }
 
 export interface QemuNbdExport {
   socketPath: string;
   exportName: string;
+  /** The qemu-nbd process id. */
+  pid: number;
   stop(): Promise<void>;
 }
 
 let seq = 0;
+let setprivPath: string | null | undefined;
 
-/** Exports an image through qemu-nbd on a unix socket (returns once the socket accepts). */
+/** `setpriv` (util-linux) on the PATH, or null. */
+function findSetpriv(): string | null {
+  if (setprivPath !== undefined) return setprivPath;
+  const dirs = [...(process.env.PATH ?? '').split(delimiter), '/usr/bin', '/bin'];
+  setprivPath =
+    dirs
+      .filter((d) => d.startsWith('/'))
+      .map((d) => join(d, 'setpriv'))
+      .find((p) => existsSync(p)) ?? null;
+  return setprivPath;
+}
+
+const PID_FILE = /^qemu-nbd-(\d+)-\d+\.pid$/;
+
+/**
+ * Exports an image through qemu-nbd on a unix socket (returns once the socket accepts).
+ *
+ * qemu-nbd stays our child (never `--fork`) and runs under `setpriv --pdeathsig SIGKILL` (SIGTERM
+ * for a writable export), so the kernel stops it when vmvault dies, SIGKILL included. The socket and pid file are named after our
+ * pid, so `reapStaleQemuNbd` can find and stop a leftover of a run that died before setpriv armed
+ * the death signal (or on a system without setpriv).
+ */
 export async function startQemuNbd(opts: QemuNbdOptions): Promise<QemuNbdExport> {
   const id = `${process.pid}-${seq++}`;
   const socketPath = join(opts.runtimeDir, `qemu-nbd-${id}.sock`);
   const pidFile = join(opts.runtimeDir, `qemu-nbd-${id}.pid`);
   const exportName = opts.exportName ?? '';
   const args = [
-    '--fork',
     '--persistent',
     '--shared=8',
     '-f',
@@ -46,55 +72,156 @@ export async function startQemuNbd(opts: QemuNbdOptions): Promise<QemuNbdExport>
   if (opts.readOnly ?? true) args.push('--read-only');
   if (opts.bitmap) args.push('-B', opts.bitmap);
   args.push(opts.path);
-  const stderr = await new Promise<string>((resolve, reject) => {
-    const p = spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    p.on('error', (e) =>
-      reject(
-        new VmvaultError(
-          'QEMU_NBD',
-          `cannot run qemu-nbd: ${errnoCode(e) === 'ENOENT' ? 'it is not installed' : e.message}`,
-          { hint: 'install qemu-utils' },
-        ),
-      ),
-    );
-    p.on('close', (code) =>
-      code === 0
-        ? resolve(err)
-        : reject(
-            new VmvaultError(
-              'QEMU_NBD',
-              `qemu-nbd could not export ${opts.path}: ${err.trim().split('\n').pop() ?? `exit ${code}`}`,
-            ),
-          ),
-    );
+  const setpriv = findSetpriv();
+  // The death signal is tied to the thread that spawned the child: Node spawns from the main
+  // thread, which lives as long as the process. A read-only export has nothing to flush (QEMU
+  // marks persistent bitmaps in use only when it opens an image read-write), so SIGKILL is safe
+  // and cannot be ignored; a writable one gets SIGTERM to close the image cleanly.
+  const deathSignal = (opts.readOnly ?? true) ? 'SIGKILL' : 'SIGTERM';
+  const child = setpriv
+    ? spawn(setpriv, ['--pdeathsig', deathSignal, '--', 'qemu-nbd', ...args], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      })
+    : spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => {
+    stderr = (stderr + d.toString()).slice(-4096);
   });
-  void stderr;
-  if (!existsSync(socketPath)) throw new VmvaultError('QEMU_NBD', `qemu-nbd did not create ${socketPath}`);
-  return {
-    socketPath,
-    exportName,
-    async stop() {
-      const pid = Number((await fs.readFile(pidFile, 'utf8').catch(() => '')).trim());
-      if (pid > 0) {
-        try {
-          process.kill(pid, 'SIGTERM');
-        } catch {
-          /* gone already */
-        }
-        // Wait until it has closed the image (its bitmaps must not stay 'in use').
-        for (let i = 0; i < 200; i++) {
-          try {
-            process.kill(pid, 0);
-          } catch {
-            break;
-          }
-          await new Promise((r) => setTimeout(r, 10));
-        }
-      }
-      await fs.rm(socketPath, { force: true });
-      await fs.rm(pidFile, { force: true });
-    },
+  let exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+  let spawnError: Error | undefined;
+  const exit = new Promise<void>((resolve) => {
+    child.on('error', (e) => {
+      spawnError = e;
+      resolve();
+    });
+    child.on('exit', (code, signal) => {
+      exited = { code, signal };
+      resolve();
+    });
+  });
+  const cleanupFiles = async (): Promise<void> => {
+    await fs.rm(socketPath, { force: true });
+    await fs.rm(pidFile, { force: true });
   };
+  const stop = async (): Promise<void> => {
+    if (!exited && !spawnError) {
+      child.kill('SIGTERM');
+      // Wait until it has closed the image (its bitmaps must not stay 'in use'). A writable export
+      // may still be writing back its cache: give it a minute before it is killed.
+      const graceMs = (opts.readOnly ?? true) ? 5000 : 60_000;
+      let timer: NodeJS.Timeout | undefined;
+      const gone = await Promise.race([
+        exit.then(() => true),
+        new Promise<boolean>((resolve) => {
+          timer = setTimeout(() => resolve(false), graceMs);
+        }),
+      ]);
+      clearTimeout(timer); // a pending timer would keep the process alive for the whole grace
+      if (!gone) {
+        child.kill('SIGKILL');
+        await exit;
+      }
+    }
+    await cleanupFiles();
+  };
+  try {
+    await waitListening(child, socketPath, opts.startTimeoutMs ?? 30_000, () => exited ?? spawnError);
+  } catch (err) {
+    await stop();
+    if (spawnError) {
+      throw new VmvaultError(
+        'QEMU_NBD',
+        `cannot run qemu-nbd: ${errnoCode(spawnError) === 'ENOENT' ? 'it is not installed' : spawnError.message}`,
+        { hint: 'install qemu-utils' },
+      );
+    }
+    if (exited) {
+      const last = stderr.trim().split('\n').pop();
+      if (setpriv && /failed to execute qemu-nbd/.test(stderr))
+        throw new VmvaultError('QEMU_NBD', 'cannot run qemu-nbd: it is not installed', {
+          hint: 'install qemu-utils',
+        });
+      throw new VmvaultError(
+        'QEMU_NBD',
+        `qemu-nbd could not export ${opts.path}: ${last || `exit ${exited.code ?? exited.signal}`}`,
+      );
+    }
+    throw err;
+  }
+  return { socketPath, exportName, pid: child.pid!, stop };
+}
+
+/** Resolves once `socketPath` accepts a connection; rejects when the process exits first. */
+async function waitListening(
+  child: ChildProcess,
+  socketPath: string,
+  timeoutMs: number,
+  failed: () => unknown,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (failed()) throw new Error('qemu-nbd exited');
+    if (existsSync(socketPath) && (await accepts(socketPath))) return;
+    if (Date.now() > deadline)
+      throw new VmvaultError('QEMU_NBD', `qemu-nbd did not listen on ${socketPath} within ${timeoutMs} ms`);
+    await sleep(10);
+    void child;
+  }
+}
+
+function accepts(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(socketPath);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return errnoCode(err) === 'EPERM';
+  }
+}
+
+/**
+ * Stops qemu-nbd processes a dead vmvault left in `dir` (pid files `qemu-nbd-<our pid>-<n>.pid`
+ * whose owner is gone) and removes their sockets and pid files. A pid is only killed while its
+ * command line still names that socket, so a reused pid is never hit. Returns how many it stopped.
+ */
+export async function reapStaleQemuNbd(dir: string): Promise<number> {
+  let names: string[];
+  try {
+    names = await fs.readdir(dir);
+  } catch {
+    return 0;
+  }
+  let stopped = 0;
+  for (const n of names) {
+    const m = PID_FILE.exec(n);
+    if (!m || pidAlive(Number(m[1]))) continue;
+    const pidFile = join(dir, n);
+    const socketPath = pidFile.replace(/\.pid$/, '.sock');
+    const pid = Number((await fs.readFile(pidFile, 'utf8').catch(() => '')).trim());
+    if (Number.isSafeInteger(pid) && pid > 1) {
+      const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+      if (cmdline.split('\0').includes(socketPath)) {
+        try {
+          process.kill(pid, 'SIGKILL');
+          stopped++;
+        } catch {
+          /* gone meanwhile */
+        }
+        for (let i = 0; i < 200 && pidAlive(pid); i++) await sleep(10);
+      }
+    }
+    await fs.rm(socketPath, { force: true });
+    await fs.rm(pidFile, { force: true });
+  }
+  return stopped;
 }

@@ -161,3 +161,21 @@ describe('backup planning', () => {
     expect(() => planBackup(input({ disks: [disk('vdc', 'raw')] }))).toThrow(/no disk .* can be backed up/);
   });
 });
+
+describe('names from the domain XML are checked before anything runs', () => {
+  it('a disk target . or .. (or any name outside the disk-name rules) is refused, unless it is excluded', () => {
+    for (const target of ['.', '..', '../x', 'a b', 'v\n']) {
+      expect(() => planBackup(input({ disks: [disk('vda'), disk(target)] }))).toThrow(
+        /has a disk named '.*', which vmvault cannot store \(a disk name is 1 to 32/,
+      );
+      const p = planBackup(input({ disks: [disk('vda'), disk(target)], exclude: [target] }));
+      expect(p.disks.map((d) => d.target)).toEqual(['vda']);
+    }
+  });
+  it('a domain name with a newline or escape sequence is refused with its characters made visible', () => {
+    expect(() => planBackup(input({ domainName: 'evil\n\u001b[2J' }))).toThrow(
+      /domain name 'evil\\x0a\\x1b\[2J' cannot be stored by vmvault/,
+    );
+    expect(() => planBackup(input({ domainName: '..' }))).toThrow(/cannot be stored/);
+  });
+});

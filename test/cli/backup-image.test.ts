@@ -1,9 +1,12 @@
 import { createHash } from 'node:crypto';
-import { chmod, open, readFile, readdir, stat, writeFile } from 'node:fs/promises';
+import { execFileSync, spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { chmod, mkdir, mkdtemp, open, readFile, readdir, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { expectOneLineError, runCli, startCli } from '../helpers/cli.js';
+import { errorLine, expectOneLineError, runCli, startCli } from '../helpers/cli.js';
 import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
+import { waitForPath } from '../helpers/nbd-peers.js';
 import { isRoot, requireTools } from '../helpers/tools.js';
 
 const MiB = 1024 * 1024;
@@ -319,6 +322,206 @@ describe.runIf(run)('backup-image and restore through the CLI', () => {
       expect(stderr).toBe('');
       expect(code).toBe(0);
     });
+  });
+});
+
+interface JsonDisk {
+  target: string;
+  sizeBytes: number;
+  allocatedBytes: number;
+  bytesRead: number;
+  bytesNew: number;
+  bytesDedup: number;
+  bytesZero: number;
+  bytesReused: number;
+  bytesStored: number;
+}
+
+/** Live qemu-nbd processes whose command line mentions `text` (from /proc; zombies have none). */
+function qemuNbdMentioning(text: string): string[] {
+  const found: string[] = [];
+  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    let args: string[];
+    try {
+      args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    } catch {
+      continue; // exited meanwhile
+    }
+    if (args.some((a) => a.endsWith('qemu-nbd')) && args.some((a) => a.includes(text)))
+      found.push(`${pid} ${args.join(' ')}`);
+  }
+  return found;
+}
+
+describe.runIf(run && requireTools(['qemu-nbd', 'setpriv']))('backup-image hardening (issue 17)', () => {
+  let dir: string;
+  let cleanup: () => Promise<void>;
+  let repo: string;
+  /** A private TMPDIR for the CLI, so its runtime directories and qemu-nbd sockets can be watched. */
+  let tmp: string;
+
+  beforeAll(async () => {
+    ({ dir, cleanup } = await makeTmpDir());
+    repo = join(dir, 'repo');
+    tmp = join(dir, 'tmp');
+    await mkdir(tmp);
+    expect((await runCli(['init', repo])).code).toBe(0);
+  });
+  afterAll(async () => cleanup());
+
+  it('an image that shrinks while it is read is an error naming the file and offset; nothing is committed', async () => {
+    const img = join(dir, 'shrinks.raw');
+    await makeImage(img, 192 * MiB, [[0, seededBytes(192 * MiB, 4321)]]);
+    const snapshotsBefore = await countFiles(join(repo, 'snapshots'));
+    const indexesBefore = await countFiles(join(repo, 'index'));
+    const child = startCli(['backup-image', '-r', repo, '--vm', 'shrink', img]);
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const dataDir = join(repo, 'data');
+    const startCount = await countFiles(dataDir);
+    // Once chunks are being stored (at most a few MiB past them are read), cut the image to 32 MiB.
+    for (let i = 0; i < 1000 && (await countFiles(dataDir)) < startCount + 5; i++)
+      await new Promise((r) => setTimeout(r, 10));
+    await truncate(img, 32 * MiB);
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    expect(code, stderr).toBe(1);
+    expect(errorLine({ code: code ?? -1, stdout: '', stderr })).toMatch(
+      /cannot read .*shrinks\.raw at offset \d+: .*(shrink|shrank).*; nothing was saved for this disk/,
+    );
+    expect(await countFiles(join(repo, 'snapshots'))).toBe(snapshotsBefore);
+    expect(await countFiles(join(repo, 'index'))).toBe(indexesBefore);
+  });
+
+  it('SIGKILL of a qcow2 backup leaves no qemu-nbd running; the next run clears the leftovers and works', async () => {
+    const raw = join(dir, 'k.raw');
+    const q = join(dir, 'k.qcow2');
+    await makeImage(raw, 128 * MiB, [[0, seededBytes(128 * MiB, 77)]]);
+    execFileSync('qemu-img', ['convert', '-O', 'qcow2', raw, q]);
+    const child = startCli(['backup-image', '-r', repo, '--vm', 'kq', q], { TMPDIR: tmp });
+    // Kill as soon as its qemu-nbd serves (the backup is under way).
+    let seen = false;
+    for (let i = 0; i < 1000 && !seen; i++) {
+      seen = qemuNbdMentioning(tmp).length > 0;
+      if (!seen) await new Promise((r) => setTimeout(r, 10));
+    }
+    child.kill('SIGKILL');
+    expect(seen).toBe(true);
+    await new Promise((r) => child.on('close', r));
+    for (let i = 0; i < 200 && qemuNbdMentioning(tmp).length > 0; i++)
+      await new Promise((r) => setTimeout(r, 10));
+    expect(qemuNbdMentioning(tmp)).toEqual([]);
+    expect((await readdir(tmp)).filter((n) => n.startsWith('vmvault-image-'))).toHaveLength(1); // its runtime dir
+    const again = await runCli(['backup-image', '-r', repo, '--vm', 'kq', q, '--json'], {
+      env: { TMPDIR: tmp },
+    });
+    expect(again.code, again.stderr).toBe(0);
+    expect(await readdir(tmp)).toEqual([]);
+    expect(qemuNbdMentioning(tmp)).toEqual([]);
+  });
+
+  it('a qemu-nbd a dead run left behind (no death signal) is stopped by the next run', async () => {
+    // A pid that is certainly gone: a process that has exited.
+    const dead = spawn('true');
+    await new Promise((r) => dead.on('close', r));
+    const stale = await mkdtemp(join(tmp, `vmvault-image-${dead.pid}-`));
+    const sock = join(stale, `qemu-nbd-${dead.pid}-0.sock`);
+    const pidFile = join(stale, `qemu-nbd-${dead.pid}-0.pid`);
+    const q = join(dir, 'small.qcow2');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', q, '1M']);
+    const orphan = spawn(
+      'qemu-nbd',
+      ['--persistent', '-f', 'qcow2', '-k', sock, '--pid-file', pidFile, '--read-only', q],
+      { stdio: 'ignore', detached: true },
+    );
+    orphan.unref();
+    try {
+      await waitForPath(pidFile);
+      expect(qemuNbdMentioning(sock)).toHaveLength(1);
+      const r = await runCli(['backup-image', '-r', repo, '--vm', 'after-stale', join(dir, 'shrinks.raw')], {
+        env: { TMPDIR: tmp },
+      });
+      expect(r.code, r.stderr).toBe(0);
+      expect(qemuNbdMentioning(sock)).toEqual([]);
+      expect(await readdir(tmp)).toEqual([]);
+    } finally {
+      try {
+        process.kill(orphan.pid!, 'SIGKILL');
+      } catch {
+        /* stopped by vmvault, as it should be */
+      }
+    }
+  });
+
+  it('disk names . and .. and bad VM names are usage errors; the 27th disk is vdaa', async () => {
+    const img = join(dir, 'tiny.raw');
+    await makeImage(img, 64 * 1024, [[0, seededBytes(4096, 5)]]);
+    for (const name of ['.', '..', '', 'a.b', 'v\u0007']) {
+      const r = await runCli(['backup-image', '-r', repo, '--vm', 'names', `${img}:${name}`]);
+      expect(r.code, `${name}: ${r.stderr}`).toBe(2);
+      expect(expectOneLineError(r)).toMatch(/invalid disk name .*; a disk name is 1 to 32 letters/);
+    }
+    for (const vm of ['..', 'a/b', 'two\nlines', 'esc\u001b[31m']) {
+      const r = await runCli(['backup-image', '-r', repo, '--vm', vm, img]);
+      expect(r.code).toBe(2);
+      expect(expectOneLineError(r)).toMatch(/invalid VM name '.*'; a VM name is 1 to 200 printable/);
+      expect(r.stderr).not.toContain('\u001b');
+    }
+    // A path with a colon whose tail is not a disk name is a path, when that file exists.
+    const colon = join(dir, 'odd:1.5.raw');
+    await makeImage(colon, 64 * 1024, [[0, seededBytes(4096, 6)]]);
+    const c = await runCli(['backup-image', '-r', repo, '--vm', 'names', colon, '--json']);
+    expect(c.code, c.stderr).toBe(0);
+    expect((JSON.parse(c.stdout) as { disks: JsonDisk[] }).disks.map((d) => d.target)).toEqual(['vda']);
+    const images: string[] = [];
+    for (let i = 0; i < 28; i++) {
+      const p = join(dir, `tiny-${i}.raw`);
+      await makeImage(p, 64 * 1024, [[0, seededBytes(4096, 100 + i)]]);
+      images.push(p);
+    }
+    const r = await runCli(['backup-image', '-r', repo, '--vm', 'many', ...images, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const targets = (JSON.parse(r.stdout) as { disks: JsonDisk[] }).disks.map((d) => d.target);
+    expect(targets.slice(0, 2)).toEqual(['vda', 'vdb']);
+    expect(targets.slice(24)).toEqual(['vdy', 'vdz', 'vdaa', 'vdab']);
+  });
+
+  it('figures are what was read, the same on every run, and the progress line shows bytes read and their rate', async () => {
+    const img = join(dir, 'figures.raw');
+    const block = seededBytes(MiB, 8);
+    await makeImage(img, 64 * MiB, [
+      [0, seededBytes(3 * MiB, 9)],
+      [10 * MiB, Buffer.alloc(MiB)], // written zeros: read, found zero, not stored
+      [20 * MiB, block],
+      [21 * MiB, block],
+      [40 * MiB + 4096, seededBytes(8192, 10)], // 8 KiB of data inside a 1 MiB chunk
+    ]);
+    const runs: JsonDisk[] = [];
+    for (let i = 0; i < 2; i++) {
+      const r = await runCli(['backup-image', '-r', repo, '--vm', 'figures', img, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      runs.push((JSON.parse(r.stdout) as { disks: JsonDisk[] }).disks[0]!);
+    }
+    const [a, b] = runs as [JsonDisk, JsonDisk];
+    // Read: only the data extents (SEEK_DATA), never the holes around the 8 KiB.
+    expect(a.bytesRead).toBe(6 * MiB + 8192);
+    expect(a.allocatedBytes).toBe(6 * MiB); // chunks that hold data: 3 + 2 + 1
+    expect(a.bytesZero).toBe(58 * MiB);
+    expect(a.bytesNew + a.bytesDedup).toBe(a.allocatedBytes);
+    expect(a.bytesDedup).toBe(MiB); // the repeated block
+    for (const k of ['bytesRead', 'allocatedBytes', 'bytesZero', 'sizeBytes'] as const)
+      expect(b[k]).toBe(a[k]);
+    expect(b.bytesNew).toBe(0);
+    expect(b.bytesDedup).toBe(a.allocatedBytes);
+    expect(a.bytesRead).toBeLessThanOrEqual((await stat(img)).blocks * 512);
+
+    // Not a TTY: one log line and one summary line per disk, both labelled VM/disk.
+    const t = await runCli(['backup-image', '-r', repo, '--vm', 'figures', `${img}:vdc`]);
+    expect(t.code, t.stderr).toBe(0);
+    expect(t.stderr).toMatch(/^figures\/vdc: reading .*figures\.raw$/m);
+    expect(t.stderr).toMatch(/^figures\/vdc: read 6\.01 MiB of 64\.0 MiB in \d+\.\d s \(\d+\.\d MiB\/s\)$/m);
+    expect(t.stdout).toMatch(
+      /^ {2}vdc: 64\.0 MiB virtual, 6\.00 MiB allocated, read 6\.0\d MiB, new 0 B \(stored \S+ \S+\), deduplicated 6\.00 MiB, zero 58\.0 MiB$/m,
+    );
   });
 });
 

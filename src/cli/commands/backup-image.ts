@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { formatBytes, UsageError } from '../../util/index.js';
+import { formatBytes, isSafeVmName, NAME_RULES, printable, UsageError } from '../../util/index.js';
 import { backupImages, parseImageSpecs } from '../../backup/index.js';
 import { shortId, type Snapshot } from '../../repo/index.js';
 import { loggerFor, printJson, repoOption, withRepo, globals } from '../context.js';
@@ -20,7 +20,8 @@ export function backupImageCommand(): Command {
         opts: { vm: string; tag?: string[]; json?: boolean; repo?: string },
         cmd: Command,
       ) => {
-        if (!opts.vm.trim()) throw new UsageError('--vm must not be empty');
+        if (!isSafeVmName(opts.vm))
+          throw new UsageError(`invalid VM name '${printable(opts.vm, 80)}'`, `${NAME_RULES.vm} (--vm)`);
         const images = parseImageSpecs(files);
         const log = loggerFor(cmd);
         const quiet = globals(cmd).quiet ?? false;
@@ -30,7 +31,8 @@ export function backupImageCommand(): Command {
             images,
             tags: opts.tag ?? [],
             logger: opts.json ? { ...log, info() {} } : log,
-            progressFor: (t) => makeProgress(t, process.stderr, quiet || opts.json === true),
+            progressFor: (t) =>
+              makeProgress(`${opts.vm}/${t}`, process.stderr, quiet || opts.json === true, { reads: true }),
             signal: rootAbort.signal,
           }),
         );
@@ -46,18 +48,23 @@ export function summary(s: Snapshot): Record<string, unknown> {
     snapshot: s.id,
     vm: s.vm.name,
     time: s.time,
-    disks: s.disks.map((d) => ({ target: d.target, sizeBytes: d.sizeBytes, ...d.stats })),
+    disks: s.disks.map((d) => ({
+      target: d.target,
+      sizeBytes: d.sizeBytes,
+      allocatedBytes: d.allocatedBytes,
+      ...d.stats,
+    })),
   };
 }
 
 export function printSummary(s: Snapshot): void {
   const lines = [
-    `snapshot ${shortId(s.id)} saved (${s.vm.name}, ${s.disks.length} disk${s.disks.length === 1 ? '' : 's'})`,
+    `snapshot ${shortId(s.id)} saved (${printable(s.vm.name)}, ${s.disks.length} disk${s.disks.length === 1 ? '' : 's'})`,
   ];
   for (const d of s.disks) {
     const st = d.stats;
     lines.push(
-      `  ${d.target}: ${formatBytes(d.sizeBytes)} virtual, read ${formatBytes(st.bytesRead)}, new ${formatBytes(st.bytesNew)} (stored ${formatBytes(st.bytesStored)}), deduplicated ${formatBytes(st.bytesDedup)}, zero ${formatBytes(st.bytesZero)}${st.bytesReused ? `, unchanged ${formatBytes(st.bytesReused)}` : ''}`,
+      `  ${printable(d.target, 40)}: ${formatBytes(d.sizeBytes)} virtual, ${formatBytes(d.allocatedBytes)} allocated, read ${formatBytes(st.bytesRead)}, new ${formatBytes(st.bytesNew)} (stored ${formatBytes(st.bytesStored)}), deduplicated ${formatBytes(st.bytesDedup)}, zero ${formatBytes(st.bytesZero)}${st.bytesReused ? `, unchanged ${formatBytes(st.bytesReused)}` : ''}`,
     );
   }
   process.stdout.write(`${lines.join('\n')}\n`);

@@ -7,6 +7,9 @@ import {
   UsageError,
   VmvaultError,
   isVmvaultError,
+  isSafeVmName,
+  NAME_RULES,
+  printable,
 } from '../../util/index.js';
 import {
   BACKUP_LEVELS,
@@ -78,6 +81,9 @@ export function backupCommand(): Command {
     .action(async (opts: BackupFlags, cmd: Command) => {
       if (!opts.all && !opts.domain?.length)
         throw new UsageError('no domain given', 'pass -d DOMAIN (repeatable) or --all');
+      for (const d of opts.domain ?? [])
+        if (!isSafeVmName(d))
+          throw new UsageError(`invalid domain name '${printable(d, 80)}'`, `${NAME_RULES.vm} (-d)`);
       const workers = Number(opts.workers);
       if (!Number.isInteger(workers) || workers < 1)
         throw new UsageError(`invalid --workers '${opts.workers}'`, 'use a whole number from 1');
@@ -124,7 +130,7 @@ export function backupCommand(): Command {
                 ...(opts.scratchdir ? { scratchDir: opts.scratchdir } : {}),
                 exports: nbdExports(),
                 logger: opts.json ? { ...log, info() {} } : log,
-                progressFor: (t) => makeProgress(`${domain}/${t}`, process.stderr, quiet),
+                progressFor: (t) => makeProgress(`${domain}/${t}`, process.stderr, quiet, { reads: true }),
                 signal: rootAbort.signal,
               });
               results.push(r);
@@ -194,6 +200,7 @@ function jsonResult(r: VmBackupResult | { domain: string; error: Error }): Recor
         target: d.target,
         mode: d.mode,
         sizeBytes: d.sizeBytes,
+        allocatedBytes: d.allocatedBytes,
         ...d.stats,
       })) ?? [],
   };
