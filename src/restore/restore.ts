@@ -54,7 +54,14 @@ export async function restoreDisk(
   sink: ChunkSink,
   opts: RestoreDiskOptions = {},
 ): Promise<RestoreDiskResult> {
-  const index: DiskIndex = await repo.getIndex(disk.index);
+  // The sink is ours from here on: every failure, this first one too, aborts it (closing its file).
+  let index: DiskIndex;
+  try {
+    index = await repo.getIndex(disk.index);
+  } catch (err) {
+    await sink.abort().catch(() => {});
+    throw err;
+  }
   const progress = opts.progress ?? nullProgress;
   const window = Math.max(1, opts.readAhead ?? 8);
   const damaged: DamagedRange[] = [];
