@@ -103,9 +103,12 @@ function report(err: unknown, debug: boolean, json: boolean): number {
   if (debug && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
   if (debug && err instanceof Error && err.cause instanceof Error && err.cause.stack)
     process.stderr.write(`caused by: ${err.cause.stack}\n`);
-  if (json)
+  if (json) {
+    // Messages name objects by short ids; the error's details carry the full ones.
+    const details = isVmvaultError(err) && Object.keys(err.details).length ? err.details : undefined;
     process.stderr.write(
-      `${JSON.stringify({ message_type: 'exit_error', code: errCode, exit_code: code, message })}\n`,
+      `${JSON.stringify({ message_type: 'exit_error', code: errCode, exit_code: code, message, ...(details ? { details } : {}) })}\n`,
     );
+  }
   return code;
 }

@@ -253,7 +253,7 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
           else bytesRead += n;
         } catch (err) {
           if (err instanceof ChunkMissingError) missing.add(id);
-          else if (err instanceof ChunkCorruptError) corrupt.set(id, corruptReason(err, id));
+          else if (err instanceof ChunkCorruptError) corrupt.set(id, err.reason);
           else {
             stop = true;
             throw err;
@@ -632,11 +632,6 @@ function decodeIndex(repo: Repository, id: string, blob: Buffer): DiskIndex | In
 /** Decoding is pure: whatever it throws (BlobFormatError, RepoFormatError, a malformed shape) is damage. */
 function errText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
-}
-
-function corruptReason(err: ChunkCorruptError, id: string): string {
-  const prefix = `chunk ${id} is corrupt: `;
-  return err.message.startsWith(prefix) ? err.message.slice(prefix.length) : err.message;
 }
 
 /** `20261201T201500Z`: the UTC time in quarantine keys (sorts by time, no ':' for file systems). */

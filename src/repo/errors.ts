@@ -142,26 +142,32 @@ export interface ChunkLocation {
 function where(loc: ChunkLocation): string {
   const parts: string[] = [];
   if (loc.snapshot) parts.push(`snapshot ${loc.snapshot.slice(0, 8)}`);
-  if (loc.disk) parts.push(`disk ${loc.disk}`);
+  if (loc.disk) parts.push(`disk ${printable(loc.disk, 40)}`);
   if (loc.offset !== undefined) parts.push(`offset ${loc.offset}`);
   return parts.length ? ` (${parts.join(', ')})` : '';
+}
+
+/** A chunk id as messages show it: the first 12 hex digits (the full id is in the error's details). */
+export function shortChunkId(id: string): string {
+  return id.length > 12 ? `${id.slice(0, 12)}…` : id;
 }
 
 /** A blob whose bytes do not match its id or its integrity tag. */
 export class ChunkCorruptError extends VmvaultError {
   constructor(
     readonly chunkId: string,
-    reason: string,
+    readonly reason: string,
     readonly location: ChunkLocation = {},
   ) {
-    super('CHUNK_CORRUPT', `chunk ${chunkId} is corrupt${where(location)}: ${reason}`, {
+    // Messages name chunks by a short id (one line stays readable); `details` has the full one.
+    super('CHUNK_CORRUPT', `chunk ${shortChunkId(chunkId)} is corrupt${where(location)}: ${reason}`, {
       hint: "run 'vmvault check --read-data --repair' to set damaged chunks aside, then a full backup of the same data stores them again",
       exitCode: ExitCode.INTEGRITY,
       details: { chunkId, ...location },
     });
   }
   withLocation(loc: ChunkLocation): ChunkCorruptError {
-    return new ChunkCorruptError(this.chunkId, this.message.replace(/^.*?: /, ''), loc);
+    return new ChunkCorruptError(this.chunkId, this.reason, loc);
   }
 }
 
@@ -171,7 +177,7 @@ export class ChunkMissingError extends VmvaultError {
     readonly chunkId: string,
     readonly location: ChunkLocation = {},
   ) {
-    super('CHUNK_MISSING', `chunk ${chunkId} is missing${where(location)}`, {
+    super('CHUNK_MISSING', `chunk ${shortChunkId(chunkId)} is missing${where(location)}`, {
       hint: "run 'vmvault check' to find every missing chunk; a full backup of the same data (backup -l full, backup-image) stores it again",
       exitCode: ExitCode.INTEGRITY,
       details: { chunkId, ...location },

@@ -138,7 +138,7 @@ describe.runIf(run)('backup-image and restore through the CLI', () => {
     expect(r.code).toBe(20);
     const line = expectOneLineError(r);
     expect(line).toMatch(
-      new RegExp(`chunk [0-9a-f]{64} is corrupt \\(snapshot ${id.slice(0, 8)}, disk vda, offset 0\\)`),
+      new RegExp(`chunk [0-9a-f]{12}… is corrupt \\(snapshot ${id.slice(0, 8)}, disk vda, offset 0\\)`),
     );
     const ign = await runCli([
       'restore',

@@ -43,8 +43,19 @@ describe.runIf(run)('restore through the CLI: damage and very large sparse disks
     const r = await runCli(['restore', snap, '-r', repo, '-o', out]);
     expect(r.code).toBe(20);
     expect(expectOneLineError(r)).toMatch(
-      new RegExp(`chunk ${id} is missing \\(snapshot ${snap.slice(0, 8)}, disk vda, offset ${9 * MiB}\\)`),
+      new RegExp(
+        `chunk ${id.slice(0, 12)}… is missing \\(snapshot ${snap.slice(0, 8)}, disk vda, offset ${9 * MiB}\\)`,
+      ),
     );
+    // The message names the chunk by a short id; --json's exit_error line has the full one.
+    const j = await runCli(['restore', snap, '-r', repo, '-o', join(dir, 'out-json'), '--json']);
+    expect(j.code).toBe(20);
+    const exitError = JSON.parse(j.stderr.trim().split('\n').at(-1)!) as {
+      code: string;
+      details: Record<string, unknown>;
+    };
+    expect(exitError.code).toBe('CHUNK_MISSING');
+    expect(exitError.details).toMatchObject({ chunkId: id, snapshot: snap, disk: 'vda', offset: 9 * MiB });
     expect(await readdir(out).catch(() => [])).toEqual([]); // the partial image was removed
     const ign = await runCli(['restore', snap, '-r', repo, '-o', join(dir, 'out2'), '--ignore-errors']);
     expect(ign.code).toBe(3);
@@ -158,7 +169,7 @@ describe.runIf(run)('restore through the CLI: all or nothing at the output, form
     const out = join(dir, 'all');
     const r = await runCli(['restore', snap, '-r', repo, '-o', out]);
     expect(r.code).toBe(20);
-    expect(errorLine(r)).toMatch(new RegExp(`chunk ${id}.*disk vdb, offset ${5 * MiB}`));
+    expect(errorLine(r)).toMatch(new RegExp(`chunk ${id.slice(0, 12)}….*disk vdb, offset ${5 * MiB}`));
     expect(await names(out)).toEqual([]);
     // A damaged index, restoring one disk into a file: no file at -o.
     const idx = indexPath(indexOf.vda!);
