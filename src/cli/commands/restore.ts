@@ -71,7 +71,8 @@ export function restoreCommand(): Command {
           inPlace: opts.inPlace ?? false,
           ignoreErrors: opts.ignoreErrors ?? false,
           sinks: makeSinkFactory((path, size) => createQcow2Writer(path, size)),
-          progressFor: (t) => makeProgress(t, process.stderr, quiet),
+          // The same VM/disk label as backups use.
+          progressFor: (t) => makeProgress(`${snap.vm.name}/${t}`, process.stderr, quiet),
           signal: rootAbort.signal,
         });
       });
