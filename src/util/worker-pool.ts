@@ -42,8 +42,9 @@ interface Live<Res> {
   inFlight: Map<number, Pending<Res>>;
   /** Set once the worker reported an error or exited: it takes no more tasks. */
   gone: boolean;
-  /** The worker's uncaught error, if any (reported with its exit). */
+  /** Why the worker stopped, when it said (reported with its exit): its error and what it was. */
   error?: Error;
+  errorKind?: string;
 }
 
 const DEFAULT_LIMITS: ResourceLimits = { maxYoungGenerationSizeMb: 8, maxOldGenerationSizeMb: 64 };
@@ -117,8 +118,24 @@ export class WorkerPool<Req, Res> {
     worker.on('error', (err) => {
       // An uncaught exception or out of memory: the worker is terminated and 'exit' follows.
       // Take it out of service now, so no task is sent to it in between.
-      live.error ??= err;
+      if (!live.error) {
+        live.error = err;
+        live.errorKind =
+          (err as { code?: unknown }).code === 'ERR_WORKER_OUT_OF_MEMORY'
+            ? 'out of memory'
+            : 'uncaught error';
+      }
       live.gone = true;
+    });
+    worker.on('messageerror', (err) => {
+      // A reply that cannot be deserialized names no task: stop the worker, so the tasks it
+      // held fail (at 'exit') instead of waiting forever.
+      if (!live.error) {
+        live.error = err;
+        live.errorKind = 'a reply could not be read';
+      }
+      live.gone = true;
+      void worker.terminate();
     });
     worker.on('exit', (exitCode) => this.died(live, exitCode));
     worker.unref();
@@ -135,9 +152,7 @@ export class WorkerPool<Req, Res> {
       return;
     }
     const cause = live.error;
-    const why = cause
-      ? `${errorCode(cause) === 'ERR_WORKER_OUT_OF_MEMORY' ? 'out of memory' : 'uncaught error'}: ${cause.message}`
-      : `exited with code ${exitCode}`;
+    const why = cause ? `${live.errorKind ?? 'error'}: ${cause.message}` : `exited with code ${exitCode}`;
     this.failAll(
       live,
       (kind) =>
@@ -168,22 +183,17 @@ export class WorkerPool<Req, Res> {
   run(req: Req, transfer: ArrayBuffer[] = []): Promise<Res> {
     if (this.closed) return Promise.reject(new WorkerDiedError('WORKER_CLOSED', 'worker pool is closed'));
     if (this.broken) return Promise.reject(this.broken);
-    // The least-loaded running worker; an empty slot (its worker died) comes after idle workers.
-    let best = -1;
+    // The least-loaded running worker. A slot whose worker died (or is dying: errored, 'exit'
+    // not yet seen) comes after idle workers and gets a new one.
+    let best = 0;
     let bestLoad = Infinity;
     for (let i = 0; i < this.slots.length; i++) {
       const s = this.slots[i];
-      if (s?.gone) continue;
-      const load = s ? s.inFlight.size : 0.5;
+      const load = s && !s.gone ? s.inFlight.size : 0.5;
       if (load < bestLoad) [best, bestLoad] = [i, load];
     }
-    if (best < 0) {
-      // Every worker is on its way out (errored, 'exit' not yet seen): start one more.
-      best = this.slots.length;
-      this.slots.push(undefined);
-    }
     let live = this.slots[best];
-    if (!live) {
+    if (!live || live.gone) {
       live = this.start();
       this.slots[best] = live;
       this.replacements++;
@@ -221,9 +231,4 @@ function closedError(kind: string): WorkerDiedError {
   return new WorkerDiedError('WORKER_CLOSED', `worker pool closed before a '${kind}' task finished`, {
     details: { taskKind: kind },
   });
-}
-
-function errorCode(err: Error): string | undefined {
-  const code = (err as { code?: unknown }).code;
-  return typeof code === 'string' ? code : undefined;
 }
