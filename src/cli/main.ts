@@ -1,5 +1,5 @@
 import { Command, CommanderError } from 'commander';
-import { ExitCode, isVmvaultError, CancelledError } from '../util/index.js';
+import { ExitCode, isVmvaultError, CancelledError, printable, UsageError } from '../util/index.js';
 import { VERSION } from '../backup/index.js';
 import { backupImageCommand } from './commands/backup-image.js';
 import { backupCommand } from './commands/backup.js';
@@ -22,7 +22,6 @@ export function buildProgram(): Command {
     .version(VERSION, '-V, --version')
     .option('--debug', 'print stack traces and debug logging')
     .option('-q, --quiet', 'no progress or log lines')
-    .showHelpAfterError('(run with --help for usage)')
     .addHelpText('after', EXIT_CODES_HELP);
   for (const cmd of [
     initCommand(),
@@ -38,15 +37,37 @@ export function buildProgram(): Command {
     cmd.addHelpText('after', EXIT_CODES_HELP);
     program.addCommand(cmd);
   }
+  // Commander's own errors (unknown option, missing argument, bad choice, ...) take the one error
+  // path: nothing printed by commander, a UsageError naming the command's --help; help and version
+  // output end as before (a CommanderError that report() turns into their exit code).
   const override = (c: Command): void => {
-    c.exitOverride();
+    c.configureOutput({ outputError: () => undefined });
+    c.exitOverride((err) => {
+      if (HELP_CODES.has(err.code)) throw err;
+      throw usageErrorFrom(err, c === program ? 'vmvault' : `vmvault ${c.name()}`);
+    });
     c.commands.forEach(override);
   };
   override(program);
   return program;
 }
 
-/** The single place that turns errors into one line on stderr and an exit code. */
+const HELP_CODES = new Set(['commander.helpDisplayed', 'commander.version', 'commander.help']);
+
+/**
+ * `error: unknown option '--x'\n(Did you mean --y?)` → UsageError "unknown option '--x' (Did you
+ * mean --y?); run 'vmvault restore --help'".
+ */
+function usageErrorFrom(err: CommanderError, commandLine: string): UsageError {
+  const cause = err.message
+    .replace(/^error: /, '')
+    .replace(/\s*\n\s*/g, ' ')
+    .trim()
+    .replace(/\.$/, '');
+  // The text quotes the command line: control characters are shown escaped, not sent to the terminal.
+  return new UsageError(printable(cause, 400), `run '${commandLine} --help'`);
+}
+
 /**
  * A reader that goes away (`vmvault snapshots | head`) is a normal end, not a crash: stop quietly,
  * as other command-line tools do, instead of an EPIPE stack trace.
@@ -76,16 +97,10 @@ export async function main(argv: string[]): Promise<void> {
   process.exitCode = code;
 }
 
+/** The single place that turns errors into one line on stderr and an exit code. */
 function report(err: unknown, debug: boolean, json: boolean): number {
-  if (err instanceof CommanderError) {
-    if (
-      err.code === 'commander.helpDisplayed' ||
-      err.code === 'commander.version' ||
-      err.code === 'commander.help'
-    )
-      return ExitCode.OK;
-    return ExitCode.USAGE; // commander already printed the message
-  }
+  // Help and version (printed by commander); any other commander error became a UsageError.
+  if (err instanceof CommanderError && HELP_CODES.has(err.code)) return ExitCode.OK;
   let code: number;
   let message: string;
   let errCode: string;

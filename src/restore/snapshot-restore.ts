@@ -180,11 +180,12 @@ export async function restoreSnapshot(
       planned.push({ disk: d, format, path });
     }
   const xmlFile = opts.config ? snapshot.files.find((f) => f.kind === 'domain-xml') : undefined;
+  // Checked before anything is written: an image snapshot (backup-image) has disks only.
   if (opts.config && !xmlFile)
     throw new VmvaultError(
       'NO_DOMAIN_XML',
       `snapshot ${shortId(snapshot.id)} holds no domain XML (it was made by backup-image)`,
-      { hint: 'drop --config' },
+      { hint: 'drop --config and --define to restore its disks', exitCode: ExitCode.USAGE },
     );
   const extraFiles: Array<{ file: SnapshotFile; path: string }> = [];
   let configPath: string | undefined;
