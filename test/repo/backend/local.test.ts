@@ -3,9 +3,10 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { errnoMeaning, mapError } from '../../../src/repo/backend/local-files.js';
-import { ChunkStore, LocalBackend, Repository, chunkIdOf } from '../../../src/repo/index.js';
+import { ChunkStore, LocalBackend, Repository, chunkIdOf, openBackend } from '../../../src/repo/index.js';
 import { makeTmpDir } from '../../helpers/tmp.js';
 import { defineBackendConformance } from './conformance.js';
+import { wrappedSpec } from './stacks.js';
 
 let current: string | undefined;
 
@@ -40,6 +41,15 @@ defineBackendConformance('local', {
     const t = await makeTmpDir();
     current = t.dir;
     return { backend: new LocalBackend(t.dir), cleanup: t.cleanup };
+  },
+  raceInProcesses,
+});
+
+defineBackendConformance('local, through the wrapper stack', {
+  make: async () => {
+    const t = await makeTmpDir();
+    current = t.dir;
+    return { backend: openBackend(wrappedSpec('local', t.dir)), cleanup: t.cleanup };
   },
   raceInProcesses,
 });
