@@ -1,7 +1,7 @@
-export type { Backend, BackendCapabilities, ObjectInfo } from './backend/backend.js';
+export type { Backend, BackendCapabilities, ObjectInfo, PutOptions } from './backend/backend.js';
 export { LocalBackend } from './backend/local.js';
 export { MemoryBackend } from './backend/memory.js';
-export { openBackend, backendSpecFor, type BackendSpec, type OpenRuntime } from './backend/open.js';
+export { openBackend, backendSpecFor, specOf, type BackendSpec, type OpenRuntime } from './backend/open.js';
 export {
   RetryBackend,
   RETRY_DEFAULTS,

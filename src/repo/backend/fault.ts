@@ -1,6 +1,6 @@
 import { sleep } from '../../util/index.js';
 import { BackendError, type BackendErrorKind } from '../errors.js';
-import type { Backend, ObjectInfo } from './backend.js';
+import type { Backend, ObjectInfo, PutOptions } from './backend.js';
 import { mapError, writeTempFile } from './local-files.js';
 import { BackendWrapper, type BackendOp } from './wrapper.js';
 
@@ -142,11 +142,11 @@ export class FaultBackend extends BackendWrapper {
     if (rule) await this.apply(rule, op, key, data);
     return fn();
   }
-  override put(key: string, data: Buffer): Promise<void> {
-    return this.write('put', key, data, () => this.inner.put(key, data));
+  override put(key: string, data: Buffer, opts?: PutOptions): Promise<void> {
+    return this.write('put', key, data, () => this.inner.put(key, data, opts));
   }
-  override putIfAbsent(key: string, data: Buffer): Promise<boolean> {
-    return this.write('putIfAbsent', key, data, () => this.inner.putIfAbsent(key, data));
+  override putIfAbsent(key: string, data: Buffer, opts?: PutOptions): Promise<boolean> {
+    return this.write('putIfAbsent', key, data, () => this.inner.putIfAbsent(key, data, opts));
   }
 
   /** A listing is one call: a fault hits it before its first item. */

@@ -8,6 +8,7 @@ import {
   type Backend,
   type BackendCapabilities,
   type ObjectInfo,
+  type PutOptions,
 } from './backend.js';
 import {
   DEFAULT_DIR_MODE,
@@ -249,10 +250,11 @@ export class LocalBackend implements Backend {
     }
   }
 
-  async put(key: string, data: Buffer): Promise<void> {
+  async put(key: string, data: Buffer, opts: PutOptions = {}): Promise<void> {
     const p = this.path(key);
     try {
       renameIntoPlace(this.fileStore(), await writeTempFile(this.fileStore(), data), key);
+      if (opts.durable === 'at-barrier') return;
       await this.fsyncDir(dirname(p));
     } catch (err) {
       throw mapError(err, key, 'write');
@@ -260,10 +262,11 @@ export class LocalBackend implements Backend {
     await this.makeEntriesDurable([dirname(p)]);
   }
 
-  async putIfAbsent(key: string, data: Buffer): Promise<boolean> {
+  async putIfAbsent(key: string, data: Buffer, opts: PutOptions = {}): Promise<boolean> {
     const p = this.path(key);
     try {
       if (!(await createObjectFile(this.fileStore(), key, data))) return false;
+      if (opts.durable === 'at-barrier') return true;
       await this.fsyncDir(dirname(p));
     } catch (err) {
       throw mapError(err, key, 'write');

@@ -5,6 +5,7 @@ import {
   type Backend,
   type BackendCapabilities,
   type ObjectInfo,
+  type PutOptions,
 } from './backend.js';
 
 interface Entry {
@@ -43,11 +44,11 @@ export class MemoryBackend implements Backend {
     dest.set(v.subarray(offset, offset + dest.length));
     return dest.length;
   }
-  async put(key: string, data: Buffer): Promise<void> {
+  async put(key: string, data: Buffer, _opts?: PutOptions): Promise<void> {
     validateKey(key);
     this.objects.set(key, { data: Buffer.from(data), modifiedMs: Date.now() });
   }
-  async putIfAbsent(key: string, data: Buffer): Promise<boolean> {
+  async putIfAbsent(key: string, data: Buffer, _opts?: PutOptions): Promise<boolean> {
     validateKey(key);
     if (this.objects.has(key)) return false;
     this.objects.set(key, { data: Buffer.from(data), modifiedMs: Date.now() });

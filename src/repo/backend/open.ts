@@ -63,11 +63,23 @@ function baseBackend(spec: BackendSpec): Backend {
  * stack: its backend with retry.
  */
 export function openBackend(spec: BackendSpec | string, runtime: OpenRuntime = {}): Backend {
-  const s = typeof spec === 'string' ? backendSpecFor(spec) : spec;
+  const s: BackendSpec = structuredClone(typeof spec === 'string' ? backendSpecFor(spec) : spec);
   let b = baseBackend(s);
   if (s.faults !== undefined && s.faults.length > 0) b = new FaultBackend(b, s.faults);
   if (s.maxInFlight !== undefined) b = new LimitBackend(b, s.maxInFlight);
   if (s.retry !== false) b = new RetryBackend(b, s.retry ?? {}, runtime.retry);
   if (s.readOnly === true) b = new ReadOnlyBackend(b);
+  specs.set(b, s);
   return b;
+}
+
+const specs = new WeakMap<Backend, BackendSpec>();
+
+/**
+ * The spec a stack was built from (a copy), to hand to worker threads so that each builds the same
+ * stack; undefined for a backend not built by `openBackend`.
+ */
+export function specOf(backend: Backend): BackendSpec | undefined {
+  const s = specs.get(backend);
+  return s === undefined ? undefined : structuredClone(s);
 }

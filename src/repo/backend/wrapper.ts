@@ -1,4 +1,4 @@
-import type { Backend, BackendCapabilities, ObjectInfo } from './backend.js';
+import type { Backend, BackendCapabilities, ObjectInfo, PutOptions } from './backend.js';
 import type { LocalFileSpec } from './local-files.js';
 
 /** The operations of the Backend interface a wrapper sees (`barrier` includes `syncNames`). */
@@ -74,11 +74,11 @@ export abstract class BackendWrapper implements Backend {
   getRangeInto(key: string, offset: number, dest: Uint8Array): Promise<number> {
     return this.call('getRangeInto', key, () => this.inner.getRangeInto(key, offset, dest));
   }
-  put(key: string, data: Buffer): Promise<void> {
-    return this.call('put', key, () => this.inner.put(key, data));
+  put(key: string, data: Buffer, opts?: PutOptions): Promise<void> {
+    return this.call('put', key, () => this.inner.put(key, data, opts));
   }
-  putIfAbsent(key: string, data: Buffer): Promise<boolean> {
-    return this.call('putIfAbsent', key, () => this.inner.putIfAbsent(key, data));
+  putIfAbsent(key: string, data: Buffer, opts?: PutOptions): Promise<boolean> {
+    return this.call('putIfAbsent', key, () => this.inner.putIfAbsent(key, data, opts));
   }
   stat(key: string): Promise<ObjectInfo | undefined> {
     return this.call('stat', key, () => this.inner.stat(key));

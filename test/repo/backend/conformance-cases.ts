@@ -175,7 +175,7 @@ export const conformanceCases: ConformanceCase[] = [
     },
   },
   {
-    name: 'the durability barrier accepts objects written, none, and keys absent',
+    name: 'the durability barrier: objects written (durable at once or at the barrier), none, keys absent',
     async run(b) {
       await b.put('bar/a/1', Buffer.from('1'));
       assert.equal(await b.putIfAbsent('bar/b/2', Buffer.from('2')), true);
@@ -183,6 +183,13 @@ export const conformanceCases: ConformanceCase[] = [
       await b.barrier([]);
       await b.barrier(['bar/c/absent']);
       assert.equal((await b.get('bar/b/2')).toString(), '2');
+      // Writes whose durability waits for the barrier are there, whole, at once.
+      await b.put('bar/d/3', Buffer.from('3'), { durable: 'at-barrier' });
+      assert.equal(await b.putIfAbsent('bar/e/4', Buffer.from('4'), { durable: 'at-barrier' }), true);
+      assert.equal(await b.putIfAbsent('bar/e/4', Buffer.from('5'), { durable: 'at-barrier' }), false);
+      assert.equal((await b.get('bar/d/3')).toString(), '3');
+      await b.barrier(['bar/d/3', 'bar/e/4']);
+      assert.equal((await b.get('bar/e/4')).toString(), '4');
     },
   },
   {

@@ -105,6 +105,26 @@ describe('local backend durability of new directories', () => {
     }
   });
 
+  it("writes durable 'at-barrier' sync nothing; the barrier syncs their directories and new parents once", async () => {
+    const t = await makeTmpDir();
+    try {
+      const b = new RecordingBackend(t.dir);
+      const late = { durable: 'at-barrier' } as const;
+      expect(await b.putIfAbsent('index/ab/one', Buffer.from('1'), late)).toBe(true);
+      await b.put('index/ab/two', Buffer.from('2'), late);
+      await b.put('index/cd/three', Buffer.from('3'), late);
+      expect(b.synced).toEqual([]);
+      await b.barrier(['index/ab/one', 'index/ab/two', 'index/cd/three']);
+      expect(b.synced.slice(0, 2).sort()).toEqual(['/index/ab', '/index/cd']);
+      expect(b.synced.slice(2)).toEqual(['/index', '/']);
+      b.synced.length = 0;
+      await b.barrier(['index/ab/one']);
+      expect(b.synced).toEqual(['/index/ab']);
+    } finally {
+      await t.cleanup();
+    }
+  });
+
   it('chunk files made by worker threads: the barrier (ChunkStore.flush) syncs data/<hh>, data/ and the root', async () => {
     const t = await makeTmpDir();
     try {

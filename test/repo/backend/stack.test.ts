@@ -14,6 +14,7 @@ import {
   Repository,
   RetryBackend,
   openBackend,
+  specOf,
   type Backend,
   type BackendSpec,
   type FaultRule,
@@ -110,7 +111,10 @@ describe('conformance inside a worker thread (the worker builds the stack from t
   ] as const)('%s, through the whole wrapper stack', async (kind, make) => {
     const t = await make();
     try {
-      const report = await runConformanceInWorker(wrappedSpec(kind, t.dir));
+      // The worker gets the spec of a stack built here, and builds the same one.
+      const spec = specOf(openBackend(wrappedSpec(kind, t.dir)));
+      expect(spec).toEqual(wrappedSpec(kind, t.dir));
+      const report = await runConformanceInWorker(spec!);
       expect(report.inWorker).toBe(true);
       expect(report.results.filter((r) => !r.ok)).toEqual([]);
       expect(report.results.map((r) => r.name)).toEqual(conformanceCases.map((c) => c.name));
