@@ -1,7 +1,18 @@
-export type { Backend, ObjectInfo } from './backend/backend.js';
+export type { Backend, BackendCapabilities, ObjectInfo, PutOptions } from './backend/backend.js';
 export { LocalBackend } from './backend/local.js';
 export { MemoryBackend } from './backend/memory.js';
-export { openBackend } from './backend/open.js';
+export { openBackend, backendSpecFor, specOf, type BackendSpec, type OpenRuntime } from './backend/open.js';
+export {
+  RetryBackend,
+  RETRY_DEFAULTS,
+  isRetryable,
+  type RetryOptions,
+  type RetryRuntime,
+} from './backend/retry.js';
+export { LimitBackend } from './backend/limit.js';
+export { ReadOnlyBackend } from './backend/readonly.js';
+export { FaultBackend, type FaultRule } from './backend/fault.js';
+export { BackendWrapper, type BackendOp } from './backend/wrapper.js';
 export {
   encodeBlob,
   decodeBlob,

@@ -43,7 +43,6 @@ import {
   type SnapshotManifest,
 } from './snapshot.js';
 import { byTime, resolveSnapshotRef } from './snapshot-ref.js';
-import { LocalBackend } from './backend/local.js';
 
 export interface OpenOptions {
   /** Worker threads for compression / verification (default: cores). 0 = inline. */
@@ -135,7 +134,7 @@ export class Repository {
       throw err;
     }
     const repo = new Repository(backend, parseConfig(raw, backend.location), opts);
-    if (backend instanceof LocalBackend) await backend.removeStaleTemp(24 * 3600_000).catch(() => 0);
+    await backend.removeStaleTemp?.(24 * 3600_000).catch(() => 0);
     return repo;
   }
 

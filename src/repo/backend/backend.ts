@@ -1,36 +1,79 @@
+import { BackendError } from '../errors.js';
 import type { LocalFileSpec } from './local-files.js';
 
 /**
  * The storage backend interface: a flat key space of immutable-ish objects. Keys use '/' as a
- * separator and never start with '/'. Every backend must pass test/repo/backend/conformance.ts.
+ * separator and never start with '/'. Every backend, and every wrapper (retry.ts, limit.ts,
+ * readonly.ts, fault.ts), must pass test/repo/backend/conformance.ts. Stacks are built in one
+ * place only: open.ts, from a serializable `BackendSpec`.
  *
  * Guarantees every backend gives:
  * - `put` and `putIfAbsent` are atomic: a reader sees the whole object or nothing, never a prefix.
  * - `putIfAbsent` raced by many writers: exactly one reports `true`; all see the same bytes
- *   (content-addressed keys make the bytes equal anyway).
+ *   (content-addressed keys make the bytes equal anyway). Across processes and hosts only when
+ *   `capabilities.atomicCreate`.
  * - `delete` is idempotent.
- * - `list(prefix)` returns every key that starts with `prefix` (any number of keys).
+ * - `list(prefix)` returns every key that starts with `prefix` (any number of keys), each once.
+ * - An object written is durable once `barrier` has returned for its key (at once when
+ *   `capabilities.needsBarrier` is false).
+ * - Failures are `BackendError`s; only those with `retryable` (kind 'transient') are worth retrying.
  */
 export interface ObjectInfo {
   key: string;
   sizeBytes: number;
+  /** Last modification, in ms since the epoch; present when `capabilities.modTimes`. */
+  modifiedMs?: number;
+}
+
+/** What a caller may ask a backend about itself (the answers never change for one backend). */
+export interface BackendCapabilities {
+  /** Operations worth having in flight at once (a local disk: a few; an object store: dozens). */
+  readonly parallelOps: number;
+  /** `putIfAbsent` is atomic against writers in other processes and on other hosts too. */
+  readonly atomicCreate: boolean;
+  /** New objects (their names) become durable only at `barrier`; false: at once. */
+  readonly needsBarrier: boolean;
+  /** `list` and `stat` report `modifiedMs`. */
+  readonly modTimes: boolean;
+}
+
+export interface PutOptions {
+  /**
+   * 'on-return' (default): the object is durable when the call returns. 'at-barrier': only once
+   * `barrier` has returned for its key, which lets a backend that needs a barrier batch the work
+   * (local: one directory fsync per directory and barrier instead of one per object). The object is
+   * atomic either way.
+   */
+  durable?: 'on-return' | 'at-barrier';
 }
 
 export interface Backend {
   /** Human-readable location (a path or s3:// URL), used in messages. */
   readonly location: string;
+  readonly capabilities: BackendCapabilities;
   get(key: string): Promise<Buffer>;
   /** Bytes [offset, offset+length) of an object; a range past the end is a `range` error. */
   getRange(key: string, offset: number, length: number): Promise<Buffer>;
+  /**
+   * Reads bytes [offset, offset+dest.length) of an object into `dest` (no allocation per call);
+   * resolves to dest.length. A range past the end is a `range` error; `dest` may then hold part.
+   */
+  getRangeInto(key: string, offset: number, dest: Uint8Array): Promise<number>;
   /** Creates or replaces an object atomically. */
-  put(key: string, data: Buffer): Promise<void>;
+  put(key: string, data: Buffer, opts?: PutOptions): Promise<void>;
   /** Creates an object only when the key is free. Returns false when it already existed. */
-  putIfAbsent(key: string, data: Buffer): Promise<boolean>;
-  /** Size of an object, or undefined when absent. */
+  putIfAbsent(key: string, data: Buffer, opts?: PutOptions): Promise<boolean>;
+  /** Size (and modification time, see capabilities) of an object, or undefined when absent. */
   stat(key: string): Promise<ObjectInfo | undefined>;
   exists(key: string): Promise<boolean>;
   list(prefix: string): AsyncIterable<ObjectInfo>;
   delete(key: string): Promise<void>;
+  /**
+   * The durability barrier: once it returns, the objects named by `keys` (written by this
+   * process, another thread through `fileStore`, or another process) survive a crash. A no-op
+   * where `capabilities.needsBarrier` is false. Call it before writing anything that refers to them.
+   */
+  barrier(keys: Iterable<string>): Promise<void>;
   close(): Promise<void>;
   /**
    * Optional, for backends that keep each object in a plain file: the file's path. Worker threads
@@ -42,20 +85,32 @@ export interface Backend {
    * Optional, with `syncNames`, for backends that keep each object in a plain file: where other
    * threads may create objects themselves with `createObjectFile` (local-files.ts). Such objects
    * are as atomic as `putIfAbsent`'s and their bytes are durable before their name appears; the
-   * names become durable at `syncNames`.
+   * names become durable at `barrier`.
    */
   fileStore?(): LocalFileSpec;
-  /** Makes the names of objects created through `fileStore` (or seen there) durable. */
+  /**
+   * The local backend's former name of `barrier`, kept for the chunk store (its presence says that
+   * `fileStore` objects need it). New code calls `barrier`.
+   */
   syncNames?(keys: Iterable<string>): Promise<void>;
   /**
    * Optional: makes the location of a new repository (a local directory, owner-only) or says in
    * one line why it cannot. `Repository.init` calls it once it found the location free.
    */
   create?(): Promise<void>;
+  /** Optional: removes temp files left by killed writers, older than `olderThanMs`; how many. */
+  removeStaleTemp?(olderThanMs: number): Promise<number>;
 }
 
 export function validateKey(key: string): void {
   if (key === '' || key.startsWith('/') || key.includes('..') || key.includes('\0') || key.endsWith('/')) {
     throw new RangeError(`invalid object key '${key}'`);
   }
+}
+
+/** The `range` error every backend gives for a read past the end (or a negative range). */
+export function assertRange(key: string, offset: number, length: number, size: number): void {
+  const ok = Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0;
+  if (!ok || offset + length > size)
+    throw new BackendError('range', `range ${offset}+${length} is past the end of ${key} (${size} bytes)`);
 }

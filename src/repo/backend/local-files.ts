@@ -28,7 +28,7 @@ import { BackendError, type BackendErrorKind } from '../errors.js';
  * EEXIST when another writer won). A name therefore never points at bytes that a crash could
  * tear. The new name itself is durable only once its directory is fsynced, and a directory made
  * here only once its parent is fsynced: LocalBackend does both before `put`/`putIfAbsent` return;
- * for worker-created objects `LocalBackend.syncNames` does (docs/format.md, "Concurrency and crash
+ * for worker-created objects `LocalBackend.barrier` does (docs/format.md, "Concurrency and crash
  * safety").
  *
  * Modes: directories get `dirMode`, files `fileMode` (owner-only by default), set explicitly so that

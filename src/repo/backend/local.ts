@@ -1,8 +1,15 @@
 import { constants as fsc, promises as fs, statSync } from 'node:fs';
 import { dirname, join, sep } from 'node:path';
 import { errnoCode } from '../../util/index.js';
-import { BackendError, RepoNotEmptyError } from '../errors.js';
-import { validateKey, type Backend, type ObjectInfo } from './backend.js';
+import { BackendError, RepoNotEmptyError, isNotFound } from '../errors.js';
+import {
+  assertRange,
+  validateKey,
+  type Backend,
+  type BackendCapabilities,
+  type ObjectInfo,
+  type PutOptions,
+} from './backend.js';
 import {
   DEFAULT_DIR_MODE,
   DEFAULT_FILE_MODE,
@@ -22,7 +29,7 @@ import {
  * final name, and the directory is fsynced, and so is the parent of every directory made on the way
  * (once per directory and process). No partial object is ever visible under a final name.
  * Worker threads may create objects the same way themselves (`fileStore`, local-files.ts); the
- * names they create, and the directories they make, become durable at `syncNames`.
+ * names they create, and the directories they make, become durable at `barrier`.
  *
  * Modes: `create` makes the repository owner-only (directory 0700, config 0600). New directories
  * then take the mode of the repository directory and new files that of `config`, so a repository
@@ -30,6 +37,14 @@ import {
  */
 export class LocalBackend implements Backend {
   constructor(readonly root: string) {}
+
+  readonly capabilities: BackendCapabilities = {
+    // One local disk: a few operations in flight keep it busy (the chunk workers write their own).
+    parallelOps: 4,
+    atomicCreate: true, // link(2) fails with EEXIST for every writer but one, in any process
+    needsBarrier: true, // a new name is durable only once its directory is fsynced
+    modTimes: true,
+  };
 
   /** Directories whose own entry in their parent is known durable (fsynced by this object). */
   private readonly durableEntries = new Set<string>();
@@ -125,11 +140,31 @@ export class LocalBackend implements Backend {
     this.spec = { root, dirMode: DEFAULT_DIR_MODE, fileMode: DEFAULT_FILE_MODE };
   }
 
-  async syncNames(keys: Iterable<string>): Promise<void> {
+  /** The former name of `barrier` (the chunk store calls it; see Backend.syncNames). */
+  syncNames(keys: Iterable<string>): Promise<void> {
+    return this.barrier(keys);
+  }
+
+  /**
+   * Makes the names of `keys` durable: one fsync per directory they are in, then the entries of
+   * directories made since up to the root (objects' bytes were durable before their names appeared).
+   * A key whose directory does not exist names no object: there is nothing to make durable.
+   */
+  async barrier(keys: Iterable<string>): Promise<void> {
     const dirs = new Set<string>();
     for (const k of keys) dirs.add(dirname(this.path(k)));
-    await Promise.all([...dirs].map((d) => this.syncDir(d)));
-    await this.makeEntriesDurable([...dirs]);
+    const present = await Promise.all(
+      [...dirs].map((d) =>
+        this.syncDir(d).then(
+          () => d,
+          (err: unknown) => {
+            if (isNotFound(err)) return undefined;
+            throw err;
+          },
+        ),
+      ),
+    );
+    await this.makeEntriesDurable(present.filter((d) => d !== undefined));
   }
 
   /**
@@ -185,25 +220,29 @@ export class LocalBackend implements Backend {
   }
 
   async getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(Number.isSafeInteger(length) && length > 0 ? length : 0);
+    await this.readRange(key, offset, length, buf);
+    return buf;
+  }
+
+  async getRangeInto(key: string, offset: number, dest: Uint8Array): Promise<number> {
+    await this.readRange(key, offset, dest.length, dest);
+    return dest.length;
+  }
+
+  private async readRange(key: string, offset: number, length: number, buf: Uint8Array): Promise<void> {
     const p = this.path(key);
     let fh: fs.FileHandle | undefined;
     try {
       fh = await fs.open(p, 'r');
       const st = await fh.stat();
-      if (offset < 0 || length < 0 || offset + length > st.size) {
-        throw new BackendError(
-          'range',
-          `range ${offset}+${length} is past the end of ${key} (${st.size} bytes)`,
-        );
-      }
-      const buf = Buffer.allocUnsafe(length);
+      assertRange(key, offset, length, st.size);
       let done = 0;
       while (done < length) {
         const { bytesRead } = await fh.read(buf, done, length - done, offset + done);
         if (bytesRead === 0) throw new BackendError('range', `short read of ${key}`);
         done += bytesRead;
       }
-      return buf;
     } catch (err) {
       throw mapError(err, key, 'read');
     } finally {
@@ -211,10 +250,11 @@ export class LocalBackend implements Backend {
     }
   }
 
-  async put(key: string, data: Buffer): Promise<void> {
+  async put(key: string, data: Buffer, opts: PutOptions = {}): Promise<void> {
     const p = this.path(key);
     try {
       renameIntoPlace(this.fileStore(), await writeTempFile(this.fileStore(), data), key);
+      if (opts.durable === 'at-barrier') return;
       await this.fsyncDir(dirname(p));
     } catch (err) {
       throw mapError(err, key, 'write');
@@ -222,10 +262,11 @@ export class LocalBackend implements Backend {
     await this.makeEntriesDurable([dirname(p)]);
   }
 
-  async putIfAbsent(key: string, data: Buffer): Promise<boolean> {
+  async putIfAbsent(key: string, data: Buffer, opts: PutOptions = {}): Promise<boolean> {
     const p = this.path(key);
     try {
       if (!(await createObjectFile(this.fileStore(), key, data))) return false;
+      if (opts.durable === 'at-barrier') return true;
       await this.fsyncDir(dirname(p));
     } catch (err) {
       throw mapError(err, key, 'write');
@@ -242,7 +283,7 @@ export class LocalBackend implements Backend {
         throw Object.assign(new Error(`${key} is not a regular file`), {
           code: st.isDirectory() ? 'EISDIR' : 'NOT_A_FILE',
         });
-      return { key, sizeBytes: st.size };
+      return { key, sizeBytes: st.size, modifiedMs: st.mtimeMs };
     } catch (err) {
       if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return undefined;
       throw mapError(err, key, 'stat');
@@ -280,7 +321,7 @@ export class LocalBackend implements Backend {
         }
       } else if (e.isFile() && key.startsWith(prefix)) {
         const st = await fs.stat(join(dir, e.name)).catch(() => undefined);
-        if (st) yield { key, sizeBytes: st.size };
+        if (st?.isFile()) yield { key, sizeBytes: st.size, modifiedMs: st.mtimeMs };
       }
     }
   }

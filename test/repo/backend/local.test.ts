@@ -3,9 +3,10 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { errnoMeaning, mapError } from '../../../src/repo/backend/local-files.js';
-import { ChunkStore, LocalBackend, Repository, chunkIdOf } from '../../../src/repo/index.js';
+import { ChunkStore, LocalBackend, Repository, chunkIdOf, openBackend } from '../../../src/repo/index.js';
 import { makeTmpDir } from '../../helpers/tmp.js';
 import { defineBackendConformance } from './conformance.js';
+import { wrappedSpec } from './stacks.js';
 
 let current: string | undefined;
 
@@ -40,6 +41,15 @@ defineBackendConformance('local', {
     const t = await makeTmpDir();
     current = t.dir;
     return { backend: new LocalBackend(t.dir), cleanup: t.cleanup };
+  },
+  raceInProcesses,
+});
+
+defineBackendConformance('local, through the wrapper stack', {
+  make: async () => {
+    const t = await makeTmpDir();
+    current = t.dir;
+    return { backend: openBackend(wrappedSpec('local', t.dir)), cleanup: t.cleanup };
   },
   raceInProcesses,
 });
@@ -90,6 +100,26 @@ describe('local backend durability of new directories', () => {
       b.synced.length = 0;
       await b.put('index/cd/three', Buffer.from('3'));
       expect(b.synced).toEqual(['/index/cd', '/index']);
+    } finally {
+      await t.cleanup();
+    }
+  });
+
+  it("writes durable 'at-barrier' sync nothing; the barrier syncs their directories and new parents once", async () => {
+    const t = await makeTmpDir();
+    try {
+      const b = new RecordingBackend(t.dir);
+      const late = { durable: 'at-barrier' } as const;
+      expect(await b.putIfAbsent('index/ab/one', Buffer.from('1'), late)).toBe(true);
+      await b.put('index/ab/two', Buffer.from('2'), late);
+      await b.put('index/cd/three', Buffer.from('3'), late);
+      expect(b.synced).toEqual([]);
+      await b.barrier(['index/ab/one', 'index/ab/two', 'index/cd/three']);
+      expect(b.synced.slice(0, 2).sort()).toEqual(['/index/ab', '/index/cd']);
+      expect(b.synced.slice(2)).toEqual(['/index', '/']);
+      b.synced.length = 0;
+      await b.barrier(['index/ab/one']);
+      expect(b.synced).toEqual(['/index/ab']);
     } finally {
       await t.cleanup();
     }

@@ -1,0 +1,115 @@
+import type { Backend, BackendCapabilities, ObjectInfo, PutOptions } from './backend.js';
+import type { LocalFileSpec } from './local-files.js';
+
+/** The operations of the Backend interface a wrapper sees (`barrier` includes `syncNames`). */
+export type BackendOp =
+  | 'get'
+  | 'getRange'
+  | 'getRangeInto'
+  | 'put'
+  | 'putIfAbsent'
+  | 'stat'
+  | 'exists'
+  | 'list'
+  | 'delete'
+  | 'barrier';
+
+export const MUTATING_OPS: ReadonlySet<BackendOp> = new Set(['put', 'putIfAbsent', 'delete']);
+
+/** Which optional methods of the inner backend a wrapper passes on. */
+export interface PassOn {
+  /** `filePath` and `fileStore`: other threads reach the inner backend's files without this wrapper. */
+  files: boolean;
+  /** `create`, `removeStaleTemp`, `syncNames` (the last through `call('barrier')`). */
+  maintenance: boolean;
+}
+
+/**
+ * The base of every wrapper (retry.ts, limit.ts, readonly.ts, fault.ts): each operation goes through
+ * `call(op, key, fn)`, where `fn` performs it on the inner backend. A listing calls it once per item
+ * fetched (`next()`), so a wrapper never holds anything while the caller works on an item.
+ */
+export abstract class BackendWrapper implements Backend {
+  filePath?: (key: string) => string;
+  fileStore?: () => LocalFileSpec;
+  syncNames?: (keys: Iterable<string>) => Promise<void>;
+  create?: () => Promise<void>;
+  removeStaleTemp?: (olderThanMs: number) => Promise<number>;
+
+  constructor(
+    readonly inner: Backend,
+    pass: PassOn = { files: true, maintenance: true },
+  ) {
+    if (pass.files) {
+      if (inner.filePath) this.filePath = (key) => inner.filePath!(key);
+      if (inner.fileStore) this.fileStore = () => inner.fileStore!();
+    }
+    if (pass.maintenance) {
+      if (inner.syncNames) {
+        this.syncNames = (keys) => {
+          const list = [...keys];
+          return this.call('barrier', list[0] ?? '', () => inner.syncNames!(list));
+        };
+      }
+      if (inner.create) this.create = () => inner.create!();
+      if (inner.removeStaleTemp) this.removeStaleTemp = (ms) => inner.removeStaleTemp!(ms);
+    }
+  }
+
+  get location(): string {
+    return this.inner.location;
+  }
+  get capabilities(): BackendCapabilities {
+    return this.inner.capabilities;
+  }
+
+  protected abstract call<T>(op: BackendOp, key: string, fn: () => Promise<T>): Promise<T>;
+
+  get(key: string): Promise<Buffer> {
+    return this.call('get', key, () => this.inner.get(key));
+  }
+  getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    return this.call('getRange', key, () => this.inner.getRange(key, offset, length));
+  }
+  getRangeInto(key: string, offset: number, dest: Uint8Array): Promise<number> {
+    return this.call('getRangeInto', key, () => this.inner.getRangeInto(key, offset, dest));
+  }
+  put(key: string, data: Buffer, opts?: PutOptions): Promise<void> {
+    return this.call('put', key, () => this.inner.put(key, data, opts));
+  }
+  putIfAbsent(key: string, data: Buffer, opts?: PutOptions): Promise<boolean> {
+    return this.call('putIfAbsent', key, () => this.inner.putIfAbsent(key, data, opts));
+  }
+  stat(key: string): Promise<ObjectInfo | undefined> {
+    return this.call('stat', key, () => this.inner.stat(key));
+  }
+  exists(key: string): Promise<boolean> {
+    return this.call('exists', key, () => this.inner.exists(key));
+  }
+  delete(key: string): Promise<void> {
+    return this.call('delete', key, () => this.inner.delete(key));
+  }
+  barrier(keys: Iterable<string>): Promise<void> {
+    const list = [...keys];
+    return this.call('barrier', list[0] ?? '', () => this.inner.barrier(list));
+  }
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    const it = this.inner.list(prefix)[Symbol.asyncIterator]();
+    let done = false;
+    try {
+      for (;;) {
+        const r = await this.call('list', prefix, () => it.next());
+        if (r.done) {
+          done = true;
+          return;
+        }
+        yield r.value;
+      }
+    } finally {
+      if (!done) await it.return?.();
+    }
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}

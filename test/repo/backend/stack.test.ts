@@ -1,0 +1,368 @@
+import { readdir, utimes } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { describe, expect, it } from 'vitest';
+import { mapError } from '../../../src/repo/backend/local-files.js';
+import {
+  BackendError,
+  BackendWrapper,
+  ChunkStore,
+  FaultBackend,
+  LimitBackend,
+  MemoryBackend,
+  ReadOnlyBackend,
+  Repository,
+  RetryBackend,
+  openBackend,
+  specOf,
+  type Backend,
+  type BackendSpec,
+  type FaultRule,
+} from '../../../src/repo/index.js';
+import { CancelledError } from '../../../src/util/index.js';
+import { makeTmpDir } from '../../helpers/tmp.js';
+import { conformanceCases } from './conformance-cases.js';
+import type { WorkerReport } from './conformance-worker.js';
+import { wrappedSpec } from './stacks.js';
+
+/** The layers of a stack, outermost first. */
+function layers(b: Backend): Backend[] {
+  const out: Backend[] = [b];
+  while (out[out.length - 1] instanceof BackendWrapper)
+    out.push((out[out.length - 1] as BackendWrapper).inner);
+  return out;
+}
+function layer<T extends Backend>(b: Backend, cls: abstract new (...a: never[]) => T): T {
+  const found = layers(b).find((x): x is T => x instanceof cls);
+  if (!found) throw new Error(`no ${cls.name} in the stack`);
+  return found;
+}
+
+const fast = { attempts: 5, baseDelayMs: 1, maxDelayMs: 4 };
+const memWith = (faults: FaultRule[], retry: BackendSpec['retry'] = fast): Backend =>
+  openBackend({ kind: 'memory', location: 'memory:', retry, faults });
+
+async function withDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const t = await makeTmpDir();
+  try {
+    return await fn(t.dir);
+  } finally {
+    await t.cleanup();
+  }
+}
+
+/** Starts the conformance worker from sources, as WorkerPool starts .ts workers (a tsx bootstrap). */
+function runConformanceInWorker(spec: BackendSpec): Promise<WorkerReport> {
+  const url = new URL('./conformance-worker.ts', import.meta.url);
+  const source =
+    `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))})` +
+    `.then((m) => { m.register(); return import(${JSON.stringify(url.href)}); })`;
+  return new Promise((resolve, reject) => {
+    const w = new Worker(source, { eval: true, workerData: { spec } });
+    w.once('message', (r: WorkerReport) => resolve(r));
+    w.once('error', reject);
+    w.once('exit', (code) => reject(new Error(`conformance worker exited with code ${code}`)));
+  });
+}
+
+describe('the wrapper stack is built in one place, from a plain JSON spec', () => {
+  it('a spec survives JSON and builds read-only → retry → limit → faults → backend', () => {
+    const spec: BackendSpec = { ...wrappedSpec('local', '/srv/repo'), readOnly: true };
+    const b = openBackend(JSON.parse(JSON.stringify(spec)) as BackendSpec);
+    expect(layers(b).map((x) => x.constructor.name)).toEqual([
+      'ReadOnlyBackend',
+      'RetryBackend',
+      'LimitBackend',
+      'FaultBackend',
+      'LocalBackend',
+    ]);
+    expect(b.location).toBe('/srv/repo');
+    expect(b.capabilities).toEqual({
+      parallelOps: 4,
+      atomicCreate: true,
+      needsBarrier: true,
+      modTimes: true,
+    });
+  });
+
+  it("a location string gives retry over the backend, and keeps the local backend's file access", async () => {
+    await withDir(async (dir) => {
+      const b = openBackend(dir);
+      expect(layers(b).map((x) => x.constructor.name)).toEqual(['RetryBackend', 'LocalBackend']);
+      // The chunk store's workers still write and read chunk files themselves (the hot path).
+      expect(typeof b.fileStore).toBe('function');
+      expect(typeof b.syncNames).toBe('function');
+      expect(b.filePath?.('data/ab/x')).toBe(join(dir, 'data', 'ab', 'x'));
+      expect(typeof b.removeStaleTemp).toBe('function');
+      expect(layers(openBackend('memory:')).map((x) => x.constructor.name)).toEqual([
+        'RetryBackend',
+        'MemoryBackend',
+      ]);
+      expect(() => openBackend('s3://bucket/x')).toThrow(/unsupported repository location/);
+      expect(() => openBackend({ kind: 'local', location: 'relative' })).toThrow(/absolute path/);
+    });
+  });
+});
+
+describe('conformance inside a worker thread (the worker builds the stack from the spec)', () => {
+  it.each([
+    ['memory', () => Promise.resolve({ dir: 'memory:', cleanup: async () => {} })],
+    ['local', () => makeTmpDir()],
+  ] as const)('%s, through the whole wrapper stack', async (kind, make) => {
+    const t = await make();
+    try {
+      // The worker gets the spec of a stack built here, and builds the same one.
+      const spec = specOf(openBackend(wrappedSpec(kind, t.dir)));
+      expect(spec).toEqual(wrappedSpec(kind, t.dir));
+      const report = await runConformanceInWorker(spec!);
+      expect(report.inWorker).toBe(true);
+      expect(report.results.filter((r) => !r.ok)).toEqual([]);
+      expect(report.results.map((r) => r.name)).toEqual(conformanceCases.map((c) => c.name));
+      // The spec's faults were injected in the worker, and its retry hid them.
+      expect(report.injected).toBeGreaterThanOrEqual(conformanceCases.length);
+    } finally {
+      await t.cleanup();
+    }
+  });
+});
+
+describe('retry', () => {
+  it('retries transient errors, with backoff, until the call succeeds', async () => {
+    const b = memWith([{ op: 'put', nth: 1, times: 3, fail: 'transient' }]);
+    await b.put('k', Buffer.from('v'));
+    expect((await b.get('k')).toString()).toBe('v');
+    expect(layer(b, FaultBackend).calls.get('put')).toBe(4);
+    expect(layer(b, RetryBackend).retries).toBe(3);
+  });
+
+  it.each(['permission', 'no-space', 'not-found', 'other', 'range'] as const)(
+    'never retries a %s error',
+    async (kind) => {
+      const b = memWith([{ op: 'any', times: 'always', fail: kind }]);
+      const err = await b.get('k').catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(BackendError);
+      expect((err as BackendError).kind).toBe(kind);
+      expect(layer(b, FaultBackend).calls.get('get')).toBe(1);
+      expect(layer(b, RetryBackend).retries).toBe(0);
+    },
+  );
+
+  it('gives up after `attempts` tries with the last error as it was', async () => {
+    const b = memWith([{ op: 'stat', times: 'always', fail: 'transient' }], { ...fast, attempts: 3 });
+    await expect(b.stat('a/b')).rejects.toThrow(/^cannot stat a\/b: EAGAIN$/);
+    expect(layer(b, FaultBackend).calls.get('stat')).toBe(3);
+  });
+
+  it('starts no retry whose wait would end beyond `totalMs`', async () => {
+    const inner = new FaultBackend(new MemoryBackend(), [{ op: 'get', times: 'always', fail: 'transient' }]);
+    const opts = { attempts: 100, baseDelayMs: 1000, maxDelayMs: 1000, totalMs: 1400 };
+    const b = new RetryBackend(inner, opts, { random: () => 0.5 }); // waits of 500 ms
+    await expect(b.get('k')).rejects.toMatchObject({ kind: 'transient' });
+    expect(inner.calls.get('get')).toBe(3); // at 0, 500 and 1000 ms; a wait to 1500 ms is not started
+  });
+
+  it('backs off exponentially with full jitter, capped at maxDelayMs', async () => {
+    const delays: number[] = [];
+    const inner = new FaultBackend(new MemoryBackend(), [{ op: 'get', times: 4, fail: 'transient' }]);
+    await inner.inner.put('k', Buffer.from('v'));
+    const b = new RetryBackend(
+      inner,
+      { attempts: 5, baseDelayMs: 10, maxDelayMs: 30 },
+      { random: () => 0.5, onRetry: (i) => delays.push(i.delayMs) },
+    );
+    expect((await b.get('k')).toString()).toBe('v');
+    expect(delays).toEqual([5, 10, 15, 15]); // half of min(30, 10·2^n)
+  });
+
+  it('an abort ends a backoff at once', async () => {
+    const ac = new AbortController();
+    const inner = new FaultBackend(new MemoryBackend(), [{ op: 'get', times: 'always', fail: 'transient' }]);
+    const b = new RetryBackend(
+      inner,
+      { baseDelayMs: 60_000, maxDelayMs: 60_000, totalMs: 600_000 },
+      {
+        signal: ac.signal,
+        random: () => 0.99,
+      },
+    );
+    const p = b.get('k');
+    setTimeout(() => ac.abort(), 20);
+    await expect(p).rejects.toBeInstanceOf(CancelledError);
+  });
+
+  it('a listing that fails before its first item is retried, and lists every key once', async () => {
+    const b = memWith([{ op: 'list', times: 2, fail: 'transient' }]);
+    for (const k of ['l/1', 'l/2', 'l/3']) await b.put(k, Buffer.from(k));
+    const keys: string[] = [];
+    for await (const o of b.list('l/')) keys.push(o.key);
+    expect(keys).toEqual(['l/1', 'l/2', 'l/3']);
+    expect(layer(b, RetryBackend).retries).toBe(2);
+  });
+});
+
+describe('concurrency limit', () => {
+  class Counting extends MemoryBackend {
+    now = 0;
+    peak = 0;
+    override async get(key: string): Promise<Buffer> {
+      this.peak = Math.max(this.peak, ++this.now);
+      try {
+        await new Promise((r) => setTimeout(r, 5));
+        return await super.get(key);
+      } finally {
+        this.now--;
+      }
+    }
+  }
+  it('keeps at most maxInFlight operations in flight', async () => {
+    const inner = new Counting();
+    await inner.put('k', Buffer.from('v'));
+    const b = new LimitBackend(inner, 3);
+    await Promise.all(Array.from({ length: 20 }, () => b.get('k')));
+    expect(inner.peak).toBe(3);
+  });
+  it('a listing holds no slot while the caller works on an item (no deadlock at 1)', async () => {
+    const inner = new Counting();
+    for (const k of ['a/1', 'a/2']) await inner.put(k, Buffer.from(k));
+    const b = new LimitBackend(inner, 1);
+    const got: string[] = [];
+    for await (const o of b.list('a/')) got.push((await b.get(o.key)).toString());
+    expect(got).toEqual(['a/1', 'a/2']);
+  });
+});
+
+describe('read-only', () => {
+  it('every mutating call fails with one line, before the backend sees it; reads pass', async () => {
+    await withDir(async (dir) => {
+      await openBackend(dir).put('snapshots/one', Buffer.from('s'));
+      const b = openBackend({
+        kind: 'local',
+        location: dir,
+        readOnly: true,
+        faults: [{ op: 'any', delayMs: 0 }],
+      });
+      expect((await b.get('snapshots/one')).toString()).toBe('s');
+      for (const [what, op] of [
+        ['write', () => b.put('snapshots/one', Buffer.from('x'))],
+        ['write', () => b.putIfAbsent('snapshots/two', Buffer.from('x'))],
+        ['delete', () => b.delete('snapshots/one')],
+      ] as const) {
+        const err = (await op().catch((e: unknown) => e)) as BackendError;
+        expect(err).toBeInstanceOf(BackendError);
+        expect(err.kind).toBe('permission');
+        expect(err.message).toMatch(
+          new RegExp(`^cannot ${what} snapshots/\\w+: the repository is opened read-only$`),
+        );
+        expect(err.oneLine()).not.toContain('\n');
+      }
+      expect(layer(b, FaultBackend).calls.get('put') ?? 0).toBe(0);
+      expect((await b.get('snapshots/one')).toString()).toBe('s');
+      // Nothing writes around it: no file store for workers, no create, no temp cleanup.
+      expect(b.fileStore).toBeUndefined();
+      expect(b.create).toBeUndefined();
+      expect(b.removeStaleTemp).toBeUndefined();
+      await b.barrier(['snapshots/one']);
+      const store = new ChunkStore(b, 1, 2);
+      try {
+        await expect(store.put(Buffer.alloc(4096, 1))).rejects.toThrow(/the repository is opened read-only/);
+      } finally {
+        await store.close();
+      }
+    });
+  });
+  it('ReadOnlyBackend over any backend', async () => {
+    const mem = new MemoryBackend();
+    await mem.put('x', Buffer.from('1'));
+    const b = new ReadOnlyBackend(mem);
+    expect(await b.exists('x')).toBe(true);
+    await expect(b.put('x', Buffer.from('2'))).rejects.toThrow(
+      'cannot write x: the repository is opened read-only',
+    );
+  });
+});
+
+describe('fault injection: failures leave nothing referenced lost', () => {
+  it('a write that fails half-way leaves no object, and the next open removes its temp file', async () => {
+    await withDir(async (dir) => {
+      await (await Repository.init(dir, {})).close();
+      const b = openBackend({
+        kind: 'local',
+        location: dir,
+        faults: [{ op: 'write', keyPrefix: 'index/', halfWrite: true }],
+      });
+      const data = Buffer.alloc(64 * 1024, 9);
+      await expect(b.putIfAbsent('index/ab/half', data)).rejects.toThrow(
+        /^cannot write index\/ab\/half: input\/output error$/,
+      );
+      expect(await b.stat('index/ab/half')).toBeUndefined();
+      const listed: string[] = [];
+      for await (const o of b.list('index/')) listed.push(o.key);
+      expect(listed).toEqual([]);
+      const temps = await readdir(join(dir, 'tmp'));
+      expect(temps).toHaveLength(1);
+      // The writer died long ago: the next open (through the default stack) removes its leftover.
+      const old = new Date(Date.now() - 25 * 3600_000);
+      await utimes(join(dir, 'tmp', temps[0]!), old, old);
+      await (await Repository.open(dir)).close();
+      expect(await readdir(join(dir, 'tmp'))).toEqual([]);
+      // A second try of the same write succeeds.
+      expect(await b.putIfAbsent('index/ab/half', data)).toBe(true);
+    });
+  });
+
+  it('a full disk fails cleanly with the ENOSPC message, and the next run stores the data', async () => {
+    await withDir(async (dir) => {
+      await (await Repository.init(dir, {})).close();
+      const full = openBackend({
+        kind: 'local',
+        location: dir,
+        faults: [{ op: 'write', keyPrefix: 'data/', times: 'always', fail: 'no-space' }],
+      });
+      const repo = await Repository.open(dir, { workers: 2 }, full);
+      let err: unknown;
+      try {
+        err = await repo.putFile('domain-xml', 'web.xml', Buffer.from('<domain/>')).catch((e: unknown) => e);
+      } finally {
+        await repo.close();
+      }
+      expect(err).toBeInstanceOf(BackendError);
+      const e = err as BackendError;
+      expect(e.kind).toBe('no-space');
+      expect(e.retryable).toBe(false);
+      const key = /^cannot write (data\/\S+): /.exec(e.message)?.[1];
+      expect(key).toBeDefined();
+      // Word for word what a real ENOSPC from the file system gives.
+      const real = mapError(
+        Object.assign(new Error('ENOSPC'), { code: 'ENOSPC' }),
+        key!,
+        'write',
+      ) as BackendError;
+      expect(e.oneLine()).toBe(real.oneLine());
+      expect(e.oneLine()).toMatch(/no space left on the device; free space on the repository storage/);
+      expect(layer(full, FaultBackend).calls.get('putIfAbsent')).toBe(1); // not retried
+      const objects: string[] = [];
+      for await (const o of openBackend(dir).list('data/')) objects.push(o.key);
+      expect(objects).toEqual([]);
+      const again = await Repository.open(dir, { workers: 2 });
+      try {
+        const f = await again.putFile('domain-xml', 'web.xml', Buffer.from('<domain/>'));
+        expect((await again.getFile(f)).toString()).toBe('<domain/>');
+      } finally {
+        await again.close();
+      }
+    });
+  });
+
+  it('a delay-only rule slows the chosen calls and fails nothing', async () => {
+    const b = memWith([{ op: 'read', nth: 1, times: 1, delayMs: 30 }]);
+    await b.put('k', Buffer.from('v'));
+    const t0 = Date.now();
+    expect((await b.get('k')).toString()).toBe('v');
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(25);
+    expect(layer(b, FaultBackend).failed).toBe(0);
+  });
+
+  it('refuses a malformed rule', () => {
+    expect(() => memWith([{ op: 'get', nth: 0 }])).toThrow(/invalid fault rule/);
+  });
+});
