@@ -337,8 +337,12 @@ interface JsonDisk {
   bytesStored: number;
 }
 
-/** Live qemu-nbd processes whose command line mentions `text` (from /proc; zombies have none). */
-function qemuNbdMentioning(text: string): string[] {
+/**
+ * Live qemu-nbd processes whose command line mentions `text` (from /proc; zombies have none).
+ * `running`: only those that are qemu-nbd itself (argv[0]); otherwise also a `setpriv` still
+ * about to exec it (its death signal is armed only from that exec on).
+ */
+function qemuNbdMentioning(text: string, running = false): string[] {
   const found: string[] = [];
   for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
     let args: string[];
@@ -347,8 +351,8 @@ function qemuNbdMentioning(text: string): string[] {
     } catch {
       continue; // exited meanwhile
     }
-    if (args.some((a) => a.endsWith('qemu-nbd')) && args.some((a) => a.includes(text)))
-      found.push(`${pid} ${args.join(' ')}`);
+    const isQemuNbd = running ? args[0]!.endsWith('qemu-nbd') : args.some((a) => a.endsWith('qemu-nbd'));
+    if (isQemuNbd && args.some((a) => a.includes(text))) found.push(`${pid} ${args.join(' ')}`);
   }
   return found;
 }
@@ -401,13 +405,14 @@ describe.runIf(run && requireTools(['qemu-nbd', 'setpriv']))('backup-image harde
     // Kill as soon as its qemu-nbd serves (the backup is under way).
     let seen = false;
     for (let i = 0; i < 1000 && !seen; i++) {
-      seen = qemuNbdMentioning(tmp).length > 0;
+      seen = qemuNbdMentioning(tmp, true).length > 0;
       if (!seen) await new Promise((r) => setTimeout(r, 10));
     }
     child.kill('SIGKILL');
     expect(seen).toBe(true);
     await new Promise((r) => child.on('close', r));
-    for (let i = 0; i < 200 && qemuNbdMentioning(tmp).length > 0; i++)
+    // The death signal is delivered at once; allow for a loaded machine before calling it left over.
+    for (let i = 0; i < 1000 && qemuNbdMentioning(tmp).length > 0; i++)
       await new Promise((r) => setTimeout(r, 10));
     expect(qemuNbdMentioning(tmp)).toEqual([]);
     expect((await readdir(tmp)).filter((n) => n.startsWith('vmvault-image-'))).toHaveLength(1); // its runtime dir
