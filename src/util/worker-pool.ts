@@ -28,7 +28,8 @@ export class WorkerPool<Req, Res> {
   private nextId = 1;
   private closed = false;
 
-  constructor(scriptUrl: URL, size: number) {
+  /** `opts.workerData` reaches each worker once, at start (`worker_threads.workerData`). */
+  constructor(scriptUrl: URL, size: number, opts: { workerData?: unknown } = {}) {
     const path = fileURLToPath(scriptUrl);
     // A worker thread ignores `--import` in execArgv, so a .ts script (tests and benchmarks run
     // from sources) is started by a small bootstrap that registers tsx's loader first.
@@ -39,6 +40,7 @@ export class WorkerPool<Req, Res> {
     for (let i = 0; i < size; i++) {
       const worker = new Worker(source, {
         eval: source !== path,
+        workerData: opts.workerData,
         resourceLimits: { maxYoungGenerationSizeMb: 8, maxOldGenerationSizeMb: 64 },
       });
       const slot: Slot<Res> = { worker, inFlight: new Map() };
