@@ -58,8 +58,11 @@ export class ChunkStore {
 
   private getPool(): WorkerPool<ChunkWorkerRequest, ChunkWorkerResult> | undefined {
     if (this.workers <= 0) return undefined;
-    const workerData: ChunkWorkerData = { codec: this.codec.spec };
-    this.pool ??= new WorkerPool(workerScriptUrl(), this.workers, { workerData });
+    if (!this.pool) {
+      // Each worker builds the store's codec from its spec, once, at start.
+      const workerData: ChunkWorkerData = { codec: this.codec.spec };
+      this.pool = new WorkerPool(workerScriptUrl(), this.workers, { workerData });
+    }
     return this.pool;
   }
 
