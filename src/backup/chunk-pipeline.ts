@@ -9,14 +9,7 @@ import {
   throwIfAborted,
   type Progress,
 } from '../util/index.js';
-import {
-  DiskIndex,
-  isAllZero,
-  chunkIdOf,
-  emptyDiskStats,
-  type DiskStats,
-  type Repository,
-} from '../repo/index.js';
+import { DiskIndex, isAllZero, emptyDiskStats, type DiskStats, type Repository } from '../repo/index.js';
 
 /** Holes inside a slot shorter than this are read rather than split around. */
 const MERGE_GAP = 16 * 1024;
@@ -93,7 +86,7 @@ export interface BackupDiskResult {
 }
 
 /**
- * Reads the slots a plan asks for, hashes them (BLAKE3, main thread: ~3 GB/s), skips zero chunks,
+ * Reads the slots a plan asks for, hashes them (the repository codec's chunk id, main thread: BLAKE3 ~3 GB/s), skips zero chunks,
  * and stores new chunks through the repository's worker pool (zstd). Memory is bounded by
  * `budgetBytes` whatever the disk size; the resulting index maps the whole disk.
  */
@@ -174,7 +167,7 @@ export async function backupDisk(repo: Repository, opts: BackupDiskOptions): Pro
         stats.bytesZero += length;
         return;
       }
-      const id = chunkIdOf(data);
+      const id = repo.codec.chunkId(data);
       const r = await repo.chunks.put(data, id, {
         transfer: data.buffer === buf.buffer && data.byteOffset === 0,
       });

@@ -1,6 +1,4 @@
 import { nullProgress, printable, throwIfAborted, UsageError, type Progress } from '../util/index.js';
-import { decodeBlob } from './blob.js';
-import { hashBytes } from './chunk-id.js';
 import { DiskIndex } from './disk-index.js';
 import { CheckFailedError, ChunkCorruptError, ChunkMissingError, isNotFound } from './errors.js';
 import { Keys } from './format.js';
@@ -67,7 +65,7 @@ export interface CheckResult {
   chunksReferenced: number;
   /** Plaintext bytes of those chunks. */
   bytesReferenced: number;
-  /** Chunks read and verified (zstd, BLAKE3 against the id): only with `readData`. */
+  /** Chunks read and verified (decoded, checked against the id): only with `readData`. */
   chunksRead: number;
   bytesRead: number;
   /** Distinct referenced chunks absent from storage (those `repair` moved to quarantine/ included). */
@@ -615,8 +613,8 @@ function decodeIndex(repo: Repository, id: string, blob: Buffer): DiskIndex | In
   });
   let index: DiskIndex;
   try {
-    const plain = decodeBlob(blob);
-    if (hashBytes(plain).toString('hex') !== id) return damaged('content does not match its id');
+    const plain = repo.codec.decode('index', blob);
+    if (!repo.codec.verify(plain, id)) return damaged('content does not match its id');
     index = DiskIndex.decode(plain);
   } catch (err) {
     return damaged(errText(err));

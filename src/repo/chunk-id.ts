@@ -1,19 +1,10 @@
-import { blake3 } from '@napi-rs/blake-hash';
 import { CHUNK_ID_BYTES } from './format.js';
 
-/** A BLAKE3-256 digest of a chunk's plaintext, as 64 lowercase hex characters. */
+/** A chunk's id (its codec's id function, `BlobCodec.chunkId`), as 64 lowercase hex characters. */
 export type ChunkId = string & { readonly __brand: 'ChunkId' };
 
 /** The all-zero marker in an index slot: the chunk is all zero bytes and is never stored. */
 export const ZERO_CHUNK_ID_BYTES = Buffer.alloc(CHUNK_ID_BYTES);
-
-export function hashBytes(data: Uint8Array): Buffer {
-  return blake3(data);
-}
-
-export function chunkIdOf(data: Uint8Array): ChunkId {
-  return blake3(data).toString('hex') as ChunkId;
-}
 
 export function isChunkId(s: string): s is ChunkId {
   return /^[0-9a-f]{64}$/.test(s);

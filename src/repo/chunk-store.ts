@@ -2,9 +2,10 @@ import { availableParallelism } from 'node:os';
 import { WorkerPool, WorkerTaskError } from '../util/index.js';
 import type { Backend } from './backend/backend.js';
 import { mapError, type LocalFileSpec } from './backend/local-files.js';
-import { decodeBlob, decodeBlobInto, encodeBlob, isPlausibleBlobSize, BlobFormatError } from './blob.js';
-import { chunkIdOf, type ChunkId } from './chunk-id.js';
-import type { ChunkWorkerRequest, ChunkWorkerResult } from './chunk-worker.js';
+import { isPlausibleBlobSize, BlobFormatError } from './blob.js';
+import type { ChunkId } from './chunk-id.js';
+import type { ChunkWorkerData, ChunkWorkerRequest, ChunkWorkerResult } from './chunk-worker.js';
+import { BlobCodec, codecSpec } from './codec.js';
 import { ChunkCorruptError, ChunkMissingError, isNotFound, type ChunkLocation } from './errors.js';
 import { Keys, MAX_CHUNK_SIZE } from './format.js';
 
@@ -26,8 +27,9 @@ const KNOWN_IDS_LIMIT = 500_000;
 
 /**
  * Content-addressed chunk storage: put is idempotent (an existing chunk is never rewritten),
- * get verifies the integrity tag and the BLAKE3 id. Compression and decompression run in a pool
- * of worker threads sized to the cores.
+ * get verifies the plaintext against its id. The repository's `BlobCodec` encodes, decodes and
+ * hashes; compression and decompression run in a pool of worker threads sized to the cores, each
+ * with the same codec, built from its spec sent once at start.
  */
 export class ChunkStore {
   private readonly known = new Set<string>();
@@ -39,19 +41,28 @@ export class ChunkStore {
   /** Where worker threads create chunk files (backends with plain files and `syncNames` only). */
   private readonly fileSpec: LocalFileSpec | undefined;
 
+  /** Encodes, decodes and hashes every chunk (the workers build the same one from its spec). */
+  readonly codec: BlobCodec;
+
   constructor(
     private readonly backend: Backend,
-    private readonly levelZstd: number,
+    /** The repository's codec; a number: format 1's codec with that chunk zstd level (0 = none). */
+    codec: BlobCodec | number,
     private readonly workers: number = availableParallelism(),
     /** The repository chunk size: no chunk's plaintext is longer (bounds what a blob may claim). */
     private readonly chunkSizeBytes: number = MAX_CHUNK_SIZE,
   ) {
     this.fileSpec = backend.syncNames ? backend.fileStore?.() : undefined;
+    this.codec = typeof codec === 'number' ? BlobCodec.fromSpec(codecSpec(codec)) : codec;
   }
 
   private getPool(): WorkerPool<ChunkWorkerRequest, ChunkWorkerResult> | undefined {
     if (this.workers <= 0) return undefined;
-    this.pool ??= new WorkerPool(workerScriptUrl(), this.workers);
+    if (!this.pool) {
+      // Each worker builds the store's codec from its spec, once, at start.
+      const workerData: ChunkWorkerData = { codec: this.codec.spec };
+      this.pool = new WorkerPool(workerScriptUrl(), this.workers, { workerData });
+    }
     return this.pool;
   }
 
@@ -85,7 +96,11 @@ export class ChunkStore {
    * `transfer`, `data` must be the only view of its own ArrayBuffer: it is moved to the worker
    * thread without a copy and comes back as `result.buffer`.
    */
-  put(data: Buffer, id: ChunkId = chunkIdOf(data), opts: { transfer?: boolean } = {}): Promise<PutResult> {
+  put(
+    data: Buffer,
+    id: ChunkId = this.codec.chunkId(data),
+    opts: { transfer?: boolean } = {},
+  ): Promise<PutResult> {
     const pending = this.inFlight.get(id);
     if (pending) return pending.then((r) => ({ id: r.id, isNew: false, storedBytes: 0, buffer: data }));
     const p = this.doPut(data, id, opts.transfer ?? false).finally(() => this.inFlight.delete(id));
@@ -104,7 +119,7 @@ export class ChunkStore {
       let r: ChunkWorkerResult;
       try {
         r = await pool.run(
-          { op: 'store', data, levelZstd: this.levelZstd, spec, key, transferred: canTransfer },
+          { op: 'store', data, spec, key, transferred: canTransfer },
           canTransfer ? [data.buffer as ArrayBuffer] : [],
         );
       } catch (err) {
@@ -145,7 +160,7 @@ export class ChunkStore {
    * verified or written. Errors other than damage (a directory in the chunk's place) are thrown.
    */
   async putVerified(data: Buffer): Promise<PutResult> {
-    const id = chunkIdOf(data);
+    const id = this.codec.chunkId(data);
     try {
       await this.get(id);
       this.found(id);
@@ -183,9 +198,9 @@ export class ChunkStore {
 
   private async encodeChunk(data: Buffer, transfer: boolean): Promise<{ blob: Buffer; buffer: Buffer }> {
     const pool = this.getPool();
-    if (!pool) return { blob: encodeBlob(data, { levelZstd: this.levelZstd }), buffer: data };
+    if (!pool) return { blob: this.codec.encode('chunk', data), buffer: data };
     const canTransfer = transfer && data.buffer instanceof ArrayBuffer && data.byteOffset === 0;
-    const req = { op: 'encode' as const, data, levelZstd: this.levelZstd, transferred: canTransfer };
+    const req = { op: 'encode' as const, data, transferred: canTransfer };
     const r = await pool.run(req, canTransfer ? [data.buffer as ArrayBuffer] : []);
     if (!('blob' in r)) throw new Error('unexpected worker reply');
     const blob = Buffer.from(r.blob.buffer, r.blob.byteOffset, r.blob.byteLength);
@@ -257,8 +272,8 @@ export class ChunkStore {
     const blob = await this.fetchBlob(id, loc);
     try {
       if (!pool) {
-        const n = decodeBlobInto(blob, dest, { verifyTag: false });
-        if (chunkIdOf(dest.subarray(0, n)) !== id)
+        const n = this.codec.decodeInto('chunk', blob, dest, { verifyTag: false });
+        if (!this.codec.verify(dest.subarray(0, n), id))
           throw new BlobFormatError('content does not match its id (BLAKE3 mismatch)');
         return n;
       }
@@ -283,8 +298,11 @@ export class ChunkStore {
     const pool = this.getPool();
     try {
       if (!pool) {
-        const data = decodeBlob(blob, { verifyTag: id === null, maxPlaintextBytes: this.chunkSizeBytes });
-        if (id !== null && chunkIdOf(data) !== id)
+        const data = this.codec.decode('chunk', blob, {
+          verifyTag: id === null,
+          maxPlaintextBytes: this.chunkSizeBytes,
+        });
+        if (id !== null && !this.codec.verify(data, id))
           throw new BlobFormatError('content does not match its id (BLAKE3 mismatch)');
         return data;
       }

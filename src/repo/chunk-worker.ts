@@ -1,10 +1,10 @@
 /**
  * Worker thread script for the chunk store: compresses + encodes blobs, and decodes + verifies
- * them, off the main thread. Messages: { id, req: ChunkWorkerRequest } → WorkerReply.
+ * them, off the main thread, with the codec built from the `CodecSpec` the store passed as
+ * workerData at start. Messages: { id, req: ChunkWorkerRequest } → WorkerReply.
  */
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { parentPort } from 'node:worker_threads';
-import { blake3 } from '@napi-rs/blake-hash';
+import { parentPort, workerData } from 'node:worker_threads';
 import {
   createObjectFile,
   objectFileState,
@@ -12,16 +12,17 @@ import {
   writeTempFile,
   type LocalFileSpec,
 } from './backend/local-files.js';
-import {
-  blobBound,
-  decodeBlob,
-  decodeBlobInto,
-  encodeBlob,
-  encodeBlobTo,
-  isPlausibleBlobSize,
-  parseBlobHeader,
-} from './blob.js';
-import { BLOB_HEADER_BYTES, Codec, MAX_CHUNK_SIZE } from './format.js';
+import { isPlausibleBlobSize } from './blob.js';
+import { BlobCodec, type CodecSpec } from './codec.js';
+import { BLOB_HEADER_BYTES, MAX_CHUNK_SIZE } from './format.js';
+
+/** What the chunk store passes as workerData. */
+export interface ChunkWorkerData {
+  codec: CodecSpec;
+}
+
+/** This thread's codec: the repository's, from the spec the store sent once. */
+const codec = BlobCodec.fromSpec((workerData as ChunkWorkerData).codec);
 
 /**
  * A blob to decode: its bytes, or the path of the file that holds it (backends that store objects
@@ -32,7 +33,7 @@ import { BLOB_HEADER_BYTES, Codec, MAX_CHUNK_SIZE } from './format.js';
 export type BlobSource = { blob: Uint8Array; path?: undefined } | { path: string; blob?: undefined };
 
 export type ChunkWorkerRequest =
-  | { op: 'encode'; data: Uint8Array; levelZstd: number }
+  | { op: 'encode'; data: Uint8Array }
   /**
    * Stores a chunk as object `key` in a file-backed backend unless the object exists: encodes it
    * and creates the file itself (local-files.ts), so the main thread sees one message per chunk.
@@ -43,7 +44,6 @@ export type ChunkWorkerRequest =
   | {
       op: 'store';
       data: Uint8Array;
-      levelZstd: number;
       spec: LocalFileSpec;
       key: string;
       transferred?: boolean;
@@ -133,7 +133,7 @@ function readWholeFile(path: string, maxPlaintextBytes: number): Uint8Array {
   const fd = openForRead(path);
   try {
     const size = sizeOf(fd);
-    if (size > blobBound(maxPlaintextBytes))
+    if (size > codec.blobBound(maxPlaintextBytes))
       throw damaged(`blob is ${size} bytes, more than a blob of ${maxPlaintextBytes} bytes can be`);
     return readOpenFile(fd, size);
   } finally {
@@ -154,23 +154,17 @@ function decodeFileInto(path: string, dest: Uint8Array): number {
   try {
     const size = sizeOf(fd);
     if (readFully(fd, head, 0, BLOB_HEADER_BYTES, 0) === BLOB_HEADER_BYTES) {
-      const h = decoding(() => parseBlobHeader(head, size));
-      if (
-        h.codec === Codec.NONE &&
-        h.flags === 0 &&
-        h.payloadBytes === h.plaintextBytes &&
-        h.payloadBytes <= dest.length
-      ) {
-        const n = readFully(fd, dest, 0, h.payloadBytes, BLOB_HEADER_BYTES);
-        if (n !== h.payloadBytes)
-          throw damaged(`blob is ${BLOB_HEADER_BYTES + n} bytes, its header says more`);
+      const v = decoding(() => codec.verbatimPayload(head, size));
+      if (v && v.length <= dest.length) {
+        const n = readFully(fd, dest, 0, v.length, v.offset);
+        if (n !== v.length) throw damaged(`blob is ${v.offset + n} bytes, its header says more`);
         return n;
       }
     }
-    if (size > blobBound(dest.length))
+    if (size > codec.blobBound(dest.length))
       throw damaged(`blob is ${size} bytes, more than a blob of ${dest.length} bytes can be`);
     const blob = readOpenFile(fd, size);
-    return decoding(() => decodeBlobInto(blob, dest, { verifyTag: false }));
+    return decoding(() => codec.decodeInto('chunk', blob, dest, { verifyTag: false }));
   } finally {
     closeSync(fd);
   }
@@ -203,11 +197,11 @@ async function store(req: Extract<ChunkWorkerRequest, { op: 'store' }>): Promise
   const state = objectFileState(req.spec, req.key);
   const replace = state.kind === 'file' && !isPlausibleBlobSize(state.sizeBytes, req.data.length);
   if (state.kind === 'absent' || replace) {
-    const bound = blobBound(req.data.length);
+    const bound = codec.blobBound(req.data.length);
     let buf = freeBlobBuffers.pop();
     if (!buf || buf.length < bound) buf = Buffer.allocUnsafeSlow(bound);
     try {
-      const blob = encodeBlobTo(req.data, { levelZstd: req.levelZstd }, buf);
+      const blob = codec.encode('chunk', req.data, buf);
       if (replace) {
         renameIntoPlace(req.spec, await writeTempFile(req.spec, blob), req.key);
         stored = true;
@@ -228,7 +222,7 @@ async function store(req: Extract<ChunkWorkerRequest, { op: 'store' }>): Promise
 function handle(req: ChunkWorkerRequest & { transferred?: boolean }): Handled | Promise<Handled> {
   if (req.op === 'store') return store(req);
   if (req.op === 'encode') {
-    const blob = encodeBlob(req.data, { levelZstd: req.levelZstd });
+    const blob = codec.encode('chunk', req.data);
     const transfer: ArrayBuffer[] = [];
     const own = ownBuffer(blob);
     if (own) transfer.push(own);
@@ -243,17 +237,19 @@ function handle(req: ChunkWorkerRequest & { transferred?: boolean }): Handled | 
     const n =
       req.path !== undefined
         ? decodeFileInto(req.path, dest)
-        : decoding(() => decodeBlobInto(req.blob, dest, { verifyTag: false }));
-    if (blake3(dest.subarray(0, n)).toString('hex') !== req.expectId)
+        : decoding(() => codec.decodeInto('chunk', req.blob, dest, { verifyTag: false }));
+    if (!codec.verify(dest.subarray(0, n), req.expectId))
       throw damaged('content does not match its id (BLAKE3 mismatch)');
     return { result: { length: n }, transfer: [] };
   }
   const max = req.maxPlaintextBytes ?? MAX_CHUNK_SIZE;
   const blob = blobOf(req, max);
-  let data = decoding(() => decodeBlob(blob, { verifyTag: req.expectId === null, maxPlaintextBytes: max }));
+  let data = decoding(() =>
+    codec.decode('chunk', blob, { verifyTag: req.expectId === null, maxPlaintextBytes: max }),
+  );
   // Read from a file, a stored (codec none) plaintext is a view of the thread's read buffer.
   if (data.buffer === fileScratch.buffer) data = Buffer.from(data);
-  if (req.expectId !== null && blake3(data).toString('hex') !== req.expectId)
+  if (req.expectId !== null && !codec.verify(data, req.expectId))
     throw damaged('content does not match its id (BLAKE3 mismatch)');
   // The plaintext lives either in a fresh ArrayBuffer (zstd) or inside the blob this thread owns
   // (codec none): either way it can move to the main thread without a copy.

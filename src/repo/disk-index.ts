@@ -1,4 +1,5 @@
-import { hashBytes, chunkIdFromBytes, type ChunkId } from './chunk-id.js';
+import { chunkIdFromBytes, type ChunkId } from './chunk-id.js';
+import { checksum } from './codec.js';
 import {
   CHUNK_ID_BYTES,
   INDEX_HEADER_BYTES,
@@ -100,7 +101,7 @@ export class DiskIndex {
     header.writeBigUInt64BE(BigInt(this.diskSizeBytes), 16);
     header.writeBigUInt64BE(BigInt(this.slotCount), 24);
     const body = Buffer.concat([header, this.slots]);
-    return Buffer.concat([body, hashBytes(body)]);
+    return Buffer.concat([body, checksum(body)]);
   }
 
   /**
@@ -134,7 +135,7 @@ export class DiskIndex {
     if (buf.length !== bodyLen + CHUNK_ID_BYTES)
       throw bad(`header does not match its length (${slotCount} slots, ${buf.length} bytes)`);
     const body = buf.subarray(0, bodyLen);
-    if (Buffer.compare(hashBytes(body), buf.subarray(bodyLen)) !== 0) throw bad('checksum mismatch');
+    if (Buffer.compare(checksum(body), buf.subarray(bodyLen)) !== 0) throw bad('checksum mismatch');
     return new DiskIndex(
       diskSizeBytes,
       chunkSizeBytes,

@@ -98,3 +98,6 @@ export const DEFAULT_ZSTD_LEVEL = 1;
 /** zstd's fast levels (negative: less compression, more speed) go down to this. */
 export const MIN_ZSTD_LEVEL = -7;
 export const MAX_ZSTD_LEVEL = 19;
+
+/** The zstd level of disk indexes and manifests, whatever the repository's chunk level. */
+export const METADATA_ZSTD_LEVEL = 3;

@@ -21,7 +21,17 @@ export {
   verifyBlobTag,
   BlobFormatError,
 } from './blob.js';
-export { chunkIdOf, hashBytes, isAllZero, isChunkId, type ChunkId } from './chunk-id.js';
+export { isAllZero, isChunkId, type ChunkId } from './chunk-id.js';
+export {
+  BlobCodec,
+  chunkIdOf,
+  codecSpec,
+  hashBytes,
+  ID_KEY_BYTES,
+  type CodecKeys,
+  type CodecSpec,
+  type ObjectKind,
+} from './codec.js';
 export {
   checkRepository,
   checkFailure,

@@ -1,11 +1,11 @@
 import { hostname } from 'node:os';
 import { printable, VmvaultError } from '../util/index.js';
-import { blake3 } from '@napi-rs/blake-hash';
 import type { Backend } from './backend/backend.js';
 import { openBackend } from './backend/open.js';
-import { blobBound, decodeBlob, encodeBlob, BlobFormatError, readBlobHeader } from './blob.js';
+import { BlobFormatError, readBlobHeader } from './blob.js';
 import { isAllZero, type ChunkId } from './chunk-id.js';
 import { ChunkStore } from './chunk-store.js';
+import { BlobCodec } from './codec.js';
 import {
   CONFIG_HINT,
   MAX_CONFIG_BYTES,
@@ -67,13 +67,16 @@ const HEX64 = /^[0-9a-f]{64}$/;
 /** The repository façade: config, chunk store, indexes and snapshot manifests over one backend. */
 export class Repository {
   readonly chunks: ChunkStore;
+  /** The one codec of this repository: every object is encoded, decoded and hashed by it. */
+  readonly codec: BlobCodec;
 
   private constructor(
     readonly backend: Backend,
     readonly config: RepoConfig,
     opts: OpenOptions,
   ) {
-    this.chunks = new ChunkStore(backend, config.compression.level, opts.workers, config.chunkSizeBytes);
+    this.codec = BlobCodec.fromConfig(config);
+    this.chunks = new ChunkStore(backend, this.codec, opts.workers, config.chunkSizeBytes);
     this.onDamagedSnapshot = opts.onDamagedSnapshot;
   }
   private readonly onDamagedSnapshot: ((err: SnapshotDamagedError) => void) | undefined;
@@ -148,8 +151,8 @@ export class Repository {
    */
   async putIndex(index: DiskIndex): Promise<{ id: string; storedBytes: number }> {
     const plain = index.encode();
-    const id = blake3(plain).toString('hex');
-    const blob = encodeBlob(plain, { levelZstd: 3 });
+    const id = this.codec.objectId(plain);
+    const blob = this.codec.encode('index', plain);
     await this.chunks.flush(); // the chunks it names are durable before the index is
     const stored = await this.putVerifiedObject(Keys.index(id), blob, async () => {
       await this.getIndex(id);
@@ -182,11 +185,11 @@ export class Repository {
     const blob = await this.getBounded(Keys.index(id), MAX_INDEX_BYTES, () => damaged('is missing'), damaged);
     let plain: Buffer;
     try {
-      plain = decodeBlob(blob, { maxPlaintextBytes: MAX_INDEX_BYTES });
+      plain = this.codec.decode('index', blob, { maxPlaintextBytes: MAX_INDEX_BYTES });
     } catch (err) {
       throw damaged(`is damaged: ${(err as BlobFormatError).message}`);
     }
-    if (blake3(plain).toString('hex') !== id) throw damaged('does not match its id');
+    if (!this.codec.verify(plain, id)) throw damaged('does not match its id');
     try {
       return DiskIndex.decode(plain);
     } catch (err) {
@@ -209,7 +212,7 @@ export class Repository {
     try {
       const st = await this.backend.stat(key);
       if (st === undefined) throw missing();
-      if (st.sizeBytes > blobBound(maxPlaintextBytes))
+      if (st.sizeBytes > this.codec.blobBound(maxPlaintextBytes))
         throw damaged(`is damaged: ${st.sizeBytes} bytes, too large`);
       return await this.backend.get(key);
     } catch (err) {
@@ -225,7 +228,7 @@ export class Repository {
    * of that id already there is read back and verified, and replaced when damaged (as putIndex).
    */
   async putSnapshot(manifest: SnapshotManifest): Promise<Snapshot> {
-    const { id, json } = encodeManifest(manifest);
+    const { id, json } = encodeManifest(manifest, this.codec);
     // Never write what a reader would refuse as damaged: the same schema every reader applies.
     try {
       validateManifest(JSON.parse(json.toString('utf8')), this.chunkSizeBytes);
@@ -241,7 +244,7 @@ export class Repository {
       );
     }
     await this.chunks.flush(); // the file chunks it names (putFile) are durable before it is
-    const blob = encodeBlob(json, { levelZstd: 3 });
+    const blob = this.codec.encode('manifest', json);
     await this.putVerifiedObject(Keys.snapshot(id), blob, async () => {
       const damaged = (why: string) => new RepoDamagedError(`snapshot ${id.slice(0, 8)} ${why}`);
       const there = await this.getBounded(
@@ -252,7 +255,7 @@ export class Repository {
       );
       let plain: Buffer;
       try {
-        plain = decodeBlob(there, { maxPlaintextBytes: MAX_MANIFEST_BYTES });
+        plain = this.codec.decode('manifest', there, { maxPlaintextBytes: MAX_MANIFEST_BYTES });
       } catch (err) {
         throw damaged(`is damaged: ${(err as BlobFormatError).message}`);
       }
@@ -286,12 +289,12 @@ export class Repository {
         throw new BlobFormatError(
           `its blob header says ${h.plaintextBytes} bytes of manifest, at most ${MANIFEST_LIMITS.maxManifestBytes} allowed`,
         );
-      json = decodeBlob(blob);
+      json = this.codec.decode('manifest', blob);
     } catch (err) {
       if (err instanceof BlobFormatError) throw new SnapshotDamagedError(id, err.message);
       throw err;
     }
-    return decodeManifest(id, json, this.chunkSizeBytes);
+    return decodeManifest(id, json, this.chunkSizeBytes, this.codec);
   }
 
   async snapshotIds(): Promise<string[]> {

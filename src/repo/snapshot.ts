@@ -1,4 +1,4 @@
-import { hashBytes } from './chunk-id.js';
+import type { BlobCodec } from './codec.js';
 import {
   MANIFEST_LIMITS,
   ManifestFieldError,
@@ -88,25 +88,25 @@ export interface Snapshot extends SnapshotManifest {
   id: SnapshotId;
 }
 
-export function encodeManifest(m: SnapshotManifest): { id: SnapshotId; json: Buffer } {
+/** A manifest's bytes and its id (the codec's object id of the bytes). */
+export function encodeManifest(m: SnapshotManifest, codec: BlobCodec): { id: SnapshotId; json: Buffer } {
   const json = Buffer.from(JSON.stringify(m), 'utf8');
-  return { id: hashBytes(json).toString('hex') as SnapshotId, json };
+  return { id: codec.objectId(json) as SnapshotId, json };
 }
 
 /**
  * Decodes and validates a manifest read from `snapshots/<id>` (after its blob was decoded): the id
- * must be BLAKE3 of the bytes, the bytes JSON, and the JSON must satisfy the schema
+ * must be the codec's object id of the bytes, the bytes JSON, and the JSON must satisfy the schema
  * (manifest-schema.ts) for a repository of `chunkSizeBytes`. Anything else is a
  * SnapshotDamagedError naming the snapshot and, for the schema, the field.
  */
-export function decodeManifest(id: string, json: Buffer, chunkSizeBytes: number): Snapshot {
+export function decodeManifest(id: string, json: Buffer, chunkSizeBytes: number, codec: BlobCodec): Snapshot {
   if (json.length > MANIFEST_LIMITS.maxManifestBytes)
     throw new SnapshotDamagedError(
       id,
       `the manifest is ${json.length} bytes, at most ${MANIFEST_LIMITS.maxManifestBytes} allowed`,
     );
-  if (hashBytes(json).toString('hex') !== id)
-    throw new SnapshotDamagedError(id, 'content does not match its id');
+  if (!codec.verify(json, id)) throw new SnapshotDamagedError(id, 'content does not match its id');
   let value: unknown;
   try {
     value = JSON.parse(json.toString('utf8'));

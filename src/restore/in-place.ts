@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import { errnoCode, exec, nullProgress, throwIfAborted, VmvaultError } from '../util/index.js';
-import { chunkIdOf, isAllZero, type Repository, type Snapshot, type SnapshotDisk } from '../repo/index.js';
+import { isAllZero, type Repository, type Snapshot, type SnapshotDisk } from '../repo/index.js';
 import { NbdClient, startQemuNbd } from '../nbd/index.js';
 
 export interface InPlaceResult {
@@ -149,7 +149,7 @@ export async function restoreInPlace(
         result.chunksWritten++;
         result.bytesWritten += length;
       }
-    } else if (isAllZero(have) || chunkIdOf(have) !== want) {
+    } else if (isAllZero(have) || !repo.codec.verify(have, want)) {
       const data = await repo.chunks.get(want, { snapshot: snapshot.id, disk: disk.target, offset });
       await target.write(offset, data);
       result.chunksWritten++;

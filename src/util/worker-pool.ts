@@ -28,6 +28,8 @@ export interface WorkerPoolOptions<Req> {
   deathWindowMs?: number;
   /** Heap limits of each worker; default 8 MiB young, 64 MiB old generation. */
   resourceLimits?: ResourceLimits;
+  /** Given to each worker once, at start (`worker_threads.workerData`), replacements too. */
+  workerData?: unknown;
 }
 
 interface Pending<Res> {
@@ -75,6 +77,8 @@ export class WorkerPool<Req, Res> {
   private readonly maxDeaths: number;
   private readonly deathWindowMs: number;
   private readonly resourceLimits: ResourceLimits;
+  /** Reaches every worker, replacements too, once at start (`worker_threads.workerData`). */
+  private readonly workerData: unknown;
   /** Times (ms) of the deaths within the window. */
   private deaths: number[] = [];
   /** Set when the replacement budget is spent: why later tasks fail. */
@@ -97,6 +101,7 @@ export class WorkerPool<Req, Res> {
     this.maxDeaths = Math.max(1, options.maxDeaths ?? 5);
     this.deathWindowMs = options.deathWindowMs ?? 60_000;
     this.resourceLimits = options.resourceLimits ?? DEFAULT_LIMITS;
+    this.workerData = options.workerData;
     for (let i = 0; i < Math.max(1, size); i++) this.slots.push(this.start());
   }
 
@@ -105,7 +110,11 @@ export class WorkerPool<Req, Res> {
   }
 
   private start(): Live<Res> {
-    const worker = new Worker(this.source, { eval: this.isEval, resourceLimits: this.resourceLimits });
+    const worker = new Worker(this.source, {
+      eval: this.isEval,
+      workerData: this.workerData,
+      resourceLimits: this.resourceLimits,
+    });
     const live: Live<Res> = { worker, inFlight: new Map(), gone: false };
     worker.on('message', (msg: WorkerReply<Res>) => {
       const p = live.inFlight.get(msg.id);

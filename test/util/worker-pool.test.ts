@@ -70,6 +70,16 @@ describe('WorkerPool', () => {
     expect(p.replacements).toBe(1);
   });
 
+  it('a replacement worker gets the same workerData as the first (e.g. the codec spec)', async () => {
+    const p = pool(1, { workerData: { value: 42 } });
+    const first = await p.run({ op: 'data' });
+    expect(first.value).toBe(42);
+    await settleAll([p.run({ op: 'exit', exitCode: 3 })]);
+    const again = await p.run({ op: 'data' });
+    expect(again.value).toBe(42);
+    expect(again.threadId).not.toBe(first.threadId);
+  });
+
   it('a worker with an uncaught exception fails its tasks with the error message', async () => {
     const p = pool(1);
     const results = await settleAll([
