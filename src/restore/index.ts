@@ -7,7 +7,12 @@ export {
   type RestoreDiskResult,
 } from './restore.js';
 export { RawWriter, createRawWriter } from './raw-writer.js';
-export { adjustDomainXml, type DomainConfigOptions, type DiskRestoreTarget } from './domain-config.js';
+export {
+  adjustDomainXml,
+  type AdjustedDomainXml,
+  type DomainConfigOptions,
+  type DiskRestoreTarget,
+} from './domain-config.js';
 export {
   restoreInPlace,
   openRawTarget,

@@ -49,6 +49,11 @@ export interface RestoreOptions {
   format?: ImageFormat;
   /** Write an adjusted domain XML and the VM's extra files next to the images. */
   config?: boolean;
+  /**
+   * Keep the stored domain XML's host references (see adjustDomainXml): only for a trusted
+   * repository. Without it the adjusted XML names no host path this restore did not write.
+   */
+  keepHostConfig?: boolean;
   name?: string;
   inPlace?: boolean;
   ignoreErrors?: boolean;
@@ -74,6 +79,8 @@ export interface RestoreResult {
   /** Path of the adjusted domain XML (with `config`). */
   configPath?: string;
   domainXml?: string;
+  /** What the adjusted XML removed or changed from the stored one (printable lines). */
+  configNotes: string[];
   files: string[];
   /** Temporary files an interrupted earlier restore of these outputs had left, now removed. */
   removedTemps: string[];
@@ -217,7 +224,7 @@ export async function restoreSnapshot(
     if (await exists(p)) throw outputExists(p);
   }
 
-  const result: RestoreResult = { snapshot, disks: [], files: [], removedTemps: [] };
+  const result: RestoreResult = { snapshot, disks: [], configNotes: [], files: [], removedTemps: [] };
   for (const p of outputs) result.removedTemps.push(...(await removeStaleTemps(p)));
   if (outIsDir) await makeDirDurably(dir);
 
@@ -286,11 +293,13 @@ export async function restoreSnapshot(
         result.files.push(path);
       }
       // The disk paths in the XML are exactly the files this restore writes.
-      const xml = adjustDomainXml((await repo.getFile(xmlFile)).toString('utf8'), {
+      const { xml, notes } = adjustDomainXml((await repo.getFile(xmlFile)).toString('utf8'), {
         ...(opts.name ? { name: opts.name } : {}),
         disks: result.disks.map((d) => ({ target: d.target, path: d.path, format: d.format })),
         files: fileMap,
+        keepHostConfig: opts.keepHostConfig ?? false,
       });
+      result.configNotes = notes;
       const tmp = tempPathFor(configPath);
       pending.push({ tmp, path: configPath });
       await writeNewFile(tmp, xml);

@@ -1,5 +1,5 @@
 import { Command, Option } from 'commander';
-import { ExitCode, formatBytes, VmvaultError } from '../../util/index.js';
+import { ExitCode, formatBytes, UsageError, VmvaultError } from '../../util/index.js';
 import {
   createQcow2Writer,
   makeSinkFactory,
@@ -20,6 +20,7 @@ interface RestoreFlags {
   config?: boolean;
   name?: string;
   define?: boolean;
+  keepHostConfig?: boolean;
   connect: string;
   inPlace?: boolean;
   ignoreErrors?: boolean;
@@ -49,6 +50,10 @@ export function restoreCommand(): Command {
     .option('--name <name>', 'domain name in the adjusted XML (default restore_<name>)')
     .option('--define', 'define the restored domain in libvirt (implies --config)')
     .option(
+      '--keep-host-config',
+      "keep the stored domain XML's host references (passthrough devices, host files and sockets, emulator, security labels, qemu arguments): only for a repository you trust",
+    )
+    .option(
       '-c, --connect <uri>',
       'libvirt connection URI for --define',
       process.env.LIBVIRT_DEFAULT_URI ?? 'qemu:///system',
@@ -60,6 +65,11 @@ export function restoreCommand(): Command {
     .action(async (ref: string, opts: RestoreFlags, cmd: Command) => {
       const log = loggerFor(cmd);
       const quiet = (globals(cmd).quiet ?? false) || opts.json === true;
+      if (opts.keepHostConfig && !opts.config && !opts.define)
+        throw new UsageError(
+          '--keep-host-config changes the domain XML that --config or --define writes',
+          'add --config or --define, or drop --keep-host-config',
+        );
       const result = await withRepo(opts, async (repo) => {
         const snap = await repo.resolveSnapshot(ref);
         return restoreSnapshot(repo, snap, {
@@ -67,6 +77,7 @@ export function restoreCommand(): Command {
           ...(opts.disk ? { disk: opts.disk } : {}),
           ...(opts.format ? { format: opts.format } : {}),
           config: (opts.config ?? false) || (opts.define ?? false),
+          keepHostConfig: opts.keepHostConfig ?? false,
           ...(opts.name ? { name: opts.name } : {}),
           inPlace: opts.inPlace ?? false,
           ignoreErrors: opts.ignoreErrors ?? false,
@@ -76,6 +87,8 @@ export function restoreCommand(): Command {
           signal: rootAbort.signal,
         });
       });
+      // Not silenced by --quiet or --json: the restored domain differs from the stored one.
+      for (const n of result.configNotes) log.warn(`restored domain XML: ${n}`);
       let defined: string | undefined;
       if (opts.define && result.domainXml) {
         const client = await LibvirtClient.connect(opts.connect);
@@ -137,6 +150,7 @@ function jsonSummary(r: RestoreResult, defined: string | undefined): Record<stri
       inPlace: d.inPlace ?? null,
     })),
     config: r.configPath ?? null,
+    configNotes: r.configNotes,
     files: r.files,
     removedTemps: r.removedTemps,
     defined: defined ?? null,
