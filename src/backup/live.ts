@@ -2,6 +2,7 @@ import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import {
   errorMessage,
+  ExitCode,
   isVmvaultError,
   mapLimit,
   sleep,
@@ -231,7 +232,17 @@ export async function backupDomain(
     if (plan.parent) {
       for (const d of plan.disks) {
         const pd = plan.parent.disks.find((x) => x.target === d.target);
-        if (d.read === 'incremental' && pd) parentIndexes.set(d.target, await repo.getIndex(pd.index));
+        if (d.read !== 'incremental' || !pd) continue;
+        try {
+          parentIndexes.set(d.target, await repo.getIndex(pd.index));
+        } catch (err) {
+          // A damaged or missing parent index cannot supply the clean chunks: read the whole
+          // disk instead (the job's export has all of it), so this snapshot is complete anyway.
+          if (!(isVmvaultError(err) && err.exitCode === ExitCode.INTEGRITY)) throw err;
+          log.warn(
+            `${printable(opts.domain)}/${d.target}: the parent snapshot's disk index cannot be used (${err.message}); reading the whole disk instead of the changes`,
+          );
+        }
       }
     }
 

@@ -5,7 +5,7 @@
  * byte for byte.
  */
 import { createHash } from 'node:crypto';
-import { copyFile, readFile } from 'node:fs/promises';
+import { copyFile, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LibvirtClient, VIR_DOMAIN_UNDEFINE } from '../../src/libvirt/index.js';
@@ -206,6 +206,24 @@ describe.skipIf(skip !== '')('live VM backup (real libvirt + QEMU)', () => {
     const inc = await backup(['-d', td.name, '-l', 'inc']);
     expect(inc.r.code, inc.r.stderr).toBe(0);
     expect(inc.json.mode).toBe('inc');
+    expect(sha(await restoreRaw(inc.json.snapshot!, 'vda'))).toBe(sha(model.disks.get('vda')!));
+  });
+
+  it('a damaged parent index: the next inc reads the disk in full, warns, and restores byte for byte', async () => {
+    const last = await backup(['-d', td.name, '-l', 'inc']);
+    expect(last.r.code, last.r.stderr).toBe(0);
+    const show = await runCli(['show', last.json.snapshot!, '-r', repo, '--json']);
+    const indexId = (
+      JSON.parse(show.stdout) as { disks: Array<{ target: string; index: string }> }
+    ).disks.find((d) => d.target === 'vda')!.index;
+    await writeFile(join(repo, 'index', indexId.slice(0, 2), indexId), 'damaged');
+    await write('vda', 40 * MiB, 64 * KiB, 0x5c);
+    const inc = await backup(['-d', td.name, '-l', 'inc']);
+    expect(inc.r.code, inc.r.stderr).toBe(0);
+    expect(inc.r.stderr).toMatch(
+      /warning: .*\/vda: the parent snapshot's disk index cannot be used .*reading the whole disk/,
+    );
+    expect(inc.json.disks.find((d) => d.target === 'vda')?.mode).toBe('full');
     expect(sha(await restoreRaw(inc.json.snapshot!, 'vda'))).toBe(sha(model.disks.get('vda')!));
   });
 
