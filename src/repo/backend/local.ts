@@ -326,7 +326,9 @@ export class LocalBackend implements Backend {
   async stat(key: string): Promise<ObjectInfo | undefined> {
     try {
       const p = this.path(key);
-      const st = this.blocking ? statSync(p) : await fs.stat(p);
+      // Blocking: no exception for the common "absent" (a new chunk), which costs a stack trace.
+      const st = this.blocking ? statSync(p, { throwIfNoEntry: false }) : await fs.stat(p);
+      if (st === undefined) return undefined;
       // Only a regular file is an object: a directory in its place is not "present" (list skips it).
       if (!st.isFile())
         throw Object.assign(new Error(`${key} is not a regular file`), {
