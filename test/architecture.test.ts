@@ -60,4 +60,21 @@ describe('architecture', () => {
     }
     expect(problems).toEqual([]);
   });
+
+  it('storage goes through the Backend interface: no local-files.ts outside backend/, no instanceof LocalBackend', () => {
+    // The chunk store's workers build the stack from its spec (docs/architecture.md, "The storage
+    // stack"); reaching the local backend's files or class directly would bypass the wrappers.
+    const problems: string[] = [];
+    for (const file of files(SRC)) {
+      const rel = relative(SRC, file);
+      const text = readFileSync(file, 'utf8');
+      if (!rel.startsWith('repo/backend/'))
+        for (const m of text.matchAll(/(?:import|export)[^'"]*?from\s+['"](\.[^'"]+)['"]/g))
+          if (/(?:^|\/)local-files(?:\.[jt]s)?$/.test(m[1]!)) problems.push(`${rel} imports ${m[1]}`);
+      text.split('\n').forEach((line, i) => {
+        if (/\binstanceof\s+LocalBackend\b/.test(line)) problems.push(`${rel}:${i + 1}: ${line.trim()}`);
+      });
+    }
+    expect(problems).toEqual([]);
+  });
 });

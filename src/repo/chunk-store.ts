@@ -1,12 +1,18 @@
 import { availableParallelism } from 'node:os';
 import { WorkerPool, WorkerTaskError } from '../util/index.js';
 import type { Backend } from './backend/backend.js';
-import { mapError, type LocalFileSpec } from './backend/local-files.js';
+import { sharedSpecOf, type BackendSpec } from './backend/open.js';
 import { isPlausibleBlobSize, BlobFormatError } from './blob.js';
 import type { ChunkId } from './chunk-id.js';
 import type { ChunkWorkerData, ChunkWorkerRequest, ChunkWorkerResult } from './chunk-worker.js';
 import { BlobCodec, codecSpec } from './codec.js';
-import { ChunkCorruptError, ChunkMissingError, isNotFound, type ChunkLocation } from './errors.js';
+import {
+  BackendError,
+  ChunkCorruptError,
+  ChunkMissingError,
+  isNotFound,
+  type ChunkLocation,
+} from './errors.js';
 import { Keys, MAX_CHUNK_SIZE } from './format.js';
 
 export interface PutResult {
@@ -28,8 +34,14 @@ const KNOWN_IDS_LIMIT = 500_000;
 /**
  * Content-addressed chunk storage: put is idempotent (an existing chunk is never rewritten),
  * get verifies the plaintext against its id. The repository's `BlobCodec` encodes, decodes and
- * hashes; compression and decompression run in a pool of worker threads sized to the cores, each
- * with the same codec, built from its spec sent once at start.
+ * hashes. Chunk work (storing: stat, encode, create-if-absent; reading: read, decode, verify) runs
+ * in a pool of worker threads sized to the cores, each with the same codec and its own storage
+ * stack, both built once at start from the specs the store sends (`specOf(backend)`): every
+ * storage access goes through the `Backend` interface, in the workers too.
+ *
+ * A backend that another thread cannot open as the same storage (a memory backend: each stack
+ * built from its spec is empty; a backend no spec describes) gets no pool: its chunk work runs
+ * inline on the calling thread, as with `workers` 0.
  */
 export class ChunkStore {
   private readonly known = new Set<string>();
@@ -38,8 +50,10 @@ export class ChunkStore {
   private readonly unsynced = new Map<string, string>();
   private pool: WorkerPool<ChunkWorkerRequest, ChunkWorkerResult> | undefined;
 
-  /** Where worker threads create chunk files (backends with plain files and `syncNames` only). */
-  private readonly fileSpec: LocalFileSpec | undefined;
+  /** The spec each worker builds its stack from; undefined: no pool, chunk work runs inline. */
+  private readonly workerSpec: BackendSpec | undefined;
+  /** New names become durable only at `barrier` (flush). */
+  private readonly needsBarrier: boolean;
 
   /** Encodes, decodes and hashes every chunk (the workers build the same one from its spec). */
   readonly codec: BlobCodec;
@@ -52,15 +66,16 @@ export class ChunkStore {
     /** The repository chunk size: no chunk's plaintext is longer (bounds what a blob may claim). */
     private readonly chunkSizeBytes: number = MAX_CHUNK_SIZE,
   ) {
-    this.fileSpec = backend.syncNames ? backend.fileStore?.() : undefined;
+    this.workerSpec = workers > 0 ? sharedSpecOf(backend) : undefined;
+    this.needsBarrier = backend.capabilities.needsBarrier;
     this.codec = typeof codec === 'number' ? BlobCodec.fromSpec(codecSpec(codec)) : codec;
   }
 
   private getPool(): WorkerPool<ChunkWorkerRequest, ChunkWorkerResult> | undefined {
-    if (this.workers <= 0) return undefined;
+    if (this.workerSpec === undefined) return undefined;
     if (!this.pool) {
-      // Each worker builds the store's codec from its spec, once, at start.
-      const workerData: ChunkWorkerData = { codec: this.codec.spec };
+      // Each worker builds the store's codec and storage stack from their specs, once, at start.
+      const workerData: ChunkWorkerData = { codec: this.codec.spec, backend: this.workerSpec };
       this.pool = new WorkerPool(workerScriptUrl(), this.workers, { workerData });
     }
     return this.pool;
@@ -88,7 +103,7 @@ export class ChunkStore {
   private found(id: string): void {
     this.remember(id);
     // Another process may have created it without syncing its name yet: see flush().
-    if (this.backend.syncNames) this.unsynced.set(id.slice(0, 2), Keys.data(id));
+    this.unsynced.set(id.slice(0, 2), Keys.data(id));
   }
 
   /**
@@ -110,22 +125,19 @@ export class ChunkStore {
 
   private async doPut(data: Buffer, id: ChunkId, transfer: boolean): Promise<PutResult> {
     if (this.known.has(id)) return { id, isNew: false, storedBytes: 0, buffer: data };
+    const key = Keys.data(id);
     const pool = this.getPool();
-    const spec = this.fileSpec;
-    if (pool && spec) {
-      // A worker checks for the file, encodes and creates it: one message, no fs call here.
-      const key = Keys.data(id);
+    if (pool) {
+      // A worker checks for the object, encodes and creates it: one message, no storage call here.
       const canTransfer = transfer && data.buffer instanceof ArrayBuffer && data.byteOffset === 0;
       let r: ChunkWorkerResult;
       try {
         r = await pool.run(
-          { op: 'store', data, spec, key, transferred: canTransfer },
+          { op: 'store', data, key, transferred: canTransfer },
           canTransfer ? [data.buffer as ArrayBuffer] : [],
         );
       } catch (err) {
-        throw err instanceof WorkerTaskError && (/^E[A-Z]+$/.test(err.code) || err.code === 'NOT_A_FILE')
-          ? mapError(err, key, 'write')
-          : err;
+        throw this.fromWorker(err, id, {}, false);
       }
       if (!('stored' in r)) throw new Error('unexpected worker reply');
       if (r.replaced) this.replaced++;
@@ -134,23 +146,23 @@ export class ChunkStore {
       const back = r.input ? Buffer.from(r.input.buffer, r.input.byteOffset, r.input.byteLength) : data;
       return { id, isNew: r.stored, storedBytes: r.storedBytes, buffer: back };
     }
-    // Only a blob of a size this chunk's blob can have counts as present (see isPlausibleBlobSize);
-    // anything else of its name is damage, replaced atomically by the new blob.
-    const key = Keys.data(id);
+    // Inline, the same steps. Only a blob of a size this chunk's blob can have counts as present
+    // (see isPlausibleBlobSize); anything else of its name is damage, replaced atomically.
     const st = await this.backend.stat(key);
     if (st && isPlausibleBlobSize(st.sizeBytes, data.length)) {
       this.found(id);
       return { id, isNew: false, storedBytes: 0, buffer: data };
     }
-    const { blob, buffer } = await this.encodeChunk(data, transfer);
+    const blob = this.codec.encode('chunk', data);
     let created: boolean;
     if (st) {
-      await this.backend.put(key, blob);
+      await this.backend.put(key, blob, { durable: 'at-barrier' });
       this.replaced++;
       created = true;
-    } else created = await this.backend.putIfAbsent(key, blob);
+    } else created = await this.backend.putIfAbsent(key, blob, { durable: 'at-barrier' });
+    this.unsynced.set(id.slice(0, 2), key);
     this.remember(id);
-    return { id, isNew: created, storedBytes: created ? blob.length : 0, buffer };
+    return { id, isNew: created, storedBytes: created ? blob.length : 0, buffer: data };
   }
 
   /**
@@ -184,16 +196,17 @@ export class ChunkStore {
 
   /**
    * The durability barrier before anything refers to chunks stored (or found) since the last call:
-   * worker-created chunk files are durable before their names appear, and this makes the names
-   * durable (one directory fsync per data/<hh> touched, instead of one per chunk). Chunks found
-   * present count too: another process may have created them and not yet synced their names.
-   * Repository calls it before writing an index or a manifest.
+   * chunks are written `{ durable: 'at-barrier' }` (by the workers' stacks or inline), and this
+   * `barrier` makes them durable (local: one directory fsync per data/<hh> touched, instead of one
+   * per chunk). Chunks found present count too: another process may have created them and not yet
+   * synced their names. Repository calls it before writing an index or a manifest. Nothing to do
+   * where the backend needs no barrier.
    */
   async flush(): Promise<void> {
-    if (this.unsynced.size === 0 || !this.backend.syncNames) return;
+    if (this.unsynced.size === 0) return;
     const keys = [...this.unsynced.values()];
     this.unsynced.clear();
-    await this.backend.syncNames(keys);
+    if (this.needsBarrier) await this.backend.barrier(keys);
   }
 
   private async encodeChunk(data: Buffer, transfer: boolean): Promise<{ blob: Buffer; buffer: Buffer }> {
@@ -215,33 +228,43 @@ export class ChunkStore {
   /** Reads and verifies a chunk. Missing → ChunkMissingError; damaged → ChunkCorruptError. */
   async get(id: string, loc: ChunkLocation = {}): Promise<Buffer> {
     const pool = this.getPool();
-    const path = this.backend.filePath?.(Keys.data(id));
-    if (pool && path !== undefined) {
-      // The worker reads the file itself; on any read failure, fall back to the backend.
-      try {
-        const r = await pool.run({
-          op: 'decode',
-          path,
-          expectId: id,
-          maxPlaintextBytes: this.chunkSizeBytes,
-        });
-        if (!('data' in r)) throw new Error('unexpected worker reply');
-        return Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
-      } catch (err) {
-        if (!isReadFailure(err)) throw this.damage(err, id, loc);
-      }
+    if (!pool) return this.decode(await this.fetchBlob(id, loc), id, loc);
+    // A worker reads the object through its own stack, decodes and verifies it.
+    let r: ChunkWorkerResult;
+    try {
+      r = await pool.run({
+        op: 'decode',
+        key: Keys.data(id),
+        expectId: id,
+        maxPlaintextBytes: this.chunkSizeBytes,
+      });
+    } catch (err) {
+      throw this.fromWorker(err, id, loc, true);
     }
-    return this.decode(await this.fetchBlob(id, loc), id, loc);
+    if (!('data' in r)) throw new Error('unexpected worker reply');
+    return Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
   }
 
   /**
    * Reads and verifies a chunk into `dest` (at least a chunk long) and returns its length. With
-   * worker threads, `dest` should be a view of a SharedArrayBuffer: a worker reads, decompresses
-   * and verifies straight into it, so nothing is allocated or moved per chunk. Errors as `get`.
+   * worker threads, `dest` should be a view of a SharedArrayBuffer: a worker reads
+   * (`getRangeInto`), decompresses and verifies straight into it, so nothing is allocated or moved
+   * per chunk. Errors as `get`.
    */
   async getInto(id: string, dest: Buffer, loc: ChunkLocation = {}): Promise<number> {
     const pool = this.getPool();
-    if (pool && !(dest.buffer instanceof SharedArrayBuffer)) {
+    if (!pool) {
+      const blob = await this.fetchBlob(id, loc);
+      try {
+        const n = this.codec.decodeInto('chunk', blob, dest, { verifyTag: false });
+        if (!this.codec.verify(dest.subarray(0, n), id))
+          throw new BlobFormatError('content does not match its id (BLAKE3 mismatch)');
+        return n;
+      } catch (err) {
+        throw this.damage(err, id, loc);
+      }
+    }
+    if (!(dest.buffer instanceof SharedArrayBuffer)) {
       const data = await this.get(id, loc);
       if (data.length > dest.length)
         throw new ChunkCorruptError(
@@ -252,37 +275,21 @@ export class ChunkStore {
       data.copy(dest);
       return data.length;
     }
-    const into = {
-      op: 'decodeInto' as const,
-      expectId: id,
-      dest: dest.buffer as SharedArrayBuffer,
-      destOffset: dest.byteOffset,
-      destLength: dest.length,
-    };
-    const path = this.backend.filePath?.(Keys.data(id));
-    if (pool && path !== undefined) {
-      try {
-        const r = await pool.run({ ...into, path });
-        if (!('length' in r)) throw new Error('unexpected worker reply');
-        return r.length;
-      } catch (err) {
-        if (!isReadFailure(err)) throw this.damage(err, id, loc);
-      }
-    }
-    const blob = await this.fetchBlob(id, loc);
+    let r: ChunkWorkerResult;
     try {
-      if (!pool) {
-        const n = this.codec.decodeInto('chunk', blob, dest, { verifyTag: false });
-        if (!this.codec.verify(dest.subarray(0, n), id))
-          throw new BlobFormatError('content does not match its id (BLAKE3 mismatch)');
-        return n;
-      }
-      const r = await pool.run({ ...into, blob }, ownsBuffer(blob) ? [blob.buffer as ArrayBuffer] : []);
-      if (!('length' in r)) throw new Error('unexpected worker reply');
-      return r.length;
+      r = await pool.run({
+        op: 'decodeInto',
+        key: Keys.data(id),
+        expectId: id,
+        dest: dest.buffer,
+        destOffset: dest.byteOffset,
+        destLength: dest.length,
+      });
     } catch (err) {
-      throw this.damage(err, id, loc);
+      throw this.fromWorker(err, id, loc, true);
     }
+    if (!('length' in r)) throw new Error('unexpected worker reply');
+    return r.length;
   }
 
   private async fetchBlob(id: string, loc: ChunkLocation): Promise<Buffer> {
@@ -317,6 +324,19 @@ export class ChunkStore {
     }
   }
 
+  /**
+   * A worker's failure as the store reports it: damage → ChunkCorruptError, a chunk that is not
+   * there (`reading`) → ChunkMissingError, the worker stack's BackendError rebuilt as it was.
+   */
+  private fromWorker(err: unknown, id: string, loc: ChunkLocation, reading: boolean): unknown {
+    if (!(err instanceof WorkerTaskError)) return err;
+    if (err.code === 'BLOB_DAMAGED') return this.damage(err, id, loc);
+    if (reading && err.code === 'CHUNK_MISSING') return new ChunkMissingError(id, loc);
+    const rebuilt = BackendError.fromWire(err.message, err.hint, err.details);
+    if (rebuilt === undefined) return err;
+    return reading && rebuilt.kind === 'not-found' ? new ChunkMissingError(id, loc) : rebuilt;
+  }
+
   /** Damage found while decoding becomes a ChunkCorruptError naming the chunk; other errors pass. */
   private damage(err: unknown, id: string | null, loc: ChunkLocation): unknown {
     if (err instanceof BlobFormatError || (err instanceof WorkerTaskError && err.code === 'BLOB_DAMAGED'))
@@ -328,10 +348,6 @@ export class ChunkStore {
     await this.pool?.close();
     this.pool = undefined;
   }
-}
-
-function isReadFailure(err: unknown): boolean {
-  return err instanceof WorkerTaskError && err.code === 'READ_FAILED';
 }
 
 /** A buffer that alone backs its ArrayBuffer, so it can move to a worker without a copy. */

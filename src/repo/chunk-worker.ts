@@ -1,53 +1,48 @@
 /**
- * Worker thread script for the chunk store: compresses + encodes blobs, and decodes + verifies
- * them, off the main thread, with the codec built from the `CodecSpec` the store passed as
- * workerData at start. Messages: { id, req: ChunkWorkerRequest } → WorkerReply.
+ * Worker thread script for the chunk store: stores chunks (encode + create-if-absent) and reads
+ * them (read + decode + verify) off the main thread. It builds, once, the repository's codec from
+ * the `CodecSpec` and its own storage stack from the `BackendSpec` the store passed as workerData,
+ * and does all its storage through that stack's `Backend` interface (wrappers included: retry, the
+ * limit, read-only, test faults). Messages: { id, req: ChunkWorkerRequest } → WorkerReply.
  */
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import {
-  createObjectFile,
-  objectFileState,
-  renameIntoPlace,
-  writeTempFile,
-  type LocalFileSpec,
-} from './backend/local-files.js';
+import { VmvaultError } from '../util/index.js';
+import type { Backend } from './backend/backend.js';
+import { openBackend, type BackendSpec } from './backend/open.js';
 import { isPlausibleBlobSize } from './blob.js';
 import { BlobCodec, type CodecSpec } from './codec.js';
+import { BackendError } from './errors.js';
 import { BLOB_HEADER_BYTES, MAX_CHUNK_SIZE } from './format.js';
 
 /** What the chunk store passes as workerData. */
 export interface ChunkWorkerData {
   codec: CodecSpec;
+  /** The repository's stack (`specOf`); this thread builds the same one. */
+  backend: BackendSpec;
 }
 
+const data = workerData as ChunkWorkerData;
 /** This thread's codec: the repository's, from the spec the store sent once. */
-const codec = BlobCodec.fromSpec((workerData as ChunkWorkerData).codec);
-
+const codec = BlobCodec.fromSpec(data.codec);
 /**
- * A blob to decode: its bytes, or the path of the file that holds it (backends that store objects
- * as files: the worker reads it itself, sparing the main thread four asynchronous fs calls and a
- * buffer per chunk). A file that cannot be read fails with code READ_FAILED, and the caller reads
- * the object through its backend instead (which reports the error properly, e.g. not found).
+ * This thread's stack, built from the store's spec. This thread may block on it: the local
+ * backend reads and stats with synchronous calls (cheaper than a thread-pool round trip each).
  */
-export type BlobSource = { blob: Uint8Array; path?: undefined } | { path: string; blob?: undefined };
+const backend: Backend = openBackend(data.backend, { blocking: true });
+
+/** A blob to decode: its bytes (codec work only), or the key of the object this thread reads. */
+export type BlobSource = { blob: Uint8Array; key?: undefined } | { key: string; blob?: undefined };
 
 export type ChunkWorkerRequest =
   | { op: 'encode'; data: Uint8Array }
   /**
-   * Stores a chunk as object `key` in a file-backed backend unless the object exists: encodes it
-   * and creates the file itself (local-files.ts), so the main thread sees one message per chunk.
-   * Only a regular file of a size the chunk's blob can have counts as present; a file of any other
-   * size is damage and is replaced (atomically) by the new blob; a non-file in its place is an
-   * error (NOT_A_FILE).
+   * Stores a chunk as object `key` unless present: stat, encode, `putIfAbsent(key, blob, {
+   * durable: 'at-barrier' })`; the main thread sees one message per chunk and makes the names
+   * durable with one `barrier`. Only an object of a size the chunk's blob can have counts as
+   * present; one of any other size is damage and is replaced (atomically, `put`) by the new blob;
+   * a non-file in its place is the backend's error.
    */
-  | {
-      op: 'store';
-      data: Uint8Array;
-      spec: LocalFileSpec;
-      key: string;
-      transferred?: boolean;
-    }
+  | { op: 'store'; data: Uint8Array; key: string; transferred?: boolean }
   /** `maxPlaintextBytes`: the most a chunk can hold (the repository chunk size; default the largest). */
   | ({ op: 'decode'; expectId: string | null; maxPlaintextBytes?: number } & BlobSource)
   /** Decodes into shared memory the caller owns (`dest` bytes at `destOffset`): nothing moves back. */
@@ -62,7 +57,7 @@ export type ChunkWorkerRequest =
 /** `input` is the request's buffer handed back when it was transferred in (zero-copy both ways). */
 export type ChunkWorkerResult =
   | { blob: Uint8Array; input?: Uint8Array }
-  /** `replaced`: a damaged file of the chunk's name was there and the new blob took its place. */
+  /** `replaced`: a damaged object of the chunk's name was there and the new blob took its place. */
   | { stored: boolean; storedBytes: number; replaced?: boolean; input?: Uint8Array }
   | { data: Uint8Array }
   | { length: number };
@@ -80,98 +75,104 @@ function decoding<T>(step: () => T): T {
   }
 }
 
-// One read buffer per thread for blobs read from files, grown to the largest blob seen. Blobs
-// are read to offset 4, so that their payload (after the 36-byte header) is 8-byte aligned: V8
-// copies into shared memory (SharedArrayBuffer) about 5x slower from an unaligned source.
-let fileScratch = Buffer.alloc(0);
+/** A read past the end of a chunk's object (it is shorter than its header says) is damage. */
+async function reading<T>(step: () => Promise<T>): Promise<T> {
+  try {
+    return await step();
+  } catch (err) {
+    if (err instanceof BackendError && err.kind === 'range') throw damaged(err.message);
+    throw err;
+  }
+}
+
+// Read buffers for whole blobs, reused across tasks (a task holds one across its awaits: a retry's
+// backoff lets other tasks run meanwhile). Blobs are read to offset 4, so that their payload
+// (after the 36-byte header) is 8-byte aligned: V8 copies into shared memory (SharedArrayBuffer)
+// about 5x slower from an unaligned source.
+const freeScratch: Buffer[] = [];
 const SCRATCH_AT = 4;
 
-function readFailed(err: unknown): Error {
-  return Object.assign(new Error(err instanceof Error ? err.message : String(err)), { code: 'READ_FAILED' });
-}
-
-function openForRead(path: string): number {
+/** Reads the whole object `key` of `size` bytes into a scratch buffer; give it back with `release`. */
+async function readWhole(key: string, size: number): Promise<{ blob: Uint8Array; release: () => void }> {
+  let buf = freeScratch.pop();
+  if (!buf || buf.length < SCRATCH_AT + size)
+    buf = Buffer.allocUnsafeSlow(Math.max(SCRATCH_AT + size, (buf?.length ?? 0) * 2));
+  const scratch = buf;
+  const release = (): void => {
+    if (freeScratch.length < 4) freeScratch.push(scratch);
+  };
+  const blob = scratch.subarray(SCRATCH_AT, SCRATCH_AT + size);
   try {
-    return openSync(path, 'r');
+    await reading(() => backend.getRangeInto(key, 0, blob));
   } catch (err) {
-    throw readFailed(err);
+    release();
+    throw err;
   }
+  return { blob, release };
 }
 
-/** Reads `length` bytes at `position` into `into` at `at`; returns how many there were. */
-function readFully(fd: number, into: Uint8Array, at: number, length: number, position: number): number {
-  let done = 0;
-  try {
-    while (done < length) {
-      const n = readSync(fd, into, at + done, length - done, position + done);
-      if (n === 0) break;
-      done += n;
-    }
-  } catch (err) {
-    throw readFailed(err);
-  }
-  return done;
+/** The object's size; it vanished since its header was read: gone (the store says "missing"). */
+async function sizeOf(key: string): Promise<number> {
+  const st = await backend.stat(key);
+  if (st === undefined)
+    throw Object.assign(new Error(`${key} vanished while it was read`), { code: 'CHUNK_MISSING' });
+  return st.sizeBytes;
 }
-
-function sizeOf(fd: number): number {
-  try {
-    return fstatSync(fd).size;
-  } catch (err) {
-    throw readFailed(err);
-  }
-}
-
-function readOpenFile(fd: number, size: number): Uint8Array {
-  if (fileScratch.length < SCRATCH_AT + size)
-    fileScratch = Buffer.allocUnsafeSlow(Math.max(SCRATCH_AT + size, fileScratch.length * 2));
-  const n = readFully(fd, fileScratch, SCRATCH_AT, size, 0);
-  return fileScratch.subarray(SCRATCH_AT, SCRATCH_AT + n);
-}
-
-/** Reads a blob file whole, unless it is larger than a blob of `maxPlaintextBytes` can be (damage). */
-function readWholeFile(path: string, maxPlaintextBytes: number): Uint8Array {
-  const fd = openForRead(path);
-  try {
-    const size = sizeOf(fd);
-    if (size > codec.blobBound(maxPlaintextBytes))
-      throw damaged(`blob is ${size} bytes, more than a blob of ${maxPlaintextBytes} bytes can be`);
-    return readOpenFile(fd, size);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-const head = Buffer.alloc(BLOB_HEADER_BYTES);
 
 /**
- * Decodes the blob in file `path` into `dest` and returns the plaintext length. A stored (codec
- * none) payload is read from the file straight into `dest`: no copy through a read buffer, which
- * for incompressible data was a third of this thread's time. Anything else is read whole and
- * decoded. The caller verifies the plaintext against its id (the tag is not checked here).
+ * The header and size of object `key`: the header is read first, so that a missing object or a
+ * directory in its place fails as a read does. An object shorter than a header is damage.
  */
-function decodeFileInto(path: string, dest: Uint8Array): number {
-  const fd = openForRead(path);
+async function headOf(key: string): Promise<{ head: Buffer; size: number }> {
+  const head = Buffer.allocUnsafe(BLOB_HEADER_BYTES);
   try {
-    const size = sizeOf(fd);
-    if (readFully(fd, head, 0, BLOB_HEADER_BYTES, 0) === BLOB_HEADER_BYTES) {
-      const v = decoding(() => codec.verbatimPayload(head, size));
-      if (v && v.length <= dest.length) {
-        const n = readFully(fd, dest, 0, v.length, v.offset);
-        if (n !== v.length) throw damaged(`blob is ${v.offset + n} bytes, its header says more`);
-        return n;
-      }
-    }
-    if (size > codec.blobBound(dest.length))
-      throw damaged(`blob is ${size} bytes, more than a blob of ${dest.length} bytes can be`);
-    const blob = readOpenFile(fd, size);
+    await backend.getRangeInto(key, 0, head);
+  } catch (err) {
+    if (err instanceof BackendError && err.kind === 'range')
+      throw damaged(`blob too short (less than its ${BLOB_HEADER_BYTES}-byte header)`);
+    throw err;
+  }
+  return { head, size: await sizeOf(key) };
+}
+
+/**
+ * Decodes the chunk object `key` into `dest` and returns the plaintext length. A stored (codec
+ * none) payload is read straight into `dest` (`getRangeInto`): no copy through a read buffer,
+ * which for incompressible data was a third of this thread's time. Anything else is read whole
+ * and decoded. The caller verifies the plaintext against its id (the tag is not checked here).
+ */
+async function decodeObjectInto(key: string, dest: Uint8Array): Promise<number> {
+  const { head, size } = await headOf(key);
+  const v = decoding(() => codec.verbatimPayload(head, size));
+  if (v && v.length <= dest.length) {
+    await reading(() => backend.getRangeInto(key, v.offset, dest.subarray(0, v.length)));
+    return v.length;
+  }
+  if (size > codec.blobBound(dest.length))
+    throw damaged(`blob is ${size} bytes, more than a blob of ${dest.length} bytes can be`);
+  const { blob, release } = await readWhole(key, size);
+  try {
     return decoding(() => codec.decodeInto('chunk', blob, dest, { verifyTag: false }));
   } finally {
-    closeSync(fd);
+    release();
   }
 }
 
-function blobOf(src: BlobSource, maxPlaintextBytes: number): Uint8Array {
-  return src.path !== undefined ? readWholeFile(src.path, maxPlaintextBytes) : src.blob;
+/** Decodes the chunk object `key` whole, unless it is larger than a blob of `max` can be (damage). */
+async function decodeObject(key: string, expectId: string | null, max: number): Promise<Buffer> {
+  const { size } = await headOf(key);
+  if (size > codec.blobBound(max))
+    throw damaged(`blob is ${size} bytes, more than a blob of ${max} bytes can be`);
+  const { blob, release } = await readWhole(key, size);
+  try {
+    const data = decoding(() =>
+      codec.decode('chunk', blob, { verifyTag: expectId === null, maxPlaintextBytes: max }),
+    );
+    // A stored (codec none) plaintext is a view of the read buffer, which goes back to the pool.
+    return data.buffer === blob.buffer ? Buffer.from(data) : data;
+  } finally {
+    release();
+  }
 }
 
 /** An ArrayBuffer we may transfer: one that backs this view alone (not a pooled slab). */
@@ -194,18 +195,18 @@ const freeBlobBuffers: Buffer[] = [];
 async function store(req: Extract<ChunkWorkerRequest, { op: 'store' }>): Promise<Handled> {
   let stored = false;
   let storedBytes = 0;
-  const state = objectFileState(req.spec, req.key);
-  const replace = state.kind === 'file' && !isPlausibleBlobSize(state.sizeBytes, req.data.length);
-  if (state.kind === 'absent' || replace) {
+  const st = await backend.stat(req.key);
+  const replace = st !== undefined && !isPlausibleBlobSize(st.sizeBytes, req.data.length);
+  if (st === undefined || replace) {
     const bound = codec.blobBound(req.data.length);
     let buf = freeBlobBuffers.pop();
     if (!buf || buf.length < bound) buf = Buffer.allocUnsafeSlow(bound);
     try {
       const blob = codec.encode('chunk', req.data, buf);
       if (replace) {
-        renameIntoPlace(req.spec, await writeTempFile(req.spec, blob), req.key);
+        await backend.put(req.key, blob, { durable: 'at-barrier' });
         stored = true;
-      } else stored = await createObjectFile(req.spec, req.key, blob);
+      } else stored = await backend.putIfAbsent(req.key, blob, { durable: 'at-barrier' });
       if (stored) storedBytes = blob.length;
     } finally {
       if (freeBlobBuffers.length < 16) freeBlobBuffers.push(buf);
@@ -219,7 +220,7 @@ async function store(req: Extract<ChunkWorkerRequest, { op: 'store' }>): Promise
   return { result: { stored, storedBytes, replaced: replace }, transfer: [] };
 }
 
-function handle(req: ChunkWorkerRequest & { transferred?: boolean }): Handled | Promise<Handled> {
+async function handle(req: ChunkWorkerRequest & { transferred?: boolean }): Promise<Handled> {
   if (req.op === 'store') return store(req);
   if (req.op === 'encode') {
     const blob = codec.encode('chunk', req.data);
@@ -235,24 +236,24 @@ function handle(req: ChunkWorkerRequest & { transferred?: boolean }): Handled | 
   if (req.op === 'decodeInto') {
     const dest = new Uint8Array(req.dest, req.destOffset, req.destLength);
     const n =
-      req.path !== undefined
-        ? decodeFileInto(req.path, dest)
+      req.key !== undefined
+        ? await decodeObjectInto(req.key, dest)
         : decoding(() => codec.decodeInto('chunk', req.blob, dest, { verifyTag: false }));
     if (!codec.verify(dest.subarray(0, n), req.expectId))
       throw damaged('content does not match its id (BLAKE3 mismatch)');
     return { result: { length: n }, transfer: [] };
   }
   const max = req.maxPlaintextBytes ?? MAX_CHUNK_SIZE;
-  const blob = blobOf(req, max);
-  let data = decoding(() =>
-    codec.decode('chunk', blob, { verifyTag: req.expectId === null, maxPlaintextBytes: max }),
-  );
-  // Read from a file, a stored (codec none) plaintext is a view of the thread's read buffer.
-  if (data.buffer === fileScratch.buffer) data = Buffer.from(data);
+  const data =
+    req.key !== undefined
+      ? await decodeObject(req.key, req.expectId, max)
+      : decoding(() =>
+          codec.decode('chunk', req.blob, { verifyTag: req.expectId === null, maxPlaintextBytes: max }),
+        );
   if (req.expectId !== null && !codec.verify(data, req.expectId))
     throw damaged('content does not match its id (BLAKE3 mismatch)');
-  // The plaintext lives either in a fresh ArrayBuffer (zstd) or inside the blob this thread owns
-  // (codec none): either way it can move to the main thread without a copy.
+  // The plaintext lives either in a fresh ArrayBuffer (zstd, or copied out of the read buffer) or
+  // inside the blob this thread owns (codec none): either way it can move without a copy.
   return { result: { data }, transfer: data.buffer instanceof ArrayBuffer ? [data.buffer] : [] };
 }
 
@@ -260,26 +261,29 @@ function reply(id: number, { result, transfer }: Handled): void {
   parentPort?.postMessage({ id, ok: true, result }, transfer);
 }
 
-/** Errors cross as { code, message }: BLOB_DAMAGED, READ_FAILED, or an errno code (ENOSPC, ...). */
+/**
+ * Errors cross as { code, message }: BLOB_DAMAGED, CHUNK_MISSING, or a VmvaultError's code with
+ * its hint and details (a BackendError's kind: the store rebuilds it, `BackendError.fromWire`).
+ */
 function replyError(id: number, err: unknown): void {
   const code =
     typeof err === 'object' && err && 'code' in err
       ? String((err as { code: unknown }).code)
       : 'WORKER_ERROR';
-  parentPort?.postMessage({ id, ok: false, code, message: err instanceof Error ? err.message : String(err) });
+  const message = err instanceof Error ? err.message : String(err);
+  const extra =
+    err instanceof BackendError
+      ? { details: err.wire(), ...(err.hint === undefined ? {} : { hint: err.hint }) }
+      : err instanceof VmvaultError && err.hint !== undefined
+        ? { hint: err.hint }
+        : {};
+  parentPort?.postMessage({ id, ok: false, code, message, ...extra });
 }
 
 parentPort?.on('message', (msg: { id: number; req: ChunkWorkerRequest & { transferred?: boolean } }) => {
-  try {
-    const handled = handle(msg.req);
-    // A store waits for its fdatasync in libuv's pool; meanwhile this thread takes the next task.
-    if (handled instanceof Promise)
-      handled.then(
-        (h) => reply(msg.id, h),
-        (err: unknown) => replyError(msg.id, err),
-      );
-    else reply(msg.id, handled);
-  } catch (err) {
-    replyError(msg.id, err);
-  }
+  // A store waits for its fdatasync in libuv's pool; meanwhile this thread takes the next task.
+  handle(msg.req).then(
+    (h) => reply(msg.id, h),
+    (err: unknown) => replyError(msg.id, err),
+  );
 });

@@ -27,7 +27,40 @@ export class BackendError extends VmvaultError {
     this.retryable = opts.retryable ?? kind === 'transient';
   }
   readonly retryable: boolean;
+
+  /** What crosses from a worker thread (its stack's error) for `fromWire` to rebuild. */
+  wire(): { kind: BackendErrorKind; retryable: boolean } {
+    return { kind: this.kind, retryable: this.retryable };
+  }
+
+  /**
+   * The error a worker thread's stack threw, rebuilt from what crossed (`wire()` as details, the
+   * message and hint): undefined when `details` hold no backend error kind.
+   */
+  static fromWire(
+    message: string,
+    hint: string | undefined,
+    details: Record<string, unknown>,
+  ): BackendError | undefined {
+    const kind = details.kind;
+    if (typeof kind !== 'string' || !BACKEND_ERROR_KINDS.has(kind as BackendErrorKind)) return undefined;
+    return new BackendError(kind as BackendErrorKind, message, {
+      ...(hint === undefined ? {} : { hint }),
+      retryable: details.retryable === true,
+    });
+  }
 }
+
+const BACKEND_ERROR_KINDS: ReadonlySet<BackendErrorKind> = new Set<BackendErrorKind>([
+  'not-found',
+  'exists',
+  'permission',
+  'no-space',
+  'transient',
+  'range',
+  'not-a-file',
+  'other',
+]);
 
 function defaultHint(kind: BackendErrorKind): string | undefined {
   switch (kind) {

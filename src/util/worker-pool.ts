@@ -2,9 +2,20 @@ import { Worker, type ResourceLimits } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { VmvaultError } from './errors.js';
 
-/** What a worker script posts back for each task. Errors cross as {code, message} and are rebuilt. */
+/**
+ * What a worker script posts back for each task. Errors cross as {code, message} (with the hint
+ * and plain-JSON details of a VmvaultError, when it was one) and are rebuilt as WorkerTaskError.
+ */
 export type WorkerReply<Res> =
-  { id: number; ok: true; result: Res } | { id: number; ok: false; code: string; message: string };
+  | { id: number; ok: true; result: Res }
+  | {
+      id: number;
+      ok: false;
+      code: string;
+      message: string;
+      hint?: string;
+      details?: Record<string, unknown>;
+    };
 
 /** A task the worker script ran and reported as failed (the script's own error code). */
 export class WorkerTaskError extends VmvaultError {}
@@ -122,7 +133,13 @@ export class WorkerPool<Req, Res> {
       live.inFlight.delete(msg.id);
       if (live.inFlight.size === 0) worker.unref();
       if (msg.ok) p.resolve(msg.result);
-      else p.reject(new WorkerTaskError(msg.code, msg.message));
+      else
+        p.reject(
+          new WorkerTaskError(msg.code, msg.message, {
+            ...(msg.hint === undefined ? {} : { hint: msg.hint }),
+            ...(msg.details === undefined ? {} : { details: msg.details }),
+          }),
+        );
     });
     worker.on('error', (err) => {
       // An uncaught exception or out of memory: the worker is terminated and 'exit' follows.

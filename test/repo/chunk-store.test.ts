@@ -115,7 +115,7 @@ describe('ChunkStore reads (get / getInto) on every path', () => {
     const repo = await Repository.open(path, { workers: 1 }, backend);
     try {
       const id = chunkIdOf(random);
-      const file = backend.filePath(format.Keys.data(id));
+      const file = join(path, ...format.Keys.data(id).split('/'));
       // A directory where the chunk file should be: the worker's read fails, then the backend's.
       await mkdir(file, { recursive: true });
       await writeFile(join(file, 'x'), 'x');
@@ -132,7 +132,7 @@ describe('ChunkStore reads (get / getInto) on every path', () => {
 /** A local backend that records the order of name syncs and object writes. */
 class RecordingBackend extends LocalBackend {
   readonly events: string[] = [];
-  override async syncNames(keys: Iterable<string>): Promise<void> {
+  override async barrier(keys: Iterable<string>): Promise<void> {
     const list = [...keys];
     this.events.push(
       `sync ${list
@@ -140,7 +140,7 @@ class RecordingBackend extends LocalBackend {
         .sort()
         .join(' ')}`,
     );
-    await super.syncNames(list);
+    await super.barrier(list);
   }
   override async putIfAbsent(key: string, data: Buffer): Promise<boolean> {
     this.events.push(`put ${key.split('/')[0]}`);

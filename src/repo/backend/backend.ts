@@ -1,5 +1,4 @@
 import { BackendError } from '../errors.js';
-import type { LocalFileSpec } from './local-files.js';
 
 /**
  * The storage backend interface: a flat key space of immutable-ish objects. Keys use '/' as a
@@ -69,30 +68,12 @@ export interface Backend {
   list(prefix: string): AsyncIterable<ObjectInfo>;
   delete(key: string): Promise<void>;
   /**
-   * The durability barrier: once it returns, the objects named by `keys` (written by this
-   * process, another thread through `fileStore`, or another process) survive a crash. A no-op
+   * The durability barrier: once it returns, the objects named by `keys` (written by this stack,
+   * another thread's stack of the same spec, or another process) survive a crash. A no-op
    * where `capabilities.needsBarrier` is false. Call it before writing anything that refers to them.
    */
   barrier(keys: Iterable<string>): Promise<void>;
   close(): Promise<void>;
-  /**
-   * Optional, for backends that keep each object in a plain file: the file's path. Worker threads
-   * may read it directly instead of calling `get` (same bytes); whatever goes wrong there, the
-   * reader falls back to `get`, which reports the error.
-   */
-  filePath?(key: string): string;
-  /**
-   * Optional, with `syncNames`, for backends that keep each object in a plain file: where other
-   * threads may create objects themselves with `createObjectFile` (local-files.ts). Such objects
-   * are as atomic as `putIfAbsent`'s and their bytes are durable before their name appears; the
-   * names become durable at `barrier`.
-   */
-  fileStore?(): LocalFileSpec;
-  /**
-   * The local backend's former name of `barrier`, kept for the chunk store (its presence says that
-   * `fileStore` objects need it). New code calls `barrier`.
-   */
-  syncNames?(keys: Iterable<string>): Promise<void>;
   /**
    * Optional: makes the location of a new repository (a local directory, owner-only) or says in
    * one line why it cannot. `Repository.init` calls it once it found the location free.

@@ -1,7 +1,7 @@
 import { sleep } from '../../util/index.js';
 import { BackendError, type BackendErrorKind } from '../errors.js';
 import type { Backend, ObjectInfo, PutOptions } from './backend.js';
-import { mapError, writeTempFile } from './local-files.js';
+import { mapError } from './local-files.js';
 import { BackendWrapper, type BackendOp } from './wrapper.js';
 
 /**
@@ -22,9 +22,9 @@ export interface FaultRule {
   /** Fails the call with this kind, worded as the local backend words the matching errno. */
   fail?: BackendErrorKind;
   /**
-   * A write that fails half-way: where the inner backend keeps files, half the bytes are left in a
-   * temp file (as a process killed mid-write leaves them); no object appears. Fails with `fail`
-   * (default 'other': an I/O error).
+   * A write that fails half-way: where the inner backend keeps files (openBackend passes the local
+   * backend's `leaveTempFile`), half the bytes are left in a temp file, as a process killed
+   * mid-write leaves them; no object appears. Fails with `fail` (default 'other': an I/O error).
    */
   halfWrite?: boolean;
 }
@@ -76,9 +76,9 @@ function validateRule(r: FaultRule): void {
 
 /**
  * Test-only fault injection (nbdkit's error and delay filters): fails or delays chosen calls.
- * It sits innermost in a stack (under retry and the limit), as a real backend's failures do. It
- * passes on neither `filePath` nor `fileStore`, so the chunk store's workers use the interface and
- * meet the faults too.
+ * It sits innermost in a stack (under retry and the limit), as a real backend's failures do. The
+ * chunk store's worker threads build the same stack from the spec, so their stores and reads meet
+ * the faults too (each stack counts its own calls).
  */
 export class FaultBackend extends BackendWrapper {
   private readonly seen: number[];
@@ -90,8 +90,10 @@ export class FaultBackend extends BackendWrapper {
   constructor(
     inner: Backend,
     readonly rules: readonly FaultRule[],
+    /** Leaves bytes as a killed writer's temp file (halfWrite); none: a half write leaves nothing. */
+    private readonly halfWriter?: (data: Uint8Array) => Promise<void>,
   ) {
-    super(inner, { files: false, maintenance: true });
+    super(inner);
     for (const r of rules) validateRule(r);
     this.seen = rules.map(() => 0);
   }
@@ -121,8 +123,7 @@ export class FaultBackend extends BackendWrapper {
   private async apply(rule: FaultRule, op: BackendOp, key: string, data?: Buffer): Promise<void> {
     if (rule.delayMs) await sleep(rule.delayMs);
     if (rule.halfWrite) {
-      const files = this.inner.fileStore?.();
-      if (files && data) await writeTempFile(files, data.subarray(0, data.length >> 1));
+      if (this.halfWriter && data) await this.halfWriter(data.subarray(0, data.length >> 1));
       this.failed++;
       throw injectedError(rule.fail ?? 'other', op, key);
     }

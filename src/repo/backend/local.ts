@@ -1,5 +1,13 @@
-import { constants as fsc, promises as fs, statSync } from 'node:fs';
-import { dirname, join, sep } from 'node:path';
+import {
+  closeSync,
+  constants as fsc,
+  fstatSync,
+  openSync,
+  promises as fs,
+  readSync,
+  statSync,
+} from 'node:fs';
+import { dirname, join, resolve, sep } from 'node:path';
 import { errnoCode } from '../../util/index.js';
 import { BackendError, RepoNotEmptyError, isNotFound } from '../errors.js';
 import {
@@ -10,6 +18,7 @@ import {
   type ObjectInfo,
   type PutOptions,
 } from './backend.js';
+import { describeBackend } from './describe.js';
 import {
   DEFAULT_DIR_MODE,
   DEFAULT_FILE_MODE,
@@ -28,15 +37,33 @@ import {
  * renamed (put) or hard-linked (putIfAbsent: link fails with EEXIST if another writer won) to its
  * final name, and the directory is fsynced, and so is the parent of every directory made on the way
  * (once per directory and process). No partial object is ever visible under a final name.
- * Worker threads may create objects the same way themselves (`fileStore`, local-files.ts); the
- * names they create, and the directories they make, become durable at `barrier`.
+ * Writes asked to be durable only `at-barrier` (the chunk store's, in its worker threads' own
+ * stacks) skip that directory fsync: the names they create, and the directories they make, become
+ * durable at `barrier` (docs/format.md, "Concurrency and crash safety").
+ *
+ * `blocking` (worker threads, `OpenRuntime.blocking`): reads and `stat` use synchronous fs calls,
+ * cheaper than a round trip through libuv's thread pool each, which the main thread's I/O shares.
  *
  * Modes: `create` makes the repository owner-only (directory 0700, config 0600). New directories
  * then take the mode of the repository directory and new files that of `config`, so a repository
  * an administrator opened to a group (0750 / 0640) stays that way (docs/format.md, "Key layout").
  */
+export interface LocalOptions {
+  /** Synchronous reads and stats (this thread may block: a worker thread). Default false. */
+  blocking?: boolean;
+}
+
 export class LocalBackend implements Backend {
-  constructor(readonly root: string) {}
+  private readonly blocking: boolean;
+
+  constructor(
+    readonly root: string,
+    opts: LocalOptions = {},
+  ) {
+    this.blocking = opts.blocking ?? false;
+    // Another thread opens the same directory from this spec (a bare backend: no retry).
+    describeBackend(this, { kind: 'local', location: resolve(root), retry: false });
+  }
 
   readonly capabilities: BackendCapabilities = {
     // One local disk: a few operations in flight keep it busy (the chunk workers write their own).
@@ -54,13 +81,18 @@ export class LocalBackend implements Backend {
     return this.root;
   }
 
-  filePath(key: string): string {
-    return this.path(key);
-  }
-
-  fileStore(): LocalFileSpec {
+  /** Where and with which modes objects are created (local-files.ts). */
+  private files(): LocalFileSpec {
     this.spec ??= this.existingModes();
     return this.spec;
+  }
+
+  /**
+   * Leaves the first bytes of a write in a temp file, as a writer killed mid-write does (the
+   * fault injector's half-written write; no object appears).
+   */
+  async leaveTempFile(data: Uint8Array): Promise<void> {
+    await writeTempFile(this.files(), data);
   }
 
   /** The modes new objects get: those of the repository directory and its config. */
@@ -138,11 +170,6 @@ export class LocalBackend implements Backend {
       fail(err);
     }
     this.spec = { root, dirMode: DEFAULT_DIR_MODE, fileMode: DEFAULT_FILE_MODE };
-  }
-
-  /** The former name of `barrier` (the chunk store calls it; see Backend.syncNames). */
-  syncNames(keys: Iterable<string>): Promise<void> {
-    return this.barrier(keys);
   }
 
   /**
@@ -231,6 +258,7 @@ export class LocalBackend implements Backend {
   }
 
   private async readRange(key: string, offset: number, length: number, buf: Uint8Array): Promise<void> {
+    if (this.blocking) return this.readRangeSync(key, offset, length, buf);
     const p = this.path(key);
     let fh: fs.FileHandle | undefined;
     try {
@@ -250,10 +278,30 @@ export class LocalBackend implements Backend {
     }
   }
 
+  /** `readRange` with synchronous calls (a worker thread: see `blocking`). */
+  private readRangeSync(key: string, offset: number, length: number, buf: Uint8Array): void {
+    const p = this.path(key);
+    let fd: number | undefined;
+    try {
+      fd = openSync(p, 'r');
+      assertRange(key, offset, length, fstatSync(fd).size);
+      let done = 0;
+      while (done < length) {
+        const n = readSync(fd, buf, done, length - done, offset + done);
+        if (n === 0) throw new BackendError('range', `short read of ${key}`);
+        done += n;
+      }
+    } catch (err) {
+      throw mapError(err, key, 'read');
+    } finally {
+      if (fd !== undefined) closeSync(fd);
+    }
+  }
+
   async put(key: string, data: Buffer, opts: PutOptions = {}): Promise<void> {
     const p = this.path(key);
     try {
-      renameIntoPlace(this.fileStore(), await writeTempFile(this.fileStore(), data), key);
+      renameIntoPlace(this.files(), await writeTempFile(this.files(), data), key);
       if (opts.durable === 'at-barrier') return;
       await this.fsyncDir(dirname(p));
     } catch (err) {
@@ -265,7 +313,7 @@ export class LocalBackend implements Backend {
   async putIfAbsent(key: string, data: Buffer, opts: PutOptions = {}): Promise<boolean> {
     const p = this.path(key);
     try {
-      if (!(await createObjectFile(this.fileStore(), key, data))) return false;
+      if (!(await createObjectFile(this.files(), key, data))) return false;
       if (opts.durable === 'at-barrier') return true;
       await this.fsyncDir(dirname(p));
     } catch (err) {
@@ -277,7 +325,10 @@ export class LocalBackend implements Backend {
 
   async stat(key: string): Promise<ObjectInfo | undefined> {
     try {
-      const st = await fs.stat(this.path(key));
+      const p = this.path(key);
+      // Blocking: no exception for the common "absent" (a new chunk), which costs a stack trace.
+      const st = this.blocking ? statSync(p, { throwIfNoEntry: false }) : await fs.stat(p);
+      if (st === undefined) return undefined;
       // Only a regular file is an object: a directory in its place is not "present" (list skips it).
       if (!st.isFile())
         throw Object.assign(new Error(`${key} is not a regular file`), {

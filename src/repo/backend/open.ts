@@ -1,6 +1,7 @@
 import { isAbsolute, resolve } from 'node:path';
 import { UsageError } from '../../util/index.js';
 import type { Backend } from './backend.js';
+import { describeBackend } from './describe.js';
 import { FaultBackend, type FaultRule } from './fault.js';
 import { LimitBackend } from './limit.js';
 import { LocalBackend } from './local.js';
@@ -30,6 +31,11 @@ export interface BackendSpec {
 /** What a stack takes that cannot cross to another thread. */
 export interface OpenRuntime {
   retry?: RetryRuntime;
+  /**
+   * This thread may block on storage calls (a worker thread): the local backend then reads and
+   * stats with synchronous fs calls, cheaper than a thread-pool round trip each.
+   */
+  blocking?: boolean;
 }
 
 /** The spec of a location as users give it: 'memory:' or a local directory path. */
@@ -41,16 +47,22 @@ export function backendSpecFor(location: string): BackendSpec {
   return { kind: 'local', location: resolve(location) };
 }
 
-function baseBackend(spec: BackendSpec): Backend {
+/** The backend of a spec, and how the fault injector leaves a half-written write in it. */
+function baseBackend(
+  spec: BackendSpec,
+  runtime: OpenRuntime,
+): { backend: Backend; halfWrite?: (data: Uint8Array) => Promise<void> } {
   switch (spec.kind) {
     case 'memory':
-      return new MemoryBackend();
-    case 'local':
+      return { backend: new MemoryBackend() }; // a write that fails half-way leaves nothing
+    case 'local': {
       if (typeof spec.location !== 'string' || !isAbsolute(spec.location))
         throw new RangeError(
           `a local backend spec needs an absolute path, not ${JSON.stringify(spec.location)}`,
         );
-      return new LocalBackend(spec.location);
+      const local = new LocalBackend(spec.location, { blocking: runtime.blocking ?? false });
+      return { backend: local, halfWrite: (data) => local.leaveTempFile(data) };
+    }
     default:
       throw new RangeError(`unknown backend kind ${JSON.stringify((spec as { kind: unknown }).kind)}`);
   }
@@ -64,22 +76,14 @@ function baseBackend(spec: BackendSpec): Backend {
  */
 export function openBackend(spec: BackendSpec | string, runtime: OpenRuntime = {}): Backend {
   const s: BackendSpec = structuredClone(typeof spec === 'string' ? backendSpecFor(spec) : spec);
-  let b = baseBackend(s);
-  if (s.faults !== undefined && s.faults.length > 0) b = new FaultBackend(b, s.faults);
+  const base = baseBackend(s, runtime);
+  let b = base.backend;
+  if (s.faults !== undefined && s.faults.length > 0) b = new FaultBackend(b, s.faults, base.halfWrite);
   if (s.maxInFlight !== undefined) b = new LimitBackend(b, s.maxInFlight);
   if (s.retry !== false) b = new RetryBackend(b, s.retry ?? {}, runtime.retry);
   if (s.readOnly === true) b = new ReadOnlyBackend(b);
-  specs.set(b, s);
+  describeBackend(b, s);
   return b;
 }
 
-const specs = new WeakMap<Backend, BackendSpec>();
-
-/**
- * The spec a stack was built from (a copy), to hand to worker threads so that each builds the same
- * stack; undefined for a backend not built by `openBackend`.
- */
-export function specOf(backend: Backend): BackendSpec | undefined {
-  const s = specs.get(backend);
-  return s === undefined ? undefined : structuredClone(s);
-}
+export { sharedSpecOf, specOf } from './describe.js';

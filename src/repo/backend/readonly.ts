@@ -18,13 +18,12 @@ export function readOnlyError(op: BackendOp, key: string): BackendError {
 /**
  * Read-only: every mutating call (put, putIfAbsent, delete) fails at once with a one-line
  * 'permission' BackendError, before the inner backend sees it; reads pass. Nothing that writes
- * around the interface is passed on (`fileStore`, `create`, `removeStaleTemp`), and the barrier is
- * a no-op (nothing was written through this stack). `filePath` (reading) is.
+ * around the interface is passed on (`create`, `removeStaleTemp`), and the barrier is a no-op
+ * (nothing was written through this stack).
  */
 export class ReadOnlyBackend extends BackendWrapper {
   constructor(inner: Backend) {
-    super(inner, { files: false, maintenance: false });
-    if (inner.filePath) this.filePath = (key) => inner.filePath!(key);
+    super(inner, false);
   }
   protected call<T>(op: BackendOp, key: string, fn: () => Promise<T>): Promise<T> {
     if (MUTATING_OPS.has(op)) return Promise.reject(readOnlyError(op, key));

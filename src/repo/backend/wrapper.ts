@@ -1,7 +1,6 @@
 import type { Backend, BackendCapabilities, ObjectInfo, PutOptions } from './backend.js';
-import type { LocalFileSpec } from './local-files.js';
 
-/** The operations of the Backend interface a wrapper sees (`barrier` includes `syncNames`). */
+/** The operations of the Backend interface a wrapper sees. */
 export type BackendOp =
   | 'get'
   | 'getRange'
@@ -16,41 +15,21 @@ export type BackendOp =
 
 export const MUTATING_OPS: ReadonlySet<BackendOp> = new Set(['put', 'putIfAbsent', 'delete']);
 
-/** Which optional methods of the inner backend a wrapper passes on. */
-export interface PassOn {
-  /** `filePath` and `fileStore`: other threads reach the inner backend's files without this wrapper. */
-  files: boolean;
-  /** `create`, `removeStaleTemp`, `syncNames` (the last through `call('barrier')`). */
-  maintenance: boolean;
-}
-
 /**
  * The base of every wrapper (retry.ts, limit.ts, readonly.ts, fault.ts): each operation goes through
  * `call(op, key, fn)`, where `fn` performs it on the inner backend. A listing calls it once per item
  * fetched (`next()`), so a wrapper never holds anything while the caller works on an item.
  */
 export abstract class BackendWrapper implements Backend {
-  filePath?: (key: string) => string;
-  fileStore?: () => LocalFileSpec;
-  syncNames?: (keys: Iterable<string>) => Promise<void>;
   create?: () => Promise<void>;
   removeStaleTemp?: (olderThanMs: number) => Promise<number>;
 
   constructor(
     readonly inner: Backend,
-    pass: PassOn = { files: true, maintenance: true },
+    /** Pass on the inner backend's optional `create` and `removeStaleTemp` (both write). */
+    passMaintenance = true,
   ) {
-    if (pass.files) {
-      if (inner.filePath) this.filePath = (key) => inner.filePath!(key);
-      if (inner.fileStore) this.fileStore = () => inner.fileStore!();
-    }
-    if (pass.maintenance) {
-      if (inner.syncNames) {
-        this.syncNames = (keys) => {
-          const list = [...keys];
-          return this.call('barrier', list[0] ?? '', () => inner.syncNames!(list));
-        };
-      }
+    if (passMaintenance) {
       if (inner.create) this.create = () => inner.create!();
       if (inner.removeStaleTemp) this.removeStaleTemp = (ms) => inner.removeStaleTemp!(ms);
     }

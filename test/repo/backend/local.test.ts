@@ -45,6 +45,16 @@ defineBackendConformance('local', {
   raceInProcesses,
 });
 
+// What the chunk store's workers open (OpenRuntime.blocking): synchronous reads and stats.
+defineBackendConformance('local, blocking (as in a worker thread)', {
+  make: async () => {
+    const t = await makeTmpDir();
+    current = t.dir;
+    return { backend: new LocalBackend(t.dir, { blocking: true }), cleanup: t.cleanup };
+  },
+  raceInProcesses,
+});
+
 defineBackendConformance('local, through the wrapper stack', {
   make: async () => {
     const t = await makeTmpDir();

@@ -85,14 +85,13 @@ describe('the wrapper stack is built in one place, from a plain JSON spec', () =
     });
   });
 
-  it("a location string gives retry over the backend, and keeps the local backend's file access", async () => {
+  it('a location string gives retry over the backend, with no way around the interface', async () => {
     await withDir(async (dir) => {
       const b = openBackend(dir);
       expect(layers(b).map((x) => x.constructor.name)).toEqual(['RetryBackend', 'LocalBackend']);
-      // The chunk store's workers still write and read chunk files themselves (the hot path).
-      expect(typeof b.fileStore).toBe('function');
-      expect(typeof b.syncNames).toBe('function');
-      expect(b.filePath?.('data/ab/x')).toBe(join(dir, 'data', 'ab', 'x'));
+      // The chunk store's workers build this stack from its spec: no file access to pass on.
+      for (const escape of ['filePath', 'fileStore', 'syncNames'])
+        for (const layer of layers(b)) expect(escape in layer).toBe(false);
       expect(typeof b.removeStaleTemp).toBe('function');
       expect(layers(openBackend('memory:')).map((x) => x.constructor.name)).toEqual([
         'RetryBackend',
@@ -122,6 +121,87 @@ describe('conformance inside a worker thread (the worker builds the stack from t
       expect(report.injected).toBeGreaterThanOrEqual(conformanceCases.length);
     } finally {
       await t.cleanup();
+    }
+  });
+});
+
+describe("the chunk store's workers build the stack from the spec and go through it", () => {
+  const chunk = (n: number): Buffer => Buffer.alloc(64 * 1024, n);
+  const shared = (): Buffer => Buffer.from(new SharedArrayBuffer(1 << 20));
+  const caught = (p: Promise<unknown>): Promise<unknown> =>
+    p.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+
+  it('faults injected in worker-side stores and reads reach the caller; the main stack sees no call', async () => {
+    await withDir(async (dir) => {
+      await (await Repository.init(dir, {})).close();
+      const stack = (faults: FaultRule[]): Backend =>
+        openBackend({ kind: 'local', location: dir, retry: fast, faults });
+
+      // Every chunk write fails with a full disk, in the worker's stack: the caller gets its error.
+      const full = stack([{ op: 'putIfAbsent', keyPrefix: 'data/', times: 'always', fail: 'no-space' }]);
+      const writes = new ChunkStore(full, 1, 2);
+      try {
+        const err = (await caught(writes.put(chunk(1)))) as BackendError;
+        expect(err).toBeInstanceOf(BackendError);
+        expect(err.kind).toBe('no-space');
+        expect(err.retryable).toBe(false);
+        expect(err.oneLine()).toMatch(/^cannot write data\/\S+: no space left on the device; free space/);
+      } finally {
+        await writes.close();
+      }
+      expect(layer(full, FaultBackend).calls.size).toBe(0);
+
+      // A chunk stored; then every ranged read of a chunk fails, in the worker's stack.
+      const plain = new ChunkStore(openBackend(dir), 1, 2);
+      const { id } = await plain.put(chunk(2));
+      await plain.flush();
+      await plain.close();
+      const denied = stack([{ op: 'getRangeInto', keyPrefix: 'data/', times: 'always', fail: 'permission' }]);
+      const reads = new ChunkStore(denied, 1, 2);
+      try {
+        for (const read of [() => reads.getInto(id, shared()), () => reads.get(id)]) {
+          const err = (await caught(read())) as BackendError;
+          expect(err).toBeInstanceOf(BackendError);
+          expect(err.kind).toBe('permission');
+          expect(err.message).toMatch(/^cannot read data\/\S+: permission denied$/);
+        }
+      } finally {
+        await reads.close();
+      }
+      expect(layer(denied, FaultBackend).calls.size).toBe(0);
+
+      // Transient faults on the first store and the first read: the worker stack's retry hides them.
+      const flaky = stack([
+        { op: 'putIfAbsent', keyPrefix: 'data/', times: 1, fail: 'transient' },
+        { op: 'getRangeInto', keyPrefix: 'data/', times: 1, fail: 'transient' },
+      ]);
+      const retried = new ChunkStore(flaky, 1, 1);
+      try {
+        const r = await retried.put(chunk(3));
+        expect(r.isNew).toBe(true);
+        const dest = shared();
+        expect(await retried.getInto(r.id, dest)).toBe(64 * 1024);
+        expect(dest.subarray(0, 64 * 1024).equals(chunk(3))).toBe(true);
+      } finally {
+        await retried.close();
+      }
+      expect(layer(flaky, FaultBackend).calls.size).toBe(0);
+    });
+  });
+
+  it('a memory stack cannot be shared with workers: its chunk work runs inline, on its own objects', async () => {
+    const b = memWith([]);
+    const store = new ChunkStore(b, 1, 2);
+    try {
+      const { id, isNew } = await store.put(chunk(4));
+      expect(isNew).toBe(true);
+      expect(await b.exists(`data/${id.slice(0, 2)}/${id}`)).toBe(true);
+      expect((await store.get(id)).equals(chunk(4))).toBe(true);
+    } finally {
+      await store.close();
     }
   });
 });
@@ -257,8 +337,7 @@ describe('read-only', () => {
       }
       expect(layer(b, FaultBackend).calls.get('put') ?? 0).toBe(0);
       expect((await b.get('snapshots/one')).toString()).toBe('s');
-      // Nothing writes around it: no file store for workers, no create, no temp cleanup.
-      expect(b.fileStore).toBeUndefined();
+      // Nothing writes around it: no create, no temp cleanup.
       expect(b.create).toBeUndefined();
       expect(b.removeStaleTemp).toBeUndefined();
       await b.barrier(['snapshots/one']);
@@ -339,7 +418,8 @@ describe('fault injection: failures leave nothing referenced lost', () => {
       ) as BackendError;
       expect(e.oneLine()).toBe(real.oneLine());
       expect(e.oneLine()).toMatch(/no space left on the device; free space on the repository storage/);
-      expect(layer(full, FaultBackend).calls.get('putIfAbsent')).toBe(1); // not retried
+      // The workers' own stacks wrote (and met the fault); this thread's stack stored nothing.
+      expect(layer(full, FaultBackend).calls.get('putIfAbsent') ?? 0).toBe(0);
       const objects: string[] = [];
       for await (const o of openBackend(dir).list('data/')) objects.push(o.key);
       expect(objects).toEqual([]);
