@@ -50,6 +50,9 @@ export interface AdjustedDomainXml {
   notes: string[];
 }
 
+/** Where distributions install QEMU: removing such an `<emulator>` changes nothing worth a note. */
+const STANDARD_EMULATOR = /^\/usr\/(bin|libexec)\/qemu-(system-[a-z0-9_]+|kvm)$/;
+
 function tagOf(n: Node): string | undefined {
   return Object.keys(n).find((k) => k !== ATTRS);
 }
@@ -299,7 +302,11 @@ function adjustDevices(
     const type = attr(dev, 'type');
     if (t === 'emulator') {
       devs.splice(j, 1);
-      note(`removed <emulator> ${printable(textOf(dev).trim(), 80)}: libvirt uses its default emulator`);
+      // Any emulator path could name any program; libvirt's default is the distribution's QEMU.
+      // Only an unusual path is worth a note (the standard ones are what libvirt picks anyway).
+      const path = textOf(dev).trim();
+      if (!STANDARD_EMULATOR.test(path))
+        note(`removed <emulator> ${printable(path, 80)}: libvirt uses its default emulator`);
     } else if (
       t === 'hostdev' ||
       t === 'filesystem' ||

@@ -378,6 +378,21 @@ describe('a hostile stored domain XML: the adjusted one names only the restored 
     expect(xml).not.toMatch(/emulator|qemu:|seclabel|<commandline|template=/);
   });
 
+  it('a standard emulator path is dropped without a note, any other with one', () => {
+    const xmlOf = (emulator: string): string =>
+      `<domain type='kvm'><name>a</name><devices><emulator>${emulator}</emulator></devices></domain>`;
+    for (const std of ['/usr/bin/qemu-system-x86_64', '/usr/bin/qemu-kvm', '/usr/libexec/qemu-kvm']) {
+      const r = adjustDomainXml(xmlOf(std), { disks: [] });
+      expect(r.xml).not.toMatch(/emulator/);
+      expect(r.notes).toEqual([]);
+    }
+    const odd = adjustDomainXml(xmlOf('/opt/x/qemu-system-x86_64'), { disks: [] });
+    expect(odd.xml).not.toMatch(/emulator/);
+    expect(odd.notes).toEqual([
+      'removed <emulator> /opt/x/qemu-system-x86_64: libvirt uses its default emulator',
+    ]);
+  });
+
   it('keeps a device in place where dropping its host path is enough', () => {
     const { xml } = adjust(
       `<serial type='file'><source path='/etc/x'/><target port='0'/></serial>
