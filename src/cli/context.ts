@@ -1,6 +1,6 @@
 import { Option, type Command } from 'commander';
 import { printable, stderrLogger, UsageError, type Logger } from '../util/index.js';
-import { Repository, type SnapshotDamagedError } from '../repo/index.js';
+import { backendSpecFor, openBackend, Repository, type SnapshotDamagedError } from '../repo/index.js';
 
 export interface GlobalOptions {
   debug?: boolean;
@@ -21,9 +21,17 @@ export function loggerFor(cmd: Command): Logger {
   return stderrLogger({ debug: g.debug ?? false, quiet: g.quiet ?? false });
 }
 
-export async function openRepo(opts: { repo?: string }): Promise<Repository> {
+/** How a command uses the repository: `read` commands open it through the read-only wrapper. */
+export type RepoAccess = 'read' | 'write';
+
+/**
+ * Opens the repository. Commands that only read it (`access: 'read'`) get a read-only storage
+ * stack, so no code path of theirs, in any thread, can change the repository.
+ */
+export async function openRepo(opts: { repo?: string }, access: RepoAccess = 'write'): Promise<Repository> {
   if (!opts.repo) throw new UsageError('no repository given', 'pass -r REPO or set VMVAULT_REPO');
-  return Repository.open(opts.repo, { onDamagedSnapshot: warnDamagedSnapshot });
+  const backend = openBackend({ ...backendSpecFor(opts.repo), readOnly: access === 'read' });
+  return Repository.open(opts.repo, { onDamagedSnapshot: warnDamagedSnapshot }, backend);
 }
 
 /**
@@ -35,8 +43,12 @@ export function warnDamagedSnapshot(err: SnapshotDamagedError): void {
 }
 
 /** Runs `fn` with an open repository and always closes it. */
-export async function withRepo<T>(opts: { repo?: string }, fn: (repo: Repository) => Promise<T>): Promise<T> {
-  const repo = await openRepo(opts);
+export async function withRepo<T>(
+  opts: { repo?: string },
+  fn: (repo: Repository) => Promise<T>,
+  access: RepoAccess = 'write',
+): Promise<T> {
+  const repo = await openRepo(opts, access);
   try {
     return await fn(repo);
   } finally {

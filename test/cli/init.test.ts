@@ -180,6 +180,7 @@ describe('init and open through the CLI', () => {
         mounted.push(ro);
         const rw = join(dir, 'rw-repo');
         expect((await runCli(['init', rw])).code).toBe(0);
+        expect((await runCli(['backup-image', '-r', rw, '--vm', 'ro', '-q', `${image}:vda`])).code).toBe(0);
         execFileSync('mount', ['--bind', rw, roRepo], { stdio: 'ignore' });
         mounted.push(roRepo);
         execFileSync('mount', ['-o', 'remount,bind,ro', roRepo], { stdio: 'ignore' });
@@ -205,6 +206,17 @@ describe('init and open through the CLI', () => {
       expect(b.code).toBe(1);
       expect(b.stderr).toMatch(/vmvault: cannot .*: read-only file system; mount it read-write/);
       expect(b.stderr).not.toMatch(/permission denied/);
+    });
+
+    it('the commands that only read work on a read-only repository', async (ctx) => {
+      if (!canMount) ctx.skip();
+      for (const args of [['snapshots'], ['show', 'ro@latest'], ['stats'], ['check', '--read-data']]) {
+        const r = await runCli([...args, '-r', roRepo]);
+        expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+      }
+      const out = join(dir, 'from-ro');
+      const r = await runCli(['restore', 'ro@latest', '-r', roRepo, '--disk', 'vda', '-o', `${out}.raw`]);
+      expect(r.code, r.stderr).toBe(0);
     });
   });
 

@@ -35,15 +35,18 @@ export function checkCommand(): Command {
         const quiet = (globals(cmd).quiet ?? false) || opts.json === true;
         // A redrawn progress line on a TTY; nothing at all otherwise (the summary says it all).
         const tty = process.stderr.isTTY === true && !quiet;
-        const result = await withRepo(opts, (repo) =>
-          checkRepository(repo, {
-            readData: opts.readData ?? false,
-            repair: opts.repair ?? false,
-            ...(tty
-              ? { progressFor: (phase: string) => makeProgress(`check ${phase}`, process.stderr, false) }
-              : {}),
-            signal: rootAbort.signal,
-          }),
+        const result = await withRepo(
+          opts,
+          (repo) =>
+            checkRepository(repo, {
+              readData: opts.readData ?? false,
+              repair: opts.repair ?? false,
+              ...(tty
+                ? { progressFor: (phase: string) => makeProgress(`check ${phase}`, process.stderr, false) }
+                : {}),
+              signal: rootAbort.signal,
+            }),
+          opts.repair ? 'write' : 'read',
         );
         if (opts.json) printJson(jsonSummary(result));
         else process.stdout.write(textSummary(result));

@@ -70,23 +70,27 @@ export function restoreCommand(): Command {
           '--keep-host-config changes the domain XML that --config or --define writes',
           'add --config or --define, or drop --keep-host-config',
         );
-      const result = await withRepo(opts, async (repo) => {
-        const snap = await repo.resolveSnapshot(ref);
-        return restoreSnapshot(repo, snap, {
-          output: opts.output,
-          ...(opts.disk ? { disk: opts.disk } : {}),
-          ...(opts.format ? { format: opts.format } : {}),
-          config: (opts.config ?? false) || (opts.define ?? false),
-          keepHostConfig: opts.keepHostConfig ?? false,
-          ...(opts.name ? { name: opts.name } : {}),
-          inPlace: opts.inPlace ?? false,
-          ignoreErrors: opts.ignoreErrors ?? false,
-          sinks: makeSinkFactory((path, size) => createQcow2Writer(path, size)),
-          // The same VM/disk label as backups use.
-          progressFor: (t) => makeProgress(`${snap.vm.name}/${t}`, process.stderr, quiet),
-          signal: rootAbort.signal,
-        });
-      });
+      const result = await withRepo(
+        opts,
+        async (repo) => {
+          const snap = await repo.resolveSnapshot(ref);
+          return restoreSnapshot(repo, snap, {
+            output: opts.output,
+            ...(opts.disk ? { disk: opts.disk } : {}),
+            ...(opts.format ? { format: opts.format } : {}),
+            config: (opts.config ?? false) || (opts.define ?? false),
+            keepHostConfig: opts.keepHostConfig ?? false,
+            ...(opts.name ? { name: opts.name } : {}),
+            inPlace: opts.inPlace ?? false,
+            ignoreErrors: opts.ignoreErrors ?? false,
+            sinks: makeSinkFactory((path, size) => createQcow2Writer(path, size)),
+            // The same VM/disk label as backups use.
+            progressFor: (t) => makeProgress(`${snap.vm.name}/${t}`, process.stderr, quiet),
+            signal: rootAbort.signal,
+          });
+        },
+        'read',
+      );
       // Not silenced by --quiet or --json: the restored domain differs from the stored one.
       for (const n of result.configNotes) log.warn(`restored domain XML: ${n}`);
       let defined: string | undefined;

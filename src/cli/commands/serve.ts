@@ -118,7 +118,7 @@ export function serveCommand(): Command {
       if (opts.keepOverlay !== undefined && !opts.writable)
         throw new UsageError('--keep-overlay needs --writable');
       const listen = opts.listen !== undefined ? parseListen(opts.listen) : undefined;
-      const repo = await openRepo(opts);
+      const repo = await openRepo(opts, 'read');
       let runDir: string | undefined;
       const exports: NbdExport[] = [];
       let server: NbdServer | undefined;

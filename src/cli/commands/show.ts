@@ -11,7 +11,7 @@ export function showCommand(): Command {
     .option('--json', 'print JSON')
     .addOption(repoOption())
     .action(async (ref: string, opts: { json?: boolean; repo?: string }) => {
-      const s = await withRepo(opts, (r) => r.resolveSnapshot(ref));
+      const s = await withRepo(opts, (r) => r.resolveSnapshot(ref), 'read');
       if (opts.json) return printJson(s);
       const virt = s.disks.reduce((a, d) => a + d.sizeBytes, 0);
       const alloc = s.disks.reduce((a, d) => a + d.allocatedBytes, 0);

@@ -10,7 +10,7 @@ export function snapshotsCommand(): Command {
     .option('--json', 'print JSON')
     .addOption(repoOption())
     .action(async (opts: { vm?: string; json?: boolean; repo?: string }) => {
-      const snaps = (await withRepo(opts, (r) => r.listSnapshots())).filter(
+      const snaps = (await withRepo(opts, (r) => r.listSnapshots(), 'read')).filter(
         (s) => !opts.vm || s.vm.name === opts.vm,
       );
       if (opts.json) return printJson(snaps.map(listEntry));

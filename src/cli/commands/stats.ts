@@ -9,8 +9,11 @@ export function statsCommand(): Command {
     .option('--json', 'print JSON')
     .addOption(repoOption())
     .action(async (opts: { json?: boolean; repo?: string }) => {
-      const st = await withRepo(opts, (r) =>
-        repoStats(r, { onDamagedIndex: (m) => process.stderr.write(`warning: ${printable(m, 400)}\n`) }),
+      const st = await withRepo(
+        opts,
+        (r) =>
+          repoStats(r, { onDamagedIndex: (m) => process.stderr.write(`warning: ${printable(m, 400)}\n`) }),
+        'read',
       );
       if (opts.json) return printJson(st);
       process.stdout.write(
