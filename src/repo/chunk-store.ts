@@ -331,7 +331,6 @@ export class ChunkStore {
   private fromWorker(err: unknown, id: string, loc: ChunkLocation, reading: boolean): unknown {
     if (!(err instanceof WorkerTaskError)) return err;
     if (err.code === 'BLOB_DAMAGED') return this.damage(err, id, loc);
-    if (reading && err.code === 'CHUNK_MISSING') return new ChunkMissingError(id, loc);
     const rebuilt = BackendError.fromWire(err.message, err.hint, err.details);
     if (rebuilt === undefined) return err;
     return reading && rebuilt.kind === 'not-found' ? new ChunkMissingError(id, loc) : rebuilt;

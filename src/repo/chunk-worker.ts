@@ -111,28 +111,20 @@ async function readWhole(key: string, size: number): Promise<{ blob: Uint8Array;
   return { blob, release };
 }
 
-/** The object's size; it vanished since its header was read: gone (the store says "missing"). */
-async function sizeOf(key: string): Promise<number> {
-  const st = await backend.stat(key);
-  if (st === undefined)
-    throw Object.assign(new Error(`${key} vanished while it was read`), { code: 'CHUNK_MISSING' });
-  return st.sizeBytes;
-}
-
 /**
- * The header and size of object `key`: the header is read first, so that a missing object or a
- * directory in its place fails as a read does. An object shorter than a header is damage.
+ * The header and size of object `key`, in one storage call (`getRangeInto` resolves to the
+ * object's size): a missing object or a directory in its place fails as a read does. An object
+ * shorter than a header is damage.
  */
 async function headOf(key: string): Promise<{ head: Buffer; size: number }> {
   const head = Buffer.allocUnsafe(BLOB_HEADER_BYTES);
   try {
-    await backend.getRangeInto(key, 0, head);
+    return { head, size: await backend.getRangeInto(key, 0, head) };
   } catch (err) {
     if (err instanceof BackendError && err.kind === 'range')
       throw damaged(`blob too short (less than its ${BLOB_HEADER_BYTES}-byte header)`);
     throw err;
   }
-  return { head, size: await sizeOf(key) };
 }
 
 /**
@@ -262,7 +254,7 @@ function reply(id: number, { result, transfer }: Handled): void {
 }
 
 /**
- * Errors cross as { code, message }: BLOB_DAMAGED, CHUNK_MISSING, or a VmvaultError's code with
+ * Errors cross as { code, message }: BLOB_DAMAGED, or a VmvaultError's code with
  * its hint and details (a BackendError's kind: the store rebuilds it, `BackendError.fromWire`).
  */
 function replyError(id: number, err: unknown): void {

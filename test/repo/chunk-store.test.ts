@@ -108,7 +108,7 @@ describe('ChunkStore reads (get / getInto) on every path', () => {
     }
   });
 
-  it('a chunk file that cannot be read directly falls back to the backend, which names the cause', async () => {
+  it("a directory in a chunk file's place is the backend's read error, naming the cause", async () => {
     const path = join(dir, 'unreadable');
     const backend = new LocalBackend(path);
     await (await Repository.init(path, { chunkSizeBytes: 256 * KiB }, backend)).close();
@@ -116,10 +116,12 @@ describe('ChunkStore reads (get / getInto) on every path', () => {
     try {
       const id = chunkIdOf(random);
       const file = join(path, ...format.Keys.data(id).split('/'));
-      // A directory where the chunk file should be: the worker's read fails, then the backend's.
+      // A directory where the chunk file should be: the worker's read through its stack fails.
       await mkdir(file, { recursive: true });
       await writeFile(join(file, 'x'), 'x');
-      await expect(repo.chunks.getInto(id, shared())).rejects.toThrow(/cannot read/);
+      await expect(repo.chunks.getInto(id, shared())).rejects.toThrow(
+        /cannot read .*: a directory is in its place/,
+      );
       await rm(file, { recursive: true });
       await repo.chunks.put(Buffer.from(random), id);
       expect(await repo.chunks.getInto(id, shared())).toBe(random.length);

@@ -55,7 +55,9 @@ export interface Backend {
   getRange(key: string, offset: number, length: number): Promise<Buffer>;
   /**
    * Reads bytes [offset, offset+dest.length) of an object into `dest` (no allocation per call);
-   * resolves to dest.length. A range past the end is a `range` error; `dest` may then hold part.
+   * resolves to the object's whole size (local: fstat; S3: Content-Range), so a reader that reads
+   * a header first learns the size without another call. A range past the end is a `range`
+   * error; `dest` may then hold part.
    */
   getRangeInto(key: string, offset: number, dest: Uint8Array): Promise<number>;
   /** Creates or replaces an object atomically. */

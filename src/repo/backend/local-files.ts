@@ -19,16 +19,15 @@ import { errnoCode } from '../../util/index.js';
 import { BackendError, type BackendErrorKind } from '../errors.js';
 
 /**
- * The local backend's file layout, as plain functions any thread can use: the chunk store's worker
- * threads create chunk files with them directly (no round trip through the main thread), and
- * LocalBackend uses the same code for its own `putIfAbsent`.
+ * The local backend's file layout, as plain functions: LocalBackend's implementation (every other
+ * module, worker threads included, goes through the Backend interface).
  *
  * An object is created as LocalBackend documents: its bytes go to a fresh temp file in `tmp/`,
  * are fdatasync'ed, and only then is the file hard-linked to its final name (`link` fails with
  * EEXIST when another writer won). A name therefore never points at bytes that a crash could
  * tear. The new name itself is durable only once its directory is fsynced, and a directory made
- * here only once its parent is fsynced: LocalBackend does both before `put`/`putIfAbsent` return;
- * for worker-created objects `LocalBackend.barrier` does (docs/format.md, "Concurrency and crash
+ * here only once its parent is fsynced: LocalBackend does both before `put`/`putIfAbsent` return,
+ * or, for writes made `{ durable: 'at-barrier' }`, `LocalBackend.barrier` does (docs/format.md, "Concurrency and crash
  * safety").
  *
  * Modes: directories get `dirMode`, files `fileMode` (owner-only by default), set explicitly so that
@@ -118,39 +117,17 @@ function datasync(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
 }
 
-/** What is at an object's path: nothing, or a regular file of `sizeBytes`. */
-export type ObjectFileState = { kind: 'absent' } | { kind: 'file'; sizeBytes: number };
-
 /** The error for something other than a regular file at `path` (code NOT_A_FILE; see mapError). */
-function notAFile(path: string, what: string): Error {
+export function notAFile(path: string, what: string): Error {
   return Object.assign(new Error(`${path} is ${what}, not an object file`), { code: 'NOT_A_FILE' });
 }
 
-function describeNonFile(st: import('node:fs').Stats): string {
+export function describeNonFile(st: import('node:fs').Stats): string {
   if (st.isDirectory()) return 'a directory';
   if (st.isSocket()) return 'a socket';
   if (st.isFIFO()) return 'a FIFO';
   if (st.isBlockDevice() || st.isCharacterDevice()) return 'a device';
   return 'not a regular file';
-}
-
-/**
- * Whether the object's file exists. Only a regular file counts: anything else in its place (a
- * directory, a socket) is thrown as a NOT_A_FILE error, never taken for the object. Any other
- * error but "not there" is thrown too.
- */
-export function objectFileState(spec: LocalFileSpec, key: string): ObjectFileState {
-  const path = objectPath(spec.root, key);
-  let st: import('node:fs').Stats;
-  try {
-    st = statSync(path);
-  } catch (err) {
-    const code = errnoCode(err);
-    if (code === 'ENOENT' || code === 'ENOTDIR') return { kind: 'absent' };
-    throw err;
-  }
-  if (!st.isFile()) throw notAFile(path, describeNonFile(st));
-  return { kind: 'file', sizeBytes: st.size };
 }
 
 /**

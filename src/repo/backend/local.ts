@@ -24,8 +24,10 @@ import {
   DEFAULT_FILE_MODE,
   TMP_DIR,
   createObjectFile,
+  describeNonFile,
   errnoMeaning,
   mapError,
+  notAFile,
   objectPath,
   renameIntoPlace,
   writeTempFile,
@@ -253,11 +255,11 @@ export class LocalBackend implements Backend {
   }
 
   async getRangeInto(key: string, offset: number, dest: Uint8Array): Promise<number> {
-    await this.readRange(key, offset, dest.length, dest);
-    return dest.length;
+    return this.readRange(key, offset, dest.length, dest);
   }
 
-  private async readRange(key: string, offset: number, length: number, buf: Uint8Array): Promise<void> {
+  /** Reads the range into `buf`; resolves to the object's size. */
+  private async readRange(key: string, offset: number, length: number, buf: Uint8Array): Promise<number> {
     if (this.blocking) return this.readRangeSync(key, offset, length, buf);
     const p = this.path(key);
     let fh: fs.FileHandle | undefined;
@@ -271,6 +273,7 @@ export class LocalBackend implements Backend {
         if (bytesRead === 0) throw new BackendError('range', `short read of ${key}`);
         done += bytesRead;
       }
+      return st.size;
     } catch (err) {
       throw mapError(err, key, 'read');
     } finally {
@@ -279,18 +282,20 @@ export class LocalBackend implements Backend {
   }
 
   /** `readRange` with synchronous calls (a worker thread: see `blocking`). */
-  private readRangeSync(key: string, offset: number, length: number, buf: Uint8Array): void {
+  private readRangeSync(key: string, offset: number, length: number, buf: Uint8Array): number {
     const p = this.path(key);
     let fd: number | undefined;
     try {
       fd = openSync(p, 'r');
-      assertRange(key, offset, length, fstatSync(fd).size);
+      const size = fstatSync(fd).size;
+      assertRange(key, offset, length, size);
       let done = 0;
       while (done < length) {
         const n = readSync(fd, buf, done, length - done, offset + done);
         if (n === 0) throw new BackendError('range', `short read of ${key}`);
         done += n;
       }
+      return size;
     } catch (err) {
       throw mapError(err, key, 'read');
     } finally {
@@ -330,10 +335,7 @@ export class LocalBackend implements Backend {
       const st = this.blocking ? statSync(p, { throwIfNoEntry: false }) : await fs.stat(p);
       if (st === undefined) return undefined;
       // Only a regular file is an object: a directory in its place is not "present" (list skips it).
-      if (!st.isFile())
-        throw Object.assign(new Error(`${key} is not a regular file`), {
-          code: st.isDirectory() ? 'EISDIR' : 'NOT_A_FILE',
-        });
+      if (!st.isFile()) throw notAFile(key, describeNonFile(st));
       return { key, sizeBytes: st.size, modifiedMs: st.mtimeMs };
     } catch (err) {
       if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return undefined;

@@ -42,7 +42,7 @@ export class MemoryBackend implements Backend {
     const v = this.entry(key).data;
     assertRange(key, offset, dest.length, v.length);
     dest.set(v.subarray(offset, offset + dest.length));
-    return dest.length;
+    return v.length;
   }
   async put(key: string, data: Buffer, _opts?: PutOptions): Promise<void> {
     validateKey(key);
