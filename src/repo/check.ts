@@ -1,7 +1,8 @@
 import { nullProgress, printable, throwIfAborted, UsageError, type Progress } from '../util/index.js';
 import { DiskIndex } from './disk-index.js';
 import { CheckFailedError, ChunkCorruptError, ChunkMissingError, isNotFound } from './errors.js';
-import { Keys } from './format.js';
+import { Keys, MAX_INDEX_BYTES, MAX_MANIFEST_BYTES } from './format.js';
+import { BlobFormatError } from './blob.js';
 import { SnapshotDamagedError } from './manifest-schema.js';
 import type { Repository } from './repository.js';
 import { shortId } from './snapshot.js';
@@ -296,6 +297,7 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
         repo,
         Keys.index(id),
         Keys.quarantineIndex(id, stamp),
+        repo.codec.blobBound(MAX_INDEX_BYTES),
         async (blob) => {
           const r = decodeIndex(repo, id, blob);
           return !(r instanceof DiskIndex) && r.own === true;
@@ -318,6 +320,7 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
         repo,
         Keys.snapshot(id),
         Keys.quarantineSnapshot(id, stamp),
+        repo.codec.blobBound(MAX_MANIFEST_BYTES),
         async (blob) => {
           try {
             repo.decodeSnapshot(id, blob);
@@ -585,13 +588,15 @@ async function readIndex(
   diskSizeBytes: number,
   chunkSizeBytes: number,
 ): Promise<DiskIndex | IndexProblem> {
-  let blob: Buffer;
+  let blob: Buffer | undefined;
   try {
-    blob = await repo.backend.get(Keys.index(id));
+    blob = await repo.readMetadataBlob(Keys.index(id), 'index');
   } catch (err) {
-    if (isNotFound(err)) return { ok: false, kind: 'index-missing' };
+    if (err instanceof BlobFormatError)
+      return { ok: false, kind: 'index-damaged', reason: err.message, own: true };
     throw err;
   }
+  if (blob === undefined) return { ok: false, kind: 'index-missing' };
   const index = decodeIndex(repo, id, blob);
   if (!(index instanceof DiskIndex)) return index;
   if (index.diskSizeBytes !== diskSizeBytes || index.chunkSizeBytes !== chunkSizeBytes)
@@ -646,7 +651,8 @@ export function compactUtc(d: Date): string {
  * may have stored a sound copy meanwhile).
  */
 async function quarantineChunk(repo: Repository, id: string, stamp: string): Promise<string | undefined> {
-  return quarantineObject(repo, Keys.data(id), Keys.quarantine(id, stamp), async (blob) => {
+  const max = repo.codec.blobBound(repo.chunkSizeBytes);
+  return quarantineObject(repo, Keys.data(id), Keys.quarantine(id, stamp), max, async (blob) => {
     try {
       await repo.chunks.decode(Buffer.from(blob), id); // a copy: decoding may move its buffer to a worker
       return false;
@@ -661,16 +667,20 @@ async function quarantineChunk(repo: Repository, id: string, stamp: string): Pro
  * Moves a damaged object to quarantine/ through the Backend interface: get, check that it is
  * still damaged (`stillDamaged`), put the copy (create-if-absent), and only then delete the
  * original key, so the bytes exist somewhere at every moment. Returns the quarantine key, or
- * undefined when nothing was moved (the object is gone or now sound).
+ * undefined when nothing was moved (the object is gone or now sound, or larger than `maxBytes`:
+ * an untrusted size is never read into memory, and the finding stays for the user to delete).
  */
 async function quarantineObject(
   repo: Repository,
   key: string,
   base: string,
+  maxBytes: number,
   stillDamaged: (blob: Buffer) => Promise<boolean>,
 ): Promise<string | undefined> {
   let blob: Buffer;
   try {
+    const st = await repo.backend.stat(key);
+    if (st === undefined || st.sizeBytes > maxBytes) return undefined;
     blob = await repo.backend.get(key);
   } catch (err) {
     if (isNotFound(err)) return undefined;

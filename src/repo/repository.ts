@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { printable, VmvaultError } from '../util/index.js';
 import type { Backend } from './backend/backend.js';
 import { openBackend } from './backend/open.js';
-import { BlobFormatError, readBlobHeader } from './blob.js';
+import { BlobFormatError } from './blob.js';
 import { isAllZero, type ChunkId } from './chunk-id.js';
 import { ChunkStore } from './chunk-store.js';
 import { BlobCodec } from './codec.js';
@@ -28,12 +28,7 @@ import {
   SnapshotNotFoundError,
 } from './errors.js';
 import { Keys, MAX_INDEX_BYTES, MAX_MANIFEST_BYTES } from './format.js';
-import {
-  MANIFEST_LIMITS,
-  ManifestFieldError,
-  SnapshotDamagedError,
-  validateManifest,
-} from './manifest-schema.js';
+import { ManifestFieldError, SnapshotDamagedError, validateManifest } from './manifest-schema.js';
 import {
   decodeManifest,
   encodeManifest,
@@ -172,7 +167,11 @@ export class Repository {
       await verify();
       return false;
     } catch (err) {
-      if (!(err instanceof RepoDamagedError)) throw err;
+      const unusable =
+        err instanceof RepoDamagedError ||
+        err instanceof SnapshotDamagedError ||
+        err instanceof SnapshotNotFoundError; // deleted since putIfAbsent
+      if (!unusable) throw err;
     }
     await this.backend.put(key, blob);
     return true;
@@ -182,11 +181,13 @@ export class Repository {
   async getIndex(id: string): Promise<DiskIndex> {
     const short = id.slice(0, 8);
     const damaged = (why: string) => new RepoDamagedError(`disk index ${short} ${why}`);
-    const blob = await this.getBounded(Keys.index(id), MAX_INDEX_BYTES, () => damaged('is missing'), damaged);
     let plain: Buffer;
     try {
-      plain = this.codec.decode('index', blob, { maxPlaintextBytes: MAX_INDEX_BYTES });
+      const blob = await this.readMetadataBlob(Keys.index(id), 'index');
+      if (blob === undefined) throw damaged('is missing');
+      plain = this.codec.decode('index', blob);
     } catch (err) {
+      if (!(err instanceof BlobFormatError)) throw err;
       throw damaged(`is damaged: ${(err as BlobFormatError).message}`);
     }
     if (!this.codec.verify(plain, id)) throw damaged('does not match its id');
@@ -200,23 +201,25 @@ export class Repository {
   }
 
   /**
-   * An object's bytes, refusing before reading one larger than a blob of `maxPlaintextBytes`
-   * can be (an untrusted size is never allocated). Errors come from `missing` / `damaged`.
+   * The bytes of an index or manifest object, or undefined when there is none. An object larger
+   * than any blob of its kind can be is refused unread (BlobFormatError): an untrusted size is
+   * never allocated. `knownSizeBytes` (from a listing) saves the stat. Every reader of indexes and
+   * manifests, `check` included, reads through here.
    */
-  private async getBounded(
+  async readMetadataBlob(
     key: string,
-    maxPlaintextBytes: number,
-    missing: () => Error,
-    damaged: (why: string) => Error,
-  ): Promise<Buffer> {
+    kind: 'index' | 'manifest',
+    knownSizeBytes?: number,
+  ): Promise<Buffer | undefined> {
     try {
-      const st = await this.backend.stat(key);
-      if (st === undefined) throw missing();
-      if (st.sizeBytes > this.codec.blobBound(maxPlaintextBytes))
-        throw damaged(`is damaged: ${st.sizeBytes} bytes, too large`);
+      const size = knownSizeBytes ?? (await this.backend.stat(key))?.sizeBytes;
+      if (size === undefined) return undefined;
+      const bound = this.codec.blobBound(kind === 'index' ? MAX_INDEX_BYTES : MAX_MANIFEST_BYTES);
+      if (size > bound)
+        throw new BlobFormatError(`${size} bytes, more than any ${kind} blob can be (${bound})`);
       return await this.backend.get(key);
     } catch (err) {
-      if (isNotFound(err)) throw missing();
+      if (isNotFound(err)) return undefined;
       throw err;
     }
   }
@@ -245,21 +248,9 @@ export class Repository {
     }
     await this.chunks.flush(); // the file chunks it names (putFile) are durable before it is
     const blob = this.codec.encode('manifest', json);
+    // The manifest found there is read as any reader does (its id is the hash of our bytes).
     await this.putVerifiedObject(Keys.snapshot(id), blob, async () => {
-      const damaged = (why: string) => new RepoDamagedError(`snapshot ${id.slice(0, 8)} ${why}`);
-      const there = await this.getBounded(
-        Keys.snapshot(id),
-        MAX_MANIFEST_BYTES,
-        () => damaged('is missing'),
-        damaged,
-      );
-      let plain: Buffer;
-      try {
-        plain = this.codec.decode('manifest', there, { maxPlaintextBytes: MAX_MANIFEST_BYTES });
-      } catch (err) {
-        throw damaged(`is damaged: ${(err as BlobFormatError).message}`);
-      }
-      if (!plain.equals(json)) throw damaged('does not match its id');
+      await this.getSnapshot(id);
     });
     return { ...manifest, id };
   }
@@ -268,15 +259,16 @@ export class Repository {
    * One snapshot by full id. Throws SnapshotNotFoundError when there is none and
    * SnapshotDamagedError (exit 20) when its manifest is unreadable or fails the schema.
    */
-  async getSnapshot(id: string): Promise<Snapshot> {
+  async getSnapshot(id: string, knownSizeBytes?: number): Promise<Snapshot> {
     if (!HEX64.test(id)) throw new SnapshotNotFoundError(id);
-    // A file far larger than any manifest is not read into memory at all.
-    const blob = await this.getBounded(
-      Keys.snapshot(id),
-      MAX_MANIFEST_BYTES,
-      () => new SnapshotNotFoundError(shortId(id)),
-      (why) => new SnapshotDamagedError(id, why.replace(/^is damaged: /, '')),
-    );
+    let blob: Buffer | undefined;
+    try {
+      blob = await this.readMetadataBlob(Keys.snapshot(id), 'manifest', knownSizeBytes);
+    } catch (err) {
+      if (err instanceof BlobFormatError) throw new SnapshotDamagedError(id, err.message);
+      throw err;
+    }
+    if (blob === undefined) throw new SnapshotNotFoundError(shortId(id));
     return this.decodeSnapshot(id, blob);
   }
 
@@ -284,21 +276,12 @@ export class Repository {
   decodeSnapshot(id: string, blob: Buffer): Snapshot {
     let json: Buffer;
     try {
-      const h = readBlobHeader(blob);
-      if (h.plaintextBytes > MANIFEST_LIMITS.maxManifestBytes)
-        throw new BlobFormatError(
-          `its blob header says ${h.plaintextBytes} bytes of manifest, at most ${MANIFEST_LIMITS.maxManifestBytes} allowed`,
-        );
-      json = this.codec.decode('manifest', blob);
+      json = this.codec.decode('manifest', blob, { maxPlaintextBytes: MAX_MANIFEST_BYTES });
     } catch (err) {
       if (err instanceof BlobFormatError) throw new SnapshotDamagedError(id, err.message);
       throw err;
     }
     return decodeManifest(id, json, this.chunkSizeBytes, this.codec);
-  }
-
-  async snapshotIds(): Promise<string[]> {
-    return (await this.snapshotObjects()).map((o) => o.id);
   }
 
   private async snapshotObjects(): Promise<Array<{ id: string; sizeBytes: number }>> {
@@ -321,19 +304,9 @@ export class Repository {
     let next = 0;
     const worker = async (): Promise<void> => {
       for (let o = objs[next++]; o; o = objs[next++]) {
-        // A manifest blob can be no larger than its bound plus the envelope (zstd never expands
-        // much): refuse a huge object without reading it.
-        if (o.sizeBytes > MANIFEST_LIMITS.maxManifestBytes + 64 * 1024) {
-          damaged.push(
-            new SnapshotDamagedError(
-              o.id,
-              `the manifest object is ${o.sizeBytes} bytes, far more than a manifest`,
-            ),
-          );
-          continue;
-        }
         try {
-          snapshots.push(await this.getSnapshot(o.id));
+          // The listing's size: no stat per manifest, and a huge object is refused unread.
+          snapshots.push(await this.getSnapshot(o.id, o.sizeBytes));
         } catch (err) {
           if (err instanceof SnapshotDamagedError) damaged.push(err);
           else if (!(err instanceof SnapshotNotFoundError)) throw err; // deleted meanwhile: not listed
