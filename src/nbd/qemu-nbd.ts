@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
 import { connect } from 'node:net';
 import { delimiter, join } from 'node:path';
-import { VmvaultError, errnoCode, sleep } from '../util/index.js';
+import { VmvaultError, errnoCode, pidAlive, sleep } from '../util/index.js';
 
 export interface QemuNbdOptions {
   path: string;
@@ -178,15 +178,6 @@ function accepts(socketPath: string): Promise<boolean> {
     });
     s.once('error', () => resolve(false));
   });
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return errnoCode(err) === 'EPERM';
-  }
 }
 
 /**
