@@ -1,8 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
-import { connect } from 'node:net';
 import { delimiter, join } from 'node:path';
 import { VmvaultError, errnoCode, pidAlive, sleep } from '../util/index.js';
+import { socketIsLive } from './transport.js';
 
 export interface QemuNbdOptions {
   path: string;
@@ -161,23 +161,12 @@ async function waitListening(
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (failed()) throw new Error('qemu-nbd exited');
-    if (existsSync(socketPath) && (await accepts(socketPath))) return;
+    if (existsSync(socketPath) && (await socketIsLive(socketPath))) return;
     if (Date.now() > deadline)
       throw new VmvaultError('QEMU_NBD', `qemu-nbd did not listen on ${socketPath} within ${timeoutMs} ms`);
     await sleep(10);
     void child;
   }
-}
-
-function accepts(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(socketPath);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
 }
 
 /**

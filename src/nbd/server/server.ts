@@ -1,5 +1,5 @@
 import { lstat, stat, unlink } from 'node:fs/promises';
-import { connect, createServer, isIP, type Server, type Socket } from 'node:net';
+import { createServer, isIP, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import { ByteBudget, ExitCode, errnoCode, errorMessage } from '../../util/index.js';
 import { ByteQueue } from '../byte-queue.js';
@@ -7,6 +7,7 @@ import { BufferPool } from './buffer-pool.js';
 import { NbdClosedError, NbdListenError } from '../errors.js';
 import type { NbdExport } from './export.js';
 import { ClientGone, serverHandshake } from './handshake.js';
+import { socketIsLive } from '../transport.js';
 import { Transmission } from './transmission.js';
 
 export interface NbdServerOptions {
@@ -312,20 +313,6 @@ export class NbdServer {
     })();
     return this.closing;
   }
-}
-
-/** True when something accepts connections on the unix socket at `path`. */
-function socketIsLive(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    const done = (live: boolean): void => {
-      s.destroy();
-      resolve(live);
-    };
-    s.once('connect', () => done(true));
-    s.once('error', () => done(false));
-    s.setTimeout(2000, () => done(true)); // a listener too busy to accept is still a listener
-  });
 }
 
 async function removeStaleSocket(path: string): Promise<void> {
