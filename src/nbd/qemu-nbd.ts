@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { VmvaultError, errnoCode, pidAlive, sleep } from '../util/index.js';
@@ -125,7 +125,7 @@ export async function startQemuNbd(opts: QemuNbdOptions): Promise<QemuNbdExport>
     await cleanupFiles();
   };
   try {
-    await waitListening(child, socketPath, opts.startTimeoutMs ?? 30_000, () => exited ?? spawnError);
+    await waitListening(socketPath, opts.startTimeoutMs ?? 30_000, () => exited ?? spawnError);
   } catch (err) {
     await stop();
     if (spawnError) {
@@ -152,12 +152,7 @@ export async function startQemuNbd(opts: QemuNbdOptions): Promise<QemuNbdExport>
 }
 
 /** Resolves once `socketPath` accepts a connection; rejects when the process exits first. */
-async function waitListening(
-  child: ChildProcess,
-  socketPath: string,
-  timeoutMs: number,
-  failed: () => unknown,
-): Promise<void> {
+async function waitListening(socketPath: string, timeoutMs: number, failed: () => unknown): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (failed()) throw new Error('qemu-nbd exited');
@@ -165,7 +160,6 @@ async function waitListening(
     if (Date.now() > deadline)
       throw new VmvaultError('QEMU_NBD', `qemu-nbd did not listen on ${socketPath} within ${timeoutMs} ms`);
     await sleep(10);
-    void child;
   }
 }
 
