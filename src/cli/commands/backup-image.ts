@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { formatBytes, isSafeVmName, NAME_RULES, printable, UsageError } from '../../util/index.js';
+import { formatBytes, printable } from '../../util/index.js';
 import { backupImages, parseImageSpecs } from '../../backup/index.js';
 import { shortId, type Snapshot } from '../../repo/index.js';
 import { commaList, loggerFor, printJson, repoOption, withRepo, globals } from '../context.js';
@@ -20,8 +20,6 @@ export function backupImageCommand(): Command {
         opts: { vm: string; tag?: string[]; json?: boolean; repo?: string },
         cmd: Command,
       ) => {
-        if (!isSafeVmName(opts.vm))
-          throw new UsageError(`invalid VM name '${printable(opts.vm, 80)}'`, `${NAME_RULES.vm} (--vm)`);
         const images = parseImageSpecs(files);
         const log = loggerFor(cmd);
         const quiet = globals(cmd).quiet ?? false;
