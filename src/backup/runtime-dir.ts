@@ -1,15 +1,7 @@
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { reapStaleQemuNbd } from '../nbd/index.js';
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as { code?: string }).code === 'EPERM';
-  }
-}
+import { pidAlive } from '../util/index.js';
 
 /**
  * Creates a private runtime directory `<parent>/<prefix><our pid>-XXXXXX` (NBD sockets, qemu-nbd

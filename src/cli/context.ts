@@ -12,6 +12,15 @@ export function repoOption(): Option {
   return new Option('-r, --repo <repo>', 'repository location (a directory)').env('VMVAULT_REPO');
 }
 
+/**
+ * Parser of a repeatable option that also takes comma-separated values (`--tag a --tag b,c`):
+ * a variadic option would swallow the arguments that follow it.
+ */
+export const commaList = (v: string, prev: string[] = []): string[] => [
+  ...prev,
+  ...v.split(',').filter(Boolean),
+];
+
 export function globals(cmd: Command): GlobalOptions {
   return cmd.optsWithGlobals<GlobalOptions>();
 }

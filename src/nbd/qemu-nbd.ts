@@ -1,8 +1,8 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
-import { connect } from 'node:net';
 import { delimiter, join } from 'node:path';
-import { VmvaultError, errnoCode, sleep } from '../util/index.js';
+import { VmvaultError, errnoCode, pidAlive, sleep } from '../util/index.js';
+import { socketIsLive } from './transport.js';
 
 export interface QemuNbdOptions {
   path: string;
@@ -125,7 +125,7 @@ export async function startQemuNbd(opts: QemuNbdOptions): Promise<QemuNbdExport>
     await cleanupFiles();
   };
   try {
-    await waitListening(child, socketPath, opts.startTimeoutMs ?? 30_000, () => exited ?? spawnError);
+    await waitListening(socketPath, opts.startTimeoutMs ?? 30_000, () => exited ?? spawnError);
   } catch (err) {
     await stop();
     if (spawnError) {
@@ -152,40 +152,14 @@ export async function startQemuNbd(opts: QemuNbdOptions): Promise<QemuNbdExport>
 }
 
 /** Resolves once `socketPath` accepts a connection; rejects when the process exits first. */
-async function waitListening(
-  child: ChildProcess,
-  socketPath: string,
-  timeoutMs: number,
-  failed: () => unknown,
-): Promise<void> {
+async function waitListening(socketPath: string, timeoutMs: number, failed: () => unknown): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (failed()) throw new Error('qemu-nbd exited');
-    if (existsSync(socketPath) && (await accepts(socketPath))) return;
+    if (existsSync(socketPath) && (await socketIsLive(socketPath))) return;
     if (Date.now() > deadline)
       throw new VmvaultError('QEMU_NBD', `qemu-nbd did not listen on ${socketPath} within ${timeoutMs} ms`);
     await sleep(10);
-    void child;
-  }
-}
-
-function accepts(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(socketPath);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return errnoCode(err) === 'EPERM';
   }
 }
 

@@ -206,3 +206,17 @@ export function queueSink(queue: ByteQueue): Sink {
     ended: (err) => queue.fail(err),
   };
 }
+
+/** True when something accepts connections on the unix socket at `path`. */
+export function socketIsLive(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = netConnect(path);
+    const done = (live: boolean): void => {
+      s.destroy();
+      resolve(live);
+    };
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+    s.setTimeout(2000, () => done(true)); // a listener too busy to accept is still a listener
+  });
+}

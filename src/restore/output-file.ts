@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fs, constants as fsc } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
-import { errnoCode, VmvaultError } from '../util/index.js';
+import { errnoCode, pidAlive, VmvaultError } from '../util/index.js';
 import { outputError } from './image-writer.js';
 
 /**
@@ -27,16 +27,6 @@ export function tempPathFor(finalPath: string): string {
   return join(dirname(p), `${tempPrefix(p)}${process.pid}-${randomBytes(4).toString('hex')}`);
 }
 
-function processAlive(pid: number): boolean {
-  if (pid === process.pid) return true;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return errnoCode(err) !== 'ESRCH';
-  }
-}
-
 /**
  * Removes the temporary files an interrupted restore of `finalPath` left (their process no
  * longer runs); returns their paths. Those of a restore still running are left alone.
@@ -55,7 +45,7 @@ export async function removeStaleTemps(finalPath: string): Promise<string[]> {
   for (const n of names) {
     if (!n.startsWith(prefix)) continue;
     const m = /^(\d+)-[0-9a-f]+$/.exec(n.slice(prefix.length));
-    if (!m || processAlive(Number(m[1]))) continue;
+    if (!m || pidAlive(Number(m[1]))) continue;
     const stale = join(dir, n);
     const st = await fs.lstat(stale).catch(() => undefined);
     if (!st?.isFile()) continue;

@@ -31,32 +31,45 @@ export class Semaphore {
 
 /**
  * A budget of bytes in flight. `acquire(n)` waits until n bytes fit (a single request larger than
- * the whole budget is admitted alone), `release(n)` gives them back. This is how memory stays
- * bounded regardless of disk size.
+ * the whole budget is admitted alone), `release(n)` gives them back. Waiters are served in order.
+ * This is how memory stays bounded regardless of disk size (backup's chunk pipeline, the NBD
+ * server's READ data).
  */
 export class ByteBudget {
   private used = 0;
-  private waiters: Array<{ n: number; resolve: () => void }> = [];
+  private peak = 0;
+  private readonly waiters: Array<{ n: number; resolve: () => void }> = [];
   constructor(readonly capacity: number) {}
   get inUse(): number {
     return this.used;
   }
-  async acquire(n: number): Promise<void> {
+  /** Highest `inUse` seen (tests and diagnostics). */
+  get peakInUse(): number {
+    return this.peak;
+  }
+  /** How many `acquire` calls are blocked. */
+  get waiting(): number {
+    return this.waiters.length;
+  }
+  private take(n: number): void {
+    this.used += n;
+    if (this.used > this.peak) this.peak = this.used;
+  }
+  acquire(n: number): Promise<void> {
     if (this.waiters.length === 0 && (this.used + n <= this.capacity || this.used === 0)) {
-      this.used += n;
-      return;
+      this.take(n);
+      return Promise.resolve();
     }
-    await new Promise<void>((resolve) => this.waiters.push({ n, resolve }));
+    return new Promise<void>((resolve) => this.waiters.push({ n, resolve }));
   }
   release(n: number): void {
     this.used -= n;
     while (this.waiters.length > 0) {
       const w = this.waiters[0]!;
-      if (this.used + w.n <= this.capacity || this.used === 0) {
-        this.waiters.shift();
-        this.used += w.n;
-        w.resolve();
-      } else break;
+      if (this.used + w.n > this.capacity && this.used !== 0) break;
+      this.waiters.shift();
+      this.take(w.n);
+      w.resolve();
     }
   }
 }

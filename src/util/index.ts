@@ -7,3 +7,4 @@ export * from './progress.js';
 export * from './subprocess.js';
 export * from './worker-pool.js';
 export * from './names.js';
+export * from './proc.js';

@@ -3,7 +3,6 @@
  * leaves in the scratch directory on every exit (and what a killed run left), memory with clients
  * that never read, and new clients during a flood of idle connections.
  */
-import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
@@ -13,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NBD_CMD, NBD_OPT, NbdClient } from '../../src/nbd/index.js';
 import { encodeInfoRequest, encodeOption, encodeRequest, encodeU32 } from '../../src/nbd/wire.js';
 import { exec } from '../../src/util/index.js';
-import { expectOneLineError, runCli, startCli } from '../helpers/cli.js';
+import { expectOneLineError, runCli, startServe } from '../helpers/cli.js';
 import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
 import { requireTools } from '../helpers/tools.js';
 import { Wire } from '../nbd/scripted-peer.js';
@@ -21,34 +20,6 @@ import { Wire } from '../nbd/scripted-peer.js';
 const MiB = 1024 * 1024;
 const run = requireTools(['nbdinfo', 'python3']);
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
-interface Served {
-  child: ChildProcess;
-  uris: string[];
-  stop: (sig?: NodeJS.Signals) => Promise<number>;
-}
-
-async function serve(args: string[]): Promise<Served> {
-  const child = startCli(['serve', ...args]);
-  let out = '';
-  let err = '';
-  child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-  const uris = await new Promise<string[]>((resolve, reject) => {
-    child.stdout?.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('press Ctrl-C')) resolve([...out.matchAll(/^\s+(nbd\S+)$/gm)].map((m) => m[1]!));
-    });
-    child.on('close', (code) => reject(new Error(`serve exited ${code}: ${err}`)));
-  });
-  const stop = (sig: NodeJS.Signals = 'SIGINT'): Promise<number> =>
-    new Promise((resolve) => {
-      child.removeAllListeners('close');
-      if (child.exitCode !== null || child.signalCode !== null) return resolve(child.exitCode ?? -1);
-      child.on('close', (code) => resolve(code ?? -1));
-      child.kill(sig);
-    });
-  return { child, uris, stop };
-}
 
 function rssMiB(pid: number): Promise<number> {
   return readFile(`/proc/${pid}/status`, 'utf8').then((s) => Number(/VmRSS:\s+(\d+)/.exec(s)![1]) / 1024);
@@ -111,7 +82,7 @@ describe.runIf(run)('vmvault serve', () => {
       '-c',
       `import socket; socket.socket(socket.AF_UNIX).bind(${JSON.stringify(stale)})`,
     ]);
-    const s = await serve([...base(), '--socket', stale]);
+    const s = await startServe([...base(), '--socket', stale]);
     expect(s.uris).toEqual([`nbd+unix:///vda?socket=${stale}`]);
     expect((await exec('nbdinfo', ['--size', s.uris[0]!])).stdout.trim()).toBe(String(64 * MiB));
     expect(await s.stop()).toBe(0);
@@ -151,7 +122,7 @@ describe.runIf(run)('vmvault serve', () => {
       probe.listen(0, '::1', () => probe.close(() => r(true)));
     });
     if (!v6) return; // no IPv6 loopback here
-    const s = await serve([...base(), '--listen', '[::1]:0']);
+    const s = await startServe([...base(), '--listen', '[::1]:0']);
     expect(s.uris[0]).toMatch(/^nbd:\/\/\[::1\]:\d+\/vda$/);
     expect((await exec('nbdinfo', ['--size', s.uris[0]!])).stdout.trim()).toBe(String(64 * MiB));
     expect(await s.stop()).toBe(0);
@@ -159,7 +130,7 @@ describe.runIf(run)('vmvault serve', () => {
 
   it('leaves nothing in the scratch directory on SIGINT, SIGTERM or an error', async () => {
     for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-      const s = await serve([...base(), '--writable']);
+      const s = await startServe([...base(), '--writable']);
       expect(s.uris[0]).toMatch(new RegExp(`socket=${scratch}/vmvault-serve-\\d+-\\w+/nbd\\.sock$`));
       expect((await readdir(scratch)).length).toBe(1);
       expect(await s.stop(sig)).toBe(0);
@@ -173,7 +144,7 @@ describe.runIf(run)('vmvault serve', () => {
   }, 60_000);
 
   it("a killed --writable serve's overlay is removed by the next run; live runs and --keep-overlay are kept", async () => {
-    const killed = await serve([...base(), '--writable']);
+    const killed = await startServe([...base(), '--writable']);
     await exec('nbdinfo', ['--size', killed.uris[0]!]);
     killed.child.kill('SIGKILL');
     await new Promise((r) => killed.child.once('close', r));
@@ -182,7 +153,7 @@ describe.runIf(run)('vmvault serve', () => {
     expect(await readdir(join(scratch, left[0]!))).toContain('vda.overlay');
 
     const keep = join(dir, 'kept');
-    const live = await serve([
+    const live = await startServe([
       ...base(),
       '--writable',
       '--keep-overlay',
@@ -190,13 +161,13 @@ describe.runIf(run)('vmvault serve', () => {
       '--socket',
       join(dir, 'k.sock'),
     ]);
-    const next = await serve([...base(), '--writable']);
+    const next = await startServe([...base(), '--writable']);
     const now = await readdir(scratch);
     expect(now).not.toContain(left[0]); // the dead run's directory is gone
     expect(now).toHaveLength(1); // this run's
     expect(await readdir(keep)).toContain('vda.overlay');
     // A third run while `next` lives keeps its directory.
-    const third = await serve([...base(), '--socket', join(dir, 't.sock')]);
+    const third = await startServe([...base(), '--socket', join(dir, 't.sock')]);
     expect(await readdir(scratch)).toEqual(now);
     for (const s of [third, next, live]) expect(await s.stop()).toBe(0);
     expect(await readdir(scratch)).toEqual([]);
@@ -204,7 +175,7 @@ describe.runIf(run)('vmvault serve', () => {
   }, 60_000);
 
   it('clients sending 32 MiB READs and never reading keep memory bounded; a reader is still served', async () => {
-    const s = await serve([...base(), '--socket', join(dir, 'mem.sock')]);
+    const s = await startServe([...base(), '--socket', join(dir, 'mem.sock')]);
     const sock = join(dir, 'mem.sock');
     const pid = s.child.pid!;
     const before = await rssMiB(pid);
@@ -242,7 +213,7 @@ describe.runIf(run)('vmvault serve', () => {
 
   it('300 idle connections do not lock out a new client; an established one keeps working', async () => {
     const sock = join(dir, 'flood.sock');
-    const s = await serve([...base(), '--socket', sock]);
+    const s = await startServe([...base(), '--socket', sock]);
     const established = await NbdClient.connect({ uri: s.uris[0]! });
     const idle: Socket[] = [];
     try {

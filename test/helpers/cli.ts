@@ -46,6 +46,39 @@ export function startCli(args: string[], env: NodeJS.ProcessEnv = {}): ChildProc
   });
 }
 
+/** A running `vmvault serve`: its NBD URIs, and `stop` (SIGINT by default) resolving with its exit code. */
+export interface Served {
+  child: ChildProcess;
+  uris: string[];
+  stop: (sig?: NodeJS.Signals) => Promise<number>;
+}
+
+/**
+ * Starts `vmvault serve` and resolves with its NBD URIs once it listens; rejects if it exits
+ * first. `stop` also works when serve has already exited.
+ */
+export async function startServe(args: string[]): Promise<Served> {
+  const child = startCli(['serve', ...args]);
+  let out = '';
+  let err = '';
+  child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+  const uris = await new Promise<string[]>((resolve, reject) => {
+    child.stdout?.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('press Ctrl-C')) resolve([...out.matchAll(/^\s+(nbd\S+)$/gm)].map((m) => m[1]!));
+    });
+    child.on('close', (code) => reject(new Error(`serve exited ${code}: ${err}`)));
+  });
+  const stop = (sig: NodeJS.Signals = 'SIGINT'): Promise<number> =>
+    new Promise((resolve) => {
+      child.removeAllListeners('close');
+      if (child.exitCode !== null || child.signalCode !== null) return resolve(child.exitCode ?? -1);
+      child.on('close', (code) => resolve(code ?? -1));
+      child.kill(sig);
+    });
+  return { child, uris, stop };
+}
+
 /** A one-line error: exactly one non-empty stderr line, prefixed, and no stack trace. */
 export function expectOneLineError(r: CliResult): string {
   const lines = r.stderr.split('\n').filter((l) => l.trim() !== '');

@@ -6,11 +6,10 @@
 import { createHash } from 'node:crypto';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LibvirtClient } from '../../src/libvirt/index.js';
 import { exec } from '../../src/util/index.js';
-import { runCli, startCli } from '../helpers/cli.js';
+import { runCli, startServe } from '../helpers/cli.js';
 import { libvirtSkipReason, libvirtUri } from '../helpers/libvirtd.js';
 import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
 
@@ -19,30 +18,6 @@ const skip = libvirtSkipReason();
 if (skip && process.env.VMVAULT_TEST_STRICT === '1') throw new Error(`serve VM tests cannot run: ${skip}`);
 const MiB = 1024 * 1024;
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
-/** Starts `vmvault serve` and resolves with its NBD URIs once it listens. */
-async function serve(
-  args: string[],
-): Promise<{ child: ChildProcess; uris: string[]; stop: () => Promise<number> }> {
-  const child = startCli(['serve', ...args]);
-  let out = '';
-  let err = '';
-  child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-  const uris = await new Promise<string[]>((resolve, reject) => {
-    child.stdout?.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('press Ctrl-C')) resolve([...out.matchAll(/^\s+(nbd\S+)$/gm)].map((m) => m[1]!));
-    });
-    child.on('close', (code) => reject(new Error(`serve exited ${code}: ${err}`)));
-  });
-  const stop = (): Promise<number> =>
-    new Promise((resolve) => {
-      child.removeAllListeners('close');
-      child.on('close', (code) => resolve(code ?? -1));
-      child.kill('SIGINT');
-    });
-  return { child, uris, stop };
-}
 
 describe.skipIf(skip !== '')('serve and instant boot', () => {
   let dir: string;
@@ -70,7 +45,7 @@ describe.skipIf(skip !== '')('serve and instant boot', () => {
   });
 
   it('serves a snapshot read-only: nbdcopy gets the original bytes; SIGINT ends it with exit 0', async () => {
-    const s = await serve(['srv@latest', '-r', repo, '--socket', join(dir, 'ro.sock')]);
+    const s = await startServe(['srv@latest', '-r', repo, '--socket', join(dir, 'ro.sock')]);
     expect(s.uris).toEqual([`nbd+unix:///vda?socket=${join(dir, 'ro.sock')}`]);
     await exec('nbdcopy', [s.uris[0]!, join(dir, 'copy.raw')]);
     expect(sha(await readFile(join(dir, 'copy.raw')))).toBe(sha(original));
@@ -81,7 +56,7 @@ describe.skipIf(skip !== '')('serve and instant boot', () => {
 
   it('a TCG domain boots from a qcow2 overlay on the served export; its writes never reach the repository', async () => {
     const statsBefore = (await runCli(['stats', '-r', repo, '--json'])).stdout;
-    const s = await serve(['srv@latest', '-r', repo, '--socket', join(dir, 'boot.sock')]);
+    const s = await startServe(['srv@latest', '-r', repo, '--socket', join(dir, 'boot.sock')]);
     const overlay = join(dir, 'overlay.qcow2');
     await exec('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', s.uris[0]!, '-F', 'raw', overlay]);
     const name = `vmvault-instant-${Date.now()}`;
@@ -113,7 +88,7 @@ describe.skipIf(skip !== '')('serve and instant boot', () => {
 
   it('--writable takes writes in a temporary overlay; the repository is unchanged', async () => {
     const statsBefore = (await runCli(['stats', '-r', repo, '--json'])).stdout;
-    const s = await serve(['srv@latest', '-r', repo, '--socket', join(dir, 'rw.sock'), '--writable']);
+    const s = await startServe(['srv@latest', '-r', repo, '--socket', join(dir, 'rw.sock'), '--writable']);
     await exec('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 1M 64k', s.uris[0]!]);
     const r = await exec('qemu-io', ['-f', 'raw', '-c', 'read -P 0x5a 1M 64k', s.uris[0]!]);
     expect(r.stdout).not.toMatch(/Pattern verification failed/);

@@ -1,20 +1,17 @@
 import { Command } from 'commander';
-import { formatBytes, isSafeVmName, NAME_RULES, printable, UsageError } from '../../util/index.js';
+import { formatBytes, printable } from '../../util/index.js';
 import { backupImages, parseImageSpecs } from '../../backup/index.js';
 import { shortId, type Snapshot } from '../../repo/index.js';
-import { loggerFor, printJson, repoOption, withRepo, globals } from '../context.js';
+import { commaList, loggerFor, printJson, repoOption, withRepo, globals } from '../context.js';
 import { makeProgress } from '../progress-tty.js';
 import { rootAbort } from '../signals.js';
-
-/** A repeatable option (`--tag a --tag b,c`), as on `backup`: a variadic one would take the files. */
-const list = (v: string, prev: string[] = []): string[] => [...prev, ...v.split(',').filter(Boolean)];
 
 export function backupImageCommand(): Command {
   return new Command('backup-image')
     .description('back up raw disk image files or block devices as one snapshot')
     .argument('<file...>', 'FILE[:DISK] (disk names default to vda, vdb, ...)')
     .requiredOption('--vm <name>', 'VM name to file the snapshot under')
-    .option('--tag <tag>', 'tag for the snapshot (repeatable or comma separated)', list)
+    .option('--tag <tag>', 'tag for the snapshot (repeatable or comma separated)', commaList)
     .option('--json', 'print a JSON summary')
     .addOption(repoOption())
     .action(
@@ -23,8 +20,6 @@ export function backupImageCommand(): Command {
         opts: { vm: string; tag?: string[]; json?: boolean; repo?: string },
         cmd: Command,
       ) => {
-        if (!isSafeVmName(opts.vm))
-          throw new UsageError(`invalid VM name '${printable(opts.vm, 80)}'`, `${NAME_RULES.vm} (--vm)`);
         const images = parseImageSpecs(files);
         const log = loggerFor(cmd);
         const quiet = globals(cmd).quiet ?? false;

@@ -20,7 +20,7 @@ import {
 } from '../../backup/index.js';
 import { LibvirtClient, parseLibvirtUri, VIR_CONNECT_LIST_DOMAINS } from '../../libvirt/index.js';
 import { shortId } from '../../repo/index.js';
-import { globals, loggerFor, printJson, repoOption, withRepo } from '../context.js';
+import { commaList, globals, loggerFor, printJson, repoOption, withRepo } from '../context.js';
 import { makeProgress } from '../progress-tty.js';
 import { rootAbort } from '../signals.js';
 import { printSummary } from './backup-image.js';
@@ -44,12 +44,10 @@ interface BackupFlags {
   repo?: string;
 }
 
-const list = (v: string, prev: string[] = []): string[] => [...prev, ...v.split(',').filter(Boolean)];
-
 export function backupCommand(): Command {
   return new Command('backup')
     .description('back up libvirt domains (live: pull-mode backup job with a checkpoint; shut off: qemu-nbd)')
-    .option('-d, --domain <name>', 'domain to back up (repeatable)', list)
+    .option('-d, --domain <name>', 'domain to back up (repeatable)', commaList)
     .option('--all', 'back up every domain of the connection')
     .addOption(
       new Option('-l, --level <level>', 'auto, full, inc, diff or copy')
@@ -61,8 +59,8 @@ export function backupCommand(): Command {
       'libvirt connection URI',
       process.env.LIBVIRT_DEFAULT_URI ?? 'qemu:///system',
     )
-    .option('-i, --include <disk>', 'only these disks (repeatable or comma separated)', list)
-    .option('-x, --exclude <disk>', 'skip these disks (repeatable or comma separated)', list)
+    .option('-i, --include <disk>', 'only these disks (repeatable or comma separated)', commaList)
+    .option('-x, --exclude <disk>', 'skip these disks (repeatable or comma separated)', commaList)
     .option('--raw', 'include raw disks (read in full every time)')
     .option(
       '--freeze [mountpoints]',
@@ -74,7 +72,7 @@ export function backupCommand(): Command {
     .option('--threshold <bytes>', 'skip the backup when less than this changed')
     .option('-w, --workers <n>', 'disks read in parallel', '1')
     .option('--kill-stale-job', 'abort a leftover backup job of the domain first')
-    .option('--tag <tag>', 'tag for the snapshot (repeatable)', list)
+    .option('--tag <tag>', 'tag for the snapshot (repeatable)', commaList)
     .option('--scratchdir <dir>', 'where the NBD socket and scratch files go', '/var/tmp')
     .option('--json', 'print a JSON summary')
     .addOption(repoOption())

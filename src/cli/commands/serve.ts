@@ -2,7 +2,7 @@ import { lstat, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { Command } from 'commander';
-import { UsageError, VmvaultError, errnoCode, errorMessage } from '../../util/index.js';
+import { UsageError, VmvaultError, errnoCode, errorMessage, pidAlive } from '../../util/index.js';
 import { CowOverlay, NbdServer, formatNbdUri, type NbdExport } from '../../nbd/index.js';
 import { SnapshotExport } from '../../restore/index.js';
 import { shortId } from '../../repo/index.js';
@@ -40,15 +40,6 @@ export function parseListen(spec: string): { host: string; port: number } {
   return { host, port };
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return errnoCode(err) === 'EPERM'; // alive, someone else's
-  }
-}
-
 /**
  * Removes run directories of serve processes that are gone (SIGKILL, a second Ctrl-C): only
  * directories named with a pid that no longer runs and owned by this user. A live serve's
@@ -64,7 +55,7 @@ async function removeStaleRunDirs(scratch: string): Promise<void> {
   const uid = process.getuid?.();
   for (const n of names) {
     const m = /^vmvault-serve-(\d+)-[A-Za-z0-9]{6}$/.exec(n);
-    if (!m || Number(m[1]) === process.pid || pidAlive(Number(m[1]))) continue;
+    if (!m || pidAlive(Number(m[1]))) continue;
     const path = join(scratch, n);
     const st = await lstat(path).catch(() => undefined);
     if (!st?.isDirectory() || (uid !== undefined && st.uid !== uid)) continue;

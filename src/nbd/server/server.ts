@@ -1,13 +1,13 @@
 import { lstat, stat, unlink } from 'node:fs/promises';
-import { connect, createServer, isIP, type Server, type Socket } from 'node:net';
+import { createServer, isIP, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
-import { ExitCode, errnoCode, errorMessage } from '../../util/index.js';
+import { ByteBudget, ExitCode, errnoCode, errorMessage } from '../../util/index.js';
 import { ByteQueue } from '../byte-queue.js';
 import { BufferPool } from './buffer-pool.js';
 import { NbdClosedError, NbdListenError } from '../errors.js';
 import type { NbdExport } from './export.js';
 import { ClientGone, serverHandshake } from './handshake.js';
-import { ReadBudget } from './read-budget.js';
+import { socketIsLive } from '../transport.js';
 import { Transmission } from './transmission.js';
 
 export interface NbdServerOptions {
@@ -69,7 +69,7 @@ const MAX_UNIX_PATH_BYTES = 107;
  * Hostile clients are bounded: connections in total, per TCP peer and in their handshake (a new
  * connection over a limit evicts the oldest one still in its handshake, never an established
  * one; with none to evict it is refused at once); handshakes time out after a few seconds; memory
- * per connection and server-wide (see Transmission and ReadBudget).
+ * per connection and server-wide (see Transmission and the read budget).
  */
 export class NbdServer {
   private readonly exports = new Map<string, NbdExport>();
@@ -77,7 +77,7 @@ export class NbdServer {
   /** Open connections, oldest first. */
   private readonly conns = new Map<Socket, Connection>();
   private readonly unixPaths: string[] = [];
-  private readonly readBudget: ReadBudget;
+  private readonly readBudget: ByteBudget;
   private readonly bufferPool = new BufferPool();
   private stallTimer: NodeJS.Timeout | undefined;
   private closing: Promise<void> | undefined;
@@ -91,7 +91,7 @@ export class NbdServer {
       if (this.exports.has(e.name)) throw new RangeError(`two NBD exports named '${e.name}'`);
       this.exports.set(e.name, e);
     }
-    this.readBudget = new ReadBudget(opts.readBudgetBytes ?? 256 * 1024 * 1024);
+    this.readBudget = new ByteBudget(opts.readBudgetBytes ?? 256 * 1024 * 1024);
   }
 
   get exportNames(): string[] {
@@ -313,20 +313,6 @@ export class NbdServer {
     })();
     return this.closing;
   }
-}
-
-/** True when something accepts connections on the unix socket at `path`. */
-function socketIsLive(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    const done = (live: boolean): void => {
-      s.destroy();
-      resolve(live);
-    };
-    s.once('connect', () => done(true));
-    s.once('error', () => done(false));
-    s.setTimeout(2000, () => done(true)); // a listener too busy to accept is still a listener
-  });
 }
 
 async function removeStaleSocket(path: string): Promise<void> {

@@ -5,11 +5,11 @@
  * data from the moment the READ starts) and WRITE payloads not yet handled count against
  * `maxConnectionBytes`; while a connection is over it, or its send buffer is full, no new request
  * starts and the socket is not read, so a client that does not read its replies stops being
- * served instead of filling memory. READ data also holds the server-wide `ReadBudget` until the
- * socket has taken it.
+ * served instead of filling memory. READ data also holds the server-wide read budget (a
+ * `ByteBudget`) until the socket has taken it.
  */
 import type { Socket } from 'node:net';
-import { errnoCode } from '../../util/index.js';
+import { errnoCode, type ByteBudget } from '../../util/index.js';
 import {
   NBD_CMD,
   NBD_CMD_FLAG,
@@ -22,7 +22,6 @@ import {
 } from '../protocol.js';
 import { encodeChunkHeader, encodeSimpleReply, writeChunkHeader, type RequestHeader } from '../wire.js';
 import type { BufferPool } from './buffer-pool.js';
-import type { ReadBudget } from './read-budget.js';
 import {
   isWritable,
   readPieces,
@@ -90,7 +89,7 @@ export interface TransmissionOptions {
   maxInFlight: number;
   /** Reply bytes not yet taken by the socket plus unhandled WRITE payloads, per connection. */
   maxConnectionBytes: number;
-  readBudget: ReadBudget;
+  readBudget: ByteBudget;
   bufferPool: BufferPool;
   /** The client broke framing (the connection is closed). */
   onProtocolError: (err: Error) => void;
