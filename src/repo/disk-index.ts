@@ -83,6 +83,30 @@ export class DiskIndex {
     else this.slots.write(id, at, CHUNK_ID_BYTES, 'hex');
   }
 
+  /**
+   * The raw ids of slots [first, first + count): 32 bytes each, zero markers as 32 zero bytes. A
+   * view of the index's memory, not a copy: the caller must not modify it (disk-tree.ts builds
+   * pages from it).
+   */
+  slotBytes(first: number, count: number): Buffer {
+    this.checkRange(first, count);
+    return this.slots.subarray(first * CHUNK_ID_BYTES, (first + count) * CHUNK_ID_BYTES);
+  }
+
+  /** Sets slots first, first + 1, … from raw ids (32 bytes each; a whole number of slots). */
+  setSlotBytes(first: number, ids: Uint8Array): void {
+    if (ids.length % CHUNK_ID_BYTES !== 0) throw new RangeError(`${ids.length} bytes are not whole slot ids`);
+    this.checkRange(first, ids.length / CHUNK_ID_BYTES);
+    this.slots.set(ids, first * CHUNK_ID_BYTES);
+  }
+
+  private checkRange(first: number, count: number): void {
+    if (!Number.isSafeInteger(first) || !Number.isSafeInteger(count) || first < 0 || count < 0)
+      throw new RangeError(`slots ${first}+${count} out of range`);
+    if (first + count > this.slotCount)
+      throw new RangeError(`slots ${first}..${first + count - 1} out of range (${this.slotCount} slots)`);
+  }
+
   /** Distinct non-zero chunk ids. */
   chunkIds(): Set<string> {
     const ids = new Set<string>();

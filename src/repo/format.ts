@@ -51,8 +51,23 @@ export const MAX_MANIFEST_BYTES = 16 * 1024 * 1024;
 /** The largest plaintext of any blob (an index is the largest object kind). */
 export const MAX_BLOB_PLAINTEXT_BYTES = MAX_INDEX_BYTES;
 
-/** Snapshot manifest schema version (the JSON inside the manifest blob). */
-export const MANIFEST_VERSION = 1;
+/** Snapshot manifest schema version (the JSON inside the manifest blob); 1 was format 1's. */
+export const MANIFEST_VERSION = 2;
+
+/**
+ * Disk index pages (docs/format.md "Disk index pages", src/repo/disk-tree.ts): a disk is a tree of
+ * leaf pages ("VMVL", `pageSlots` slot ids each) and inner pages ("VMVN", `pageSlots` child page
+ * ids each), stored as records of kind 3 (leaf) and 4 (inner) in meta packs.
+ */
+export const LEAF_PAGE_MAGIC = 0x564d564c;
+export const INNER_PAGE_MAGIC = 0x564d564e;
+export const PAGE_VERSION = 2;
+/** magic u32, version u8, level u8, reserved u16, chunk size u32 (leaf) / 0 (inner), entry count u32. */
+export const PAGE_HEADER_BYTES = 16;
+/** The config's range for `pageSlots` (a power of two); 1024 by default (bench/index-pages.ts). */
+export const MIN_PAGE_SLOTS = 256;
+export const MAX_PAGE_SLOTS = 4096;
+export const DEFAULT_PAGE_SLOTS = 1024;
 
 /** Key layout. Keys use '/' separators; no backend may assume a POSIX filesystem beyond that. */
 export const Keys = {

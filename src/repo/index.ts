@@ -48,6 +48,21 @@ export {
 export { ChunkStore, type PutResult } from './chunk-store.js';
 export { newConfig, parseCompression, type RepoConfig, type InitOptions } from './config.js';
 export { DiskIndex, slotCountFor } from './disk-index.js';
+export {
+  encodePage,
+  readTree,
+  treePages,
+  treeShape,
+  writeTree,
+  INNER_PAGE_KIND,
+  LEAF_PAGE_KIND,
+  ZERO_ROOT,
+  type PageKind,
+  type PageStore,
+  type TreePage,
+  type TreeShape,
+  type WriteTreeResult,
+} from './disk-tree.js';
 export * from './errors.js';
 export * as format from './format.js';
 export { Repository, defaultHost, type OpenOptions, type SnapshotListing } from './repository.js';

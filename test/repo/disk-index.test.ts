@@ -27,6 +27,20 @@ describe('disk index', () => {
     expect(shrunk.get(1)).toBe(ids[1]);
   });
 
+  it('reads and writes raw slot ranges within the disk only', () => {
+    const idx = DiskIndex.empty(4 * 65536, 65536);
+    const a = chunkIdOf(Buffer.from('a'));
+    idx.setSlotBytes(1, Buffer.concat([Buffer.from(a, 'hex'), Buffer.alloc(32)]));
+    expect(idx.get(1)).toBe(a);
+    expect(idx.isZero(2)).toBe(true);
+    expect(idx.slotBytes(1, 1).toString('hex')).toBe(a);
+    expect(idx.slotBytes(0, 4)).toHaveLength(128);
+    expect(() => idx.slotBytes(3, 2)).toThrow(RangeError);
+    expect(() => idx.slotBytes(-1, 1)).toThrow(RangeError);
+    expect(() => idx.setSlotBytes(3, Buffer.alloc(64))).toThrow(RangeError);
+    expect(() => idx.setSlotBytes(0, Buffer.alloc(31))).toThrow(RangeError);
+  });
+
   it('rejects a damaged index', () => {
     const enc = DiskIndex.empty(65536 * 3, 65536).encode();
     const bad = Buffer.from(enc);
