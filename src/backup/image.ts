@@ -14,7 +14,13 @@ import {
   nullLogger,
   type Progress,
 } from '../util/index.js';
-import { defaultHost, type Repository, type Snapshot, type SnapshotDisk } from '../repo/index.js';
+import {
+  defaultHost,
+  format as repoFormat,
+  type Repository,
+  type Snapshot,
+  type SnapshotDisk,
+} from '../repo/index.js';
 import {
   backupDisk,
   planFromDataExtents,
@@ -304,7 +310,7 @@ export async function backupImages(repo: Repository, opts: BackupImageOptions): 
         target: spec.target,
         sizeBytes,
         chunkSizeBytes: repo.chunkSizeBytes,
-        index: idx.id,
+        root: idx.id,
         sourceFormat: format,
         source: spec.path,
         mode: 'full',
@@ -313,7 +319,7 @@ export async function backupImages(repo: Repository, opts: BackupImageOptions): 
       });
     }
     return await repo.putSnapshot({
-      version: 1,
+      version: repoFormat.MANIFEST_VERSION,
       vm: { name: opts.vm },
       time: new Date().toISOString(),
       host: defaultHost(),

@@ -34,6 +34,7 @@ import {
 } from '../libvirt/index.js';
 import {
   defaultHost,
+  format,
   type Repository,
   type Snapshot,
   type SnapshotDisk,
@@ -234,7 +235,7 @@ export async function backupDomain(
         const pd = plan.parent.disks.find((x) => x.target === d.target);
         if (d.read !== 'incremental' || !pd) continue;
         try {
-          parentIndexes.set(d.target, await repo.getIndex(pd.index));
+          parentIndexes.set(d.target, await repo.getIndex(pd.root));
         } catch (err) {
           // A damaged or missing parent index cannot supply the clean chunks: read the whole
           // disk instead (the job's export has all of it), so this snapshot is complete anyway.
@@ -271,7 +272,7 @@ export async function backupDomain(
 
     const files = await collectFiles(client, repo, dom, model, plan, active, log);
     const snapshot = await repo.putSnapshot({
-      version: 1,
+      version: format.MANIFEST_VERSION,
       vm: { name: model.name, uuid: model.uuid },
       time: new Date().toISOString(),
       host: defaultHost(),
@@ -546,7 +547,7 @@ async function backupOneDisk(
     target: d.target,
     sizeBytes: reader.sizeBytes,
     chunkSizeBytes: repo.chunkSizeBytes,
-    index: idx.id,
+    root: idx.id,
     sourceFormat: d.disk.format,
     source: d.disk.path,
     mode: read,

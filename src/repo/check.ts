@@ -162,7 +162,7 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
   };
   const indexState = new Map<string, IndexState>();
   const indexBytes = new Map<string, number>();
-  for (const s of snaps) for (const d of s.disks) indexBytes.set(d.index, d.sizeBytes);
+  for (const s of snaps) for (const d of s.disks) indexBytes.set(d.root, d.sizeBytes);
   const progress = opts.progressFor?.('indexes') ?? nullProgress;
   progress.start(
     'indexes',
@@ -172,9 +172,9 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
   for (const s of snaps) {
     for (const d of s.disks) {
       throwIfAborted(signal);
-      let state = indexState.get(d.index);
+      let state = indexState.get(d.root);
       if (!state) {
-        const r = await readIndex(repo, d.index, d.sizeBytes, d.chunkSizeBytes);
+        const r = await readIndex(repo, d.root, d.sizeBytes, d.chunkSizeBytes);
         if (r instanceof DiskIndex) {
           for (let slot = 0; slot < r.slotCount; slot++) {
             const id = r.get(slot);
@@ -182,7 +182,7 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
           }
           state = { ok: true };
         } else state = r;
-        indexState.set(d.index, state);
+        indexState.set(d.root, state);
         progress.advance(d.sizeBytes);
       }
       if (!state.ok) unreferencedExact = false;
@@ -349,14 +349,14 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
   }
   for (const s of snaps)
     for (const d of s.disks) {
-      const state = indexState.get(d.index);
+      const state = indexState.get(d.root);
       if (!state || state.ok) continue;
       problems.push({
         kind: state.kind,
         snapshot: s.id,
         vm: s.vm.name,
         disk: d.target,
-        index: d.index,
+        index: d.root,
         ...(state.reason ? { reason: state.reason } : {}),
         ...(state.quarantineKey ? { quarantineKey: state.quarantineKey } : {}),
       });
@@ -374,8 +374,8 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
     for (const s of snaps) {
       for (const d of s.disks) {
         throwIfAborted(signal);
-        if (!indexState.get(d.index)?.ok) continue;
-        const idx = await readIndex(repo, d.index, d.sizeBytes, d.chunkSizeBytes);
+        if (!indexState.get(d.root)?.ok) continue;
+        const idx = await readIndex(repo, d.root, d.sizeBytes, d.chunkSizeBytes);
         if (!(idx instanceof DiskIndex)) continue; // changed under us: reported on the next run
         for (let slot = 0; slot < idx.slotCount; slot++) {
           const id = idx.get(slot);

@@ -82,6 +82,7 @@ export {
   type SnapshotDisk,
   type SnapshotFile,
   type SnapshotManifest,
+  type SnapshotOrigin,
   type DiskStats,
 } from './snapshot.js';
 export { resolveSnapshotRef, byTime, MIN_ID_PREFIX } from './snapshot-ref.js';

@@ -31,6 +31,8 @@ export const MANIFEST_LIMITS = {
   maxLabelLength: 255,
   /** A disk's source path on the backup host, and the legacy path form of a file name. */
   maxPathLength: 4096,
+  /** Characters (code points) of a snapshot's note. */
+  maxNoteLength: 4096,
 } as const;
 
 export const MANIFEST_MODES = ['full', 'inc', 'diff', 'copy', 'image'] as const;
@@ -47,6 +49,8 @@ const FORMAT_NAME = /^[A-Za-z0-9][A-Za-z0-9_.+-]{0,31}$/;
 const FILE_KIND = /^[a-z0-9][a-z0-9-]{0,31}$/;
 // eslint-disable-next-line no-control-regex
 const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
+/** Half of a UTF-16 surrogate pair on its own (JSON can spell one; it is no character). */
+const LONE_SURROGATE = /\p{Cs}/u;
 const STAT_FIELDS = [
   'bytesRead',
   'bytesNew',
@@ -133,6 +137,11 @@ export function validateManifest(value: unknown, chunkSizeBytes: number): Snapsh
         `is ${v}, this vmvault reads version ${MANIFEST_VERSION}`,
         true,
       );
+    if (v === 1)
+      throw new ManifestFieldError(
+        'version',
+        `is 1, a manifest of repository format 1, which this vmvault no longer reads (it reads version ${MANIFEST_VERSION})`,
+      );
     throw new ManifestFieldError('version', `is ${show(v)}, expected ${MANIFEST_VERSION}`);
   }
   const vmIn = object(m.vm, 'vm');
@@ -146,9 +155,7 @@ export function validateManifest(value: unknown, chunkSizeBytes: number): Snapsh
       throw new ManifestFieldError('vm.uuid', `${show(uuid)} is not a UUID`);
     vm.uuid = uuid;
   }
-  const time = string(m.time, 'time');
-  if (!ISO_TIME.test(time) || Number.isNaN(Date.parse(time)))
-    throw new ManifestFieldError('time', `${show(time)} is not an ISO 8601 date and time`);
+  const time = time_(m.time, 'time');
   const host = label(m.host, 'host', /./);
   const tagsIn = array(m.tags, 'tags', MANIFEST_LIMITS.maxTags);
   const tags = tagsIn.map((t, i) => {
@@ -172,7 +179,7 @@ export function validateManifest(value: unknown, chunkSizeBytes: number): Snapsh
   const fileKeys = new Set<string>();
   const files = filesIn.map((f, i) => file(f, `files[${i}]`, chunkSizeBytes, fileKeys));
   const program = label(m.program, 'program', /./);
-  return inOrderOf(m, {
+  const out: SnapshotManifest = {
     version: MANIFEST_VERSION,
     vm: inOrderOf(vmIn, vm),
     time,
@@ -184,7 +191,30 @@ export function validateManifest(value: unknown, chunkSizeBytes: number): Snapsh
     disks,
     files,
     program,
-  });
+  };
+  if (m.origin !== undefined) {
+    const o = object(m.origin, 'origin');
+    out.origin = inOrderOf(o, {
+      repository: hexId(o.repository, 'origin.repository', 'a repository id'),
+      snapshot: hexId(o.snapshot, 'origin.snapshot', 'a snapshot id'),
+    });
+  }
+  if (m.protected !== undefined) {
+    if (typeof m.protected !== 'boolean')
+      throw new ManifestFieldError('protected', `is ${show(m.protected)}, not true or false`);
+    out.protected = m.protected;
+  }
+  if (m.note !== undefined) {
+    const note = string(m.note, 'note');
+    if ([...note].length > MANIFEST_LIMITS.maxNoteLength || CONTROL.test(note) || LONE_SURROGATE.test(note))
+      throw new ManifestFieldError(
+        'note',
+        `${show(note)} is refused: a note is at most ${MANIFEST_LIMITS.maxNoteLength} printable characters`,
+      );
+    out.note = note;
+  }
+  if (m.edited !== undefined) out.edited = time_(m.edited, 'edited');
+  return inOrderOf(m, out);
 }
 
 /**
@@ -219,12 +249,15 @@ function disk(value: unknown, at: string, chunkSizeBytes: number, targets: Set<s
     target,
     sizeBytes,
     chunkSizeBytes: cs,
-    index: hexId(d.index, `${at}.index`, 'a disk index id'),
+    root: hexId(d.root, `${at}.root`, 'a disk index page id or the zero marker'),
     allocatedBytes: size(d.allocatedBytes, `${at}.allocatedBytes`, sizeBytes),
     stats: diskStats(d.stats, `${at}.stats`),
   };
-  if (out.index === ZERO_ID)
-    throw new ManifestFieldError(`${at}.index`, 'is the zero marker, not an index id');
+  if (out.root === ZERO_ID && out.allocatedBytes !== 0)
+    throw new ManifestFieldError(
+      `${at}.root`,
+      `is the zero marker (an all-zero disk), but the disk has ${out.allocatedBytes} allocated bytes`,
+    );
   if (d.sourceFormat !== undefined)
     out.sourceFormat = label(d.sourceFormat, `${at}.sourceFormat`, FORMAT_NAME);
   if (d.source !== undefined) {
@@ -244,9 +277,15 @@ function disk(value: unknown, at: string, chunkSizeBytes: number, targets: Set<s
 
 function diskStats(value: unknown, at: string): DiskStats {
   const s = object(value, at);
-  const out = {} as Record<(typeof STAT_FIELDS)[number], number>;
+  const out: DiskStats = { ...emptyDiskStatsShape() };
   for (const k of STAT_FIELDS) out[k] = size(s[k], `${at}.${k}`, Number.MAX_SAFE_INTEGER);
+  if (s.bytesMeta !== undefined)
+    out.bytesMeta = size(s.bytesMeta, `${at}.bytesMeta`, Number.MAX_SAFE_INTEGER);
   return inOrderOf(s, out);
+}
+
+function emptyDiskStatsShape(): Record<(typeof STAT_FIELDS)[number], number> {
+  return Object.fromEntries(STAT_FIELDS.map((k) => [k, 0])) as Record<(typeof STAT_FIELDS)[number], number>;
 }
 
 function file(value: unknown, at: string, chunkSizeBytes: number, seen: Set<string>): SnapshotFile {
@@ -339,6 +378,14 @@ function size(v: unknown, at: string, max: number): number {
       v === undefined ? 'is missing' : `is ${show(v)}, not an integer from 0 to ${max}`,
     );
   return v;
+}
+
+/** A date and time as Date.prototype.toISOString writes it (or with an offset). */
+function time_(v: unknown, at: string): string {
+  const t = string(v, at);
+  if (!ISO_TIME.test(t) || Number.isNaN(Date.parse(t)))
+    throw new ManifestFieldError(at, `${show(t)} is not an ISO 8601 date and time`);
+  return t;
 }
 
 function hexId(v: unknown, at: string, what: string): string {

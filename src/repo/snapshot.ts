@@ -24,6 +24,8 @@ export interface DiskStats {
   /** Bytes written to the repository for this disk's new chunks (after compression, with headers). */
   bytesStored: number;
   chunksNew: number;
+  /** Bytes of metadata this disk's backup wrote: its new disk index pages and their index entries. */
+  bytesMeta?: number | undefined;
 }
 
 /** Stats of a disk before anything was read (every counter zero). */
@@ -44,8 +46,8 @@ export interface SnapshotDisk {
   target: string;
   sizeBytes: number;
   chunkSizeBytes: number;
-  /** Id of the disk index object (index/xx/<id>). */
-  index: string;
+  /** Id of the root page of the disk's index tree, or the zero marker (64 zeros) for an all-zero disk. */
+  root: string;
   /** Format of the source image (qcow2, raw). Informational; restores choose their own format. */
   sourceFormat?: string | undefined;
   /** Source path on the host at backup time. */
@@ -82,6 +84,20 @@ export interface SnapshotManifest {
   disks: SnapshotDisk[];
   files: SnapshotFile[];
   program: string;
+  /** Where the snapshot was first written (sync keeps it: one origin, one snapshot). */
+  origin?: SnapshotOrigin | undefined;
+  /** Kept by retention policies whatever they say. */
+  protected?: boolean | undefined;
+  /** Free text, at most 4096 printable characters. */
+  note?: string | undefined;
+  /** When tags, protection or the note last changed (a new manifest of the same origin). */
+  edited?: string | undefined;
+}
+
+/** The repository (its config id) and snapshot id a snapshot was first written as. */
+export interface SnapshotOrigin {
+  repository: string;
+  snapshot: string;
 }
 
 export interface Snapshot extends SnapshotManifest {

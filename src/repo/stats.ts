@@ -51,24 +51,24 @@ export async function repoStats(repo: Repository, opts: StatsOptions = {}): Prom
   for (const s of snaps) {
     for (const d of s.disks) {
       virtualBytes += d.sizeBytes;
-      const cached = seenIndexes.get(d.index);
+      const cached = seenIndexes.get(d.root);
       if (cached !== undefined) {
         logicalBytes += cached;
         continue;
       }
-      if (badIndexes.has(d.index)) continue;
+      if (badIndexes.has(d.root)) continue;
       let idx;
       try {
-        idx = await repo.getIndex(d.index);
+        idx = await repo.getIndex(d.root);
       } catch (err) {
         if (!(
           err instanceof RepoFormatError ||
           (err instanceof VmvaultError && err.exitCode === ExitCode.INTEGRITY)
         ))
           throw err;
-        badIndexes.add(d.index);
+        badIndexes.add(d.root);
         opts.onDamagedIndex?.(
-          `disk index ${shortId(d.index)} (snapshot ${shortId(s.id)}, disk ${d.target}) cannot be read, its data is left out: ${err.message}; run 'vmvault check'`,
+          `disk index ${shortId(d.root)} (snapshot ${shortId(s.id)}, disk ${d.target}) cannot be read, its data is left out: ${err.message}; run 'vmvault check'`,
         );
         continue;
       }
@@ -80,7 +80,7 @@ export async function repoStats(repo: Repository, opts: StatsOptions = {}): Prom
         alloc += len;
         chunkLen.set(id, len);
       }
-      seenIndexes.set(d.index, alloc);
+      seenIndexes.set(d.root, alloc);
       logicalBytes += alloc;
     }
     for (const f of s.files) {

@@ -132,7 +132,7 @@ export async function restoreInPlace(
       },
     );
   }
-  const index = await repo.getIndex(disk.index);
+  const index = await repo.getIndex(disk.root);
   const progress = opts.progress ?? nullProgress;
   const result: InPlaceResult = { chunksChecked: 0, chunksWritten: 0, bytesWritten: 0 };
   progress.start(disk.target, disk.sizeBytes);

@@ -214,8 +214,8 @@ describe.skipIf(skip !== '')('live VM backup (real libvirt + QEMU)', () => {
     expect(last.r.code, last.r.stderr).toBe(0);
     const show = await runCli(['show', last.json.snapshot!, '-r', repo, '--json']);
     const indexId = (
-      JSON.parse(show.stdout) as { disks: Array<{ target: string; index: string }> }
-    ).disks.find((d) => d.target === 'vda')!.index;
+      JSON.parse(show.stdout) as { disks: Array<{ target: string; root: string }> }
+    ).disks.find((d) => d.target === 'vda')!.root;
     const indexFile = join(repo, 'index', indexId.slice(0, 2), indexId);
     const sound = await readFile(indexFile);
     await writeFile(indexFile, 'damaged');

@@ -24,7 +24,7 @@ function snap(
   t++;
   return {
     id: `${t}`.padStart(64, '0'),
-    version: 1,
+    version: 2,
     vm: { name: 'vm1', uuid: 'u' },
     time: new Date(Date.UTC(2026, 0, 1, 0, t)).toISOString(),
     host: 'h',
@@ -36,7 +36,7 @@ function snap(
       target,
       sizeBytes: 1,
       chunkSizeBytes: 1,
-      index: 'i',
+      root: 'i',
       allocatedBytes: 0,
       checkpointBitmap: bitmap,
       stats: emptyDiskStats(),

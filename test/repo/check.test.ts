@@ -372,7 +372,7 @@ describe.runIf(run)('vmvault check', () => {
 
   it('a damaged or missing disk index is reported with its snapshot and disk', async () => {
     const show = await runCli(['show', snapA, '-r', repo, '--json']);
-    const indexId = (JSON.parse(show.stdout) as { disks: Array<{ index: string }> }).disks[0]!.index;
+    const indexId = (JSON.parse(show.stdout) as { disks: Array<{ root: string }> }).disks[0]!.root;
     const indexFile = (r: string): string => join(r, 'index', indexId.slice(0, 2), indexId);
 
     const r = await copyRepo();
@@ -405,7 +405,7 @@ describe.runIf(run)('vmvault check', () => {
 
   it('--repair moves a damaged disk index to quarantine/; a full backup stores it again', async () => {
     const show = await runCli(['show', snapA, '-r', repo, '--json']);
-    const indexId = (JSON.parse(show.stdout) as { disks: Array<{ index: string }> }).disks[0]!.index;
+    const indexId = (JSON.parse(show.stdout) as { disks: Array<{ root: string }> }).disks[0]!.root;
     const r = await copyRepo();
     const indexFile = join(r, 'index', indexId.slice(0, 2), indexId);
     await flipByte(indexFile, 40);
@@ -586,13 +586,13 @@ describe('checkRepository (library, memory backend)', () => {
 
 /** A manifest of one image snapshot with disk vda (and optional stored files), for library tests. */
 function oneDiskManifest(
-  index: string,
+  root: string,
   sizeBytes: number,
   chunkSizeBytes: number,
   files: SnapshotFile[] = [],
 ): SnapshotManifest {
   return {
-    version: 1,
+    version: format.MANIFEST_VERSION,
     vm: { name: 'vm' },
     time: new Date().toISOString(),
     host: 'h',
@@ -605,7 +605,7 @@ function oneDiskManifest(
         target: 'vda',
         sizeBytes,
         chunkSizeBytes,
-        index,
+        root,
         allocatedBytes: sizeBytes,
         stats: emptyDiskStats(),
       },

@@ -48,7 +48,7 @@ describe.runIf(run)('malformed snapshot manifests', () => {
     expect(b.code, b.stderr).toBe(0);
     dbId = (JSON.parse(b.stdout) as { snapshot: string }).snapshot;
     web = JSON.parse(decodeBlob(await readFile(join(repo, 'snapshots', webId))).toString()) as Json;
-    indexId = (web.disks as Array<{ index: string }>)[0]!.index;
+    indexId = (web.disks as Array<{ root: string }>)[0]!.root;
     const chunks = await readdir(join(repo, 'data'), { recursive: true });
     chunkId = chunks.map((c) => c.split('/').pop()!).find((c) => /^[0-9a-f]{64}$/.test(c))!;
   });
@@ -209,7 +209,12 @@ describe.runIf(run)('malformed snapshot manifests', () => {
       disks: [{ ...disk0(), ...patch }],
     });
     const cases: Array<[string, () => Json | string, RegExp]> = [
-      ['{"version":1}', () => ({ version: 1 }), /vm is missing/],
+      ['{"version":2}', () => ({ version: 2 }), /vm is missing/],
+      [
+        'a format 1 manifest',
+        () => ({ ...web, version: 1 }),
+        /version is 1, a manifest of repository format 1, which this vmvault no longer reads \(it reads version 2\)/,
+      ],
       ['not an object', () => '[1,2]', /\(manifest\) is a list, not an object/],
       ['not JSON at all', () => '{"version":1,', /not valid JSON/],
       [
@@ -277,8 +282,8 @@ describe.runIf(run)('malformed snapshot manifests', () => {
       ['chunk size not a power of two', () => withDisk({ chunkSizeBytes: 1000000 }), /not a power of two/],
       [
         'index id not hex',
-        () => withDisk({ index: 'Z'.repeat(64) }),
-        /disks\[0\]\.index .* not a disk index id/,
+        () => withDisk({ root: 'Z'.repeat(64) }),
+        /disks\[0\]\.root .* not a disk index page id/,
       ],
       [
         'parent not an id',
@@ -315,11 +320,11 @@ describe.runIf(run)('malformed snapshot manifests', () => {
 
     it('a manifest of a newer version is reported, named, and never moved by --repair', async () => {
       const r = await copyRepo();
-      const id = await craft(r, JSON.stringify({ ...web, version: 2 }));
+      const id = await craft(r, JSON.stringify({ ...web, version: 3 }));
       const show = await cli('show', '-r', r, id.slice(0, 8));
       expect(show.code).toBe(20);
       expect(expectOneLineError(show)).toMatch(
-        /manifest version is 2, this vmvault reads version 1; .*upgrade vmvault/,
+        /manifest version is 3, this vmvault reads version 2; .*upgrade vmvault/,
       );
       const repair = await cli('check', '-r', r, '--read-data', '--repair');
       expect(repair.code).toBe(20);

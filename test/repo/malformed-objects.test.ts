@@ -181,7 +181,7 @@ describe.runIf(run)('malformed objects: indexes, chunks and file chunks', () => 
       const s = await r.putSnapshot({
         ...m,
         time: new Date(Date.parse(m.time) + 1000 + outs).toISOString(),
-        disks: [{ ...m.disks[0]!, index: indexId }],
+        disks: [{ ...m.disks[0]!, root: indexId }],
       });
       return s.id;
     });
@@ -214,7 +214,7 @@ describe.runIf(run)('malformed objects: indexes, chunks and file chunks', () => 
       snapA = await r.getSnapshot((JSON.parse(ra.stdout) as { snapshot: string }).snapshot);
       snapB = await r.getSnapshot((JSON.parse(rb.stdout) as { snapshot: string }).snapshot);
     });
-    indexA = snapA.disks[0]!.index;
+    indexA = snapA.disks[0]!.root;
     const blob = await readFile(chunkPath(chunkA));
     expect(blob.readUInt8(5)).toBe(format.Codec.ZSTD);
     expect((await readFile(chunkPath(rawChunkA))).readUInt8(5)).toBe(format.Codec.NONE);

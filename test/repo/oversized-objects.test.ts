@@ -34,7 +34,7 @@ describe('oversized index and manifest objects', () => {
     expect(b.code, b.stderr).toBe(0);
     snap = (JSON.parse(b.stdout) as { snapshot: string }).snapshot;
     const show = await runCli(['show', snap, '-r', repo, '--json']);
-    indexId = (JSON.parse(show.stdout) as { disks: Array<{ index: string }> }).disks[0]!.index;
+    indexId = (JSON.parse(show.stdout) as { disks: Array<{ root: string }> }).disks[0]!.root;
   });
   afterAll(async () => cleanup?.());
 

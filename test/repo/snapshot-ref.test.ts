@@ -13,7 +13,7 @@ function snap(id: string, vm: string, time: string, checkpoint: string | null = 
     vm: { name: vm },
     time,
     checkpoint,
-    version: 1,
+    version: 2,
     host: 'h',
     tags: [],
     parent: null,

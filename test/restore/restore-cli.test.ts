@@ -154,8 +154,8 @@ describe.runIf(run)('restore through the CLI: all or nothing at the output, form
     expect(b.code, b.stderr).toBe(0);
     snap = (JSON.parse(b.stdout) as { snapshot: string }).snapshot;
     const show = await runCli(['show', snap, '-r', repo, '--json']);
-    const disks = (JSON.parse(show.stdout) as { disks: Array<{ target: string; index: string }> }).disks;
-    indexOf = Object.fromEntries(disks.map((d) => [d.target, d.index]));
+    const disks = (JSON.parse(show.stdout) as { disks: Array<{ target: string; root: string }> }).disks;
+    indexOf = Object.fromEntries(disks.map((d) => [d.target, d.root]));
   });
   afterAll(async () => cleanup());
 

@@ -27,7 +27,7 @@ describe('restoreDisk', () => {
         target: 'vda',
         sizeBytes: 64 * 1024,
         chunkSizeBytes: 64 * 1024,
-        index: 'ab'.repeat(32), // no such index
+        root: 'ab'.repeat(32), // no such index
         allocatedBytes: 0,
         stats: emptyDiskStats(),
       };

@@ -110,7 +110,7 @@ describe.runIf(run)('SnapshotExport served over NBD', () => {
   });
 
   it('a damaged chunk fails only the reads that touch it (EIO); the server keeps serving', async () => {
-    const index = await repo.getIndex(snap.disks[0]!.index);
+    const index = await repo.getIndex(snap.disks[0]!.root);
     const id = index.get(5)!;
     const file = join(repoPath, ...format.Keys.data(id).split('/'));
     const saved = await readFile(file);
