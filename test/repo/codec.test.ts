@@ -1,5 +1,5 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { blake3 } from '@napi-rs/blake-hash';
+import { createDecipheriv, createHash, randomBytes } from 'node:crypto';
+import { blake3, Blake3Hasher } from '@napi-rs/blake-hash';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
   BlobCodec,
@@ -161,7 +161,12 @@ describe('BlobCodec', () => {
   });
 
   it('a spec builds an identical codec in a worker thread', async () => {
-    for (const spec of [codecSpec(1), codecSpec(-4, { idKey: randomBytes(32) }), codecSpec(0)]) {
+    for (const spec of [
+      codecSpec(1),
+      codecSpec(-4, { idKey: randomBytes(32) }),
+      codecSpec(0),
+      codecSpec(1, { idKey: randomBytes(32), encKey: randomBytes(32) }),
+    ]) {
       const here = BlobCodec.fromSpec(spec);
       const pool = new WorkerPool<
         { data: Uint8Array },
@@ -500,3 +505,144 @@ describe('BlobCodec format 2: objects (blob v2)', () => {
     );
   });
 });
+
+describe('BlobCodec format 2: encryption (AES-256-GCM, design §6.1)', () => {
+  const derived = (context: string, data: Uint8Array): Buffer =>
+    Blake3Hasher.newKeyed(keys.encKey).update(Buffer.from(context)).update(data).digestBuffer();
+  const gcmOpen = (key: Buffer, nonce: Buffer, aad: Buffer, ct: Buffer, tag: Buffer): Buffer => {
+    const d = createDecipheriv('aes-256-gcm', key, nonce);
+    d.setAAD(aad);
+    d.setAuthTag(tag);
+    return Buffer.concat([d.update(ct), d.final()]);
+  };
+
+  it('records, trailers and objects decrypt with the documented key derivation, nonce and AAD', () => {
+    const raw = BlobCodec.fromSpec(codecSpec(0, keys));
+    const data = inputs.random.subarray(0, 5000);
+    const id = raw.chunkIdBytes(data);
+    expect(id.equals(Blake3Hasher.newKeyed(keys.idKey).update(data).digestBuffer())).toBe(true);
+    const { record, meta } = raw.sealRecord(2, id, data);
+    expect(meta.codec).toBe(0);
+    const aad = Buffer.concat([Buffer.from('VMVR'), Buffer.from([2, 2, 0]), u32(data.length), id]);
+    const key = derived('vmvault-v2 record', id);
+    expect(
+      gcmOpen(key, record.subarray(0, 12), aad, record.subarray(12, -16), record.subarray(-16)).equals(data),
+    ).toBe(true);
+
+    const h = packHeader(0x77);
+    const trailer = raw.sealTrailer(h, inputs.small);
+    const tkey = derived('vmvault-v2 trailer', h.subarray(8, 24));
+    const taad = Buffer.concat([Buffer.from('VMVT'), h]);
+    expect(
+      gcmOpen(tkey, trailer.subarray(0, 12), taad, trailer.subarray(12, -16), trailer.subarray(-16)),
+    ).toEqual(inputs.small);
+
+    const binder = Buffer.alloc(16, 9);
+    const blob = raw.sealObject('session', inputs.small, binder, { name: 'sessions/x' });
+    expect(blob[6]).toBe(1);
+    const okey = derived('vmvault-v2 object', binder);
+    const oaad = Buffer.concat([blob.subarray(0, 32), u32(0), Buffer.from('sessions/x')]);
+    expect(gcmOpen(okey, blob.subarray(32, 44), oaad, blob.subarray(44, -16), blob.subarray(-16))).toEqual(
+      inputs.small,
+    );
+  });
+
+  it('nonces are random: two seals of one plaintext differ and both open', () => {
+    const id = encCodec.chunkIdBytes(inputs.text);
+    const a = encCodec.sealRecord(1, id, inputs.text);
+    const b = encCodec.sealRecord(1, id, inputs.text);
+    expect(a.record.subarray(0, 12).equals(b.record.subarray(0, 12))).toBe(false);
+    expect(a.record.equals(b.record)).toBe(false);
+    expect(encCodec.openRecord(b.meta, b.record, 1 << 20).equals(inputs.text)).toBe(true);
+    expect(encCodec.openRecord(a.meta, a.record, 1 << 20).equals(inputs.text)).toBe(true);
+  });
+
+  it('two records of the same length with their entries swapped both fail', () => {
+    const raw = BlobCodec.fromSpec(codecSpec(0, keys));
+    const x = seededBytes(4096, 1);
+    const y = seededBytes(4096, 2);
+    const rx = raw.sealRecord(1, raw.chunkIdBytes(x), x);
+    const ry = raw.sealRecord(1, raw.chunkIdBytes(y), y);
+    expect(rx.record.length).toBe(ry.record.length);
+    expect(() => raw.openRecord(ry.meta, rx.record, 1 << 20)).toThrow(/does not authenticate/);
+    expect(() => raw.openRecord(rx.meta, ry.record, 1 << 20)).toThrow(/does not authenticate/);
+    expect(() => raw.openRecordInto(rx.meta, ry.record, Buffer.alloc(4096))).toThrow(BlobFormatError);
+  });
+
+  it('an object moved to another name, section or kind fails to open', () => {
+    const binder = Buffer.alloc(16, 1);
+    const a = 'snapshots/' + '1'.repeat(64);
+    const blob = encCodec.sealObject('manifest', inputs.text, binder, { name: a });
+    expect(
+      encCodec.openObject('manifest', blob, { name: a, maxPlaintextBytes: 1 << 20 }).equals(inputs.text),
+    ).toBe(true);
+    const b = 'snapshots/' + '2'.repeat(64);
+    expect(() => encCodec.openObject('manifest', blob, { name: b, maxPlaintextBytes: 1 << 20 })).toThrow(
+      /does not authenticate/,
+    );
+    const section = encCodec.sealObject('index-section', inputs.small, binder, { section: 1 });
+    expect(() =>
+      encCodec.openObject('index-section', section, { section: 2, maxPlaintextBytes: 100 }),
+    ).toThrow(/does not authenticate/);
+    // The kind byte rewritten to match: the AAD covers it.
+    const relabelled = Buffer.from(blob);
+    relabelled[7] = 3;
+    expect(() => encCodec.openObject('void', relabelled, { name: a, maxPlaintextBytes: 1 << 20 })).toThrow(
+      /does not authenticate/,
+    );
+  });
+
+  it('another encryption key or id key cannot open anything', () => {
+    const other = BlobCodec.fromSpec(codecSpec(1, { idKey: keys.idKey, encKey: Buffer.alloc(32, 0x23) }));
+    const otherId = BlobCodec.fromSpec(codecSpec(1, { idKey: Buffer.alloc(32, 0x12), encKey: keys.encKey }));
+    const id = encCodec.chunkIdBytes(inputs.text);
+    const { record, meta } = encCodec.sealRecord(1, id, inputs.text);
+    expect(() => other.openRecord(meta, record, 1 << 20)).toThrow(/does not authenticate/);
+    // Same encryption key, another id key: decrypts, but the keyed id of the plaintext differs.
+    expect(() => otherId.openRecord(meta, record, 1 << 20)).toThrow(/does not match its id/);
+    const blob = encCodec.sealObject('gc', inputs.small, Buffer.alloc(16));
+    expect(() => other.openObject('gc', blob, { maxPlaintextBytes: 100 })).toThrow(/does not authenticate/);
+    const h = packHeader();
+    expect(() => other.openTrailer(h, encCodec.sealTrailer(h, inputs.small), 100)).toThrow(
+      /does not authenticate/,
+    );
+  });
+
+  it('encrypted output holds no plaintext marker; unencrypted raw output does', () => {
+    const marker = Buffer.from('VMVAULT-MARKER-7f3a9c');
+    const data = Buffer.concat([seededBytes(3000, 4), marker, seededBytes(3000, 5)]);
+    const raw = BlobCodec.fromSpec(codecSpec(0, keys));
+    const h = packHeader();
+    const sealedBy = (codec: BlobCodec): Buffer[] => [
+      ...KINDS.map((k) => codec.sealRecord(k, codec.chunkIdBytes(data), data).record),
+      ...OBJECT_KINDS.map((k) => codec.sealObject(k, data, Buffer.alloc(16), { name: `${k}/x` })),
+      codec.sealTrailer(h, data),
+    ];
+    for (const out of [...sealedBy(raw), ...sealedBy(encCodec)]) expect(out.includes(marker)).toBe(false);
+    expect(sealedBy(BlobCodec.fromSpec(codecSpec(0))).every((b) => b.includes(marker))).toBe(true);
+  });
+
+  it('refuses an encryption key without a keyed id function, and keys of the wrong length', () => {
+    expect(() => codecSpec(1, { encKey: keys.encKey })).toThrow(/needs an id key/);
+    expect(() => codecSpec(1, { idKey: keys.idKey, encKey: Buffer.alloc(31) })).toThrow(RangeError);
+    expect(() =>
+      BlobCodec.fromSpec({
+        compression: { chunk: 1, metadata: 3 },
+        id: { fn: 'blake3-256' },
+        enc: { key: '00'.repeat(32) },
+      }),
+    ).toThrow(/keyed id function/);
+    expect(() => BlobCodec.fromSpec({ ...codecSpec(1, keys), enc: { key: 'zz'.repeat(32) } })).toThrow(
+      /32 bytes/,
+    );
+    const spec = JSON.parse(JSON.stringify(codecSpec(1, keys))) as CodecSpec;
+    expect(BlobCodec.fromSpec(spec).encrypted).toBe(true);
+    expect(BlobCodec.fromSpec(codecSpec(1, { idKey: keys.idKey })).encrypted).toBe(false);
+  });
+});
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
+}
