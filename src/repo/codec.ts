@@ -681,6 +681,17 @@ export function codecSpec(chunkLevel: number, keys: CodecKeys = {}): CodecSpec {
 }
 
 /**
+ * Keyed BLAKE3-256 of `parts` concatenated (`key` 32 bytes): key derivation and MACs outside the
+ * sealed units (the config's keyId and mac, src/repo/keys.ts).
+ */
+export function keyedHash(key: Buffer, ...parts: Uint8Array[]): Buffer {
+  if (key.length !== 32) throw new RangeError(`a BLAKE3 key is 32 bytes, not ${key.length}`);
+  const h = Blake3Hasher.newKeyed(key);
+  for (const p of parts) h.update(p);
+  return h.digestBuffer();
+}
+
+/**
  * A format-internal checksum (the trailer of a disk index): unkeyed BLAKE3-256 whatever the id
  * function, because it guards structure, not content identity.
  */
