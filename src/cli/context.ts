@@ -1,10 +1,19 @@
 import { Option, type Command } from 'commander';
 import { printable, stderrLogger, UsageError, type Logger } from '../util/index.js';
 import { backendSpecFor, openBackend, Repository, type SnapshotDamagedError } from '../repo/index.js';
+import { readPassword } from './password.js';
 
 export interface GlobalOptions {
   debug?: boolean;
   quiet?: boolean;
+  /** The password of an encrypted repository, from this file's first line. */
+  passwordFile?: string;
+}
+
+/** Test-only (docs/cli.md): scrypt N of new key slots, e.g. 16384, so that CLI tests run fast. */
+export function testKdf(): { N: number; r: number; p: number } | undefined {
+  const n = Number(process.env.VMVAULT_TEST_KDF_N);
+  return Number.isSafeInteger(n) && n > 0 ? { N: n, r: 8, p: 1 } : undefined;
 }
 
 /** The `-r, --repo` option every command but init takes (also from VMVAULT_REPO). */
@@ -37,10 +46,35 @@ export type RepoAccess = 'read' | 'write';
  * Opens the repository. Commands that only read it (`access: 'read'`) get a read-only storage
  * stack, so no code path of theirs, in any thread, can change the repository.
  */
-export async function openRepo(opts: { repo?: string }, access: RepoAccess = 'write'): Promise<Repository> {
+export async function openRepo(
+  opts: { repo?: string; passwordFile?: string },
+  access: RepoAccess = 'write',
+): Promise<Repository> {
   if (!opts.repo) throw new UsageError('no repository given', 'pass -r REPO or set VMVAULT_REPO');
   const backend = openBackend({ ...backendSpecFor(opts.repo), readOnly: access === 'read' });
-  return Repository.open(opts.repo, { onDamagedSnapshot: warnDamagedSnapshot }, backend);
+  return Repository.open(
+    opts.repo,
+    {
+      onDamagedSnapshot: warnDamagedSnapshot,
+      password: () => readPassword({ passwordFile: opts.passwordFile ?? globalPasswordFile() }),
+      onDamagedKeySlot: (d) =>
+        process.stderr.write(
+          `warning: ${printable(`key slot ${d.name} is damaged (skipped): ${d.reason}`, 400)}\n`,
+        ),
+    },
+    backend,
+  );
+}
+
+/** `--password-file` as given before the command (main.ts reads argv once). */
+function globalPasswordFile(): string | undefined {
+  const argv = process.argv;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--password-file') return argv[i + 1];
+    if (a.startsWith('--password-file=')) return a.slice('--password-file='.length);
+  }
+  return undefined;
 }
 
 /**
@@ -53,7 +87,7 @@ export function warnDamagedSnapshot(err: SnapshotDamagedError): void {
 
 /** Runs `fn` with an open repository and always closes it. */
 export async function withRepo<T>(
-  opts: { repo?: string },
+  opts: { repo?: string; passwordFile?: string },
   fn: (repo: Repository) => Promise<T>,
   access: RepoAccess = 'write',
 ): Promise<T> {

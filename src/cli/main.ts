@@ -5,6 +5,7 @@ import { backupImageCommand } from './commands/backup-image.js';
 import { backupCommand } from './commands/backup.js';
 import { checkCommand } from './commands/check.js';
 import { initCommand } from './commands/init.js';
+import { keyCommand } from './commands/key.js';
 import { restoreCommand } from './commands/restore.js';
 import { serveCommand } from './commands/serve.js';
 import { showCommand } from './commands/show.js';
@@ -14,7 +15,7 @@ import { installSignalHandlers, isInterruptNormalEnd, rootAbort } from './signal
 
 const EXIT_CODES_HELP = `
 Exit codes: 0 success, 1 failure, 2 usage error, 3 partial success, 10 repository not found,
-11 repository locked, 20 integrity problem, 130/143 cancelled (SIGINT/SIGTERM). See docs/cli.md.`;
+11 repository locked, 12 wrong or missing password, 20 integrity problem, 130/143 cancelled (SIGINT/SIGTERM). See docs/cli.md.`;
 
 export function buildProgram(): Command {
   const program = new Command('vmvault')
@@ -22,6 +23,7 @@ export function buildProgram(): Command {
     .version(VERSION, '-V, --version')
     .option('--debug', 'print stack traces and debug logging')
     .option('-q, --quiet', 'no progress or log lines')
+    .option('--password-file <file>', 'password of an encrypted repository: the first line of FILE')
     .addHelpText('after', EXIT_CODES_HELP);
   for (const cmd of [
     initCommand(),
@@ -33,6 +35,7 @@ export function buildProgram(): Command {
     restoreCommand(),
     serveCommand(),
     checkCommand(),
+    keyCommand(),
   ]) {
     cmd.addHelpText('after', EXIT_CODES_HELP);
     program.addCommand(cmd);

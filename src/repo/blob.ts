@@ -37,6 +37,30 @@ let cctx: ZstdBinding.CCtx | undefined;
 let dctx: ZstdBinding.DCtx | undefined;
 let scratch = Buffer.alloc(0);
 
+/** The most bytes zstd can make of `plaintextBytes` (a buffer `zstdCompressTo` may fill). */
+export function zstdBound(plaintextBytes: number): number {
+  return zstd.compressBound(plaintextBytes);
+}
+
+/**
+ * Compresses `src` into `dest` with this thread's context and returns the frame's length, or 0
+ * when `dest` is too small (the caller then stores the plaintext raw).
+ */
+export function zstdCompressTo(dest: Uint8Array, src: Uint8Array, level: number): number {
+  cctx ??= new zstd.CCtx();
+  try {
+    return cctx.compress(dest, src, level);
+  } catch {
+    return 0;
+  }
+}
+
+/** A per-thread scratch buffer of at least `bytes` (reused: valid until the next call). */
+export function scratchBuffer(bytes: number): Buffer {
+  if (scratch.length < bytes) scratch = Buffer.allocUnsafeSlow(Math.max(bytes, scratch.length * 2));
+  return scratch;
+}
+
 /** Blob header fields for `plaintextBytes` of plaintext in `payloadBytes` of `codec` payload. */
 function writeHeader(out: Buffer, codec: Codec, plaintextBytes: number, payloadBytes: number): void {
   out.writeUInt32BE(BLOB_MAGIC, 0);
@@ -183,7 +207,8 @@ function openBlob(blob: Uint8Array, verifyTag: boolean): { h: BlobHeader; payloa
   return { h, payload: blob.subarray(BLOB_HEADER_BYTES, BLOB_HEADER_BYTES + h.payloadBytes) };
 }
 
-function zstdDecompressInto(dest: Uint8Array, src: Uint8Array, plaintextBytes: number): void {
+/** Decompresses a zstd frame of exactly `plaintextBytes` into `dest`; anything else is BlobFormatError. */
+export function zstdDecompressInto(dest: Uint8Array, src: Uint8Array, plaintextBytes: number): void {
   dctx ??= new zstd.DCtx();
   let n: number;
   try {

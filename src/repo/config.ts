@@ -22,13 +22,25 @@ export interface RepoConfig {
   chunkSizeBytes: number;
   hash: 'blake3-256';
   compression: { codec: 'zstd' | 'none'; level: number };
-  encryption: 'none';
+  encryption: 'none' | 'aes-256-gcm';
+  /** Encrypted repositories: keyed chunk ids (format 2 config; helper A's wiring). */
+  chunkId?: 'blake3-256' | 'blake3-256-keyed';
+  /** Encrypted only: BLAKE3-128 keyed with idKey of "vmvault-v2 key id" (keys.ts keyIdOf). */
+  keyId?: string;
+  /** Encrypted only: keys.ts configMac of the config without `mac`. */
+  mac?: string;
 }
 
 export interface InitOptions {
   chunkSizeBytes?: number;
   /** zstd level 1..19, a fast level -7..-1, or 0 for no compression. */
   levelZstd?: number;
+  /** 'aes-256-gcm' needs `password` (default 'none'). */
+  encryption?: 'none' | 'aes-256-gcm';
+  /** The password of the first key slot of an encrypted repository. */
+  password?: string;
+  /** Test-only: scrypt parameters of the first key slot (keys.ts DEFAULT_KDF otherwise). */
+  kdf?: { N: number; r: number; p: number };
 }
 
 export function newConfig(opts: InitOptions = {}): RepoConfig {
@@ -85,6 +97,9 @@ const CONFIG_FIELDS = new Set([
   'hash',
   'compression',
   'encryption',
+  'chunkId',
+  'keyId',
+  'mac',
 ]);
 
 /** A value from an untrusted config, short and safe to print. */
@@ -194,13 +209,25 @@ export function parseConfig(buf: Buffer, location: string): RepoConfig {
   } else {
     throw damaged(`compression.codec is ${shown(codec)}, not "zstd" or "none"`);
   }
-  if (c.encryption !== 'none') {
+  if (c.encryption === 'aes-256-gcm') {
+    if (c.chunkId !== 'blake3-256-keyed')
+      throw damaged(`chunkId is ${shown(c.chunkId)}, not "blake3-256-keyed"`);
+    if (typeof c.keyId !== 'string' || !/^[0-9a-f]{32}$/.test(c.keyId))
+      throw damaged(`keyId is ${shown(c.keyId)}, not 32 lowercase hex digits`);
+    if (typeof c.mac !== 'string' || !/^[0-9a-f]{64}$/.test(c.mac))
+      throw damaged(`mac is ${shown(c.mac)}, not 64 lowercase hex digits`);
+  } else if (c.encryption === 'none') {
+    if (c.chunkId !== undefined && c.chunkId !== 'blake3-256')
+      throw damaged(`chunkId is ${shown(c.chunkId)}; an unencrypted repository has "blake3-256"`);
+    if (c.keyId !== undefined || c.mac !== undefined)
+      throw damaged('keyId and mac belong to encrypted repositories only');
+  } else {
     if (typeof c.encryption === 'string')
       throw new RepoFormatError(
         `repository encryption ${shown(c.encryption)} is not supported`,
         'upgrade vmvault',
       );
-    throw damaged(`encryption is ${shown(c.encryption)}, not "none"`);
+    throw damaged(`encryption is ${shown(c.encryption)}, not "none" or "aes-256-gcm"`);
   }
   return {
     format: 'vmvault-repository',
@@ -210,6 +237,9 @@ export function parseConfig(buf: Buffer, location: string): RepoConfig {
     chunkSizeBytes: cs,
     hash: 'blake3-256',
     compression: codec === 'none' ? { codec: 'none', level: 0 } : { codec: 'zstd', level: level as number },
-    encryption: 'none',
+    encryption: c.encryption,
+    ...(c.encryption === 'aes-256-gcm'
+      ? { chunkId: 'blake3-256-keyed' as const, keyId: c.keyId as string, mac: c.mac as string }
+      : {}),
   };
 }

@@ -28,9 +28,20 @@ export {
   codecSpec,
   hashBytes,
   ID_KEY_BYTES,
+  ENC_KEY_BYTES,
+  RECORD_OVERHEAD,
+  TRAILER_OVERHEAD,
+  PACK_HEADER_BYTES,
+  OBJECT_HEADER_BYTES,
+  OBJECT_BINDER_BYTES,
+  MAX_OBJECT_PLAINTEXT_BYTES,
+  FLAG_ENCRYPTED,
   type CodecKeys,
   type CodecSpec,
   type ObjectKind,
+  type ObjectKindV2,
+  type RecordKind,
+  type RecordMeta,
 } from './codec.js';
 export {
   checkRepository,
@@ -46,6 +57,31 @@ export {
   type CheckResult,
 } from './check.js';
 export { ChunkStore, type PutResult } from './chunk-store.js';
+export {
+  canonicalJson,
+  configMac,
+  createKeySlot,
+  DEFAULT_KDF,
+  generateMasterKey,
+  KDF_BOUNDS,
+  keyIdOf,
+  KEY_SLOT_PREFIX,
+  KeySlotNotFoundError,
+  listKeySlots,
+  MASTER_KEY_BYTES,
+  MAX_KEY_SLOT_BYTES,
+  MAX_KEY_SLOTS_TRIED,
+  NoKeySlotError,
+  removeKeySlot,
+  splitMasterKey,
+  unlockMasterKey,
+  WrongPasswordError,
+  type DamagedKeySlot,
+  type KeySlot,
+  type KeySlotJson,
+  type OnDamagedKeySlot,
+  type ScryptParams,
+} from './keys.js';
 export { newConfig, parseCompression, type RepoConfig, type InitOptions } from './config.js';
 export { DiskIndex, slotCountFor } from './disk-index.js';
 export {

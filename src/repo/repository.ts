@@ -1,4 +1,4 @@
-import { hostname } from 'node:os';
+import { hostname, userInfo } from 'node:os';
 import { printable, VmvaultError } from '../util/index.js';
 import type { Backend } from './backend/backend.js';
 import { openBackend } from './backend/open.js';
@@ -17,6 +17,15 @@ import {
   type RepoConfig,
 } from './config.js';
 import { DiskIndex } from './disk-index.js';
+import {
+  configMac,
+  createKeySlot,
+  generateMasterKey,
+  keyIdOf,
+  splitMasterKey,
+  unlockMasterKey,
+  type OnDamagedKeySlot,
+} from './keys.js';
 import {
   isNotFound,
   RepoConfigMissingError,
@@ -47,6 +56,12 @@ export interface OpenOptions {
    * CLI prints a warning). Without it, damaged manifests are left out silently.
    */
   onDamagedSnapshot?: (err: SnapshotDamagedError) => void;
+  /** The password of an encrypted repository, asked only when its config says it is encrypted. */
+  password?: () => Promise<string>;
+  /** Try this key slot (its 32 hex id) first. */
+  keyHint?: string;
+  /** A damaged key slot that opening skipped (the CLI prints a warning). */
+  onDamagedKeySlot?: OnDamagedKeySlot;
 }
 
 /** Every manifest of the repository: the sound ones, and what is wrong with the others. */
@@ -65,12 +80,20 @@ export class Repository {
   /** The one codec of this repository: every object is encoded, decoded and hashed by it. */
   readonly codec: BlobCodec;
 
+  /** The key slot (`keys/<id>`) that unlocked an encrypted repository; undefined when unencrypted. */
+  readonly keySlot: string | undefined;
+  /** The master key of an encrypted repository (encKey ‖ idKey), for `key add`. */
+  readonly masterKey: Buffer | undefined;
+
   private constructor(
     readonly backend: Backend,
     readonly config: RepoConfig,
     opts: OpenOptions,
+    unlocked?: { master: Buffer; slotName: string },
   ) {
-    this.codec = BlobCodec.fromConfig(config);
+    this.keySlot = unlocked?.slotName;
+    this.masterKey = unlocked?.master;
+    this.codec = BlobCodec.fromConfig(config, unlocked ? splitMasterKey(unlocked.master) : {});
     this.chunks = new ChunkStore(backend, this.codec, opts.workers, config.chunkSizeBytes);
     this.onDamagedSnapshot = opts.onDamagedSnapshot;
   }
@@ -89,6 +112,20 @@ export class Repository {
     backend: Backend = openBackend(location),
   ): Promise<Repository> {
     const config = newConfig(opts);
+    let master: Buffer | undefined;
+    if (opts.encryption === 'aes-256-gcm') {
+      if (opts.password === undefined || opts.password === '')
+        throw new VmvaultError('PASSWORD', 'an encrypted repository needs a password', {
+          hint: 'set VMVAULT_PASSWORD, VMVAULT_PASSWORD_FILE, --password-file or VMVAULT_PASSWORD_COMMAND',
+          exitCode: 12,
+        });
+      master = generateMasterKey();
+      const { encKey, idKey } = splitMasterKey(master);
+      config.encryption = 'aes-256-gcm';
+      config.chunkId = 'blake3-256-keyed';
+      config.keyId = keyIdOf(idKey);
+      config.mac = configMac(encKey, { ...config });
+    }
     const where = backend.location;
     const existing = await backend.stat(Keys.config);
     if (existing) {
@@ -105,7 +142,12 @@ export class Repository {
       Buffer.from(`${JSON.stringify(config, null, 2)}\n`),
     );
     if (!created) throw new RepoExistsError(where);
-    return new Repository(backend, config, {});
+    if (master === undefined) return new Repository(backend, config, {});
+    const slot = await createKeySlot(backend, config.id, master, opts.password!, {
+      label: `${userName()}@${hostname()}`,
+      ...(opts.kdf ? { kdf: opts.kdf } : {}),
+    });
+    return new Repository(backend, config, {}, { master, slotName: slot.name });
   }
 
   static async open(
@@ -131,7 +173,8 @@ export class Repository {
       if (isNotFound(err)) throw new RepoNotFoundError(backend.location, err);
       throw err;
     }
-    const repo = new Repository(backend, parseConfig(raw, backend.location), opts);
+    const config = parseConfig(raw, backend.location);
+    const repo = new Repository(backend, config, opts, await unlock(backend, config, opts));
     await backend.removeStaleTemp?.(24 * 3600_000).catch(() => 0);
     return repo;
   }
@@ -401,6 +444,53 @@ export class Repository {
     await this.chunks.close();
     await this.backend.close();
   }
+}
+
+function userName(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return 'user';
+  }
+}
+
+/**
+ * The master key of an encrypted repository (password from `opts.password`, checked against the
+ * config's keyId and mac), or undefined for an unencrypted one, which must then have no key slots.
+ */
+async function unlock(
+  backend: Backend,
+  config: RepoConfig,
+  opts: OpenOptions,
+): Promise<{ master: Buffer; slotName: string } | undefined> {
+  const where = backend.location;
+  if (config.encryption === 'none') {
+    for await (const o of backend.list('keys/'))
+      throw new RepoDamagedError(
+        `${where} is damaged: its config says it is not encrypted, but it has key slots (${printable(o.key, 60)})`,
+        'put its config back from a copy of the repository (an edited config could make backups write plaintext)',
+      );
+    return undefined;
+  }
+  if (opts.password === undefined)
+    throw new VmvaultError('PASSWORD', `repository ${where} is encrypted and no password was given`, {
+      hint: 'set VMVAULT_PASSWORD, VMVAULT_PASSWORD_FILE, --password-file or VMVAULT_PASSWORD_COMMAND',
+      exitCode: 12,
+    });
+  const password = await opts.password();
+  const unlocked = await unlockMasterKey(backend, config.id, password, {
+    ...(opts.keyHint !== undefined ? { hint: opts.keyHint } : {}),
+    ...(opts.onDamagedKeySlot ? { onDamaged: opts.onDamagedKeySlot } : {}),
+  });
+  const { encKey, idKey } = splitMasterKey(unlocked.master);
+  if (config.mac !== configMac(encKey, { ...config }))
+    throw new RepoDamagedError(
+      `the config of ${where} is damaged: its mac does not match (a field was edited)`,
+      'put its config back from a copy of the repository',
+    );
+  if (config.keyId !== keyIdOf(idKey))
+    throw new RepoDamagedError(`the config of ${where} is damaged: its keyId does not match the key slots`);
+  return unlocked;
 }
 
 export function defaultHost(): string {

@@ -329,9 +329,14 @@ describe('init and open through the CLI', () => {
       expect(expectOneLineError(await runCli(['snapshots', '-r', repo]))).toMatch(
         /format version 2 is not supported .*; upgrade vmvault/,
       );
+      await writeFile(join(repo, 'config'), JSON.stringify(edit({ encryption: 'chacha20-poly1305' })));
+      expect(expectOneLineError(await runCli(['snapshots', '-r', repo]))).toMatch(
+        /encryption "chacha20-poly1305" is not supported; upgrade vmvault/,
+      );
+      // aes-256-gcm is known: without its keyed id function, keyId and mac the config is damaged.
       await writeFile(join(repo, 'config'), JSON.stringify(edit({ encryption: 'aes-256-gcm' })));
       expect(expectOneLineError(await runCli(['snapshots', '-r', repo]))).toMatch(
-        /encryption "aes-256-gcm" is not supported; upgrade vmvault/,
+        /config of .* is damaged: chunkId is missing/,
       );
       await writeFile(join(repo, 'config'), `${JSON.stringify(good, null, 2)}\n`);
       expect((await runCli(['snapshots', '-r', repo])).code).toBe(0);

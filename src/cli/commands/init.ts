@@ -3,7 +3,8 @@ import { join } from 'node:path';
 import { Command, Option } from 'commander';
 import { formatBytes, parseSize, UsageError } from '../../util/index.js';
 import { Repository, parseCompression } from '../../repo/index.js';
-import { printJson } from '../context.js';
+import { globals, printJson, testKdf } from '../context.js';
+import { readPassword } from '../password.js';
 
 export function initCommand(): Command {
   return new Command('init')
@@ -12,17 +13,41 @@ export function initCommand(): Command {
     .addOption(new Option('-r, --repo <repo>', 'repository location').env('VMVAULT_REPO'))
     .option('--chunk-size <size>', 'chunk size, a power of two from 64K to 16M', '1M')
     .option('--compression <codec>', 'zstd, zstd:LEVEL (1-19; -7 to -1: faster, larger) or none', 'zstd:1')
+    .addOption(
+      new Option('--encryption <mode>', 'aes-256-gcm (password from VMVAULT_PASSWORD, ...) or none')
+        .choices(['aes-256-gcm', 'none'])
+        .default('none'),
+    )
+    .option('--password-file <file>', 'the password: the first line of FILE')
     .option('--json', 'print the result as JSON')
     .action(
       async (
         repoArg: string | undefined,
-        opts: { repo?: string; chunkSize: string; compression: string; json?: boolean },
+        opts: {
+          repo?: string;
+          chunkSize: string;
+          compression: string;
+          encryption: 'aes-256-gcm' | 'none';
+          passwordFile?: string;
+          json?: boolean;
+        },
+        cmd: Command,
       ) => {
         const location = repoArg ?? opts.repo;
         if (!location) throw new UsageError('no repository location given', 'vmvault init DIR');
+        const encrypted = opts.encryption === 'aes-256-gcm';
+        const chunkSizeBytes = parseSize(opts.chunkSize, 'chunk size');
+        const levelZstd = parseCompression(opts.compression);
+        const passwordFile = opts.passwordFile ?? globals(cmd).passwordFile;
+        const kdf = testKdf();
         const repo = await Repository.init(location, {
-          chunkSizeBytes: parseSize(opts.chunkSize, 'chunk size'),
-          levelZstd: parseCompression(opts.compression),
+          chunkSizeBytes,
+          levelZstd,
+          encryption: opts.encryption,
+          ...(encrypted
+            ? { password: await readPassword({ passwordFile, confirm: true, prompt: 'new password: ' }) }
+            : {}),
+          ...(kdf ? { kdf } : {}),
         });
         await repo.close();
         const c = repo.config;
@@ -33,11 +58,13 @@ export function initCommand(): Command {
             id: c.id,
             chunkSizeBytes: c.chunkSizeBytes,
             compression: c.compression,
+            encryption: c.encryption,
+            ...(repo.keySlot ? { keySlot: repo.keySlot.slice(5) } : {}),
             ...(modes ? { dirMode: octal(modes.dir), fileMode: octal(modes.file) } : {}),
           });
         else {
           process.stdout.write(
-            `created repository ${c.id.slice(0, 8)} at ${repo.location} (chunk size ${formatBytes(c.chunkSizeBytes)}, compression ${c.compression.codec === 'none' ? 'none' : `zstd:${c.compression.level}`})\n`,
+            `created repository ${c.id.slice(0, 8)} at ${repo.location} (chunk size ${formatBytes(c.chunkSizeBytes)}, compression ${c.compression.codec === 'none' ? 'none' : `zstd:${c.compression.level}`}${encrypted ? `, encryption aes-256-gcm, key slot ${repo.keySlot?.slice(5, 13) ?? ''}` : ''})\n`,
           );
           if (modes)
             process.stdout.write(
