@@ -21,6 +21,7 @@ import {
   ObjectBuilder,
   ObjectKind,
   OBJECT_HEADER_BYTES,
+  PAGE_BYTES,
   PAGE_ENTRIES,
   SHARD_ENTRIES,
   objectNameOf,
@@ -155,6 +156,7 @@ export class ChunkIndex {
   private readonly writing = new Set<Map<string, IndexEntry[]>>();
   private readonly cache: PageCache;
   private reloading: Promise<void> | undefined;
+  private readonly scratch: Buffer[] = [];
   private readonly mergeThreshold: number;
   private readonly shardEntries: number;
   private readonly maxPending: number;
@@ -165,7 +167,7 @@ export class ChunkIndex {
     private readonly sealer: SectionSealer,
     opts: ChunkIndexOptions,
   ) {
-    this.cache = new PageCache(opts.pageCacheBytes ?? 16 * 1024 * 1024);
+    this.cache = new PageCache(opts.pageCacheBytes ?? 16 * 1024 * 1024, PAGE_BYTES);
     this.mergeThreshold = opts.mergeThreshold ?? 32;
     this.shardEntries = Math.min(Math.max(opts.shardEntries ?? SHARD_ENTRIES, PAGE_ENTRIES), SHARD_ENTRIES);
     this.maxPending = Math.min(opts.maxPendingEntries ?? 2 ** 17, MAX_OBJECT_ENTRIES);
@@ -271,9 +273,14 @@ export class ChunkIndex {
       const live = all.filter((o) => !superseded.has(o.name));
       const missing = live.filter((o) => o.lookup === undefined);
       let changed = false;
+      const scratch: Buffer[] = [];
       await mapLimit(missing, this.concurrency, async (o) => {
+        // Sealed sections are read into reused buffers (one per load in flight): loading a
+        // 10 M-entry index allocates little more than the filters and directories it keeps.
+        let buf = scratch.pop();
+        if (!buf || buf.length < o.pre.lookupBytes) buf = Buffer.allocUnsafeSlow(o.pre.lookupBytes);
         try {
-          const sealed = Buffer.alloc(o.pre.lookupBytes);
+          const sealed = buf.subarray(0, o.pre.lookupBytes);
           await this.backend.getRangeInto(o.key, o.pre.lookupOffset, sealed);
           o.lookup = parseLookup(this.sealer, o.header, o.pre, sealed);
         } catch (err) {
@@ -284,6 +291,8 @@ export class ChunkIndex {
             this.markDamaged(o.key, err.reason);
             changed = true;
           } else throw err;
+        } finally {
+          scratch.push(buf);
         }
       });
       if (changed) continue; // a set may be incomplete now, so what it superseded is live again
@@ -417,30 +426,44 @@ export class ChunkIndex {
     const lo = lowerBound(lookup.directory, pre.pages, id, false);
     const hi = lowerBound(lookup.directory, pre.pages, id, true);
     for (let p = Math.max(0, lo - 1); p < Math.max(hi, lo); p++) {
-      const page = await this.page(o, p);
-      // first entry with id ≥ target
-      let a = 0;
-      let b = page.length / ENTRY_BYTES;
-      while (a < b) {
-        const mid = (a + b) >>> 1;
-        if (page.compare(id, 0, 32, mid * ENTRY_BYTES, mid * ENTRY_BYTES + 32) < 0) a = mid + 1;
-        else b = mid;
-      }
-      for (let i = a; i * ENTRY_BYTES < page.length; i++) {
-        const at = i * ENTRY_BYTES;
-        if (page.compare(id, 0, 32, at, at + 32) !== 0) return;
-        if (!this.voids.covers(page, page.readUInt32BE(at + 48), at + 32)) out.push(decodeEntry(page, at));
-      }
+      const more = await this.withPage(o, p, (page) => this.scanPage(page, id, out));
+      if (!more) return;
     }
   }
 
-  private page(o: LiveObject, p: number): Promise<Buffer> {
-    return this.cache.get(`${o.name}:${p}`, async () => {
+  /** Appends the entries of `id` in `page` to `out`; false once past them. */
+  private scanPage(page: Buffer, id: Buffer, out: IndexEntry[]): boolean {
+    let a = 0; // first entry with id ≥ target
+    let b = page.length / ENTRY_BYTES;
+    while (a < b) {
+      const mid = (a + b) >>> 1;
+      if (page.compare(id, 0, 32, mid * ENTRY_BYTES, mid * ENTRY_BYTES + 32) < 0) a = mid + 1;
+      else b = mid;
+    }
+    for (let i = a; i * ENTRY_BYTES < page.length; i++) {
+      const at = i * ENTRY_BYTES;
+      if (page.compare(id, 0, 32, at, at + 32) !== 0) return false;
+      if (!this.voids.covers(page, page.readUInt32BE(at + 48), at + 32)) out.push(decodeEntry(page, at));
+    }
+    return true;
+  }
+
+  /** Runs `fn` on page p of `o` (through the LRU; `fn` must not keep the buffer). */
+  private withPage<T>(o: LiveObject, p: number, fn: (page: Buffer) => T): Promise<T> {
+    const fetch = async (store: (page: Buffer) => void) => {
       const span = pageSpan(this.sealer, o.pre, p);
-      const sealed = Buffer.alloc(span.length);
-      await this.backend.getRangeInto(o.key, span.offset, sealed);
-      return parsePage(this.sealer, o.header.salt, o.pre, o.lookup.directory, p, sealed);
-    });
+      // Sealed pages are read into reused scratch buffers and the opened page is copied into
+      // the cache's slab: no allocation per page fetched beyond what the sealer makes.
+      const scratch = this.scratch.pop() ?? Buffer.alloc(this.sealer.sealedBytes(PAGE_BYTES));
+      try {
+        const sealed = scratch.subarray(0, span.length);
+        await this.backend.getRangeInto(o.key, span.offset, sealed);
+        store(parsePage(this.sealer, o.header.salt, o.pre, o.lookup.directory, p, sealed));
+      } finally {
+        if (this.scratch.length < 64) this.scratch.push(scratch);
+      }
+    };
+    return this.cache.use(`${o.name}:${p}`, fetch, fn);
   }
 
   // ---- writing ----

@@ -220,7 +220,7 @@ export interface Lookup {
   filter: Buffer;
 }
 
-/** Opens and validates section 1; the result owns its memory (exact-size copies). */
+/** Opens and validates section 1; the result holds no reference to `sealed`. */
 export function parseLookup(sealer: SectionSealer, header: ObjectHeader, pre: Preamble, sealed: Uint8Array): Lookup {
   const want = lookupPlaintextBytes(pre);
   const p = open(sealer, header.salt, 1, sealed, want);
@@ -230,10 +230,11 @@ export function parseLookup(sealer: SectionSealer, header: ObjectHeader, pre: Pr
     if (p.compare(p, i - 8, i, i, i + 8) < 0) throw new IndexObjectDamage('page directory is out of order');
   if (pre.pages > 0 && p.compare(pre.firstId, 0, 8, 0, 8) !== 0)
     throw new IndexObjectDamage('page directory does not start at the first id');
-  return {
-    directory: Buffer.from(p.subarray(0, dirBytes)),
-    filter: Buffer.from(p.subarray(dirBytes)),
-  };
+  // Views of the opened section when it owns its memory (a fresh buffer of exactly its size), so
+  // loading allocates nothing more; copies otherwise.
+  const owned = p.byteOffset === 0 && p.buffer.byteLength === p.length && !(sealed.buffer === p.buffer);
+  const q = owned ? p : Buffer.from(p);
+  return { directory: q.subarray(0, dirBytes), filter: q.subarray(dirBytes) };
 }
 
 /** Opens and validates page p (section 2 + p); returns its entries' bytes. */
