@@ -37,7 +37,8 @@ for (let i = 0; i < lookups; i += batch) {
   );
 }
 const status = readFileSync('/proc/self/status', 'utf8');
-const kib = (name: string) => Number(/(\d+)\s*kB/.exec(status.split('\n').find((l) => l.startsWith(name)) ?? '')?.[1]);
+const kib = (name: string) =>
+  Number(/(\d+)\s*kB/.exec(status.split('\n').find((l) => l.startsWith(name)) ?? '')?.[1]);
 console.log(
   JSON.stringify({
     vmHwmBytes: kib('VmHWM:') * 1024,

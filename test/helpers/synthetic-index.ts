@@ -50,7 +50,8 @@ export interface SyntheticIndex {
 /** Sorted, distinct random 8-byte prefixes in [lo·2^32, hi·2^32). */
 function sortedPrefixes(n: number, lo: number, hi: number): BigUint64Array {
   const raw = new Uint32Array(2 * n);
-  for (let off = 0; off < raw.length; off += 16384) randomFillSync(raw.subarray(off, Math.min(raw.length, off + 16384)));
+  for (let off = 0; off < raw.length; off += 16384)
+    randomFillSync(raw.subarray(off, Math.min(raw.length, off + 16384)));
   const out = new BigUint64Array(n);
   const span = hi - lo;
   for (let i = 0; i < n; i++) {
@@ -62,7 +63,11 @@ function sortedPrefixes(n: number, lo: number, hi: number): BigUint64Array {
 }
 
 /** Encoded entries in id order from sorted prefixes (duplicate prefixes dropped). */
-function encodeRun(prefixes: BigUint64Array, perPack: number, state: { pack: Buffer; inPack: number }): Buffer {
+function encodeRun(
+  prefixes: BigUint64Array,
+  perPack: number,
+  state: { pack: Buffer; inPack: number },
+): Buffer {
   const buf = Buffer.alloc(prefixes.length * ENTRY_BYTES);
   randomFillSync(buf);
   let n = 0;
@@ -129,7 +134,14 @@ export async function generateSyntheticIndex(o: SyntheticIndexOptions): Promise<
     const run = encodeRun(sortedPrefixes(Math.max(0, n), lo, hi), perPack, state);
     const builder = new ObjectBuilder(
       sealer,
-      { kind: ObjectKind.base, generation: 1, sessionId: Buffer.alloc(16), createdMs: Date.now(), setId, shardNumber: s },
+      {
+        kind: ObjectKind.base,
+        generation: 1,
+        sessionId: Buffer.alloc(16),
+        createdMs: Date.now(),
+        setId,
+        shardNumber: s,
+      },
       n,
     );
     add(builder, run);
@@ -141,7 +153,14 @@ export async function generateSyntheticIndex(o: SyntheticIndexOptions): Promise<
     randomFillSync(id);
     const builder = new ObjectBuilder(
       sealer,
-      { kind: ObjectKind.delta, generation: 2, sessionId: id, createdMs: Date.now(), setId: id, shardNumber: 0 },
+      {
+        kind: ObjectKind.delta,
+        generation: 2,
+        sessionId: id,
+        createdMs: Date.now(),
+        setId: id,
+        shardNumber: 0,
+      },
       run.length / ENTRY_BYTES,
     );
     add(builder, run);
@@ -159,7 +178,9 @@ async function main(argv: string[]): Promise<void> {
   const repo = arg('repo');
   const entries = Number(arg('entries') ?? NaN);
   if (!repo || !Number.isSafeInteger(entries) || entries < 0) {
-    console.error('usage: synthetic-index.ts --repo DIR --entries N [--id-hex 64] [--deltas 4] [--delta-entries 2000] [--sample FILE] [--sample-every 100]');
+    console.error(
+      'usage: synthetic-index.ts --repo DIR --entries N [--id-hex 64] [--deltas 4] [--delta-entries 2000] [--sample FILE] [--sample-every 100]',
+    );
     process.exit(2);
   }
   const r = await generateSyntheticIndex({

@@ -37,7 +37,15 @@ import {
 } from './object.js';
 import { PageCache } from './page-cache.js';
 import type { SectionSealer } from './sealer.js';
-import { VOID_MAX_BYTES, VOID_PREFIX, VoidSet, decodeVoid, encodeVoids, voidNameOf, type VoidRecord } from './voids.js';
+import {
+  VOID_MAX_BYTES,
+  VOID_PREFIX,
+  VoidSet,
+  decodeVoid,
+  encodeVoids,
+  voidNameOf,
+  type VoidRecord,
+} from './voids.js';
 
 export interface ChunkIndexOptions {
   /** Bytes of opened pages kept (least recently used out). Default 16 MiB. */
@@ -175,7 +183,11 @@ export class ChunkIndex {
   }
 
   /** Lists `index/` and `quarantine/`, reads preambles, drops superseded objects, reads lookup sections. */
-  static async load(backend: Backend, sealer: SectionSealer, opts: ChunkIndexOptions = {}): Promise<ChunkIndex> {
+  static async load(
+    backend: Backend,
+    sealer: SectionSealer,
+    opts: ChunkIndexOptions = {},
+  ): Promise<ChunkIndex> {
     const index = new ChunkIndex(backend, sealer, opts);
     await index.refresh();
     return index;
@@ -205,7 +217,8 @@ export class ChunkIndex {
     const listed = new Map<string, ObjectInfo>();
     for await (const info of this.backend.list(INDEX_PREFIX)) {
       const name = objectNameOf(info.key);
-      if (name === undefined) this.damage.set(info.key, { key: info.key, reason: 'not an index object name' });
+      if (name === undefined)
+        this.damage.set(info.key, { key: info.key, reason: 'not an index object name' });
       else listed.set(name, info);
     }
     for (const name of [...this.known.keys()])
@@ -309,7 +322,10 @@ export class ChunkIndex {
    * so damaged or hostile objects cannot form a cycle.
    */
   private supersededBy(objects: ObjectState[]): Set<string> {
-    const sets = new Map<string, { count: number; shards: Set<number>; members: ObjectState[]; bad: boolean }>();
+    const sets = new Map<
+      string,
+      { count: number; shards: Set<number>; members: ObjectState[]; bad: boolean }
+    >();
     for (const o of objects) {
       const id = o.pre.setId.toString('hex');
       let s = sets.get(id);
@@ -349,7 +365,8 @@ export class ChunkIndex {
     }
     await mapLimit(fresh, this.concurrency, async (info) => {
       try {
-        if (info.sizeBytes > VOID_MAX_BYTES) throw new Error(`${info.sizeBytes} bytes is above the ${VOID_MAX_BYTES}-byte limit`);
+        if (info.sizeBytes > VOID_MAX_BYTES)
+          throw new Error(`${info.sizeBytes} bytes is above the ${VOID_MAX_BYTES}-byte limit`);
         const bytes = Buffer.alloc(info.sizeBytes);
         await this.backend.getRangeInto(info.key, 0, bytes);
         for (const r of decodeVoid(this.sealer, info.key, bytes)) this.voids.add(r);
@@ -618,7 +635,10 @@ export class ChunkIndex {
     after: Buffer | undefined,
     damageThrows: boolean,
   ): AsyncGenerator<[Buffer, number]> {
-    const pagesPerRead = Math.max(1, Math.min(32, Math.floor(MERGE_READ_BYTES / (Math.max(1, objects.length) * 4096))));
+    const pagesPerRead = Math.max(
+      1,
+      Math.min(32, Math.floor(MERGE_READ_BYTES / (Math.max(1, objects.length) * 4096))),
+    );
     const cursors: Cursor[] = [];
     for (const o of objects) {
       if (o.pre.entries === 0) continue;
@@ -699,7 +719,9 @@ export class ChunkIndex {
    * supersede what they read in full; those are deleted only once the new ones are durable.
    * Undefined when nothing was worth doing, or when an input vanished (another compactor).
    */
-  async compact(opts: { sessionId?: Buffer; force?: 'merge' | 'base' } = {}): Promise<CompactResult | undefined> {
+  async compact(
+    opts: { sessionId?: Buffer; force?: 'merge' | 'base' } = {},
+  ): Promise<CompactResult | undefined> {
     const live = this.live;
     const base = live.filter(isBase);
     const nonBase = live.filter((o) => !isBase(o));
@@ -955,7 +977,8 @@ class SetWriter {
   }
 
   async add(b: Buffer, at: number): Promise<void> {
-    if (this.builder && (this.cut || this.builder.entries >= this.o.shardEntries)) await this.writeShard(false);
+    if (this.builder && (this.cut || this.builder.entries >= this.o.shardEntries))
+      await this.writeShard(false);
     this.cut = false;
     this.builder ??= this.newBuilder();
     this.builder.add(b, at);

@@ -35,17 +35,21 @@ export function packKey(e: { pack: Buffer; kind: RecordKind }): string {
 }
 
 function u32(name: string, v: number): number {
-  if (!Number.isInteger(v) || v < 0 || v > U32_MAX) throw new RangeError(`index entry ${name} ${v} is not a u32`);
+  if (!Number.isInteger(v) || v < 0 || v > U32_MAX)
+    throw new RangeError(`index entry ${name} ${v} is not a u32`);
   return v;
 }
 
 /** Writes `e` as 64 bytes at `out[at…]` (throws RangeError on a field out of range). */
 export function encodeEntryInto(e: IndexEntry, out: Uint8Array, at: number): void {
-  if (e.id.length !== ENTRY_ID_BYTES) throw new RangeError(`an index entry id is 32 bytes, not ${e.id.length}`);
-  if (e.pack.length !== PACK_NAME_BYTES) throw new RangeError(`a pack name is 16 bytes, not ${e.pack.length}`);
+  if (e.id.length !== ENTRY_ID_BYTES)
+    throw new RangeError(`an index entry id is 32 bytes, not ${e.id.length}`);
+  if (e.pack.length !== PACK_NAME_BYTES)
+    throw new RangeError(`a pack name is 16 bytes, not ${e.pack.length}`);
   if (e.kind !== 1 && e.kind !== 2 && e.kind !== 3 && e.kind !== 4)
     throw new RangeError(`index entry kind ${String(e.kind)} is not 1..4`);
-  if (e.codec !== 0 && e.codec !== 1) throw new RangeError(`index entry codec ${String(e.codec)} is not 0 or 1`);
+  if (e.codec !== 0 && e.codec !== 1)
+    throw new RangeError(`index entry codec ${String(e.codec)} is not 0 or 1`);
   const b = Buffer.from(out.buffer, out.byteOffset + at, ENTRY_BYTES);
   e.id.copy(b, 0);
   e.pack.copy(b, 32);

@@ -87,7 +87,11 @@ export function pageEntries(entries: number, p: number): number {
 }
 
 /** Byte offset and sealed length of page p (section 2 + p). */
-export function pageSpan(sealer: SectionSealer, pre: Preamble, p: number): { offset: number; length: number } {
+export function pageSpan(
+  sealer: SectionSealer,
+  pre: Preamble,
+  p: number,
+): { offset: number; length: number } {
   const { pagesOffset, fullPageBytes } = pageLayout(sealer, pre);
   return {
     offset: pagesOffset + p * fullPageBytes,
@@ -118,7 +122,9 @@ export function parseHeader(b: Buffer, objectBytes: number, sealer: SectionSeale
   const preambleBytes = b.readUInt32BE(24);
   const max = sealer.sealedBytes(MAX_PREAMBLE_BYTES);
   if (preambleBytes === 0 || preambleBytes > max || OBJECT_HEADER_BYTES + preambleBytes > objectBytes)
-    throw new IndexObjectDamage(`preamble length ${preambleBytes} is impossible for a ${objectBytes}-byte object`);
+    throw new IndexObjectDamage(
+      `preamble length ${preambleBytes} is impossible for a ${objectBytes}-byte object`,
+    );
   return { salt: Buffer.from(b.subarray(8, 8 + SALT_BYTES)), preambleBytes };
 }
 
@@ -126,7 +132,9 @@ function open(sealer: SectionSealer, salt: Buffer, section: number, sealed: Uint
   try {
     return sealer.open(salt, section, sealed, max);
   } catch (err) {
-    throw new IndexObjectDamage(`section ${section} does not open (${err instanceof Error ? err.message : String(err)})`);
+    throw new IndexObjectDamage(
+      `section ${section} does not open (${err instanceof Error ? err.message : String(err)})`,
+    );
   }
 }
 
@@ -149,7 +157,8 @@ export function parsePreamble(
   if (p[4] !== INDEX_OBJECT_VERSION) throw new IndexObjectDamage(`unknown preamble version ${p[4]}`);
   const kind = p[5]!;
   if (kind < 1 || kind > 4) throw new IndexObjectDamage(`unknown index object kind ${kind}`);
-  if (p[6] !== 0 || p[7] !== 0 || p[145] !== 0) throw new IndexObjectDamage('preamble reserved bytes are not zero');
+  if (p[6] !== 0 || p[7] !== 0 || p[145] !== 0)
+    throw new IndexObjectDamage('preamble reserved bytes are not zero');
   const generation = Number(p.readBigUInt64BE(8));
   const createdMs = Number(p.readBigUInt64BE(32));
   if (!Number.isSafeInteger(generation) || generation < 1)
@@ -176,7 +185,8 @@ export function parsePreamble(
   const lookupBytes = p.readUInt32BE(140);
   const filterBits = p[144]!;
   const n = p.readUInt16BE(146);
-  if (n > MAX_SUPERSEDES) throw new IndexObjectDamage(`supersedes ${n} objects, above the limit of ${MAX_SUPERSEDES}`);
+  if (n > MAX_SUPERSEDES)
+    throw new IndexObjectDamage(`supersedes ${n} objects, above the limit of ${MAX_SUPERSEDES}`);
   if (p.length !== PREAMBLE_FIXED_BYTES + n * NAME_BYTES)
     throw new IndexObjectDamage(`preamble of ${p.length} bytes does not hold ${n} superseded names`);
   if (filterBits !== filterLog2(entries))
@@ -221,7 +231,12 @@ export interface Lookup {
 }
 
 /** Opens and validates section 1; the result holds no reference to `sealed`. */
-export function parseLookup(sealer: SectionSealer, header: ObjectHeader, pre: Preamble, sealed: Uint8Array): Lookup {
+export function parseLookup(
+  sealer: SectionSealer,
+  header: ObjectHeader,
+  pre: Preamble,
+  sealed: Uint8Array,
+): Lookup {
   const want = lookupPlaintextBytes(pre);
   const p = open(sealer, header.salt, 1, sealed, want);
   if (p.length !== want) throw new IndexObjectDamage(`lookup section holds ${p.length} bytes, not ${want}`);
@@ -355,7 +370,8 @@ export class ObjectBuilder {
   }
 
   finish(shardCount: number, supersedes: readonly string[]): BuiltObject {
-    if (supersedes.length > MAX_SUPERSEDES) throw new RangeError(`an index object supersedes at most ${MAX_SUPERSEDES}`);
+    if (supersedes.length > MAX_SUPERSEDES)
+      throw new RangeError(`an index object supersedes at most ${MAX_SUPERSEDES}`);
     if (this.inPage > 0) this.sealPage();
     const pages = this.sealedPages.length;
     const log2 = filterLog2(this.count);

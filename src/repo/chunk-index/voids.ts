@@ -42,7 +42,8 @@ function toJson(r: VoidRecord): VoidJson {
   if (r.pack.length !== 16) throw new RangeError(`a pack name is 16 bytes, not ${r.pack.length}`);
   if (r.offset !== '*' && (!Number.isInteger(r.offset) || r.offset < 0 || r.offset > 0xffffffff))
     throw new RangeError(`void offset ${String(r.offset)} is not a u32 or '*'`);
-  if (r.id !== undefined && r.id.length !== 32) throw new RangeError(`a record id is 32 bytes, not ${r.id.length}`);
+  if (r.id !== undefined && r.id.length !== 32)
+    throw new RangeError(`a record id is 32 bytes, not ${r.id.length}`);
   return {
     pack: r.pack.toString('hex'),
     offset: r.offset,
@@ -55,13 +56,18 @@ function toJson(r: VoidRecord): VoidJson {
 function fromJson(v: unknown): VoidRecord {
   if (typeof v !== 'object' || v === null) throw new Error('a void record is not an object');
   const o = v as Record<string, unknown>;
-  if (typeof o.pack !== 'string' || !/^[0-9a-f]{32}$/.test(o.pack)) throw new Error('a void record has no pack name');
+  if (typeof o.pack !== 'string' || !/^[0-9a-f]{32}$/.test(o.pack))
+    throw new Error('a void record has no pack name');
   const offset = o.offset;
-  if (offset !== '*' && !(typeof offset === 'number' && Number.isInteger(offset) && offset >= 0 && offset <= 0xffffffff))
+  if (
+    offset !== '*' &&
+    !(typeof offset === 'number' && Number.isInteger(offset) && offset >= 0 && offset <= 0xffffffff)
+  )
     throw new Error('a void record has no offset');
   if (o.id !== undefined && (typeof o.id !== 'string' || !/^[0-9a-f]{64}$/.test(o.id)))
     throw new Error('a void record has a malformed id');
-  if (typeof o.reason !== 'string' || o.reason.length > MAX_REASON_CHARS) throw new Error('a void record has no reason');
+  if (typeof o.reason !== 'string' || o.reason.length > MAX_REASON_CHARS)
+    throw new Error('a void record has no reason');
   const timeMs = typeof o.time === 'string' ? Date.parse(o.time) : NaN;
   if (!Number.isFinite(timeMs)) throw new Error('a void record has no time');
   return {
@@ -74,7 +80,10 @@ function fromJson(v: unknown): VoidRecord {
 }
 
 /** Seals `records` as void objects of at most VOID_MAX_BYTES each: [key, bytes][]. */
-export function encodeVoids(sealer: SectionSealer, records: readonly VoidRecord[]): { key: string; bytes: Buffer }[] {
+export function encodeVoids(
+  sealer: SectionSealer,
+  records: readonly VoidRecord[],
+): { key: string; bytes: Buffer }[] {
   const out: { key: string; bytes: Buffer }[] = [];
   const jsons = records.map(toJson);
   const head = `{"format":"${VOID_FORMAT}","version":${VOID_VERSION},"records":[`;
@@ -103,7 +112,8 @@ export function encodeVoids(sealer: SectionSealer, records: readonly VoidRecord[
 export function decodeVoid(sealer: SectionSealer, key: string, bytes: Uint8Array): VoidRecord[] {
   const name = voidNameOf(key);
   if (name === undefined) throw new Error(`${key} is not a void record name`);
-  if (bytes.length > VOID_MAX_BYTES) throw new Error(`${bytes.length} bytes is above the ${VOID_MAX_BYTES}-byte limit`);
+  if (bytes.length > VOID_MAX_BYTES)
+    throw new Error(`${bytes.length} bytes is above the ${VOID_MAX_BYTES}-byte limit`);
   let plain: Buffer;
   try {
     plain = sealer.open(Buffer.from(name, 'hex'), 0, bytes, VOID_MAX_BYTES);

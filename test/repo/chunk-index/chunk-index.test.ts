@@ -101,7 +101,7 @@ describe.each(stacks)('chunk index on a %s backend', (_name, makeStack) => {
     // Same bytes 0–27 (every filter probe) and same 8-byte page prefix: the filter says yes.
     for (const e of es.slice(0, 50)) {
       const twin = Buffer.from(e.id);
-      twin[31] ^= 0xff;
+      twin[31] = twin[31]! ^ 0xff;
       expect(await fresh.lookup(twin)).toBeUndefined();
       expect(await fresh.lookupAll(twin)).toEqual([]);
     }
@@ -128,7 +128,12 @@ describe.each(stacks)('chunk index on a %s backend', (_name, makeStack) => {
     expect(got[0]).toEqual(c); // pending first
     const fresh = await ChunkIndex.load(stack(), sealer);
     expect((await fresh.lookupAll(a.id)).sort(compareEntries)).toEqual([a, b2].sort(compareEntries));
-    expect(fresh.liveObjects().map((o) => o.generation).sort()).toEqual([1, 2]);
+    expect(
+      fresh
+        .liveObjects()
+        .map((o) => o.generation)
+        .sort(),
+    ).toEqual([1, 2]);
   });
 
   it('merges deltas into one object that supersedes them; the old ones are deleted; entries() stays sorted and whole', async () => {
@@ -279,9 +284,18 @@ describe.each(stacks)('chunk index on a %s backend', (_name, makeStack) => {
     flipped[flipped.length - 100]! ^= 1; // inside the last page: found at lookup, not at load
     await b.put(`index/${flipPage!.name}`, flipped);
     await b.put(`index/${truncated!.name}`, truncated!.bytes.subarray(0, truncated!.bytes.length - 10));
-    await b.put(`index/${hugeCount!.name}`, editPreamble(hugeCount!.bytes, (p) => p.writeUInt32BE(0xfffffff0, 40)));
-    await b.put(`index/${hugeSupersedes!.name}`, editPreamble(hugeSupersedes!.bytes, (p) => p.writeUInt16BE(65535, 146)));
-    await b.put(`index/${wrongPages!.name}`, editPreamble(wrongPages!.bytes, (p) => p.writeUInt32BE(99999, 44)));
+    await b.put(
+      `index/${hugeCount!.name}`,
+      editPreamble(hugeCount!.bytes, (p) => p.writeUInt32BE(0xfffffff0, 40)),
+    );
+    await b.put(
+      `index/${hugeSupersedes!.name}`,
+      editPreamble(hugeSupersedes!.bytes, (p) => p.writeUInt16BE(65535, 146)),
+    );
+    await b.put(
+      `index/${wrongPages!.name}`,
+      editPreamble(wrongPages!.bytes, (p) => p.writeUInt32BE(99999, 44)),
+    );
     const fp = Buffer.from(flipPreamble!.bytes);
     fp[40]! ^= 0x10;
     await b.put(`index/${flipPreamble!.name}`, fp);
@@ -319,7 +333,13 @@ describe.each(stacks)('chunk index on a %s backend', (_name, makeStack) => {
     await index.writeDelta(session);
     const voidKeys = await index.writeVoid([
       { pack, offset: '*', reason: 'pack trailer unreadable', timeMs: Date.now() },
-      { pack: single.pack, offset: single.offset, id: single.id, reason: 'record does not open', timeMs: Date.now() },
+      {
+        pack: single.pack,
+        offset: single.offset,
+        id: single.id,
+        reason: 'record does not open',
+        timeMs: Date.now(),
+      },
     ]);
     expect(voidKeys.length).toBe(1);
     expect(voidKeys[0]).toMatch(/^quarantine\/[0-9a-f]{32}$/);

@@ -33,7 +33,11 @@ describe('index entries', () => {
     const es = randomEntries(200);
     const id = randomBytes(32);
     const pack = randomBytes(16);
-    es.push({ ...es[0]!, id, pack, offset: 9 }, { ...es[0]!, id, pack, offset: 10 }, { ...es[0]!, id, offset: 1 });
+    es.push(
+      { ...es[0]!, id, pack, offset: 9 },
+      { ...es[0]!, id, pack, offset: 10 },
+      { ...es[0]!, id, offset: 1 },
+    );
     const byFields = [...es].sort(compareEntries);
     const byBytes = [...es].sort((a, b) => encodeEntry(a).compare(encodeEntry(b)));
     expect(byBytes).toEqual(byFields);
