@@ -6,7 +6,6 @@ import { filterHas } from './bloom.js';
 import {
   ENTRY_BYTES,
   ENTRY_ID_BYTES,
-  ENTRY_SORT_BYTES,
   compareEncoded,
   decodeEntry,
   encodeEntryInto,
