@@ -30,3 +30,28 @@ export async function ext4Images(): Promise<{ base: string; clone: string; sizeB
   const sizeBytes = Number((await sh(`du -B1 --apparent-size ${base} | cut -f1`)).trim());
   return { base, clone, sizeBytes };
 }
+
+/**
+ * The first `sliceMiB` MiB of the ext4 image (a quick stand-in with the same kind of data), and
+ * its clone: the slice with 1/64 of it rewritten in the middle, as the full image's clone has.
+ */
+export async function ext4Slice(sliceMiB = 512): Promise<{ base: string; clone: string; sizeBytes: number }> {
+  const full = await ext4Images();
+  const base = join(CACHE, `ext4-slice-${sliceMiB}M.raw`);
+  const clone = join(CACHE, `ext4-slice-${sliceMiB}M-clone.raw`);
+  if (!existsSync(base))
+    await sh(
+      `dd if=${full.base} of=${base}.tmp bs=1M count=${sliceMiB} conv=sparse status=none && mv ${base}.tmp ${base}`,
+    );
+  if (!existsSync(clone)) {
+    const changedMiB = Math.max(1, sliceMiB / 64);
+    await sh(
+      `cp --sparse=always ${base} ${clone}.tmp && head -c ${changedMiB}M /dev/urandom | dd of=${clone}.tmp bs=1M seek=${sliceMiB / 2} conv=notrunc,sparse status=none && mv ${clone}.tmp ${clone}`,
+    );
+  }
+  return { base, clone, sizeBytes: sliceMiB * 2 ** 20 };
+}
+
+/** The bench image and its clone: the whole ext4 image, or with `quick` its 512 MiB slice. */
+export const benchImages = (quick: boolean): Promise<{ base: string; clone: string; sizeBytes: number }> =>
+  quick ? ext4Slice(512) : ext4Images();

@@ -1,5 +1,7 @@
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 export interface Measurement {
   name: string;
@@ -10,6 +12,29 @@ export interface Measurement {
   exitCode: number;
   stdout: string;
   stderr: string;
+  /** fsync + fdatasync calls of the process and its threads and children (with `fsyncs: true`). */
+  fsyncs?: number;
+}
+
+export interface MeasureOptions {
+  /**
+   * Count fsync and fdatasync calls with `strace -f -c --seccomp-bpf` (only those two system calls
+   * stop the tracee, so the overhead is one ptrace stop per call). Ignored when strace is missing.
+   */
+  fsyncs?: boolean;
+}
+
+export const hasStrace = (): boolean => existsSync('/usr/bin/strace');
+
+/** The calls of fsync and fdatasync in an `strace -c` summary. */
+export function fsyncCalls(summary: string): number {
+  let n = 0;
+  for (const line of summary.split('\n')) {
+    const f = line.trim().split(/\s+/);
+    // % time, seconds, usecs/call, calls, [errors], syscall
+    if (f.length >= 5 && (f.at(-1) === 'fsync' || f.at(-1) === 'fdatasync')) n += Number(f[3]);
+  }
+  return n;
 }
 
 /** Runs a command under /usr/bin/time -v and returns wall time and peak RSS. */
@@ -18,11 +43,17 @@ export async function measure(
   cmd: string,
   args: string[],
   env: NodeJS.ProcessEnv = {},
+  opts: MeasureOptions = {},
 ): Promise<Measurement> {
   if (!existsSync('/usr/bin/time')) throw new Error('/usr/bin/time is missing: apt-get install time');
+  const traceDir = opts.fsyncs && hasStrace() ? mkdtempSync(join(tmpdir(), 'bench-strace-')) : undefined;
+  const traceFile = traceDir ? join(traceDir, 'summary') : '';
+  const argv = traceDir
+    ? ['strace', '-f', '-c', '--seccomp-bpf', '-e', 'trace=fsync,fdatasync', '-o', traceFile, cmd, ...args]
+    : [cmd, ...args];
   const start = process.hrtime.bigint();
   return new Promise((resolve, reject) => {
-    const p = spawn('/usr/bin/time', ['-v', cmd, ...args], {
+    const p = spawn('/usr/bin/time', ['-v', ...argv], {
       env: { ...process.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -44,6 +75,10 @@ export async function measure(
         stdout: out,
         stderr: err,
       };
+      if (traceDir) {
+        m.fsyncs = existsSync(traceFile) ? fsyncCalls(readFileSync(traceFile, 'utf8')) : NaN;
+        rmSync(traceDir, { recursive: true, force: true });
+      }
       if (code !== 0) reject(new Error(`${name}: ${cmd} exited ${code}\n${err.slice(-2000)}`));
       else resolve(m);
     });
@@ -67,4 +102,29 @@ export async function sh(script: string): Promise<string> {
       code === 0 ? resolve(out) : reject(new Error(`bash exited ${code}: ${script.slice(0, 200)}`)),
     );
   });
+}
+
+/** Objects (files) and their bytes in a local repository, leaving out `tmp/` and `locks/`. */
+export async function repoUsage(dir: string): Promise<{ objects: number; bytes: number }> {
+  const sizes = (
+    await sh(
+      `find '${dir}' \\( -path '${dir}/tmp' -o -path '${dir}/locks' \\) -prune -o -type f -printf '%s\\n'`,
+    )
+  )
+    .split('\n')
+    .filter(Boolean)
+    .map(Number);
+  return { objects: sizes.length, bytes: sizes.reduce((a, b) => a + b, 0) };
+}
+
+/** Whether `bin COMMAND --help` lists OPTION (for options only some builds have). */
+export async function hasOption(bin: string, command: string, option: string): Promise<boolean> {
+  const help = await sh(`'${bin}' ${command} --help 2>&1 || true`);
+  return new RegExp(`(^|[\\s,])${option.replace(/[-]/g, '\\-')}([\\s=<]|$)`, 'm').test(help);
+}
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length === 0 ? NaN : s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
