@@ -10,6 +10,7 @@ afterAll(() => tmp.cleanup());
 /** VMVAULT_TEST_KDF_N: test-only small scrypt parameters, so each slot costs milliseconds. */
 const env = (password?: string, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv => ({
   VMVAULT_TEST_KDF_N: '16384',
+  VMVAULT_EXPERIMENTAL_ENCRYPTION: '1',
   VMVAULT_PASSWORD: password ?? '',
   VMVAULT_PASSWORD_FILE: '',
   VMVAULT_PASSWORD_COMMAND: '',

@@ -36,6 +36,13 @@ export function initCommand(): Command {
         const location = repoArg ?? opts.repo;
         if (!location) throw new UsageError('no repository location given', 'vmvault init DIR');
         const encrypted = opts.encryption === 'aes-256-gcm';
+        // Key slots, unlocking and keyed ids work, but this build still writes format 1 objects,
+        // which are not encrypted: never let a user believe their data is. Tests opt in.
+        if (encrypted && process.env.VMVAULT_EXPERIMENTAL_ENCRYPTION !== '1')
+          throw new UsageError(
+            '--encryption aes-256-gcm is not available yet: this build manages keys but does not encrypt chunks and manifests (that comes with repository format 2)',
+            'use --encryption none for now (VMVAULT_EXPERIMENTAL_ENCRYPTION=1 is for tests of key management only)',
+          );
         const chunkSizeBytes = parseSize(opts.chunkSize, 'chunk size');
         const levelZstd = parseCompression(opts.compression);
         const passwordFile = opts.passwordFile ?? globals(cmd).passwordFile;
