@@ -334,14 +334,7 @@ export class BlobCodec {
     const n = payload.length;
     const record = Buffer.from(new ArrayBuffer(RECORD_OVERHEAD + n));
     const aad = writeRecordAad(kind, codec, plaintext.length, id);
-    if (this.deriver === undefined) {
-      record.set(payload, NONCE_BYTES);
-      tagOf([aad, payload], record, NONCE_BYTES + n);
-    } else {
-      nextNonce(record, 0);
-      const key = this.deriveKey(KEY_CONTEXT.record, id);
-      gcmSealInto(key, record.subarray(0, NONCE_BYTES), aad, payload, record, NONCE_BYTES);
-    }
+    this.sealUnit(record, 0, NONCE_BYTES, aad, payload, KEY_CONTEXT.record, id);
     return { record, meta: { kind, codec, plaintextBytes: plaintext.length, id: Buffer.from(id) } };
   }
 
@@ -399,13 +392,60 @@ export class BlobCodec {
     const payload = rec.subarray(NONCE_BYTES, NONCE_BYTES + n);
     const tag = rec.subarray(NONCE_BYTES + n);
     const aad = writeRecordAad(kind, codec, plaintextBytes, id);
+    return this.openUnit(
+      nonce,
+      aad,
+      payload,
+      tag,
+      KEY_CONTEXT.record,
+      id,
+      'record',
+      'damaged, or moved from another id',
+    );
+  }
+
+  /**
+   * Seals `payload` into `out` at `payloadAt`, the nonce at `nonceAt` and the tag right after the
+   * payload: unencrypted, a zero nonce (`out` is fresh) and BLAKE3-128(AAD ‖ payload); encrypted,
+   * AES-256-GCM under the key derived from `context` ‖ `keyInput`. Every sealed unit (records,
+   * trailers, objects) goes through here and `openUnit`.
+   */
+  private sealUnit(
+    out: Buffer,
+    nonceAt: number,
+    payloadAt: number,
+    aad: Uint8Array,
+    payload: Uint8Array,
+    context: Buffer,
+    keyInput: Uint8Array,
+  ): void {
     if (this.deriver === undefined) {
-      if (!isZero(nonce)) throw new BlobFormatError('record nonce is not zero in an unencrypted repository');
-      if (!tagsEqual(tagOf([aad, payload]), tag))
-        throw new BlobFormatError('record integrity tag mismatch (damaged, or moved from another id)');
-      return payload;
+      out.set(payload, payloadAt);
+      tagOf([aad, payload], out, payloadAt + payload.length);
+      return;
     }
-    return gcmOpen(this.deriveKey(KEY_CONTEXT.record, id), nonce, aad, payload, tag, 'record');
+    nextNonce(out, nonceAt);
+    const key = this.deriveKey(context, keyInput);
+    gcmSealInto(key, out.subarray(nonceAt, nonceAt + NONCE_BYTES), aad, payload, out, payloadAt);
+  }
+
+  /** Opens what `sealUnit` sealed; `what` names the unit and `moved` the likely cause in messages. */
+  private openUnit(
+    nonce: Buffer,
+    aad: Uint8Array,
+    body: Buffer,
+    tag: Buffer,
+    context: Buffer,
+    keyInput: Uint8Array,
+    what: string,
+    moved: string,
+  ): Buffer {
+    if (this.deriver !== undefined)
+      return gcmOpen(this.deriveKey(context, keyInput), nonce, aad, body, tag, what);
+    if (!isZero(nonce)) throw new BlobFormatError(`${what} nonce is not zero in an unencrypted repository`);
+    if (!tagsEqual(tagOf([aad, body]), tag))
+      throw new BlobFormatError(`${what} integrity tag mismatch (${moved})`);
+    return body;
   }
 
   private checkRecordId(meta: RecordMeta, plain: Uint8Array): void {
@@ -421,15 +461,8 @@ export class BlobCodec {
       throw new RangeError(`a pack header is ${PACK_HEADER_BYTES} bytes, not ${packHeader.length}`);
     const n = plaintext.length;
     const out = Buffer.from(new ArrayBuffer(TRAILER_OVERHEAD + n));
-    if (this.deriver === undefined) {
-      out.set(plaintext, NONCE_BYTES);
-      tagOf([TRAILER_AAD_MAGIC, packHeader, plaintext], out, NONCE_BYTES + n);
-    } else {
-      nextNonce(out, 0);
-      const key = this.deriveKey(KEY_CONTEXT.trailer, packSalt(packHeader));
-      const aad = Buffer.concat([TRAILER_AAD_MAGIC, packHeader]);
-      gcmSealInto(key, out.subarray(0, NONCE_BYTES), aad, plaintext, out, NONCE_BYTES);
-    }
+    const aad = Buffer.concat([TRAILER_AAD_MAGIC, packHeader]);
+    this.sealUnit(out, 0, NONCE_BYTES, aad, plaintext, KEY_CONTEXT.trailer, packSalt(packHeader));
     return out;
   }
 
@@ -448,14 +481,17 @@ export class BlobCodec {
     const nonce = s.subarray(0, NONCE_BYTES);
     const body = s.subarray(NONCE_BYTES, NONCE_BYTES + n);
     const tag = s.subarray(NONCE_BYTES + n);
-    if (this.deriver === undefined) {
-      if (!isZero(nonce)) throw new BlobFormatError('trailer nonce is not zero in an unencrypted repository');
-      if (!tagsEqual(tagOf([TRAILER_AAD_MAGIC, packHeader, body]), tag))
-        throw new BlobFormatError('trailer integrity tag mismatch');
-      return body;
-    }
-    const key = this.deriveKey(KEY_CONTEXT.trailer, packSalt(packHeader));
-    return gcmOpen(key, nonce, Buffer.concat([TRAILER_AAD_MAGIC, packHeader]), body, tag, 'trailer');
+    const aad = Buffer.concat([TRAILER_AAD_MAGIC, packHeader]);
+    return this.openUnit(
+      nonce,
+      aad,
+      body,
+      tag,
+      KEY_CONTEXT.trailer,
+      packSalt(packHeader),
+      'trailer',
+      'damaged, or of another pack',
+    );
   }
 
   /**
@@ -492,14 +528,7 @@ export class BlobCodec {
     out.writeUInt32BE(n, 12);
     binder.copy(out, 16);
     const aad = objectAad(out, opts.section ?? 0, opts.name);
-    if (this.deriver === undefined) {
-      out.set(payload, OBJECT_HEADER_BYTES);
-      tagOf([aad, payload], out, OBJECT_HEADER_BYTES + n);
-    } else {
-      nextNonce(out, 32);
-      const key = this.deriveKey(KEY_CONTEXT.object, binder);
-      gcmSealInto(key, out.subarray(32, OBJECT_HEADER_BYTES), aad, payload, out, OBJECT_HEADER_BYTES);
-    }
+    this.sealUnit(out, 32, OBJECT_HEADER_BYTES, aad, payload, KEY_CONTEXT.object, binder);
     return out;
   }
 
@@ -554,16 +583,16 @@ export class BlobCodec {
     const nonce = b.subarray(32, OBJECT_HEADER_BYTES);
     const body = b.subarray(OBJECT_HEADER_BYTES, OBJECT_HEADER_BYTES + n);
     const tag = b.subarray(OBJECT_HEADER_BYTES + n);
-    let payload: Buffer;
-    if (this.deriver === undefined) {
-      if (!isZero(nonce)) throw new BlobFormatError('blob nonce is not zero in an unencrypted repository');
-      if (!tagsEqual(tagOf([aad, body]), tag))
-        throw new BlobFormatError('integrity tag mismatch (damaged, or moved from another name)');
-      payload = body;
-    } else {
-      const key = this.deriveKey(KEY_CONTEXT.object, b.subarray(16, 32));
-      payload = gcmOpen(key, nonce, aad, body, tag, `${kind} blob`);
-    }
+    const payload = this.openUnit(
+      nonce,
+      aad,
+      body,
+      tag,
+      KEY_CONTEXT.object,
+      b.subarray(16, 32),
+      `${kind} blob`,
+      'damaged, or moved from another name',
+    );
     if (codec === Codec.NONE) return payload;
     const out = Buffer.from(new ArrayBuffer(plaintextBytes));
     zstdDecompressInto(out, payload, plaintextBytes);
