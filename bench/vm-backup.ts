@@ -4,10 +4,11 @@
  * Full, then incremental after the same guest writes, then a clone's full backup (dedup).
  *   npm run build && npx tsx bench/vm-backup.ts      (root; apt-get install virtnbdbackup)
  */
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CACHE, ext4Images } from './lib/datasets.js';
 import { measure, sh, type Measurement } from './lib/harness.js';
+import { allocatedBytes, startLibvirt } from './lib/vm.js';
 
 if (!existsSync('/usr/bin/virtnbdbackup'))
   throw new Error('install virtnbdbackup first: apt-get install virtnbdbackup');
@@ -15,12 +16,10 @@ const work = join(CACHE, 'run-vm-backup');
 rmSync(work, { recursive: true, force: true });
 mkdirSync(work, { recursive: true });
 await sh(`chmod 755 ${work}`);
-const lv = join(work, 'libvirt');
-// virtnbdbackup treats qemu+unix:// as remote (asks for a password): use the plain form.
-const uri = (await sh(`bash scripts/libvirt-env.sh start ${lv}`)).trim().replace('qemu+unix://', 'qemu://');
+const libvirt = await startLibvirt(join(work, 'libvirt'));
+const { uri } = libvirt;
 const vmvault = join(process.cwd(), 'bin/vmvault');
 const du = async (p: string): Promise<number> => Number((await sh(`du -sb ${p} | cut -f1`)).trim());
-const virsh = (args: string): Promise<string> => sh(`virsh -q -c '${uri}' ${args}`);
 try {
   const { base } = await ext4Images();
   const img1 = join(work, 'vm1.qcow2');
@@ -28,38 +27,10 @@ try {
   await sh(`qemu-img convert -f raw -O qcow2 ${base} ${img1} && cp ${img1} ${img2}`);
   // Write the 4 GB of new images back now, not during the first measured backups.
   await sh('sync');
-  const dataBytes = Number(
-    (
-      await sh(
-        `qemu-img map --output=json ${img1} | python3 -c "import json,sys; print(sum(e['length'] for e in json.load(sys.stdin) if e['data']))"`,
-      )
-    ).trim(),
-  );
-  for (const [name, img] of [
-    ['vm1', img1],
-    ['vm2', img2],
-  ]) {
-    writeFileSync(
-      join(work, `${name}.xml`),
-      `<domain type='qemu'><name>${name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os><features><acpi/></features><devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${img}'/><target dev='vda' bus='virtio'/><alias name='ua-vda'/></disk></devices></domain>`,
-    );
-    await virsh(`define ${join(work, `${name}.xml`)}`);
-  }
-  // A TCG guest spends its first seconds in firmware at 100% of a core: measure a settled VM.
-  const settle = async (name: string): Promise<void> => {
-    const pid = (await sh(`pgrep -f 'guest=${name},' | head -1`)).trim();
-    const cpu = (): number => {
-      const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-      return Number(f[11]) + Number(f[12]);
-    };
-    for (let i = 0; i < 60; i++) {
-      const a = cpu();
-      await new Promise((r) => setTimeout(r, 1000));
-      if (cpu() - a < 10) return; // under 10% of a core
-    }
-  };
-  await virsh('start vm1');
-  await settle('vm1');
+  const dataBytes = await allocatedBytes(img1);
+  await libvirt.define('vm1', img1);
+  await libvirt.define('vm2', img2);
+  await libvirt.start('vm1');
   const repo = join(work, 'repo');
   await sh(`${vmvault} init ${repo} >/dev/null`);
   const vnb = join(work, 'vnb');
@@ -93,19 +64,8 @@ try {
   // virtnbdbackup refuses to work next to other tools' checkpoints, so each tool runs its own
   // phase: full, the same guest writes (32 × 2 MiB spread over the disk), incremental; then its
   // checkpoints are removed.
-  const guestWrites = async (phase: number): Promise<void> => {
-    for (let i = 0; i < 32; i++)
-      await virsh(
-        `qemu-monitor-command vm1 --hmp 'qemu-io -d /machine/peripheral/ua-vda/virtio-backend "write -P ${(phase * 32 + i + 1) % 256} ${i * 97}M 2M"'`,
-      );
-  };
-  const dropCheckpoints = async (): Promise<void> => {
-    for (const c of (await virsh('checkpoint-list vm1 --name --topological'))
-      .split('\n')
-      .filter(Boolean)
-      .reverse())
-      await virsh(`checkpoint-delete vm1 ${c}`);
-  };
+  const guestWrites = (phase: number): Promise<void> => libvirt.guestWrites('vm1', phase, 32, 97);
+  const dropCheckpoints = (): Promise<void> => libvirt.dropCheckpoints('vm1');
   const changed = 64 * 2 ** 20;
   // Other levels, for comparison (the previous default 3, and a fast level): checkpoint-less
   // copies into repositories of their own.
@@ -167,8 +127,7 @@ try {
   );
   await dropCheckpoints();
   // A clone of vm1's original disk: vmvault stores almost nothing new; virtnbdbackup a full copy.
-  await virsh('start vm2');
-  await settle('vm2');
+  await libvirt.start('vm2');
   const r0 = await du(repo);
   const vnb2 = join(work, 'vnb-vm2');
   note(
@@ -176,7 +135,7 @@ try {
     dataBytes,
     `+${mb(await du(vnb2))}`,
   );
-  await virsh(`checkpoint-delete vm2 $(virsh -q -c '${uri}' checkpoint-list vm2 --name)`).catch(() => '');
+  await libvirt.dropCheckpoints('vm2');
   note(
     await vv('vmvault full of the clone', ['-d', 'vm2', '-l', 'full']),
     dataBytes,
@@ -229,6 +188,6 @@ try {
   );
   console.log('\n' + rows.join('\n'));
 } finally {
-  await sh(`bash scripts/libvirt-env.sh stop ${lv} >/dev/null 2>&1 || true`);
+  await libvirt.stop();
   rmSync(work, { recursive: true, force: true });
 }
