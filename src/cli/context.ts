@@ -66,15 +66,13 @@ export async function openRepo(
   );
 }
 
-/** `--password-file` as given before the command (main.ts reads argv once). */
+/** The global `--password-file` (given before the command), set by main.ts before each action. */
+let globalPasswordFileValue: string | undefined;
+export function setGlobalPasswordFile(file: string | undefined): void {
+  globalPasswordFileValue = file;
+}
 function globalPasswordFile(): string | undefined {
-  const argv = process.argv;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === '--password-file') return argv[i + 1];
-    if (a.startsWith('--password-file=')) return a.slice('--password-file='.length);
-  }
-  return undefined;
+  return globalPasswordFileValue;
 }
 
 /**

@@ -12,6 +12,7 @@ import { showCommand } from './commands/show.js';
 import { snapshotsCommand } from './commands/snapshots.js';
 import { statsCommand } from './commands/stats.js';
 import { installSignalHandlers, isInterruptNormalEnd, rootAbort } from './signals.js';
+import { globals, setGlobalPasswordFile } from './context.js';
 
 const EXIT_CODES_HELP = `
 Exit codes: 0 success, 1 failure, 2 usage error, 3 partial success, 10 repository not found,
@@ -24,7 +25,9 @@ export function buildProgram(): Command {
     .option('--debug', 'print stack traces and debug logging')
     .option('-q, --quiet', 'no progress or log lines')
     .option('--password-file <file>', 'password of an encrypted repository: the first line of FILE')
-    .addHelpText('after', EXIT_CODES_HELP);
+    .addHelpText('after', EXIT_CODES_HELP)
+    // openRepo has no command object: hand it the global --password-file before each action.
+    .hook('preAction', (_program, action) => setGlobalPasswordFile(globals(action).passwordFile));
   for (const cmd of [
     initCommand(),
     backupCommand(),

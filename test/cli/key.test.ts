@@ -1,4 +1,4 @@
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { expectOneLineError, runCli } from '../helpers/cli.js';
@@ -37,6 +37,15 @@ const listSlots = async (
 };
 
 describe('vmvault init --encryption and key', () => {
+  it('init --encryption aes-256-gcm is refused (exit 2) while objects are not encrypted yet, and creates nothing', async () => {
+    const repo = join(tmp.dir, 'refused');
+    const r = await runCli(['init', repo, '--encryption', 'aes-256-gcm'], {
+      env: env('pw', { VMVAULT_EXPERIMENTAL_ENCRYPTION: '' }),
+    });
+    expect(r.code).toBe(2);
+    expect(expectOneLineError(r)).toMatch(/not available yet.*use --encryption none/);
+    await expect(stat(repo)).rejects.toThrow(/ENOENT/);
+  });
   it('init writes an encrypted config (keyed ids, keyId, mac) and one key slot', async () => {
     const repo = await newRepo();
     const config = JSON.parse(await readFile(join(repo, 'config'), 'utf8')) as Record<string, unknown>;
