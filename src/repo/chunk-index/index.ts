@@ -9,7 +9,7 @@ export {
   type IndexEntry,
   type RecordKind,
 } from './entry.js';
-export type { SectionSealer } from './sealer.js';
+export { codecSectionSealer, type SectionSealer } from './sealer.js';
 export {
   ChunkIndex,
   type ChunkIndexOptions,
