@@ -235,7 +235,7 @@ export async function backupDomain(
         const pd = plan.parent.disks.find((x) => x.target === d.target);
         if (d.read !== 'incremental' || !pd) continue;
         try {
-          parentIndexes.set(d.target, await repo.getIndex(pd.root));
+          parentIndexes.set(d.target, await repo.getIndex(pd));
         } catch (err) {
           // A damaged or missing parent index cannot supply the clean chunks: read the whole
           // disk instead (the job's export has all of it), so this snapshot is complete anyway.

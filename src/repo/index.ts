@@ -56,7 +56,7 @@ export {
   type CheckProblemKind,
   type CheckResult,
 } from './check.js';
-export { ChunkStore, type PutResult } from './chunk-store.js';
+export { PackStore, ChunksLostError, type PutResult } from './pack-store.js';
 export {
   canonicalJson,
   configMac,

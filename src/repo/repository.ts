@@ -4,7 +4,8 @@ import type { Backend } from './backend/backend.js';
 import { openBackend } from './backend/open.js';
 import { BlobFormatError } from './blob.js';
 import { isAllZero, type ChunkId } from './chunk-id.js';
-import { ChunkStore } from './chunk-store.js';
+import { ChunkIndex, codecSectionSealer } from './chunk-index/index.js';
+import { PackStore } from './pack-store.js';
 import { BlobCodec } from './codec.js';
 import {
   CONFIG_HINT,
@@ -17,6 +18,7 @@ import {
   type RepoConfig,
 } from './config.js';
 import { DiskIndex } from './disk-index.js';
+import { readTree, writeTree } from './disk-tree.js';
 import {
   configMac,
   createKeySlot,
@@ -36,7 +38,7 @@ import {
   RepoNotFoundError,
   SnapshotNotFoundError,
 } from './errors.js';
-import { Keys, MAX_INDEX_BYTES, MAX_MANIFEST_BYTES } from './format.js';
+import { Keys, MAX_MANIFEST_BYTES } from './format.js';
 import { ManifestFieldError, SnapshotDamagedError, validateManifest } from './manifest-schema.js';
 import {
   decodeManifest,
@@ -76,7 +78,10 @@ const HEX64 = /^[0-9a-f]{64}$/;
 
 /** The repository façade: config, chunk store, indexes and snapshot manifests over one backend. */
 export class Repository {
-  readonly chunks: ChunkStore;
+  /** Packs and the chunk index: every chunk, file chunk and disk index page. */
+  readonly chunks: PackStore;
+  /** The chunk index (loaded at open): which chunks and pages the repository holds, where. */
+  readonly index: ChunkIndex;
   /** The one codec of this repository: every object is encoded, decoded and hashed by it. */
   readonly codec: BlobCodec;
 
@@ -89,13 +94,32 @@ export class Repository {
     readonly backend: Backend,
     readonly config: RepoConfig,
     opts: OpenOptions,
+    codec: BlobCodec,
+    index: ChunkIndex,
     unlocked?: { master: Buffer; slotName: string },
   ) {
     this.keySlot = unlocked?.slotName;
     this.masterKey = unlocked?.master;
-    this.codec = BlobCodec.fromConfig(config, unlocked ? splitMasterKey(unlocked.master) : {});
-    this.chunks = new ChunkStore(backend, this.codec, opts.workers, config.chunkSizeBytes);
+    this.codec = codec;
+    this.index = index;
+    this.chunks = new PackStore(backend, codec, index, {
+      packSizeBytes: config.packSizeBytes,
+      chunkSizeBytes: config.chunkSizeBytes,
+      ...(opts.workers === undefined ? {} : { workers: opts.workers }),
+    });
     this.onDamagedSnapshot = opts.onDamagedSnapshot;
+  }
+
+  /** Builds the codec of `config`, loads the chunk index and makes the handle. */
+  private static async make(
+    backend: Backend,
+    config: RepoConfig,
+    opts: OpenOptions,
+    unlocked?: { master: Buffer; slotName: string },
+  ): Promise<Repository> {
+    const codec = BlobCodec.fromConfig(config, unlocked ? splitMasterKey(unlocked.master) : {});
+    const index = await ChunkIndex.load(backend, codecSectionSealer(codec));
+    return new Repository(backend, config, opts, codec, index, unlocked);
   }
   private readonly onDamagedSnapshot: ((err: SnapshotDamagedError) => void) | undefined;
 
@@ -142,12 +166,12 @@ export class Repository {
       Buffer.from(`${JSON.stringify(config, null, 2)}\n`),
     );
     if (!created) throw new RepoExistsError(where);
-    if (master === undefined) return new Repository(backend, config, {});
+    if (master === undefined) return Repository.make(backend, config, {});
     const slot = await createKeySlot(backend, config.id, master, opts.password!, {
       label: `${userName()}@${hostname()}`,
       ...(opts.kdf ? { kdf: opts.kdf } : {}),
     });
-    return new Repository(backend, config, {}, { master, slotName: slot.name });
+    return Repository.make(backend, config, {}, { master, slotName: slot.name });
   }
 
   static async open(
@@ -174,28 +198,26 @@ export class Repository {
       throw err;
     }
     const config = parseConfig(raw, backend.location);
-    const repo = new Repository(backend, config, opts, await unlock(backend, config, opts));
+    const repo = await Repository.make(backend, config, opts, await unlock(backend, config, opts));
     await backend.removeStaleTemp?.(24 * 3600_000).catch(() => 0);
     return repo;
   }
 
-  // ---- disk indexes -------------------------------------------------------------------------
+  // ---- disk indexes ----
 
   /**
-   * Stores a disk index. When an index of that id is there already (the same disk content was
-   * backed up before), it is read back and verified: a backup never names an object it has not
-   * verified or written in this run. A damaged one is replaced atomically by the good bytes (which
-   * heals every snapshot that names it) and counts as stored.
+   * Stores a disk index as a tree of pages (disk-tree.ts) in the meta pack: only pages the
+   * repository does not hold are written. The root id goes in the manifest; the pages become
+   * durable, and reach the chunk index, at the snapshot's commit (`putSnapshot` flushes).
    */
-  async putIndex(index: DiskIndex): Promise<{ id: string; storedBytes: number }> {
-    const plain = index.encode();
-    const id = this.codec.objectId(plain);
-    const blob = this.codec.encode('index', plain);
-    await this.chunks.flush(); // the chunks it names are durable before the index is
-    const stored = await this.putVerifiedObject(Keys.index(id), blob, async () => {
-      await this.getIndex(id);
-    });
-    return { id, storedBytes: stored ? blob.length : 0 };
+  async putIndex(index: DiskIndex): Promise<{ id: string; storedBytes: number; pagesWritten: number }> {
+    const r = await writeTree(index, this.config.pageSlots, this.chunks.pages);
+    return { id: r.root, storedBytes: r.bytesWritten, pagesWritten: r.pagesWritten };
+  }
+
+  /** Reads a disk's index tree (every page verified). Missing or damaged → RepoDamagedError (exit 20). */
+  async getIndex(disk: { root: string; sizeBytes: number }): Promise<DiskIndex> {
+    return readTree(disk.root, disk.sizeBytes, this.chunkSizeBytes, this.config.pageSlots, this.chunks.pages);
   }
 
   /**
@@ -220,46 +242,17 @@ export class Repository {
     return true;
   }
 
-  /** Reads and verifies a disk index (blob, id, structure). Missing or damaged → RepoDamagedError (exit 20). */
-  async getIndex(id: string): Promise<DiskIndex> {
-    const short = id.slice(0, 8);
-    const damaged = (why: string) => new RepoDamagedError(`disk index ${short} ${why}`);
-    let plain: Buffer;
-    try {
-      const blob = await this.readMetadataBlob(Keys.index(id), 'index');
-      if (blob === undefined) throw damaged('is missing');
-      plain = this.codec.decode('index', blob);
-    } catch (err) {
-      if (!(err instanceof BlobFormatError)) throw err;
-      throw damaged(`is damaged: ${(err as BlobFormatError).message}`);
-    }
-    if (!this.codec.verify(plain, id)) throw damaged('does not match its id');
-    try {
-      return DiskIndex.decode(plain);
-    } catch (err) {
-      if (err instanceof RepoDamagedError)
-        throw damaged(`is damaged: ${err.message.replace(/^disk index /, '')}`);
-      throw err;
-    }
-  }
-
   /**
-   * The bytes of an index or manifest object, or undefined when there is none. An object larger
-   * than any blob of its kind can be is refused unread (BlobFormatError): an untrusted size is
-   * never allocated. `knownSizeBytes` (from a listing) saves the stat. Every reader of indexes and
-   * manifests, `check` included, reads through here.
+   * The bytes of a manifest object, or undefined when there is none. An object larger than any
+   * manifest can be is refused unread (BlobFormatError): an untrusted size is never allocated.
+   * `knownSizeBytes` (from a listing) saves the stat.
    */
-  async readMetadataBlob(
-    key: string,
-    kind: 'index' | 'manifest',
-    knownSizeBytes?: number,
-  ): Promise<Buffer | undefined> {
+  async readManifestBlob(key: string, knownSizeBytes?: number): Promise<Buffer | undefined> {
     try {
       const size = knownSizeBytes ?? (await this.backend.stat(key))?.sizeBytes;
       if (size === undefined) return undefined;
-      const bound = this.codec.blobBound(kind === 'index' ? MAX_INDEX_BYTES : MAX_MANIFEST_BYTES);
-      if (size > bound)
-        throw new BlobFormatError(`${size} bytes, more than any ${kind} blob can be (${bound})`);
+      const bound = this.codec.sealedObjectBytes(MAX_MANIFEST_BYTES) + 1024;
+      if (size > bound) throw new BlobFormatError(`${size} bytes, more than any manifest can be (${bound})`);
       return await this.backend.get(key);
     } catch (err) {
       if (isNotFound(err)) return undefined;
@@ -289,10 +282,13 @@ export class Repository {
         },
       );
     }
-    await this.chunks.flush(); // the file chunks it names (putFile) are durable before it is
-    const blob = this.codec.encode('manifest', json);
+    // Commit order (design §1.6): every pack sealed and behind a barrier, their entries in a
+    // durable delta index object, then the manifest.
+    await this.chunks.flush();
+    const key = Keys.snapshot(id);
+    const blob = this.codec.sealObject('manifest', json, Buffer.from(id.slice(0, 32), 'hex'), { name: key });
     // The manifest found there is read as any reader does (its id is the hash of our bytes).
-    await this.putVerifiedObject(Keys.snapshot(id), blob, async () => {
+    await this.putVerifiedObject(key, blob, async () => {
       await this.getSnapshot(id);
     });
     return { ...manifest, id };
@@ -306,7 +302,7 @@ export class Repository {
     if (!HEX64.test(id)) throw new SnapshotNotFoundError(id);
     let blob: Buffer | undefined;
     try {
-      blob = await this.readMetadataBlob(Keys.snapshot(id), 'manifest', knownSizeBytes);
+      blob = await this.readManifestBlob(Keys.snapshot(id), knownSizeBytes);
     } catch (err) {
       if (err instanceof BlobFormatError) throw new SnapshotDamagedError(id, err.message);
       throw err;
@@ -319,7 +315,12 @@ export class Repository {
   decodeSnapshot(id: string, blob: Buffer): Snapshot {
     let json: Buffer;
     try {
-      json = this.codec.decode('manifest', blob, { maxPlaintextBytes: MAX_MANIFEST_BYTES });
+      if (blob.length < 32 || !blob.subarray(16, 32).equals(Buffer.from(id.slice(0, 32), 'hex')))
+        throw new BlobFormatError('manifest belongs to another snapshot (binder mismatch)');
+      json = this.codec.openObject('manifest', blob, {
+        name: Keys.snapshot(id),
+        maxPlaintextBytes: MAX_MANIFEST_BYTES,
+      });
     } catch (err) {
       if (err instanceof BlobFormatError) throw new SnapshotDamagedError(id, err.message);
       throw err;

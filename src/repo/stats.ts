@@ -59,7 +59,7 @@ export async function repoStats(repo: Repository, opts: StatsOptions = {}): Prom
       if (badIndexes.has(d.root)) continue;
       let idx;
       try {
-        idx = await repo.getIndex(d.root);
+        idx = await repo.getIndex(d);
       } catch (err) {
         if (!(
           err instanceof RepoFormatError ||

@@ -132,7 +132,7 @@ export async function restoreInPlace(
       },
     );
   }
-  const index = await repo.getIndex(disk.root);
+  const index = await repo.getIndex(disk);
   const progress = opts.progress ?? nullProgress;
   const result: InPlaceResult = { chunksChecked: 0, chunksWritten: 0, bytesWritten: 0 };
   progress.start(disk.target, disk.sizeBytes);

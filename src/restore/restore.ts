@@ -57,7 +57,7 @@ export async function restoreDisk(
   // The sink is ours from here on: every failure, this first one too, aborts it (closing its file).
   let index: DiskIndex;
   try {
-    index = await repo.getIndex(disk.root);
+    index = await repo.getIndex(disk);
   } catch (err) {
     await sink.abort().catch(() => {});
     throw err;

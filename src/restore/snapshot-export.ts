@@ -49,7 +49,7 @@ export class SnapshotExport implements NbdExport {
     disk: SnapshotDisk,
     opts: { cacheBytes?: number } = {},
   ): Promise<SnapshotExport> {
-    const index = await repo.getIndex(disk.root);
+    const index = await repo.getIndex(disk);
     const slots = Math.max(4, Math.floor((opts.cacheBytes ?? DEFAULT_CACHE_BYTES) / index.chunkSizeBytes));
     return new SnapshotExport(repo, snapshot, disk, index, slots);
   }

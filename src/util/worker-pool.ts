@@ -218,6 +218,20 @@ export class WorkerPool<Req, Res> {
       const load = s && !s.gone ? s.inFlight.size : 0.5;
       if (load < bestLoad) [best, bestLoad] = [i, load];
     }
+    return this.runOn(best, req, transfer);
+  }
+
+  /**
+   * Runs a task on the worker of slot `slot` (0 ≤ slot < size): for scripts that keep state per
+   * worker (the pack store's open packs). A dead worker's slot gets a new worker, whose state
+   * starts empty: the caller must notice (e.g. by `generation`).
+   */
+  runOn(slot: number, req: Req, transfer: ArrayBuffer[] = []): Promise<Res> {
+    if (this.closed) return Promise.reject(new WorkerDiedError('WORKER_CLOSED', 'worker pool is closed'));
+    if (this.broken) return Promise.reject(this.broken);
+    if (!Number.isInteger(slot) || slot < 0 || slot >= this.slots.length)
+      return Promise.reject(new RangeError(`no worker slot ${slot} (pool of ${this.slots.length})`));
+    const best = slot;
     let live = this.slots[best];
     if (!live || live.gone) {
       live = this.start();

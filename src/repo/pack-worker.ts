@@ -1,0 +1,212 @@
+/**
+ * Worker thread script of the pack store (format 2, docs/format-2-design.md §1.5): each worker
+ * seals the chunks it is given into records of its own open data pack and writes the pack through
+ * its own storage stack once it reaches the target size (or when told to seal); it also reads and
+ * opens records straight into the caller's shared memory. It builds the repository's codec and
+ * storage stack once, from the specs in workerData. Messages: { id, req: PackWorkerRequest } →
+ * WorkerReply.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { VmvaultError } from '../util/index.js';
+import type { Backend } from './backend/backend.js';
+import { openBackend, type BackendSpec } from './backend/open.js';
+import { encodeEntryInto, ENTRY_BYTES, type IndexEntry } from './chunk-index/entry.js';
+import { BlobCodec, RECORD_OVERHEAD, type CodecSpec, type RecordKind, type RecordMeta } from './codec.js';
+import { zstdBound } from './blob.js';
+import { BackendError } from './errors.js';
+import { PackWriter, verifyPack } from './pack.js';
+
+export interface PackWorkerData {
+  codec: CodecSpec;
+  backend: BackendSpec;
+  /** A pack is closed once it holds at least this many bytes. */
+  packSizeBytes: number;
+  /** 16 bytes: the writing process's session id (in every pack header). */
+  sessionId: Uint8Array;
+}
+
+/** A record's location and what opens it (an index entry without the pack name, plus the key). */
+export interface RecordRef {
+  key: string;
+  offset: number;
+  length: number;
+  kind: RecordKind;
+  codec: 0 | 1;
+  plaintextBytes: number;
+  id: Uint8Array;
+}
+
+export type PackWorkerRequest =
+  /** Seals `data` (of id `id`) as a record of this worker's open data pack. */
+  | { op: 'add'; data: Uint8Array; id: Uint8Array; kind: 1 | 2; transferred?: boolean }
+  /** Closes and writes this worker's open pack, if any. */
+  | { op: 'seal' }
+  /** Reads and opens one record; into `dest` when given, else returned. */
+  | { op: 'read'; ref: RecordRef; max: number; dest?: SharedArrayBuffer; destOffset?: number; destLength?: number }
+  /** check --read-data: reads a whole pack and opens every record. */
+  | { op: 'verify'; key: string; sizeBytes: number; maxChunkBytes: number; maxPageBytes: number };
+
+/** A pack this worker wrote: its key and its entries (64 bytes each, docs/format-2-index.md). */
+export interface WrittenPack {
+  key: string;
+  sizeBytes: number;
+  entries: Uint8Array;
+}
+
+export type PackWorkerResult =
+  | { recordBytes: number; written?: WrittenPack; input?: Uint8Array }
+  | { written?: WrittenPack }
+  | { data: Uint8Array }
+  | { length: number }
+  | { entries: Uint8Array; problems: Array<{ offset: number | '*'; id?: Uint8Array; reason: string }> };
+
+const data = workerData as PackWorkerData;
+const codec = BlobCodec.fromSpec(data.codec);
+const backend: Backend = openBackend(data.backend, { blocking: true });
+const sessionId = Buffer.from(data.sessionId);
+
+let open: PackWriter | undefined;
+
+function damaged(message: string): Error {
+  return Object.assign(new Error(message), { code: 'BLOB_DAMAGED' });
+}
+
+function encodeEntries(entries: readonly IndexEntry[]): Uint8Array {
+  const out = Buffer.from(new ArrayBuffer(entries.length * ENTRY_BYTES));
+  entries.forEach((e, i) => encodeEntryInto(e, out, i * ENTRY_BYTES));
+  return out;
+}
+
+/** Closes the open pack and writes it (create-if-absent, durable at the store's barrier). */
+async function sealOpen(): Promise<WrittenPack | undefined> {
+  const w = open;
+  open = undefined;
+  if (w === undefined || w.count === 0) return undefined;
+  const p = w.finish();
+  await backend.putIfAbsent(p.key, p.parts, { durable: 'at-barrier' });
+  return { key: p.key, sizeBytes: p.sizeBytes, entries: encodeEntries(p.entries) };
+}
+
+async function add(req: Extract<PackWorkerRequest, { op: 'add' }>): Promise<Handled> {
+  const { record, meta } = codec.sealRecord(req.kind, Buffer.from(req.id), req.data);
+  open ??= new PackWriter(codec, 'data', sessionId);
+  open.add(record, meta);
+  let written: WrittenPack | undefined;
+  if (open.sizeBytes >= data.packSizeBytes) written = await sealOpen();
+  const transfer: ArrayBuffer[] = written ? [written.entries.buffer as ArrayBuffer] : [];
+  const result: PackWorkerResult = { recordBytes: record.length, ...(written ? { written } : {}) };
+  if (req.transferred && req.data.buffer instanceof ArrayBuffer) {
+    transfer.push(req.data.buffer);
+    return { result: { ...result, input: req.data }, transfer };
+  }
+  return { result, transfer };
+}
+
+async function readRecord(ref: RecordRef, into: Uint8Array): Promise<Uint8Array> {
+  const buf = into.subarray(0, ref.length);
+  try {
+    await backend.getRangeInto(ref.key, ref.offset, buf);
+  } catch (err) {
+    if (err instanceof BackendError && err.kind === 'range')
+      throw damaged(`pack ${ref.key} is shorter than its index says (record at ${ref.offset})`);
+    throw err;
+  }
+  return buf;
+}
+
+const scratch: Buffer[] = [];
+
+async function read(req: Extract<PackWorkerRequest, { op: 'read' }>): Promise<Handled> {
+  const { ref } = req;
+  const meta: RecordMeta = {
+    kind: ref.kind,
+    codec: ref.codec,
+    plaintextBytes: ref.plaintextBytes,
+    id: Buffer.from(ref.id),
+  };
+  if (ref.length > RECORD_OVERHEAD + zstdBound(req.max) || ref.plaintextBytes > req.max)
+    throw damaged(`record of ${ref.length} bytes is larger than a record of ${req.max} bytes can be`);
+  let buf = scratch.pop();
+  if (!buf || buf.length < ref.length) buf = Buffer.allocUnsafeSlow(Math.max(ref.length, 1024 * 1024 + 4096));
+  try {
+    const record = await readRecord(ref, buf);
+    if (req.dest !== undefined) {
+      const dest = new Uint8Array(req.dest, req.destOffset ?? 0, req.destLength ?? req.dest.byteLength);
+      const n = decoding(() => codec.openRecordInto(meta, record, dest));
+      return { result: { length: n }, transfer: [] };
+    }
+    const plain = decoding(() => codec.openRecord(meta, record, req.max));
+    // A raw record is a view of the scratch buffer: copy it out.
+    const out = plain.buffer === buf.buffer ? Buffer.from(plain) : plain;
+    return { result: { data: out }, transfer: out.buffer instanceof ArrayBuffer ? [out.buffer] : [] };
+  } finally {
+    if (scratch.length < 4) scratch.push(buf);
+  }
+}
+
+async function verify(req: Extract<PackWorkerRequest, { op: 'verify' }>): Promise<Handled> {
+  const bytes = Buffer.allocUnsafe(req.sizeBytes);
+  await backend.getRangeInto(req.key, 0, bytes);
+  const r = verifyPack(bytes, req.key, codec, (kind) => (kind <= 2 ? req.maxChunkBytes : req.maxPageBytes));
+  const entries = encodeEntries(r.entries);
+  return {
+    result: {
+      entries,
+      problems: r.problems.map((p) => ({ offset: p.offset, reason: p.reason, ...(p.id ? { id: p.id } : {}) })),
+    },
+    transfer: [entries.buffer as ArrayBuffer],
+  };
+}
+
+function decoding<T>(step: () => T): T {
+  try {
+    return step();
+  } catch (err) {
+    throw damaged(err instanceof Error ? err.message : String(err));
+  }
+}
+
+interface Handled {
+  result: PackWorkerResult;
+  transfer: ArrayBuffer[];
+}
+
+async function handle(req: PackWorkerRequest): Promise<Handled> {
+  switch (req.op) {
+    case 'add':
+      return add(req);
+    case 'seal': {
+      const written = await sealOpen();
+      return {
+        result: written ? { written } : {},
+        transfer: written ? [written.entries.buffer as ArrayBuffer] : [],
+      };
+    }
+    case 'read':
+      return read(req);
+    case 'verify':
+      return verify(req);
+  }
+}
+
+function replyError(id: number, err: unknown): void {
+  const code =
+    typeof err === 'object' && err && 'code' in err ? String((err as { code: unknown }).code) : 'WORKER_ERROR';
+  const message = err instanceof Error ? err.message : String(err);
+  const extra =
+    err instanceof BackendError
+      ? { details: err.wire(), ...(err.hint === undefined ? {} : { hint: err.hint }) }
+      : err instanceof VmvaultError && err.hint !== undefined
+        ? { hint: err.hint }
+        : {};
+  parentPort?.postMessage({ id, ok: false, code, message, ...extra });
+}
+
+// Tasks of one worker run in arrival order up to their first await; `add` appends synchronously,
+// so records enter the open pack in the order the store sent them.
+parentPort?.on('message', (msg: { id: number; req: PackWorkerRequest }) => {
+  handle(msg.req).then(
+    (h) => parentPort?.postMessage({ id: msg.id, ok: true, result: h.result }, h.transfer),
+    (err: unknown) => replyError(msg.id, err),
+  );
+});
