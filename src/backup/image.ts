@@ -315,7 +315,7 @@ export async function backupImages(repo: Repository, opts: BackupImageOptions): 
         source: spec.path,
         mode: 'full',
         allocatedBytes: r.allocatedBytes,
-        stats: { ...r.stats, bytesStored: r.stats.bytesStored + idx.storedBytes },
+        stats: { ...r.stats, bytesStored: r.stats.bytesStored + idx.storedBytes, bytesMeta: idx.storedBytes },
       });
     }
     return await repo.putSnapshot({

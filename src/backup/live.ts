@@ -553,7 +553,7 @@ async function backupOneDisk(
     mode: read,
     checkpointBitmap: plan.newCheckpoint && !d.isRaw ? plan.newCheckpoint : undefined,
     allocatedBytes: r.allocatedBytes,
-    stats: { ...r.stats, bytesStored: r.stats.bytesStored + idx.storedBytes },
+    stats: { ...r.stats, bytesStored: r.stats.bytesStored + idx.storedBytes, bytesMeta: idx.storedBytes },
   };
 }
 

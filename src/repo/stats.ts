@@ -19,8 +19,10 @@ export interface RepoStats {
   /** Plaintext bytes of the distinct chunks the snapshots reference. */
   uniqueBytes: number;
   chunksReferenced: number;
-  /** Objects under data/ (chunks, including unreferenced ones awaiting gc). */
+  /** Records of the chunk index (chunks and file chunks, including unreferenced ones awaiting gc). */
   chunksStored: number;
+  /** Data packs (objects under data/). */
+  packsStored: number;
   /** Bytes of every object in the repository (chunks, indexes, manifests, config). */
   storedBytes: number;
   dataStoredBytes: number;
@@ -96,14 +98,16 @@ export async function repoStats(repo: Repository, opts: StatsOptions = {}): Prom
   for (const v of chunkLen.values()) uniqueBytes += v;
   let storedBytes = 0;
   let dataStoredBytes = 0;
-  let chunksStored = 0;
+  let packsStored = 0;
   for await (const o of repo.backend.list('')) {
     storedBytes += o.sizeBytes;
     if (o.key.startsWith(Keys.dataPrefix)) {
       dataStoredBytes += o.sizeBytes;
-      chunksStored++;
+      packsStored++;
     }
   }
+  // Records the chunk index lists (a chunk stored twice, by concurrent writers, counts twice).
+  const chunksStored = repo.index.stats().entries;
   return {
     snapshots: snaps.length,
     snapshotsDamaged: damaged.length,
@@ -114,6 +118,7 @@ export async function repoStats(repo: Repository, opts: StatsOptions = {}): Prom
     uniqueBytes,
     chunksReferenced: chunkLen.size,
     chunksStored,
+    packsStored,
     storedBytes,
     dataStoredBytes,
     dedupRatio: uniqueBytes ? logicalBytes / uniqueBytes : 1,

@@ -24,7 +24,7 @@ export function statsCommand(): Command {
           `virtual size       ${formatBytes(st.virtualBytes)}`,
           `logical data       ${formatBytes(st.logicalBytes)} (non-zero data of every snapshot)`,
           `unique data        ${formatBytes(st.uniqueBytes)} in ${st.chunksReferenced} chunks`,
-          `stored             ${formatBytes(st.storedBytes)} (${formatBytes(st.dataStoredBytes)} in ${st.chunksStored} chunk objects)`,
+          `stored             ${formatBytes(st.storedBytes)} (${formatBytes(st.dataStoredBytes)} of chunks: ${st.chunksStored} in ${st.packsStored} packs)`,
           `deduplication      ${st.dedupRatio.toFixed(2)}x`,
           `compression        ${st.compressionRatio.toFixed(2)}x`,
           `total saving       ${st.storedBytes ? (st.logicalBytes / st.storedBytes).toFixed(2) : '1.00'}x`,
