@@ -16,6 +16,7 @@ import {
   type Backend,
   type BackendCapabilities,
   type ObjectInfo,
+  type Payload,
   type PutOptions,
 } from './backend.js';
 import { describeBackend } from './describe.js';
@@ -93,7 +94,7 @@ export class LocalBackend implements Backend {
    * Leaves the first bytes of a write in a temp file, as a writer killed mid-write does (the
    * fault injector's half-written write; no object appears).
    */
-  async leaveTempFile(data: Uint8Array): Promise<void> {
+  async leaveTempFile(data: Payload | Uint8Array): Promise<void> {
     await writeTempFile(this.files(), data);
   }
 
@@ -303,7 +304,7 @@ export class LocalBackend implements Backend {
     }
   }
 
-  async put(key: string, data: Buffer, opts: PutOptions = {}): Promise<void> {
+  async put(key: string, data: Payload, opts: PutOptions = {}): Promise<void> {
     const p = this.path(key);
     try {
       renameIntoPlace(this.files(), await writeTempFile(this.files(), data), key);
@@ -315,7 +316,7 @@ export class LocalBackend implements Backend {
     await this.makeEntriesDurable([dirname(p)]);
   }
 
-  async putIfAbsent(key: string, data: Buffer, opts: PutOptions = {}): Promise<boolean> {
+  async putIfAbsent(key: string, data: Payload, opts: PutOptions = {}): Promise<boolean> {
     const p = this.path(key);
     try {
       if (!(await createObjectFile(this.files(), key, data))) return false;
