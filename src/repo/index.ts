@@ -1,4 +1,5 @@
-export type { Backend, BackendCapabilities, ObjectInfo, PutOptions } from './backend/backend.js';
+export type { Backend, BackendCapabilities, ObjectInfo, Payload, PutOptions } from './backend/backend.js';
+export { payloadConcat, payloadLength, payloadParts } from './backend/backend.js';
 export { LocalBackend } from './backend/local.js';
 export { MemoryBackend } from './backend/memory.js';
 export { openBackend, backendSpecFor, specOf, type BackendSpec, type OpenRuntime } from './backend/open.js';

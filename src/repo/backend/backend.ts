@@ -46,6 +46,56 @@ export interface PutOptions {
   durable?: 'on-return' | 'at-barrier';
 }
 
+/**
+ * The bytes of a `put` or `putIfAbsent`: one buffer, or a gather list whose concatenation is the
+ * object (docs/format-2-design.md §1.5: a pack is written from its record buffers without first
+ * being copied into one). Parts may be empty; the list may be empty (an empty object). The caller
+ * must not change the parts' bytes until the call has settled; the list itself is read at once.
+ */
+export type Payload = Buffer | readonly Buffer[];
+
+/** The parts of a payload (a single buffer: a list of one). */
+export function payloadParts(data: Payload): readonly Buffer[] {
+  return data instanceof Uint8Array ? [data] : data;
+}
+
+/** A payload's size in bytes: the sum of its parts. */
+export function payloadLength(data: Payload): number {
+  if (data instanceof Uint8Array) return data.length;
+  let n = 0;
+  for (const p of data) n += p.length;
+  return n;
+}
+
+/** A payload as one new buffer (a copy, also of a single buffer). */
+export function payloadConcat(data: Payload): Buffer {
+  return data instanceof Uint8Array ? Buffer.from(data) : Buffer.concat(data);
+}
+
+/**
+ * The first `n` bytes of a payload's concatenation, as views of its parts (no copy). `n` beyond
+ * the payload's length gives all of it.
+ */
+export function payloadPrefix(data: Payload, n: number): Buffer[] {
+  const out: Buffer[] = [];
+  let left = Math.max(0, n);
+  for (const p of payloadParts(data)) {
+    if (left <= 0) break;
+    const take = Math.min(left, p.length);
+    if (take > 0) out.push(take === p.length ? p : p.subarray(0, take));
+    left -= take;
+  }
+  return out;
+}
+
+/**
+ * A payload whose list a later change by the caller cannot alter (a copy of the list, not of the
+ * bytes): what a wrapper that may call the inner backend more than once (retry) passes on.
+ */
+export function snapshotPayload(data: Payload): Payload {
+  return data instanceof Uint8Array ? data : Object.freeze([...data]);
+}
+
 export interface Backend {
   /** Human-readable location (a path or s3:// URL), used in messages. */
   readonly location: string;
@@ -60,9 +110,12 @@ export interface Backend {
    * error; `dest` may then hold part.
    */
   getRangeInto(key: string, offset: number, dest: Uint8Array): Promise<number>;
-  /** Creates or replaces an object atomically. */
+  /** Creates or replaces an object atomically; a gather list is written as its concatenation. */
   put(key: string, data: Payload, opts?: PutOptions): Promise<void>;
-  /** Creates an object only when the key is free. Returns false when it already existed. */
+  /**
+   * Creates an object only when the key is free (a gather list: its concatenation, with one
+   * create-if-absent). Returns false when it already existed; the old bytes stay.
+   */
   putIfAbsent(key: string, data: Payload, opts?: PutOptions): Promise<boolean>;
   /** Size (and modification time, see capabilities) of an object, or undefined when absent. */
   stat(key: string): Promise<ObjectInfo | undefined>;
@@ -96,29 +149,4 @@ export function assertRange(key: string, offset: number, length: number, size: n
   const ok = Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0;
   if (!ok || offset + length > size)
     throw new BackendError('range', `range ${offset}+${length} is past the end of ${key} (${size} bytes)`);
-}
-
-/**
- * What `put` and `putIfAbsent` write: one buffer, or a gather list written as their concatenation
- * in one call (a pack's header, records, trailer and footer, without copying them together).
- */
-export type Payload = Buffer | readonly Buffer[];
-
-/** The parts of a payload (one buffer: itself). */
-export function payloadParts(data: Payload): readonly Buffer[] {
-  return Buffer.isBuffer(data) ? [data] : data;
-}
-
-/** The bytes a payload holds. */
-export function payloadBytes(data: Payload): number {
-  if (Buffer.isBuffer(data)) return data.length;
-  let n = 0;
-  for (const p of data) n += p.length;
-  return n;
-}
-
-/** A payload as one buffer (a copy only when it is a list of more than one part). */
-export function payloadBuffer(data: Payload): Buffer {
-  if (Buffer.isBuffer(data)) return data;
-  return data.length === 1 ? data[0]! : Buffer.concat(data as Buffer[]);
 }

@@ -1,6 +1,14 @@
 import { sleep } from '../../util/index.js';
 import { BackendError, type BackendErrorKind } from '../errors.js';
-import { payloadBuffer, type Backend, type ObjectInfo, type Payload, type PutOptions } from './backend.js';
+import {
+  payloadLength,
+  payloadPrefix,
+  snapshotPayload,
+  type Backend,
+  type ObjectInfo,
+  type Payload,
+  type PutOptions,
+} from './backend.js';
 import { mapError } from './local-files.js';
 import { BackendWrapper, type BackendOp } from './wrapper.js';
 
@@ -24,7 +32,8 @@ export interface FaultRule {
   /**
    * A write that fails half-way: where the inner backend keeps files (openBackend passes the local
    * backend's `leaveTempFile`), half the bytes are left in a temp file, as a process killed
-   * mid-write leaves them; no object appears. Fails with `fail` (default 'other': an I/O error).
+   * mid-write leaves them (of a gather list: the first half of its concatenation); no object
+   * appears. Fails with `fail` (default 'other': an I/O error).
    */
   halfWrite?: boolean;
 }
@@ -91,7 +100,7 @@ export class FaultBackend extends BackendWrapper {
     inner: Backend,
     readonly rules: readonly FaultRule[],
     /** Leaves bytes as a killed writer's temp file (halfWrite); none: a half write leaves nothing. */
-    private readonly halfWriter?: (data: Uint8Array) => Promise<void>,
+    private readonly halfWriter?: (data: Payload) => Promise<void>,
   ) {
     super(inner);
     for (const r of rules) validateRule(r);
@@ -120,10 +129,11 @@ export class FaultBackend extends BackendWrapper {
     return fn();
   }
 
-  private async apply(rule: FaultRule, op: BackendOp, key: string, data?: Buffer): Promise<void> {
+  private async apply(rule: FaultRule, op: BackendOp, key: string, data?: Payload): Promise<void> {
     if (rule.delayMs) await sleep(rule.delayMs);
     if (rule.halfWrite) {
-      if (this.halfWriter && data) await this.halfWriter(data.subarray(0, data.length >> 1));
+      if (this.halfWriter && data)
+        await this.halfWriter(payloadPrefix(data, Math.floor(payloadLength(data) / 2)));
       this.failed++;
       throw injectedError(rule.fail ?? 'other', op, key);
     }
@@ -140,14 +150,16 @@ export class FaultBackend extends BackendWrapper {
     fn: () => Promise<T>,
   ): Promise<T> {
     const rule = this.hit(op, key);
-    if (rule) await this.apply(rule, op, key, rule.halfWrite ? payloadBuffer(data) : undefined);
+    if (rule) await this.apply(rule, op, key, data);
     return fn();
   }
   override put(key: string, data: Payload, opts?: PutOptions): Promise<void> {
-    return this.write('put', key, data, () => this.inner.put(key, data, opts));
+    const parts = snapshotPayload(data);
+    return this.write('put', key, parts, () => this.inner.put(key, parts, opts));
   }
   override putIfAbsent(key: string, data: Payload, opts?: PutOptions): Promise<boolean> {
-    return this.write('putIfAbsent', key, data, () => this.inner.putIfAbsent(key, data, opts));
+    const parts = snapshotPayload(data);
+    return this.write('putIfAbsent', key, parts, () => this.inner.putIfAbsent(key, parts, opts));
   }
 
   /** A listing is one call: a fault hits it before its first item. */

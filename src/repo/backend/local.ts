@@ -13,10 +13,10 @@ import { BackendError, RepoNotEmptyError, isNotFound } from '../errors.js';
 import {
   assertRange,
   validateKey,
-  type Payload,
   type Backend,
   type BackendCapabilities,
   type ObjectInfo,
+  type Payload,
   type PutOptions,
 } from './backend.js';
 import { describeBackend } from './describe.js';
@@ -94,7 +94,7 @@ export class LocalBackend implements Backend {
    * Leaves the first bytes of a write in a temp file, as a writer killed mid-write does (the
    * fault injector's half-written write; no object appears).
    */
-  async leaveTempFile(data: Uint8Array): Promise<void> {
+  async leaveTempFile(data: Payload | Uint8Array): Promise<void> {
     await writeTempFile(this.files(), data);
   }
 

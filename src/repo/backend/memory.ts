@@ -1,12 +1,12 @@
 import { BackendError } from '../errors.js';
 import {
   assertRange,
+  payloadConcat,
   validateKey,
-  payloadBuffer,
-  type Payload,
   type Backend,
   type BackendCapabilities,
   type ObjectInfo,
+  type Payload,
   type PutOptions,
 } from './backend.js';
 
@@ -48,12 +48,12 @@ export class MemoryBackend implements Backend {
   }
   async put(key: string, data: Payload, _opts?: PutOptions): Promise<void> {
     validateKey(key);
-    this.objects.set(key, { data: Buffer.from(payloadBuffer(data)), modifiedMs: Date.now() });
+    this.objects.set(key, { data: payloadConcat(data), modifiedMs: Date.now() });
   }
   async putIfAbsent(key: string, data: Payload, _opts?: PutOptions): Promise<boolean> {
     validateKey(key);
     if (this.objects.has(key)) return false;
-    this.objects.set(key, { data: Buffer.from(payloadBuffer(data)), modifiedMs: Date.now() });
+    this.objects.set(key, { data: payloadConcat(data), modifiedMs: Date.now() });
     return true;
   }
   async stat(key: string): Promise<ObjectInfo | undefined> {

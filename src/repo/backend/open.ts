@@ -1,6 +1,6 @@
 import { isAbsolute, resolve } from 'node:path';
 import { UsageError } from '../../util/index.js';
-import type { Backend } from './backend.js';
+import type { Backend, Payload } from './backend.js';
 import { describeBackend } from './describe.js';
 import { FaultBackend, type FaultRule } from './fault.js';
 import { LimitBackend } from './limit.js';
@@ -51,7 +51,7 @@ export function backendSpecFor(location: string): BackendSpec {
 function baseBackend(
   spec: BackendSpec,
   runtime: OpenRuntime,
-): { backend: Backend; halfWrite?: (data: Uint8Array) => Promise<void> } {
+): { backend: Backend; halfWrite?: (data: Payload) => Promise<void> } {
   switch (spec.kind) {
     case 'memory':
       return { backend: new MemoryBackend() }; // a write that fails half-way leaves nothing

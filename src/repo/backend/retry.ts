@@ -48,6 +48,7 @@ export function isRetryable(err: unknown): err is BackendError {
  * (each wait uniform in [0, min(maxDelayMs, baseDelayMs·2^n))), bounded by `attempts` and
  * `totalMs`; the last error is thrown as it was. Every other error is thrown at once.
  *
+ * A write is resent with the same parts (a gather list is fixed when the call starts: wrapper.ts).
  * A listing is retried only until its first item arrived (from then on a retry could repeat or
  * miss keys). A `putIfAbsent` retried after a failure that hid a success reports false: the object
  * is there, which is what callers of content-addressed keys need.

@@ -1,4 +1,11 @@
-import type { Backend, BackendCapabilities, ObjectInfo, Payload, PutOptions } from './backend.js';
+import {
+  snapshotPayload,
+  type Backend,
+  type BackendCapabilities,
+  type ObjectInfo,
+  type Payload,
+  type PutOptions,
+} from './backend.js';
 
 /** The operations of the Backend interface a wrapper sees. */
 export type BackendOp =
@@ -19,6 +26,8 @@ export const MUTATING_OPS: ReadonlySet<BackendOp> = new Set(['put', 'putIfAbsent
  * The base of every wrapper (retry.ts, limit.ts, readonly.ts, fault.ts): each operation goes through
  * `call(op, key, fn)`, where `fn` performs it on the inner backend. A listing calls it once per item
  * fetched (`next()`), so a wrapper never holds anything while the caller works on an item.
+ * A write's gather list is copied (the list, not the bytes) before `call`, so every try of it
+ * (retry) sends the same parts even if the caller reuses its array.
  */
 export abstract class BackendWrapper implements Backend {
   create?: () => Promise<void>;
@@ -54,10 +63,12 @@ export abstract class BackendWrapper implements Backend {
     return this.call('getRangeInto', key, () => this.inner.getRangeInto(key, offset, dest));
   }
   put(key: string, data: Payload, opts?: PutOptions): Promise<void> {
-    return this.call('put', key, () => this.inner.put(key, data, opts));
+    const parts = snapshotPayload(data);
+    return this.call('put', key, () => this.inner.put(key, parts, opts));
   }
   putIfAbsent(key: string, data: Payload, opts?: PutOptions): Promise<boolean> {
-    return this.call('putIfAbsent', key, () => this.inner.putIfAbsent(key, data, opts));
+    const parts = snapshotPayload(data);
+    return this.call('putIfAbsent', key, () => this.inner.putIfAbsent(key, parts, opts));
   }
   stat(key: string): Promise<ObjectInfo | undefined> {
     return this.call('stat', key, () => this.inner.stat(key));

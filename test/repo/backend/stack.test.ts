@@ -1,4 +1,4 @@
-import { readdir, utimes } from 'node:fs/promises';
+import { readFile, readdir, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
@@ -18,6 +18,8 @@ import {
   type Backend,
   type BackendSpec,
   type FaultRule,
+  type Payload,
+  type PutOptions,
 } from '../../../src/repo/index.js';
 import { CancelledError } from '../../../src/util/index.js';
 import { makeTmpDir } from '../../helpers/tmp.js';
@@ -215,6 +217,27 @@ describe('retry', () => {
     expect(layer(b, RetryBackend).retries).toBe(3);
   });
 
+  it('a retried write of a gather list resends the same parts, even if the caller reuses its array', async () => {
+    const seen: (readonly Buffer[])[] = [];
+    class Recording extends MemoryBackend {
+      override async put(key: string, data: Payload, opts?: PutOptions): Promise<void> {
+        seen.push(data instanceof Uint8Array ? [data] : [...data]);
+        return super.put(key, data, opts);
+      }
+    }
+    const faulty = new FaultBackend(new Recording(), [{ op: 'put', nth: 1, times: 2, fail: 'transient' }]);
+    const b = new RetryBackend(faulty, fast, { random: () => 0 });
+    const parts = [Buffer.from('ab'), Buffer.alloc(0), Buffer.from('cde')];
+    const p = b.put('k', parts);
+    parts.length = 0; // the caller goes on with its array at once
+    parts.push(Buffer.from('zzz'));
+    await p;
+    expect(faulty.calls.get('put')).toBe(3);
+    expect(seen).toHaveLength(1); // only the third try reached the backend
+    expect(seen[0]!.map((x) => x.toString())).toEqual(['ab', '', 'cde']);
+    expect((await b.get('k')).toString()).toBe('abcde');
+  });
+
   it.each(['permission', 'no-space', 'not-found', 'other', 'range'] as const)(
     'never retries a %s error',
     async (kind) => {
@@ -387,6 +410,42 @@ describe('fault injection: failures leave nothing referenced lost', () => {
       // A second try of the same write succeeds.
       expect(await b.putIfAbsent('index/ab/half', data)).toBe(true);
     });
+  });
+
+  it('a gather-list write that fails half-way leaves no object, only a temp file with the first half', async () => {
+    await withDir(async (dir) => {
+      await (await Repository.init(dir, {})).close();
+      const b = openBackend({
+        kind: 'local',
+        location: dir,
+        retry: false,
+        faults: [{ op: 'write', keyPrefix: 'packs/', times: 2, halfWrite: true }],
+      });
+      const parts = Array.from({ length: 1500 }, (_, i) => Buffer.alloc(i % 4 === 0 ? 0 : 97, i & 0xff));
+      const whole = Buffer.concat(parts);
+      for (const write of [() => b.putIfAbsent('packs/ab/half', parts), () => b.put('packs/ab/half', parts)])
+        await expect(write()).rejects.toThrow(/^cannot write packs\/ab\/half: input\/output error$/);
+      expect(await b.stat('packs/ab/half')).toBeUndefined();
+      const listed: string[] = [];
+      for await (const o of b.list('packs/')) listed.push(o.key);
+      expect(listed).toEqual([]);
+      const temps = await readdir(join(dir, 'tmp'));
+      expect(temps).toHaveLength(2);
+      for (const t of temps)
+        expect((await readFile(join(dir, 'tmp', t))).equals(whole.subarray(0, whole.length >> 1))).toBe(true);
+      // The next try stores the whole concatenation.
+      expect(await b.putIfAbsent('packs/ab/half', parts)).toBe(true);
+      expect((await b.get('packs/ab/half')).equals(whole)).toBe(true);
+      await b.close();
+    });
+  });
+
+  it('a gather-list write that fails half-way in memory leaves nothing', async () => {
+    const b = new FaultBackend(new MemoryBackend(), [{ op: 'write', halfWrite: true }]);
+    await expect(b.putIfAbsent('packs/x', [Buffer.from('ab'), Buffer.from('cd')])).rejects.toMatchObject({
+      kind: 'other',
+    });
+    expect(await b.exists('packs/x')).toBe(false);
   });
 
   it('a full disk fails cleanly with the ENOSPC message, and the next run stores the data', async () => {
