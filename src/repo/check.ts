@@ -378,7 +378,12 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
         if (missing.has(hex) || missingPages.has(hex)) inTrailers.set(hex, key);
       }
     } catch (err) {
-      if (err instanceof BlobFormatError) damage.add(key, '*', { reason: `trailer: ${err.message}` });
+      // A pack voided as a whole (by an earlier --repair) is known damage: not reported again.
+      if (err instanceof BlobFormatError) {
+        const name = parsePackKey(key)?.name;
+        if (name && !repo.index.isVoided({ pack: name, offset: 0 }))
+          damage.add(key, '*', { reason: `trailer: ${err.message}` });
+      }
       else if (!isNotFound(err)) throw err; // deleted meanwhile (prune): nothing to check
     }
   });
@@ -400,7 +405,13 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
         throw err;
       }
       const bad = new Set<number | '*'>();
+      const name = parsePackKey(key)!.name;
       for (const p of r.problems) {
+        // Damage an earlier --repair voided is known: its entries are gone from the index already.
+        if (repo.index.isVoided({ pack: name, offset: p.offset === '*' ? 0 : p.offset })) {
+          bad.add(p.offset);
+          continue;
+        }
         bad.add(p.offset);
         damage.add(key, p.offset, { reason: p.reason, ...(p.id ? { id: p.id } : {}) });
       }
@@ -684,11 +695,16 @@ async function readTreeRefs(
       kind: 'index-damaged',
       reason: `the manifest says ${d.chunkSizeBytes}-byte chunks, the repository uses ${repo.chunkSizeBytes}`,
     };
+  const note = (id: string): void => {
+    let roots = pageRefs.get(id);
+    if (!roots) pageRefs.set(id, (roots = new Set()));
+    roots.add(d.root);
+  };
+  // The root first: when it has no entry (index/ lost), a trailer that lists it triggers a rebuild.
+  if (d.root !== ZERO_ID) note(d.root);
   try {
     for await (const p of treePages(d.root, d.sizeBytes, d.chunkSizeBytes, repo.config.pageSlots, repo.chunks.pages)) {
-      let roots = pageRefs.get(p.id);
-      if (!roots) pageRefs.set(p.id, (roots = new Set()));
-      roots.add(d.root);
+      note(p.id);
     }
     const idx = await repo.getIndex(d);
     for (let slot = 0; slot < idx.slotCount; slot++) {
