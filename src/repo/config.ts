@@ -3,6 +3,12 @@ import { isPowerOfTwo, printable, UsageError, formatBytes } from '../util/index.
 import type { Backend } from './backend/backend.js';
 import {
   DEFAULT_CHUNK_SIZE,
+  DEFAULT_PACK_SIZE,
+  DEFAULT_PAGE_SLOTS,
+  MAX_PACK_SIZE,
+  MAX_PAGE_SLOTS,
+  MIN_PACK_SIZE,
+  MIN_PAGE_SLOTS,
   DEFAULT_ZSTD_LEVEL,
   MAX_CHUNK_SIZE,
   MAX_ZSTD_LEVEL,
@@ -20,11 +26,14 @@ export interface RepoConfig {
   id: string;
   createdAt: string;
   chunkSizeBytes: number;
-  hash: 'blake3-256';
+  /** The chunk id function: keyed BLAKE3 exactly when encrypted. */
+  chunkId: 'blake3-256' | 'blake3-256-keyed';
   compression: { codec: 'zstd' | 'none'; level: number };
+  /** Packs are closed once they hold at least this many bytes (a power of two, 4–64 MiB). */
+  packSizeBytes: number;
+  /** Slot ids per disk index page (a power of two, 256–4096). */
+  pageSlots: number;
   encryption: 'none' | 'aes-256-gcm';
-  /** Encrypted repositories: keyed chunk ids (format 2 config; helper A's wiring). */
-  chunkId?: 'blake3-256' | 'blake3-256-keyed';
   /** Encrypted only: BLAKE3-128 keyed with idKey of "vmvault-v2 key id" (keys.ts keyIdOf). */
   keyId?: string;
   /** Encrypted only: keys.ts configMac of the config without `mac`. */
@@ -39,6 +48,10 @@ export interface InitOptions {
   encryption?: 'none' | 'aes-256-gcm';
   /** The password of the first key slot of an encrypted repository. */
   password?: string;
+  /** Pack target size (default 16 MiB). */
+  packSizeBytes?: number;
+  /** Slots per disk index page (default 1024; tests use small pages). */
+  pageSlots?: number;
   /** Test-only: scrypt parameters of the first key slot (keys.ts DEFAULT_KDF otherwise). */
   kdf?: { N: number; r: number; p: number };
 }
@@ -58,14 +71,25 @@ export function newConfig(opts: InitOptions = {}): RepoConfig {
       `use zstd:1 to zstd:${MAX_ZSTD_LEVEL}, a fast level zstd:${MIN_ZSTD_LEVEL} to zstd:-1, or none`,
     );
   }
+  const packSizeBytes = opts.packSizeBytes ?? DEFAULT_PACK_SIZE;
+  if (!isPowerOfTwo(packSizeBytes) || packSizeBytes < MIN_PACK_SIZE || packSizeBytes > MAX_PACK_SIZE)
+    throw new UsageError(
+      `invalid pack size ${formatBytes(packSizeBytes)}`,
+      `use a power of two from ${formatBytes(MIN_PACK_SIZE)} to ${formatBytes(MAX_PACK_SIZE)} (default ${formatBytes(DEFAULT_PACK_SIZE)})`,
+    );
+  const pageSlots = opts.pageSlots ?? DEFAULT_PAGE_SLOTS;
+  if (!isPowerOfTwo(pageSlots) || pageSlots < MIN_PAGE_SLOTS || pageSlots > MAX_PAGE_SLOTS)
+    throw new UsageError(`invalid page size ${pageSlots} slots`, `use a power of two from ${MIN_PAGE_SLOTS} to ${MAX_PAGE_SLOTS}`);
   return {
     format: 'vmvault-repository',
     version: REPO_FORMAT_VERSION,
     id: randomBytes(32).toString('hex'),
     createdAt: new Date().toISOString(),
     chunkSizeBytes,
-    hash: 'blake3-256',
+    chunkId: 'blake3-256',
     compression: level === 0 ? { codec: 'none', level: 0 } : { codec: 'zstd', level },
+    packSizeBytes,
+    pageSlots,
     encryption: 'none',
   };
 }
@@ -94,8 +118,9 @@ const CONFIG_FIELDS = new Set([
   'id',
   'createdAt',
   'chunkSizeBytes',
-  'hash',
   'compression',
+  'packSizeBytes',
+  'pageSlots',
   'encryption',
   'chunkId',
   'keyId',
@@ -122,6 +147,7 @@ export function isRepositoryConfig(buf: Buffer): boolean {
 /** Key prefixes only a repository has: a location holding one of them but no config is a damaged repository. */
 const REPOSITORY_PREFIXES = [
   Keys.dataPrefix,
+  Keys.metaPrefix,
   Keys.indexPrefix,
   Keys.snapshotPrefix,
   Keys.quarantinePrefix,
@@ -160,6 +186,11 @@ export function parseConfig(buf: Buffer, location: string): RepoConfig {
     );
   if (typeof c.version !== 'number' || !Number.isSafeInteger(c.version) || c.version < 1)
     throw damaged(`version is ${shown(c.version)}, not a format version`);
+  if (c.version === 1)
+    throw new RepoFormatError(
+      `${location} is a format 1 repository, which this vmvault does not read`,
+      "create a new one with 'vmvault init' and back up again",
+    );
   if (c.version !== REPO_FORMAT_VERSION) {
     throw new RepoFormatError(
       `repository format version ${c.version} is not supported (this vmvault reads version ${REPO_FORMAT_VERSION})`,
@@ -186,7 +217,18 @@ export function parseConfig(buf: Buffer, location: string): RepoConfig {
     throw damaged(
       `chunkSizeBytes is ${shown(cs)}, not a power of two from ${MIN_CHUNK_SIZE} to ${MAX_CHUNK_SIZE}`,
     );
-  if (c.hash !== 'blake3-256') throw damaged(`hash is ${shown(c.hash)}, not "blake3-256"`);
+  const ps = c.packSizeBytes;
+  if (typeof ps !== 'number' || !Number.isSafeInteger(ps) || !isPowerOfTwo(ps) || ps < MIN_PACK_SIZE || ps > MAX_PACK_SIZE)
+    throw damaged(`packSizeBytes is ${shown(ps)}, not a power of two from ${MIN_PACK_SIZE} to ${MAX_PACK_SIZE}`);
+  const slots = c.pageSlots;
+  if (
+    typeof slots !== 'number' ||
+    !Number.isSafeInteger(slots) ||
+    !isPowerOfTwo(slots) ||
+    slots < MIN_PAGE_SLOTS ||
+    slots > MAX_PAGE_SLOTS
+  )
+    throw damaged(`pageSlots is ${shown(slots)}, not a power of two from ${MIN_PAGE_SLOTS} to ${MAX_PAGE_SLOTS}`);
   const comp = c.compression;
   if (typeof comp !== 'object' || comp === null || Array.isArray(comp))
     throw damaged(`compression is ${shown(comp)}, not {"codec": ..., "level": ...}`);
@@ -217,7 +259,7 @@ export function parseConfig(buf: Buffer, location: string): RepoConfig {
     if (typeof c.mac !== 'string' || !/^[0-9a-f]{64}$/.test(c.mac))
       throw damaged(`mac is ${shown(c.mac)}, not 64 lowercase hex digits`);
   } else if (c.encryption === 'none') {
-    if (c.chunkId !== undefined && c.chunkId !== 'blake3-256')
+    if (c.chunkId !== 'blake3-256')
       throw damaged(`chunkId is ${shown(c.chunkId)}; an unencrypted repository has "blake3-256"`);
     if (c.keyId !== undefined || c.mac !== undefined)
       throw damaged('keyId and mac belong to encrypted repositories only');
@@ -235,11 +277,11 @@ export function parseConfig(buf: Buffer, location: string): RepoConfig {
     id: c.id,
     createdAt: c.createdAt,
     chunkSizeBytes: cs,
-    hash: 'blake3-256',
+    chunkId: c.encryption === 'aes-256-gcm' ? 'blake3-256-keyed' : 'blake3-256',
     compression: codec === 'none' ? { codec: 'none', level: 0 } : { codec: 'zstd', level: level as number },
+    packSizeBytes: ps,
+    pageSlots: slots,
     encryption: c.encryption,
-    ...(c.encryption === 'aes-256-gcm'
-      ? { chunkId: 'blake3-256-keyed' as const, keyId: c.keyId as string, mac: c.mac as string }
-      : {}),
+    ...(c.encryption === 'aes-256-gcm' ? { keyId: c.keyId as string, mac: c.mac as string } : {}),
   };
 }

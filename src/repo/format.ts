@@ -4,7 +4,7 @@
  */
 
 /** Repository format version written into `config`. Readers refuse versions they don't know. */
-export const REPO_FORMAT_VERSION = 1;
+export const REPO_FORMAT_VERSION = 2;
 
 /** Blob header magic: "VMVB". */
 export const BLOB_MAGIC = 0x564d5642;
@@ -68,11 +68,19 @@ export const PAGE_HEADER_BYTES = 16;
 export const MIN_PAGE_SLOTS = 256;
 export const MAX_PAGE_SLOTS = 4096;
 export const DEFAULT_PAGE_SLOTS = 1024;
+/** Pack target size (`init --pack-size`, config.packSizeBytes): a power of two in this range. */
+export const MIN_PACK_SIZE = 4 * 1024 * 1024;
+export const MAX_PACK_SIZE = 64 * 1024 * 1024;
+export const DEFAULT_PACK_SIZE = 16 * 1024 * 1024;
 
 /** Key layout. Keys use '/' separators; no backend may assume a POSIX filesystem beyond that. */
 export const Keys = {
   config: 'config',
+  /** Data packs: data/<hh>/<32 hex> (docs/format.md "Packs"). */
   dataPrefix: 'data/',
+  /** Meta packs (disk index pages): meta/<hh>/<32 hex>. */
+  metaPrefix: 'meta/',
+  /** Chunk index objects: index/<32 hex>. */
   indexPrefix: 'index/',
   snapshotPrefix: 'snapshots/',
   lockPrefix: 'locks/',

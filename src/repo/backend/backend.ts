@@ -61,9 +61,9 @@ export interface Backend {
    */
   getRangeInto(key: string, offset: number, dest: Uint8Array): Promise<number>;
   /** Creates or replaces an object atomically. */
-  put(key: string, data: Buffer, opts?: PutOptions): Promise<void>;
+  put(key: string, data: Payload, opts?: PutOptions): Promise<void>;
   /** Creates an object only when the key is free. Returns false when it already existed. */
-  putIfAbsent(key: string, data: Buffer, opts?: PutOptions): Promise<boolean>;
+  putIfAbsent(key: string, data: Payload, opts?: PutOptions): Promise<boolean>;
   /** Size (and modification time, see capabilities) of an object, or undefined when absent. */
   stat(key: string): Promise<ObjectInfo | undefined>;
   exists(key: string): Promise<boolean>;
@@ -96,4 +96,29 @@ export function assertRange(key: string, offset: number, length: number, size: n
   const ok = Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0;
   if (!ok || offset + length > size)
     throw new BackendError('range', `range ${offset}+${length} is past the end of ${key} (${size} bytes)`);
+}
+
+/**
+ * What `put` and `putIfAbsent` write: one buffer, or a gather list written as their concatenation
+ * in one call (a pack's header, records, trailer and footer, without copying them together).
+ */
+export type Payload = Buffer | readonly Buffer[];
+
+/** The parts of a payload (one buffer: itself). */
+export function payloadParts(data: Payload): readonly Buffer[] {
+  return Buffer.isBuffer(data) ? [data] : data;
+}
+
+/** The bytes a payload holds. */
+export function payloadBytes(data: Payload): number {
+  if (Buffer.isBuffer(data)) return data.length;
+  let n = 0;
+  for (const p of data) n += p.length;
+  return n;
+}
+
+/** A payload as one buffer (a copy only when it is a list of more than one part). */
+export function payloadBuffer(data: Payload): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  return data.length === 1 ? data[0]! : Buffer.concat(data as Buffer[]);
 }

@@ -1,6 +1,6 @@
 import { sleep } from '../../util/index.js';
 import { BackendError, type BackendErrorKind } from '../errors.js';
-import type { Backend, ObjectInfo, PutOptions } from './backend.js';
+import { payloadBuffer, type Backend, type ObjectInfo, type Payload, type PutOptions } from './backend.js';
 import { mapError } from './local-files.js';
 import { BackendWrapper, type BackendOp } from './wrapper.js';
 
@@ -136,17 +136,17 @@ export class FaultBackend extends BackendWrapper {
   private async write<T>(
     op: 'put' | 'putIfAbsent',
     key: string,
-    data: Buffer,
+    data: Payload,
     fn: () => Promise<T>,
   ): Promise<T> {
     const rule = this.hit(op, key);
-    if (rule) await this.apply(rule, op, key, data);
+    if (rule) await this.apply(rule, op, key, rule.halfWrite ? payloadBuffer(data) : undefined);
     return fn();
   }
-  override put(key: string, data: Buffer, opts?: PutOptions): Promise<void> {
+  override put(key: string, data: Payload, opts?: PutOptions): Promise<void> {
     return this.write('put', key, data, () => this.inner.put(key, data, opts));
   }
-  override putIfAbsent(key: string, data: Buffer, opts?: PutOptions): Promise<boolean> {
+  override putIfAbsent(key: string, data: Payload, opts?: PutOptions): Promise<boolean> {
     return this.write('putIfAbsent', key, data, () => this.inner.putIfAbsent(key, data, opts));
   }
 

@@ -137,15 +137,18 @@ export function describeNonFile(st: import('node:fs').Stats): string {
  * runs in libuv's thread pool so that the calling thread (a compressing worker) goes on with its
  * next task meanwhile; `data` is no longer read by then. On failure the temp file is removed.
  */
-export async function writeTempFile(spec: LocalFileSpec, data: Uint8Array): Promise<string> {
+export async function writeTempFile(spec: LocalFileSpec, data: Uint8Array | readonly Uint8Array[]): Promise<string> {
   const tmpDir = join(spec.root, TMP_DIR);
   const tmp = join(tmpDir, `${process.pid}-${threadId}-${++tmpCounter}-${Date.now().toString(36)}`);
   const mode = spec.fileMode ?? DEFAULT_FILE_MODE;
   const fd = inDir(spec, tmpDir, () => openSync(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, mode));
   try {
     setFileMode(fd, mode);
-    let done = 0;
-    while (done < data.length) done += writeSync(fd, data, done, data.length - done);
+    // A gather list is written part after part into the one file (no copy into one buffer).
+    for (const part of data instanceof Uint8Array ? [data] : data) {
+      let done = 0;
+      while (done < part.length) done += writeSync(fd, part, done, part.length - done);
+    }
     await datasync(fd);
   } catch (err) {
     closeSync(fd);
@@ -179,7 +182,11 @@ function removeQuietly(tmp: string): void {
  * Creates the object unless its name exists; returns false when it did. Errors are the raw errno
  * errors (see `mapError`); the temp file is removed on every path.
  */
-export async function createObjectFile(spec: LocalFileSpec, key: string, data: Uint8Array): Promise<boolean> {
+export async function createObjectFile(
+  spec: LocalFileSpec,
+  key: string,
+  data: Uint8Array | readonly Uint8Array[],
+): Promise<boolean> {
   const path = objectPath(spec.root, key);
   const tmp = await writeTempFile(spec, data);
   try {

@@ -13,6 +13,7 @@ import { BackendError, RepoNotEmptyError, isNotFound } from '../errors.js';
 import {
   assertRange,
   validateKey,
+  type Payload,
   type Backend,
   type BackendCapabilities,
   type ObjectInfo,
@@ -303,7 +304,7 @@ export class LocalBackend implements Backend {
     }
   }
 
-  async put(key: string, data: Buffer, opts: PutOptions = {}): Promise<void> {
+  async put(key: string, data: Payload, opts: PutOptions = {}): Promise<void> {
     const p = this.path(key);
     try {
       renameIntoPlace(this.files(), await writeTempFile(this.files(), data), key);
@@ -315,7 +316,7 @@ export class LocalBackend implements Backend {
     await this.makeEntriesDurable([dirname(p)]);
   }
 
-  async putIfAbsent(key: string, data: Buffer, opts: PutOptions = {}): Promise<boolean> {
+  async putIfAbsent(key: string, data: Payload, opts: PutOptions = {}): Promise<boolean> {
     const p = this.path(key);
     try {
       if (!(await createObjectFile(this.files(), key, data))) return false;

@@ -2,6 +2,8 @@ import { BackendError } from '../errors.js';
 import {
   assertRange,
   validateKey,
+  payloadBuffer,
+  type Payload,
   type Backend,
   type BackendCapabilities,
   type ObjectInfo,
@@ -44,14 +46,14 @@ export class MemoryBackend implements Backend {
     dest.set(v.subarray(offset, offset + dest.length));
     return v.length;
   }
-  async put(key: string, data: Buffer, _opts?: PutOptions): Promise<void> {
+  async put(key: string, data: Payload, _opts?: PutOptions): Promise<void> {
     validateKey(key);
-    this.objects.set(key, { data: Buffer.from(data), modifiedMs: Date.now() });
+    this.objects.set(key, { data: Buffer.from(payloadBuffer(data)), modifiedMs: Date.now() });
   }
-  async putIfAbsent(key: string, data: Buffer, _opts?: PutOptions): Promise<boolean> {
+  async putIfAbsent(key: string, data: Payload, _opts?: PutOptions): Promise<boolean> {
     validateKey(key);
     if (this.objects.has(key)) return false;
-    this.objects.set(key, { data: Buffer.from(data), modifiedMs: Date.now() });
+    this.objects.set(key, { data: Buffer.from(payloadBuffer(data)), modifiedMs: Date.now() });
     return true;
   }
   async stat(key: string): Promise<ObjectInfo | undefined> {

@@ -1,4 +1,4 @@
-import type { Backend, BackendCapabilities, ObjectInfo, PutOptions } from './backend.js';
+import type { Backend, BackendCapabilities, ObjectInfo, Payload, PutOptions } from './backend.js';
 
 /** The operations of the Backend interface a wrapper sees. */
 export type BackendOp =
@@ -53,10 +53,10 @@ export abstract class BackendWrapper implements Backend {
   getRangeInto(key: string, offset: number, dest: Uint8Array): Promise<number> {
     return this.call('getRangeInto', key, () => this.inner.getRangeInto(key, offset, dest));
   }
-  put(key: string, data: Buffer, opts?: PutOptions): Promise<void> {
+  put(key: string, data: Payload, opts?: PutOptions): Promise<void> {
     return this.call('put', key, () => this.inner.put(key, data, opts));
   }
-  putIfAbsent(key: string, data: Buffer, opts?: PutOptions): Promise<boolean> {
+  putIfAbsent(key: string, data: Payload, opts?: PutOptions): Promise<boolean> {
     return this.call('putIfAbsent', key, () => this.inner.putIfAbsent(key, data, opts));
   }
   stat(key: string): Promise<ObjectInfo | undefined> {
