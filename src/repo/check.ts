@@ -426,6 +426,57 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
     dataProgress.done();
   }
 
+  // ---- 7a. --repair: the index, rebuilt from every readable trailer when damaged, empty, or lacking
+  // entries; then the trees that could not be read before are read again.
+  let rebuiltIndex: RebuiltIndex | undefined;
+  const missingReason = new Map<string, string>();
+  for (const [hex, key] of inTrailers)
+    missingReason.set(hex, `no index entry, but the trailer of ${key} lists it ('check --read-data --repair' rebuilds the index)`);
+  if (repair && (indexDamage.length || streamDamaged !== undefined || indexEmpty || inTrailers.size)) {
+    throwIfAborted(signal);
+    rebuiltIndex = await ChunkIndex.rebuild(
+      repo.backend,
+      codecSectionSealer(repo.codec),
+      trailerEntries(repo, packs, damage),
+      { sessionId: repo.chunks.sessionId },
+    );
+    await repo.index.reload();
+    missingReason.clear();
+    const usable = async (hex: string): Promise<boolean> => {
+      for (const c of await repo.index.lookupAll(Buffer.from(hex, 'hex'))) {
+        const size = packs.get(packKey(c));
+        if (size !== undefined && c.offset + c.length <= size) return true;
+      }
+      return false;
+    };
+    for (const hex of [...missing, ...missingPages]) {
+      if (!(await usable(hex))) continue;
+      missing.delete(hex);
+      missingPages.delete(hex);
+      const len = refs.get(hex);
+      if (len !== undefined) refs.set(hex, -Math.abs(len));
+    }
+    const disks = new Map<string, { root: string; sizeBytes: number; chunkSizeBytes: number }>();
+    for (const s of snaps) for (const d of s.disks) disks.set(d.root, d);
+    for (const [root, state] of treeState) {
+      if (state.ok) continue;
+      throwIfAborted(signal);
+      const added: string[] = [];
+      const next = await readTreeRefs(repo, disks.get(root)!, pageRefs, (id, length) => {
+        if (refs.has(id)) return;
+        refs.set(id, length);
+        bytesReferenced += length;
+        added.push(id);
+      });
+      treeState.set(root, next);
+      for (const id of added) {
+        if (await usable(id)) refs.set(id, -refs.get(id)!);
+        else missing.add(id);
+      }
+    }
+    for (const hex of pageRefs.keys()) if (!(await usable(hex))) missingPages.add(hex);
+  }
+
   // ---- the entries each damaged record or pack stands for (one more stream, only on damage) ------
   const damagedEntries: Array<{ e: IndexEntry; d: Damage }> = [];
   if (damage.size) {
@@ -463,39 +514,14 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
     (isChunk ? corrupt : corruptPages).set(hex, d.reason);
   }
 
-  // ---- 7. --repair -----------------------------------------------------------------------------
-  let rebuiltIndex: RebuiltIndex | undefined;
+  // ---- 7b. --repair: void records, manifests ------------------------------------------------------
   const voids: string[] = [];
   const repaired: RepairedChunk[] = [];
   const repairedIndexes: RepairedObject[] = [];
   const repairedSnapshots: RepairedObject[] = [];
   const quarantined = new Map<string, { quarantineKey: string; reason: string }>();
   const quarantinedManifests = new Map<string, string>();
-  const missingReason = new Map<string, string>();
-  for (const [hex, key] of inTrailers)
-    missingReason.set(hex, `no index entry, but the trailer of ${key} lists it ('check --read-data --repair' rebuilds the index)`);
   if (repair) {
-    // a. The index: rebuilt from every readable trailer when damaged, empty, or lacking entries.
-    if (indexDamage.length || streamDamaged !== undefined || indexEmpty || inTrailers.size) {
-      throwIfAborted(signal);
-      rebuiltIndex = await ChunkIndex.rebuild(
-        repo.backend,
-        codecSectionSealer(repo.codec),
-        trailerEntries(repo, packs, damage),
-        { sessionId: repo.chunks.sessionId },
-      );
-      await repo.index.reload();
-      for (const hex of [...missing, ...missingPages]) {
-        const found = await repo.index.lookup(Buffer.from(hex, 'hex'));
-        if (found && packs.has(packKey(found))) {
-          missing.delete(hex);
-          missingPages.delete(hex);
-          const len = refs.get(hex);
-          if (len !== undefined) refs.set(hex, -Math.abs(len));
-        }
-      }
-      missingReason.clear();
-    }
     // b. Void records: one per damaged record, or per pack ('*'); one void object per pack.
     for (const [key, m] of damage.packs) {
       throwIfAborted(signal);

@@ -188,6 +188,9 @@ describe('checkRepository (format 2, local packs)', () => {
     const fixed = await checkRepository(repo, { readData: true, repair: true });
     expect(fixed.rebuiltIndex).toBeDefined();
     expect(fixed.rebuiltIndex!.entries).toBeGreaterThanOrEqual(6);
+    // The trees are read again after the rebuild: only the index problem that was repaired is left.
+    expect(fixed.problems.map((p) => p.kind)).toEqual(['index-object-damaged']);
+    expect(fixed).toMatchObject({ chunksReferenced: 4, chunksMissing: 0, chunksCorrupt: 0 });
 
     const after = await openRepo();
     const clean = await checkRepository(after, { readData: true });
@@ -195,6 +198,23 @@ describe('checkRepository (format 2, local packs)', () => {
     expect(clean.chunksReferenced).toBe(4);
     expect((await after.chunks.get(ids.C)).equals(data.C)).toBe(true);
     expect((await after.getIndex(s1.disks[0]!)).get(2)).toBe(ids.C);
+  });
+
+  it('index/ deleted and a record damaged: one --repair rebuilds the index and voids the record', async () => {
+    const first = await openRepo();
+    const e = await entryOf(first, ids.D);
+    await flipByte(join(loc, packKey(e)), e.offset + e.length - 20);
+    await rm(join(loc, 'index'), { recursive: true, force: true });
+    const repo = await openRepo();
+    const fixed = await checkRepository(repo, { readData: true, repair: true });
+    expect(fixed.rebuiltIndex).toBeDefined();
+    expect(fixed.repaired.map((r) => r.chunkId)).toEqual([ids.D]);
+    expect(fixed.problems.filter((p) => p.kind.startsWith('chunk-'))).toEqual([
+      expect.objectContaining({ kind: 'chunk-missing', snapshot: s2.id, offset: 2 * CS, chunkId: ids.D }),
+    ]);
+    const after = await openRepo();
+    expect(await after.chunks.has(ids.D)).toBe(false);
+    expect((await after.chunks.get(ids.A)).equals(data.A)).toBe(true);
   });
 
   it('a damaged page record: the disk index is damaged; --repair voids the page', async () => {
