@@ -7,7 +7,7 @@ import { BlobFormatError, zstdBound } from './blob.js';
 import type { ChunkId } from './chunk-id.js';
 import type { ChunkIndex } from './chunk-index/index.js';
 import { decodeEntry, encodeEntryInto, ENTRY_BYTES, packKey, type IndexEntry } from './chunk-index/entry.js';
-import { BlobCodec, RECORD_OVERHEAD, type RecordMeta } from './codec.js';
+import { BlobCodec, RECORD_OVERHEAD, type RecordKind, type RecordMeta } from './codec.js';
 import type { PageKind, PageStore } from './disk-tree.js';
 import {
   BackendError,
@@ -17,7 +17,7 @@ import {
   RepoDamagedError,
   type ChunkLocation,
 } from './errors.js';
-import { PackWriter, type SealedPack } from './pack.js';
+import { MAX_PACK_BYTES, PackWriter, verifyPack, type SealedPack } from './pack.js';
 import type { PackWorkerData, PackWorkerRequest, PackWorkerResult, RecordRef, WrittenPack } from './pack-worker.js';
 
 export interface PutResult {
@@ -39,6 +39,13 @@ export interface PackStoreOptions {
   deltaEveryPacks?: number;
   /** … or this many ms (default 5 min), whichever first. */
   deltaEveryMs?: number;
+}
+
+/** What `PackStore.verifyPack` found in one pack. */
+export interface PackVerifyResult {
+  /** The trailer's entries (empty when the pack as a whole is damaged). */
+  entries: IndexEntry[];
+  problems: Array<{ offset: number | '*'; id?: Buffer; reason: string }>;
 }
 
 /** Largest page plaintext: a page of the most slots (design §3: 16 B header + 32 B per slot, 2^16 slots). */
@@ -418,6 +425,54 @@ export class PackStore {
     this.known.delete(id);
     if (this.lost) throw this.lost;
     return this.store(data, id, 2, false);
+  }
+
+  /**
+   * check --read-data: reads the whole pack `key` (listed at `sizeBytes`) once and opens every
+   * record (pack.ts `verifyPack`), in a worker when there is a pool. Damage is returned, never
+   * thrown: a record's at its offset, the pack's as a whole (name, trailer, shorter than listed,
+   * larger than any pack) at '*'. A pack gone meanwhile throws the backend's not-found error.
+   */
+  async verifyPack(key: string, sizeBytes: number): Promise<PackVerifyResult> {
+    if (sizeBytes > MAX_PACK_BYTES)
+      return { entries: [], problems: [{ offset: '*', reason: `${sizeBytes} bytes, more than any pack (${MAX_PACK_BYTES})` }] };
+    const shorter = (): PackVerifyResult => ({
+      entries: [],
+      problems: [{ offset: '*', reason: `the pack is shorter than the ${sizeBytes} bytes listed` }],
+    });
+    const pool = this.getPool();
+    if (!pool) {
+      const bytes = Buffer.allocUnsafe(sizeBytes);
+      try {
+        await this.backend.getRangeInto(key, 0, bytes);
+      } catch (err) {
+        if (err instanceof BackendError && err.kind === 'range') return shorter();
+        throw err;
+      }
+      const r = verifyPack(bytes, key, this.codec, (kind: RecordKind) => (kind <= 2 ? this.chunkSizeBytes : MAX_PAGE_BYTES));
+      return { entries: r.entries, problems: r.problems };
+    }
+    let r: PackWorkerResult;
+    try {
+      r = await pool.run({ op: 'verify', key, sizeBytes, maxChunkBytes: this.chunkSizeBytes, maxPageBytes: MAX_PAGE_BYTES });
+    } catch (err) {
+      if (!(err instanceof WorkerTaskError)) throw err;
+      const rebuilt = BackendError.fromWire(err.message, err.hint, err.details);
+      if (rebuilt?.kind === 'range') return shorter();
+      throw rebuilt ?? err;
+    }
+    if (!('problems' in r)) throw new Error('unexpected worker reply');
+    const buf = Buffer.from(r.entries.buffer, r.entries.byteOffset, r.entries.byteLength);
+    const entries: IndexEntry[] = [];
+    for (let at = 0; at + ENTRY_BYTES <= buf.length; at += ENTRY_BYTES) entries.push(decodeEntry(buf, at));
+    return {
+      entries,
+      problems: r.problems.map((p) => ({
+        offset: p.offset,
+        reason: p.reason,
+        ...(p.id ? { id: Buffer.from(p.id) } : {}),
+      })),
+    };
   }
 
   // ---- pages ----

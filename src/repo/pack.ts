@@ -296,14 +296,18 @@ export async function readPackTrailer(
 }
 
 /** `readPackTrailer`'s checks on a whole pack in memory, plus its name (BLAKE3-128 of the bytes). */
-export function parsePack(bytes: Buffer, key: string, codec: BlobCodec): { entries: IndexEntry[]; header: PackHeader } {
+export function parsePack(
+  bytes: Buffer,
+  key: string,
+  codec: BlobCodec,
+  opts: { checkName?: boolean } = {},
+): { entries: IndexEntry[]; header: PackHeader } {
   const { kind, name } = keyOrDamage(key);
   const size = bytes.length;
   if (size > MAX_PACK_BYTES) throw new BlobFormatError(`pack of ${size} bytes, more than any pack`);
   if (size < PACK_HEADER_BYTES + TRAILER_OVERHEAD + TRAILER_HEAD_BYTES + PACK_FOOTER_BYTES)
     throw new BlobFormatError(`pack of ${size} bytes is too short`);
-  const h = new Blake3Hasher();
-  if (!h.update(bytes).digestBuffer().subarray(0, 16).equals(name))
+  if ((opts.checkName ?? true) && !nameMatches(bytes, name))
     throw new BlobFormatError('pack content does not match its name (BLAKE3 mismatch)');
   const trailerAt = parseFooter(bytes.subarray(size - PACK_FOOTER_BYTES), size);
   const header = parsePackHeader(bytes.subarray(0, PACK_HEADER_BYTES), codec);
@@ -320,7 +324,16 @@ export interface PackProblem {
   reason: string;
 }
 
-/** check --read-data: the pack parsed and every record opened; problems collected, not thrown. */
+function nameMatches(bytes: Buffer, name: Buffer): boolean {
+  return new Blake3Hasher().update(bytes).digestBuffer().subarray(0, 16).equals(name);
+}
+
+/**
+ * check --read-data: the pack parsed and every record opened; problems collected, not thrown.
+ * A name mismatch that damaged records explain (every byte of a pack is under a seal: header
+ * and trailer by the trailer's, records by their own) yields those records' problems only, so
+ * `check --repair` voids just them; one that no record explains is the pack's ('*').
+ */
 export function verifyPack(
   bytes: Buffer,
   key: string,
@@ -329,7 +342,7 @@ export function verifyPack(
 ): { entries: IndexEntry[]; problems: PackProblem[] } {
   let entries: IndexEntry[];
   try {
-    entries = parsePack(bytes, key, codec).entries;
+    entries = parsePack(bytes, key, codec, { checkName: false }).entries;
   } catch (err) {
     if (!(err instanceof BlobFormatError)) throw err;
     return { entries: [], problems: [{ offset: '*', reason: err.message }] };
@@ -346,5 +359,7 @@ export function verifyPack(
       problems.push({ offset: e.offset, id: e.id, reason: err instanceof Error ? err.message : String(err) });
     }
   }
+  if (problems.length === 0 && !nameMatches(bytes, keyOrDamage(key).name))
+    problems.push({ offset: '*', reason: 'pack content does not match its name (BLAKE3 mismatch)' });
   return { entries, problems };
 }

@@ -86,20 +86,24 @@ function repairSummary(r: CheckResult): string[] {
   const moved = r.repaired.length;
   const stillMissing = r.chunksMissing - moved;
   const lines = [
-    `repaired           ${plural(moved, 'corrupt chunk')} moved to quarantine/${
-      moved ? ' (kept for inspection; safe to delete)' : ''
+    `repaired           ${plural(moved, 'corrupt chunk')} voided${
+      r.voids.length ? ` (${plural(r.voids.length, 'void record')} in quarantine/)` : ''
     }`,
   ];
+  if (r.rebuiltIndex)
+    lines.push(
+      `repaired           chunk index rebuilt from the pack trailers (${r.rebuiltIndex.entries} entries, ${plural(r.rebuiltIndex.superseded.length, 'object')} superseded)`,
+    );
   const movedIndexes = r.repairedIndexes.length;
   const movedManifests = r.repairedSnapshots.length;
   if (movedIndexes || movedManifests)
     lines.push(
       `repaired           ${[
-        movedIndexes ? `${movedIndexes} damaged disk index${movedIndexes === 1 ? '' : 'es'}` : '',
-        movedManifests ? plural(movedManifests, 'damaged snapshot manifest') : '',
+        movedIndexes ? `${movedIndexes} disk index${movedIndexes === 1 ? '' : 'es'} with a damaged page voided` : '',
+        movedManifests ? `${plural(movedManifests, 'damaged snapshot manifest')} moved to quarantine/` : '',
       ]
         .filter(Boolean)
-        .join(' and ')} moved to quarantine/`,
+        .join(' and ')}`,
     );
   if (movedIndexes)
     lines.push(
@@ -150,6 +154,12 @@ function jsonSummary(r: CheckResult): Record<string, unknown> {
     repaired: r.repaired,
     repairedIndexes: r.repairedIndexes,
     repairedSnapshots: r.repairedSnapshots,
+    rebuiltIndex: r.rebuiltIndex ?? null,
+    voids: r.voids,
+    packs: r.packs,
+    packsDamaged: r.packsDamaged,
+    orphanPacks: r.orphanPacks,
+    ignoredKeys: r.ignoredKeys,
     unreferencedChunks: r.unreferencedChunks,
     unreferencedBytes: r.unreferencedBytes,
     unreferencedExact: r.unreferencedExact,
