@@ -291,7 +291,12 @@ describe('init and open through the CLI', () => {
         () => JSON.stringify(edit({ chunkSizeBytes: '1048576' })),
         /chunkSizeBytes is "1048576"/,
       ],
-      ['hash md5', () => JSON.stringify(edit({ hash: 'md5' })), /hash is "md5"/],
+      ['chunkId md5', () => JSON.stringify(edit({ chunkId: 'md5' })), /chunkId is "md5"/],
+      ['pack size 3 MiB', () => JSON.stringify(edit({ packSizeBytes: 3 * MiB })), /packSizeBytes is 3145728/],
+      ['pack size 2^40', () => JSON.stringify(edit({ packSizeBytes: 2 ** 40 })), /packSizeBytes is 1099511627776/],
+      ['pack size missing', () => JSON.stringify(edit({ packSizeBytes: undefined })), /packSizeBytes is missing/],
+      ['page slots 0', () => JSON.stringify(edit({ pageSlots: 0 })), /pageSlots is 0/],
+      ['page slots as text', () => JSON.stringify(edit({ pageSlots: '1024' })), /pageSlots is "1024"/],
       [
         'createdAt not a time',
         () => JSON.stringify(edit({ createdAt: 'yesterday' })),
@@ -325,9 +330,14 @@ describe('init and open through the CLI', () => {
     }
 
     it('a newer format version or encryption asks for an upgrade', async () => {
-      await writeFile(join(repo, 'config'), JSON.stringify(edit({ version: 2 })));
+      await writeFile(join(repo, 'config'), JSON.stringify(edit({ version: 3 })));
       expect(expectOneLineError(await runCli(['snapshots', '-r', repo]))).toMatch(
-        /format version 2 is not supported .*; upgrade vmvault/,
+        /format version 3 is not supported .*; upgrade vmvault/,
+      );
+      // Format 1 has no users: refused in one line that says what to do.
+      await writeFile(join(repo, 'config'), JSON.stringify(edit({ version: 1 })));
+      expect(expectOneLineError(await runCli(['snapshots', '-r', repo]))).toMatch(
+        /is a format 1 repository, which this vmvault does not read; create a new one with 'vmvault init' and back up again/,
       );
       await writeFile(join(repo, 'config'), JSON.stringify(edit({ encryption: 'chacha20-poly1305' })));
       expect(expectOneLineError(await runCli(['snapshots', '-r', repo]))).toMatch(
@@ -336,7 +346,7 @@ describe('init and open through the CLI', () => {
       // aes-256-gcm is known: without its keyed id function, keyId and mac the config is damaged.
       await writeFile(join(repo, 'config'), JSON.stringify(edit({ encryption: 'aes-256-gcm' })));
       expect(expectOneLineError(await runCli(['snapshots', '-r', repo]))).toMatch(
-        /config of .* is damaged: chunkId is missing/,
+        /config of .* is damaged: chunkId is "blake3-256", not "blake3-256-keyed"/,
       );
       await writeFile(join(repo, 'config'), `${JSON.stringify(good, null, 2)}\n`);
       expect((await runCli(['snapshots', '-r', repo])).code).toBe(0);

@@ -37,14 +37,13 @@ const listSlots = async (
 };
 
 describe('vmvault init --encryption and key', () => {
-  it('init --encryption aes-256-gcm is refused (exit 2) while objects are not encrypted yet, and creates nothing', async () => {
-    const repo = join(tmp.dir, 'refused');
+  it('init --encryption aes-256-gcm needs no opt-in: packs, index and manifests are encrypted', async () => {
+    const repo = join(tmp.dir, 'no-opt-in');
     const r = await runCli(['init', repo, '--encryption', 'aes-256-gcm'], {
       env: env('pw', { VMVAULT_EXPERIMENTAL_ENCRYPTION: '' }),
     });
-    expect(r.code).toBe(2);
-    expect(expectOneLineError(r)).toMatch(/not available yet.*use --encryption none/);
-    await expect(stat(repo)).rejects.toThrow(/ENOENT/);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/encryption aes-256-gcm/);
   });
   it('init writes an encrypted config (keyed ids, keyId, mac) and one key slot', async () => {
     const repo = await newRepo();
@@ -151,7 +150,7 @@ describe('vmvault init --encryption and key', () => {
     expect(expectOneLineError(edited)).toMatch(/mac does not match/);
     const { chunkId: _c, keyId: _k, mac: _m, ...plain } = config;
     void [_c, _k, _m];
-    await writeFile(path, JSON.stringify({ ...plain, encryption: 'none' }));
+    await writeFile(path, JSON.stringify({ ...plain, chunkId: 'blake3-256', encryption: 'none' }));
     const downgraded = await runCli(['snapshots', '-r', repo], { env: env('x') });
     expect(downgraded.code).toBe(20);
     expect(expectOneLineError(downgraded)).toMatch(/not encrypted, but it has key slots/);

@@ -4,16 +4,17 @@
  * qemu-io. Chunks are decoded into shared buffers and lent to the server without copies.
  */
 import { createHash } from 'node:crypto';
-import { open, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdClient, NbdServer } from '../../src/nbd/index.js';
-import { Repository, format, type Snapshot } from '../../src/repo/index.js';
+import { Repository, type Snapshot } from '../../src/repo/index.js';
 import { SnapshotExport } from '../../src/restore/index.js';
 import { exec } from '../../src/util/index.js';
 import { runCli } from '../helpers/cli.js';
 import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
 import { requireTools } from '../helpers/tools.js';
+import { corruptRecord, recordFile } from '../helpers/repo-files.js';
 
 const MiB = 1024 * 1024;
 const run = requireTools(['nbdcopy', 'nbdinfo', 'qemu-img', 'qemu-io']);
@@ -110,18 +111,12 @@ describe.runIf(run)('SnapshotExport served over NBD', () => {
   });
 
   it('a damaged chunk fails only the reads that touch it (EIO); the server keeps serving', async () => {
-    const index = await repo.getIndex(snap.disks[0]!.root);
+    const index = await repo.getIndex(snap.disks[0]!);
     const id = index.get(5)!;
-    const file = join(repoPath, ...format.Keys.data(id).split('/'));
+    const rec = await recordFile(repoPath, id);
+    const file = rec.path;
     const saved = await readFile(file);
-    const fh = await open(file, 'r+');
-    await fh.write(
-      Buffer.from([saved[format.BLOB_HEADER_BYTES + 100]! ^ 0xff]),
-      0,
-      1,
-      format.BLOB_HEADER_BYTES + 100,
-    );
-    await fh.close();
+    await corruptRecord(repoPath, id);
     try {
       const exp = await SnapshotExport.open(repo, snap, snap.disks[0]!);
       await serving(exp, async (uri) => {
