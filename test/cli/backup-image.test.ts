@@ -8,6 +8,7 @@ import { errorLine, expectOneLineError, runCli, startCli } from '../helpers/cli.
 import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
 import { waitForPath } from '../helpers/nbd-peers.js';
 import { isRoot, requireTools } from '../helpers/tools.js';
+import { corruptRecord, recordFile } from '../helpers/repo-files.js';
 
 const MiB = 1024 * 1024;
 const run = requireTools(['qemu-img']);
@@ -128,11 +129,10 @@ describe.runIf(run)('backup-image and restore through the CLI', () => {
     const r0 = await runCli(['backup-image', '-r', repo, '--vm', 'flip', `${imgA}:vda`, '--json']);
     const id = (JSON.parse(r0.stdout) as { snapshot: string }).snapshot;
     // Damage the first chunk of the disk (slot 0: seeded random data, unique to offset 0).
-    const first = await firstChunkFile(repo, imgA);
-    const buf = await readFile(first);
-    buf[100] = buf[100]! ^ 0xff;
-    await chmod(first, 0o644);
-    await writeFile(first, buf);
+    const rec = await recordFile(repo, await firstChunkId(imgA));
+    const saved = await readFile(rec.path);
+    await chmod(rec.path, 0o644);
+    await corruptRecord(repo, await firstChunkId(imgA));
     const out = join(dir, 'flip.raw');
     const r = await runCli(['restore', id, '-r', repo, '--disk', 'vda', '-o', out]);
     expect(r.code).toBe(20);
@@ -155,8 +155,7 @@ describe.runIf(run)('backup-image and restore through the CLI', () => {
     expect(ign.stderr).toMatch(/damaged: disk vda offset 0 length 1048576 chunk [0-9a-f]{64} \(corrupt\)/);
     // Repair: restore the original blob content by backing up the same data again is not possible
     // (the chunk exists); put the good bytes back for the following tests.
-    buf[100] = buf[100]! ^ 0xff;
-    await writeFile(first, buf);
+    await writeFile(rec.path, saved);
   });
 
   it('two backups into the same repository at the same time lose nothing', async () => {
@@ -546,12 +545,11 @@ async function countFiles(d: string): Promise<number> {
   }
 }
 
-async function firstChunkFile(repo: string, img: string): Promise<string> {
+async function firstChunkId(img: string): Promise<string> {
   const { blake3 } = await import('@napi-rs/blake-hash');
   const fh = await open(img, 'r');
   const buf = Buffer.alloc(MiB);
   await fh.read(buf, 0, MiB, 0);
   await fh.close();
-  const id = blake3(buf).toString('hex');
-  return join(repo, 'data', id.slice(0, 2), id);
+  return blake3(buf).toString('hex');
 }

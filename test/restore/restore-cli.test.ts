@@ -6,6 +6,7 @@ import { exec } from '../../src/util/index.js';
 import { BIN, errorLine, expectOneLineError, runCli, startCli } from '../helpers/cli.js';
 import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
 import { isRoot, requireTools } from '../helpers/tools.js';
+import { corruptRecord, deletePackOf, recordFile } from '../helpers/repo-files.js';
 
 const MiB = 1024 * 1024;
 const TiB = 1024 ** 4;
@@ -27,7 +28,8 @@ describe.runIf(run)('restore through the CLI: damage and very large sparse disks
     const img = join(dir, 'd.raw');
     const fh = await open(img, 'w');
     await fh.truncate(16 * MiB);
-    await fh.write(seededBytes(4 * MiB, 77), 0, 4 * MiB, 8 * MiB);
+    // One chunk of data, so that its pack holds nothing else (deleting it deletes that chunk only).
+    await fh.write(seededBytes(MiB, 77), 0, MiB, 9 * MiB);
     await fh.close();
     const b = await runCli(['backup-image', '-r', repo, '--vm', 'del', `${img}:vda`, '--json']);
     const snap = (JSON.parse(b.stdout) as { snapshot: string }).snapshot;
@@ -38,7 +40,7 @@ describe.runIf(run)('restore through the CLI: damage and very large sparse disks
     await rh.read(buf, 0, MiB, 9 * MiB);
     await rh.close();
     const id = blake3(buf).toString('hex');
-    await rm(join(repo, 'data', id.slice(0, 2), id));
+    await deletePackOf(repo, id);
     const out = join(dir, 'out');
     const r = await runCli(['restore', snap, '-r', repo, '-o', out]);
     expect(r.code).toBe(20);
@@ -117,8 +119,8 @@ describe.runIf(run)('restore through the CLI: all or nothing at the output, form
   /** Snapshot disk → index id, and chunk ids of vdb. */
   let indexOf: Record<string, string>;
 
-  const chunkPath = (id: string): string => join(repo, 'data', id.slice(0, 2), id);
-  const indexPath = (id: string): string => join(repo, 'index', id.slice(0, 2), id);
+  /** The pack file holding chunk (or page) `id`. */
+  const packPath = async (id: string): Promise<string> => (await recordFile(repo, id)).path;
   const chunkIdAt = async (img: string, offset: number): Promise<string> => {
     const { blake3 } = await import('@napi-rs/blake-hash');
     const fh = await open(img, 'r');
@@ -136,11 +138,13 @@ describe.runIf(run)('restore through the CLI: all or nothing at the output, form
   beforeAll(async () => {
     ({ dir, cleanup } = await makeTmpDir('vmvault-restore-atomic-'));
     repo = join(dir, 'repo');
-    expect((await runCli(['init', repo])).code).toBe(0);
+    // 4 MiB packs and 16 MiB of random data per disk: with up to 4 worker threads, each data pack
+    // holds chunks of one disk only (a worker's pack closes after 4 chunks).
+    expect((await runCli(['init', repo, '--pack-size', '4M'])).code).toBe(0);
     imgA = join(dir, 'a.raw');
     imgB = join(dir, 'b.raw');
-    await writeFile(imgA, seededBytes(8 * MiB, 11));
-    await writeFile(imgB, seededBytes(8 * MiB, 12));
+    await writeFile(imgA, seededBytes(16 * MiB, 11));
+    await writeFile(imgB, seededBytes(16 * MiB, 12));
     const b = await runCli([
       'backup-image',
       '-r',
@@ -162,26 +166,26 @@ describe.runIf(run)('restore through the CLI: all or nothing at the output, form
   it('a restore that fails midway (damaged chunk, damaged index) leaves nothing at the output; the retry succeeds', async () => {
     // A corrupt chunk of the second disk: the first disk is done by then, and is not kept either.
     const id = await chunkIdAt(imgB, 5 * MiB);
-    const good = await readFile(chunkPath(id));
-    const bad = Buffer.from(good);
-    bad[bad.length >> 1]! ^= 0xff; // in the payload
-    await writeFile(chunkPath(id), bad);
+    const chunkPack = await packPath(id);
+    const good = await readFile(chunkPack);
+    await corruptRecord(repo, id); // in the payload
     const out = join(dir, 'all');
     const r = await runCli(['restore', snap, '-r', repo, '-o', out]);
     expect(r.code).toBe(20);
     expect(errorLine(r)).toMatch(new RegExp(`chunk ${id.slice(0, 12)}….*disk vdb, offset ${5 * MiB}`));
     expect(await names(out)).toEqual([]);
     // A damaged index, restoring one disk into a file: no file at -o.
-    const idx = indexPath(indexOf.vda!);
+    // (the root page of vda's tree, in the meta pack)
+    const idx = await packPath(indexOf.vda!);
     const goodIndex = await readFile(idx);
-    await writeFile(idx, goodIndex.subarray(0, goodIndex.length - 7));
+    await corruptRecord(repo, indexOf.vda!);
     const file = join(dir, 'one.qcow2');
     const r1 = await runCli(['restore', snap, '-r', repo, '--disk', 'vda', '-o', file]);
     expect(r1.code).not.toBe(0);
     errorLine(r1);
     expect((await names(dir)).filter((n) => n.includes('one.qcow2'))).toEqual([]);
     // The causes gone, the same commands succeed.
-    await writeFile(chunkPath(id), good);
+    await writeFile(chunkPack, good);
     await writeFile(idx, goodIndex);
     const again = await runCli(['restore', snap, '-r', repo, '-o', out]);
     expect(again.code, again.stderr).toBe(0);
@@ -194,11 +198,12 @@ describe.runIf(run)('restore through the CLI: all or nothing at the output, form
   });
 
   it('SIGKILL during a restore leaves only a named temporary file; the retry removes it and succeeds', async () => {
-    // A FIFO in place of a chunk of vdb: the restore blocks reading it, after vda is written.
+    // A FIFO in place of a pack of vdb: the restore blocks reading it, after vda is written.
     const id = await chunkIdAt(imgB, 3 * MiB);
-    const good = await readFile(chunkPath(id));
-    await rm(chunkPath(id));
-    await exec('mkfifo', [chunkPath(id)]);
+    const chunkPack = await packPath(id);
+    const good = await readFile(chunkPack);
+    await rm(chunkPack);
+    await exec('mkfifo', [chunkPack]);
     const out = join(dir, 'killed');
     const p = startCli(['restore', snap, '-r', repo, '-o', out, '--format', 'raw']);
     const exited = new Promise<void>((resolve) => p.on('close', () => resolve()));
@@ -211,8 +216,8 @@ describe.runIf(run)('restore through the CLI: all or nothing at the output, form
     } finally {
       p.kill('SIGKILL');
       await exited;
-      await rm(chunkPath(id), { force: true });
-      await writeFile(chunkPath(id), good);
+      await rm(chunkPack, { force: true });
+      await writeFile(chunkPack, good);
     }
     const left = await names(out);
     expect(left.filter((n) => !n.includes('.vmvault-tmp-'))).toEqual([]); // nothing at vda.raw or vdb.raw
@@ -233,7 +238,7 @@ describe.runIf(run)('restore through the CLI: all or nothing at the output, form
       /a\.raw is a file, but without --disk .*add --disk DISK .*vda, vdb/,
     );
     await identical(imgB, imgB, 'raw');
-    expect((await readFile(imgA)).equals(seededBytes(8 * MiB, 11))).toBe(true);
+    expect((await readFile(imgA)).equals(seededBytes(16 * MiB, 11))).toBe(true);
   });
 
   it('an output name with an unknown extension is refused unless --format says what to write', async () => {
@@ -335,7 +340,7 @@ describe.runIf(run)('restore through the CLI: all or nothing at the output, form
   const loop = isRoot && requireTools(['losetup']);
   it.runIf(loop)('an in-place restore to a block device is labelled raw block device', async () => {
     const copy = join(dir, 'loop.raw');
-    await writeFile(copy, Buffer.alloc(8 * MiB, 0x5a));
+    await writeFile(copy, Buffer.alloc(16 * MiB, 0x5a));
     const dev = (await exec('losetup', ['-f', '--show', copy])).stdout.trim();
     try {
       const r = await runCli(['restore', snap, '-r', repo, '--disk', 'vda', '-o', dev, '--in-place']);
