@@ -491,8 +491,17 @@ export class PackStore {
   async putPage(kind: PageKind, plaintext: Buffer): Promise<{ id: Buffer; written: boolean; storedBytes: number }> {
     const id = this.codec.chunkIdBytes(plaintext);
     const hex = id.toString('hex');
-    if (this.metaRecords.has(hex) || this.known.has(hex) || (await this.locate(hex)) !== undefined)
-      return { id, written: false, storedBytes: 0 };
+    if (this.metaRecords.has(hex) || this.known.has(hex)) return { id, written: false, storedBytes: 0 };
+    if ((await this.locate(hex)) !== undefined) {
+      // Found, but not read by this run (a parent's pages were, and are known): read it back
+      // and verify it, so a snapshot never names a damaged page; a damaged copy gets a sound one.
+      try {
+        await this.getPage(kind, id);
+        return { id, written: false, storedBytes: 0 };
+      } catch (err) {
+        if (!(err instanceof RepoDamagedError)) throw err;
+      }
+    }
     const { record, meta } = this.codec.sealRecord(kind, id, plaintext);
     this.meta ??= new PackWriter(this.codec, 'meta', this.sessionId);
     this.meta.add(record, meta);
@@ -515,7 +524,9 @@ export class PackStore {
         continue;
       }
       try {
-        return await this.readRecordHere(e, MAX_PAGE_BYTES);
+        const plain = await this.readRecordHere(e, MAX_PAGE_BYTES);
+        this.remember(hex); // verified: putPage trusts it from now on
+        return plain;
       } catch (err) {
         if (err instanceof BlobFormatError) why ||= `is damaged: ${err.message}`;
         else if (isNotFound(err)) why ||= `is missing (its pack ${packKey(e)} is gone)`;
