@@ -124,3 +124,23 @@ export {
 } from './snapshot.js';
 export { resolveSnapshotRef, byTime, MIN_ID_PREFIX } from './snapshot-ref.js';
 export { repoStats, type RepoStats, type StatsOptions } from './stats.js';
+export {
+  MAX_PACK_BYTES,
+  MAX_PACK_RECORDS,
+  PACK_FOOTER_BYTES,
+  PACK_VERSION,
+  PackWriter,
+  TRAILER_ENTRY_BYTES,
+  TRAILER_READ_BYTES,
+  kindFits as recordKindAllowed,
+  packKeyOf,
+  parsePack,
+  parsePackHeader,
+  parsePackKey,
+  readPackTrailer,
+  verifyPack,
+  type PackHeader,
+  type PackKind,
+  type PackProblem,
+  type SealedPack,
+} from './pack.js';
