@@ -327,13 +327,34 @@ export class BlobCodec {
    * AAD. The record owns its ArrayBuffer (transferable between threads).
    */
   sealRecord(kind: RecordKind, id: Buffer, plaintext: Uint8Array): { record: Buffer; meta: RecordMeta } {
+    return this.sealRecordWith(kind, id, plaintext, (n) => Buffer.from(new ArrayBuffer(n)));
+  }
+
+  /**
+   * `sealRecord` into `out` (from its start): the record is `out.subarray(0, length)`. `out` must
+   * hold at least `recordBound(plaintext.length)` bytes (RangeError otherwise). For callers that
+   * pack many records into one reused buffer (no allocation per record).
+   */
+  sealRecordInto(kind: RecordKind, id: Buffer, plaintext: Uint8Array, out: Buffer): { record: Buffer; meta: RecordMeta } {
+    if (out.length < recordBound(plaintext.length))
+      throw new RangeError(`a record of ${plaintext.length} bytes needs ${recordBound(plaintext.length)} bytes`);
+    return this.sealRecordWith(kind, id, plaintext, (n) => out.subarray(0, n));
+  }
+
+  private sealRecordWith(
+    kind: RecordKind,
+    id: Buffer,
+    plaintext: Uint8Array,
+    alloc: (bytes: number) => Buffer,
+  ): { record: Buffer; meta: RecordMeta } {
     if (!isRecordKind(kind)) throw new RangeError(`unknown record kind ${String(kind)}`);
     if (id.length !== 32) throw new RangeError(`a record id is 32 bytes, not ${id.length}`);
     if (plaintext.length > U32_MAX) throw new RangeError(`a record holds at most ${U32_MAX} bytes`);
     const level = kind <= 2 ? this.spec.compression.chunk : this.spec.compression.metadata;
     const { codec, payload } = compressed(plaintext, level);
     const n = payload.length;
-    const record = Buffer.from(new ArrayBuffer(RECORD_OVERHEAD + n));
+    const record = alloc(RECORD_OVERHEAD + n);
+    if (this.deriver === undefined) record.fill(0, 0, NONCE_BYTES); // a reused buffer: zero nonce
     const aad = writeRecordAad(kind, codec, plaintext.length, id);
     this.sealUnit(record, 0, NONCE_BYTES, aad, payload, KEY_CONTEXT.record, id);
     return { record, meta: { kind, codec, plaintextBytes: plaintext.length, id: Buffer.from(id) } };
@@ -669,6 +690,11 @@ function hexKey(hex: string, bytes: number, what: string): Buffer {
  * `plaintext` zstd-compressed at `level` into this thread's scratch buffer (codec 1), or the
  * plaintext itself (codec 0) when the level is 0 or zstd saves less than 1/64.
  */
+/** The most bytes a record of `plaintextBytes` can take (nonce, payload at worst stored raw, tag). */
+export function recordBound(plaintextBytes: number): number {
+  return RECORD_OVERHEAD + plaintextBytes;
+}
+
 function compressed(plaintext: Uint8Array, level: number): { codec: 0 | 1; payload: Uint8Array } {
   const len = plaintext.length;
   if (level === 0 || len === 0) return { codec: 0, payload: plaintext };

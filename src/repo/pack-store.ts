@@ -123,6 +123,7 @@ export class PackStore {
         backend: this.workerSpec,
         packSizeBytes: this.packSizeBytes,
         sessionId: this.sessionId,
+        chunkSizeBytes: this.chunkSizeBytes,
       };
       this.pool = new WorkerPool(workerScriptUrl(), this.workers, { workerData });
     }

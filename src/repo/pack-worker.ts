@@ -23,6 +23,8 @@ export interface PackWorkerData {
   packSizeBytes: number;
   /** 16 bytes: the writing process's session id (in every pack header). */
   sessionId: Uint8Array;
+  /** The largest chunk (bounds a record: slabs hold a pack and one more record). */
+  chunkSizeBytes: number;
 }
 
 /** A record's location and what opens it (an index entry without the pack name, plus the key). */
@@ -65,7 +67,45 @@ const codec = BlobCodec.fromSpec(data.codec);
 const backend: Backend = openBackend(data.backend, { blocking: true });
 const sessionId = Buffer.from(data.sessionId);
 
-let open: PackWriter | undefined;
+/**
+ * The open pack and the slab its records are sealed into: one buffer of pack size + one record,
+ * reused once the pack is written (a fresh ArrayBuffer per record is external memory the GC frees
+ * late: RSS grew by hundreds of MiB). A pack closes at ≥ the target, so a slab always has room.
+ */
+let open: { writer: PackWriter; slab: Buffer; used: number } | undefined;
+const freeSlabs: Buffer[] = [];
+const freePackBuffers: Buffer[] = [];
+const slabBytes = data.packSizeBytes + RECORD_OVERHEAD + data.chunkSizeBytes;
+/** Slabs in use (the open pack's, and those of packs being written): at most two. */
+let slabsOut = 0;
+let slabWaiters: Array<() => void> = [];
+
+/**
+ * An open pack to add to. When two slabs are out (one pack filling, one being written), the next
+ * pack waits for the write: the reply to the chunk waits too, which holds back the reader (memory
+ * stays bounded however slow the storage is).
+ */
+async function openPack(): Promise<void> {
+  if (open !== undefined) return;
+  if (slabsOut >= 2) {
+    await new Promise<void>((r) => slabWaiters.push(r));
+    return;
+  }
+  slabsOut++;
+  open = {
+    writer: new PackWriter(codec, 'data', sessionId),
+    slab: freeSlabs.pop() ?? Buffer.allocUnsafeSlow(slabBytes),
+    used: 0,
+  };
+}
+
+function releaseSlab(slab: Buffer): void {
+  slabsOut--;
+  if (slabsOut + freeSlabs.length < 2) freeSlabs.push(slab);
+  const waiting = slabWaiters;
+  slabWaiters = [];
+  for (const w of waiting) w();
+}
 
 function damaged(message: string): Error {
   return Object.assign(new Error(message), { code: 'BLOB_DAMAGED' });
@@ -77,22 +117,32 @@ function encodeEntries(entries: readonly IndexEntry[]): Uint8Array {
   return out;
 }
 
-/** Closes the open pack and writes it (create-if-absent, durable at the store's barrier). */
 async function sealOpen(): Promise<WrittenPack | undefined> {
-  const w = open;
+  const o = open;
   open = undefined;
-  if (w === undefined || w.count === 0) return undefined;
-  const p = w.finish();
-  await backend.putIfAbsent(p.key, p.parts, { durable: 'at-barrier' });
-  return { key: p.key, sizeBytes: p.sizeBytes, entries: encodeEntries(p.entries) };
+  if (o === undefined) return undefined;
+  try {
+    if (o.writer.count === 0) return undefined;
+    const p = o.writer.finish();
+    await backend.putIfAbsent(p.key, p.parts, { durable: 'at-barrier' });
+    return { key: p.key, sizeBytes: p.sizeBytes, entries: encodeEntries(p.entries) };
+  } finally {
+    releaseSlab(o.slab);
+  }
 }
 
 async function add(req: Extract<PackWorkerRequest, { op: 'add' }>): Promise<Handled> {
-  const { record, meta } = codec.sealRecord(req.kind, Buffer.from(req.id), req.data);
-  open ??= new PackWriter(codec, 'data', sessionId);
-  open.add(record, meta);
+  if (req.data.length > data.chunkSizeBytes)
+    throw new RangeError(`a chunk of ${req.data.length} bytes is larger than the chunk size`);
+  // Re-checked after every wait: another task may have filled and sealed the pack meanwhile.
+  // From here to `add` nothing awaits, so the record goes into the pack this loop saw open.
+  while (open === undefined) await openPack();
+  const o = open;
+  const { record, meta } = codec.sealRecordInto(req.kind, Buffer.from(req.id), req.data, o.slab.subarray(o.used));
+  o.used += record.length;
+  o.writer.add(record, meta);
   let written: WrittenPack | undefined;
-  if (open.sizeBytes >= data.packSizeBytes) written = await sealOpen();
+  if (o.writer.sizeBytes >= data.packSizeBytes) written = await sealOpen();
   const transfer: ArrayBuffer[] = written ? [written.entries.buffer as ArrayBuffer] : [];
   const result: PackWorkerResult = { recordBytes: record.length, ...(written ? { written } : {}) };
   if (req.transferred && req.data.buffer instanceof ArrayBuffer) {
@@ -145,9 +195,17 @@ async function read(req: Extract<PackWorkerRequest, { op: 'read' }>): Promise<Ha
 }
 
 async function verify(req: Extract<PackWorkerRequest, { op: 'verify' }>): Promise<Handled> {
-  const bytes = Buffer.allocUnsafe(req.sizeBytes);
-  await backend.getRangeInto(req.key, 0, bytes);
-  const r = verifyPack(bytes, req.key, codec, (kind) => (kind <= 2 ? req.maxChunkBytes : req.maxPageBytes));
+  // Pack buffers are reused (at most two kept): a pack is read whole, verified and dropped.
+  let buf = freePackBuffers.pop();
+  if (!buf || buf.length < req.sizeBytes) buf = Buffer.allocUnsafeSlow(Math.max(req.sizeBytes, slabBytes + 4096));
+  let r: ReturnType<typeof verifyPack>;
+  try {
+    const bytes = buf.subarray(0, req.sizeBytes);
+    await backend.getRangeInto(req.key, 0, bytes);
+    r = verifyPack(bytes, req.key, codec, (kind) => (kind <= 2 ? req.maxChunkBytes : req.maxPageBytes));
+  } finally {
+    if (freePackBuffers.length < 2) freePackBuffers.push(buf);
+  }
   const entries = encodeEntries(r.entries);
   return {
     result: {

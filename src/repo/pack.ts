@@ -348,12 +348,18 @@ export function verifyPack(
     return { entries: [], problems: [{ offset: '*', reason: err.message }] };
   }
   const problems: PackProblem[] = [];
+  // One plaintext buffer for every record (opened, checked, dropped): no allocation per record.
+  let scratch = Buffer.alloc(0);
   for (const e of entries) {
     try {
-      codec.openRecord(
+      const max = maxPlaintextBytes(e.kind);
+      if (e.plaintextBytes > max)
+        throw new BlobFormatError(`record plaintext is ${e.plaintextBytes} bytes, more than this kind holds (${max})`);
+      if (scratch.length < e.plaintextBytes) scratch = Buffer.allocUnsafe(Math.max(e.plaintextBytes, 65536));
+      codec.openRecordInto(
         { kind: e.kind, codec: e.codec, plaintextBytes: e.plaintextBytes, id: e.id },
         bytes.subarray(e.offset, e.offset + e.length),
-        maxPlaintextBytes(e.kind),
+        scratch.subarray(0, e.plaintextBytes),
       );
     } catch (err) {
       problems.push({ offset: e.offset, id: e.id, reason: err instanceof Error ? err.message : String(err) });
