@@ -21,7 +21,7 @@ export function checkCommand(): Command {
     .option('--read-data', 'also read every referenced chunk once and verify its content (BLAKE3)')
     .option(
       '--repair',
-      'with --read-data: move every corrupt chunk, damaged disk index and damaged manifest to quarantine/, so that a full backup of the same data stores them again',
+      'with --read-data: void damaged records and pages, rebuild a damaged chunk index from the pack trailers, move damaged manifests to quarantine/, so that a full backup of the same data stores them again',
     )
     .option('--json', 'print JSON')
     .addOption(repoOption())
