@@ -690,6 +690,13 @@ function hexKey(hex: string, bytes: number, what: string): Buffer {
  * `plaintext` zstd-compressed at `level` into this thread's scratch buffer (codec 1), or the
  * plaintext itself (codec 0) when the level is 0 or zstd saves less than 1/64.
  */
+/** A pack's name: BLAKE3-128 of the concatenation of `parts` (hashed part by part, no copy). */
+export function packNameOf(parts: readonly Uint8Array[]): Buffer {
+  const h = new Blake3Hasher();
+  for (const p of parts) h.update(p);
+  return h.digestBuffer().subarray(0, 16);
+}
+
 /** The most bytes a record of `plaintextBytes` can take (nonce, payload at worst stored raw, tag). */
 export function recordBound(plaintextBytes: number): number {
   return RECORD_OVERHEAD + plaintextBytes;

@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { Blake3Hasher } from '@napi-rs/blake-hash';
 import type { Backend } from './backend/backend.js';
 import type { IndexEntry } from './chunk-index/entry.js';
 import {
   BlobFormatError,
   PACK_HEADER_BYTES,
+  packNameOf,
   RECORD_OVERHEAD,
   TRAILER_OVERHEAD,
   type BlobCodec,
@@ -149,9 +149,7 @@ export class PackWriter {
     footer.writeUInt32BE(FOOTER_MAGIC, 8);
     footer[12] = PACK_VERSION;
     this.parts.push(trailer, footer);
-    const h = new Blake3Hasher();
-    for (const p of this.parts) h.update(p);
-    const name = h.digestBuffer().subarray(0, 16);
+    const name = packNameOf(this.parts);
     const sizeBytes = this.size + trailer.length + footer.length;
     const entries: IndexEntry[] = this.metas.map(({ meta, offset, length }) => ({
       id: meta.id,
@@ -325,7 +323,7 @@ export interface PackProblem {
 }
 
 function nameMatches(bytes: Buffer, name: Buffer): boolean {
-  return new Blake3Hasher().update(bytes).digestBuffer().subarray(0, 16).equals(name);
+  return packNameOf([bytes]).equals(name);
 }
 
 /**

@@ -19,7 +19,13 @@ describe('openRepo', () => {
     const r = await openRepo({ repo }, 'read');
     try {
       await expect(r.backend.put('probe', Buffer.from('x'))).rejects.toThrow(/opened read-only/);
-      await expect(r.chunks.put(Buffer.alloc(64 * 1024, 7))).rejects.toThrow(/opened read-only/);
+      // A chunk goes into a worker's open pack; the pack's write (at flush) is what is refused.
+      await expect(
+        (async () => {
+          await r.chunks.put(Buffer.alloc(64 * 1024, 7));
+          await r.chunks.flush();
+        })(),
+      ).rejects.toThrow(/opened read-only/);
       expect(await r.backend.exists('probe')).toBe(false);
     } finally {
       await r.close();

@@ -45,23 +45,24 @@ describe('oversized index and manifest objects', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain(snap.slice(0, 8));
     expect(r.stderr).toMatch(
-      /warning: snapshot abababab is damaged: \d+ bytes, more than any manifest blob can be/,
+      /warning: snapshot abababab is damaged: \d+ bytes, more than any manifest can be/,
     );
     const c = await runCli(['check', '-r', repo]);
     expect(c.code).toBe(20);
     expect(c.stderr).not.toMatch(/internal error/);
   });
 
-  it('a huge index: restore exits 20 with one line, check reports it', async () => {
-    await sparse(join(repo, 'index', indexId.slice(0, 2), indexId));
-    const r = await runCli(['restore', snap, '-r', repo, '--disk', 'vda', '-o', join(dir, 'out.raw')]);
-    expect(r.code).toBe(20);
-    expect(errorLine(r)).toMatch(
-      /disk index [0-9a-f]{8} is damaged: \d+ bytes, more than any index blob can be/,
-    );
-    const c = await runCli(['check', '--read-data', '--repair', '-r', repo, '--json']);
+  it('a huge pack and a huge index object: refused unread, check reports both, no internal error', async () => {
+    const { readdir } = await import('node:fs/promises');
+    const hh = (await readdir(join(repo, 'data')))[0]!;
+    const pack = (await readdir(join(repo, 'data', hh)))[0]!;
+    await sparse(join(repo, 'data', hh, pack));
+    await sparse(join(repo, 'index', 'ab'.repeat(16)));
+    const c = await runCli(['check', '-r', repo, '--json']);
     expect(c.code).toBe(20);
     expect(c.stderr).not.toMatch(/internal error/);
-    expect(c.stdout).toMatch(/more than any index blob can be/);
+    expect(c.stdout).toMatch(/more than any pack/);
+    expect(c.stdout).toMatch(/index\/abab/);
+    void indexId;
   });
 });
