@@ -144,3 +144,4 @@ export {
   type PackProblem,
   type SealedPack,
 } from './pack.js';
+export { ChunkIndex, codecSectionSealer } from './chunk-index/index.js';

@@ -271,12 +271,13 @@ export class PackStore {
           ),
         ),
       );
+      let failed: unknown;
       for (const x of replies) {
         if ('err' in x) {
-          const lostCount = this.openIds[x.slot]!.size;
+          // The pack's write failed (a full disk, a permission): its chunks are gone with it, and
+          // the cause is what the caller needs to see (the worker stack's BackendError, rebuilt).
           this.openIds[x.slot]!.clear();
-          if (lostCount > 0) this.lost = new ChunksLostError(lostCount, (x.err as Error).message);
-          else throw x.err;
+          failed ??= this.fromWorker(x.err, '', {}, false);
           continue;
         }
         if ('written' in x.r && x.r.written) await this.written(x.slot, x.r.written);
@@ -285,6 +286,10 @@ export class PackStore {
           this.lost = new ChunksLostError(this.openIds[x.slot]!.size, 'a worker thread died');
           this.openIds[x.slot]!.clear();
         }
+      }
+      if (failed !== undefined) {
+        this.known.clear();
+        throw failed;
       }
     } else if (this.inlineData) {
       const w = this.inlineData;
