@@ -3,7 +3,16 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { errnoMeaning, mapError } from '../../../src/repo/backend/local-files.js';
-import { ChunkStore, LocalBackend, Repository, chunkIdOf, openBackend } from '../../../src/repo/index.js';
+import {
+  BlobCodec,
+  ChunkIndex,
+  LocalBackend,
+  PackStore,
+  Repository,
+  codecSectionSealer,
+  codecSpec,
+  openBackend,
+} from '../../../src/repo/index.js';
 import { makeTmpDir } from '../../helpers/tmp.js';
 import { defineBackendConformance } from './conformance.js';
 import { wrappedSpec } from './stacks.js';
@@ -135,21 +144,27 @@ describe('local backend durability of new directories', () => {
     }
   });
 
-  it('chunk files made by worker threads: the barrier (ChunkStore.flush) syncs data/<hh>, data/ and the root', async () => {
+  it('packs made by worker threads: the barrier (PackStore.flush) syncs data/<hh>, data/ and the root', async () => {
     const t = await makeTmpDir();
     try {
       const b = new RecordingBackend(t.dir);
       await (await Repository.init(t.dir, { chunkSizeBytes: 64 * 1024 }, b)).close();
       b.synced.length = 0;
-      const store = new ChunkStore(b, 1, 2);
+      const codec = BlobCodec.fromSpec(codecSpec(1));
+      const index = await ChunkIndex.load(b, codecSectionSealer(codec));
+      const store = new PackStore(b, codec, index, { packSizeBytes: 4 << 20, chunkSizeBytes: 64 * 1024, workers: 2 });
       try {
         const chunks = [1, 2, 3, 4].map((i) => Buffer.alloc(64 * 1024, i));
         for (const c of chunks) await store.put(c);
-        expect(b.synced).toEqual([]); // the workers made data/<hh> and the files, nothing synced yet
+        expect(b.synced).toEqual([]); // the chunks are in the workers' open packs: nothing written yet
         await store.flush();
-        const hh = [...new Set(chunks.map((c) => `/data/${chunkIdOf(c).slice(0, 2)}`))].sort();
+        const packs: string[] = [];
+        for await (const o of openBackend(t.dir).list('data/')) packs.push(o.key);
+        expect(packs.length).toBeGreaterThanOrEqual(1);
+        const hh = [...new Set(packs.map((k) => `/${k.slice(0, k.lastIndexOf('/'))}`))].sort();
+        // The packs' directories, then data/ and the root, all before the index object is written.
         expect(b.synced.slice(0, hh.length).sort()).toEqual(hh);
-        expect(b.synced.slice(hh.length)).toEqual(['/data', '/']);
+        expect(b.synced.slice(hh.length, hh.length + 2)).toEqual(['/data', '/']);
         b.synced.length = 0;
         await store.put(Buffer.alloc(64 * 1024, 1)); // known: no new directory, nothing to sync
         await store.flush();
