@@ -181,11 +181,7 @@ export class PackStore {
       this.inlineData ??= new PackWriter(this.codec, 'data', this.sessionId);
       this.inlineData.add(record, meta);
       this.openIds[slot]!.add(id);
-      if (this.inlineData.sizeBytes >= this.packSizeBytes) {
-        const w = this.inlineData;
-        this.inlineData = undefined;
-        await this.written(slot, await this.writeSealed(w.finish()));
-      }
+      if (this.inlineData.sizeBytes >= this.packSizeBytes) await this.sealInline();
       return { id, isNew: true, storedBytes: record.length, buffer: data };
     }
     const slot = this.next;
@@ -197,13 +193,41 @@ export class PackStore {
     try {
       r = await pool.runOn(slot, { op: 'add', data, id: idBuf, kind, transferred: canTransfer }, canTransfer ? [data.buffer as ArrayBuffer] : []);
     } catch (err) {
-      this.openIds[slot]!.delete(id);
-      throw this.fromWorker(err, id, {}, false);
+      // The pack this chunk went into may be gone with the error (its write failed): every chunk
+      // acknowledged in it is lost, must not count as present, and fails the next flush.
+      const mapped = this.fromWorker(err, id, {}, false);
+      if (mapped instanceof BackendError || !(err instanceof WorkerTaskError)) this.packLost(slot, mapped);
+      else this.openIds[slot]!.delete(id);
+      throw mapped;
     }
     if (!('recordBytes' in r)) throw new Error('unexpected worker reply');
     if (r.written) await this.written(slot, r.written);
     const back = r.input ? Buffer.from(r.input.buffer, r.input.byteOffset, r.input.byteLength) : data;
     return { id, isNew: true, storedBytes: r.recordBytes, buffer: back };
+  }
+
+  /** The open pack of `slot` is gone (its write failed, its worker died): forget its chunks. */
+  private packLost(slot: number, err: unknown): void {
+    const n = this.openIds[slot]!.size;
+    this.openIds[slot]!.clear();
+    this.known.clear();
+    if (n > 1) this.lost ??= new ChunksLostError(n - 1, err instanceof Error ? err.message : String(err));
+  }
+
+  /** Seals and writes the inline data pack (no pool); on failure its chunks are forgotten. */
+  private async sealInline(): Promise<void> {
+    const w = this.inlineData;
+    this.inlineData = undefined;
+    if (!w || w.count === 0) return;
+    let written: WrittenPack;
+    try {
+      written = await this.writeSealed(w.finish());
+    } catch (err) {
+      this.openIds[this.workers]!.clear();
+      this.known.clear();
+      throw err;
+    }
+    await this.written(this.workers, written);
   }
 
   private async writeSealed(p: SealedPack): Promise<WrittenPack> {
@@ -291,10 +315,13 @@ export class PackStore {
         this.known.clear();
         throw failed;
       }
-    } else if (this.inlineData) {
-      const w = this.inlineData;
-      this.inlineData = undefined;
-      await this.written(this.workers, await this.writeSealed(w.finish()));
+    } else {
+      await this.sealInline();
+      if (this.openIds[this.workers]!.size > 0) {
+        // Acknowledged chunks whose inline pack is gone (a failed write earlier).
+        this.lost ??= new ChunksLostError(this.openIds[this.workers]!.size, 'their pack could not be written');
+        this.openIds[this.workers]!.clear();
+      }
     }
     if (this.lost) {
       // Forget what was acknowledged: nothing refers to it, a new run stores it again.

@@ -134,3 +134,21 @@ for (const workers of [0, 2]) {
     });
   });
 }
+
+describe('pack store: a pack that could not be written', () => {
+  it('inline: the failed flush forgets its chunks, so the next put stores them again', async () => {
+    const { FaultBackend } = await import('../../src/repo/backend/fault.js');
+    const { MemoryBackend } = await import('../../src/repo/backend/memory.js');
+    const b = new FaultBackend(new MemoryBackend(), [{ op: 'putIfAbsent', keyPrefix: 'data/', times: 1, fail: 'no-space' }]);
+    const index = await ChunkIndex.load(b, sealer);
+    const s = new PackStore(b, codec, index, { packSizeBytes: 4 << 20, chunkSizeBytes: 65536, workers: 0 });
+    const c = randomBytes(65536);
+    expect((await s.put(c)).isNew).toBe(true);
+    await expect(s.flush()).rejects.toMatchObject({ kind: 'no-space' });
+    const again = await s.put(c);
+    expect(again.isNew).toBe(true);
+    await s.flush();
+    expect((await s.get(again.id)).equals(c)).toBe(true);
+    await s.close();
+  });
+});
