@@ -265,6 +265,8 @@ export class BlobCodec {
 
   /** The codec of a repository: its config's compression, and its keys (none in format 1). */
   static fromConfig(config: Pick<RepoConfig, 'compression' | 'chunkId'>, keys: CodecKeys = {}): BlobCodec {
+    if (config.chunkId !== 'blake3-256' && config.chunkId !== 'blake3-256-keyed')
+      throw new RangeError(`unknown id function ${String(config.chunkId)}`);
     if ((config.chunkId === 'blake3-256-keyed') !== (keys.idKey !== undefined))
       throw new RangeError(`chunk id function ${String(config.chunkId)} does not match the keys given`);
     return BlobCodec.fromSpec(
