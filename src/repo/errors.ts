@@ -80,8 +80,8 @@ export function isNotFound(err: unknown): boolean {
 }
 
 export class RepoNotFoundError extends VmvaultError {
-  constructor(location: string, cause?: unknown) {
-    super('REPO_NOT_FOUND', `no vmvault repository at ${location}`, {
+  constructor(location: string, cause?: unknown, why?: string) {
+    super('REPO_NOT_FOUND', `no vmvault repository at ${location}${why === undefined ? '' : `: ${why}`}`, {
       hint: `create one with 'vmvault init ${location}' or pass the right --repo`,
       exitCode: ExitCode.REPO_NOT_FOUND,
       cause,

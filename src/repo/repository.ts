@@ -183,7 +183,7 @@ export class Repository {
     if (info === undefined) {
       const damaged = await findRepositoryObject(backend);
       if (damaged !== undefined) throw new RepoConfigMissingError(backend.location, damaged);
-      throw new RepoNotFoundError(backend.location);
+      throw new RepoNotFoundError(backend.location, undefined, await backend.describeAbsence?.());
     }
     if (info.sizeBytes > MAX_CONFIG_BYTES)
       throw new RepoFormatError(

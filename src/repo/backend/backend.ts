@@ -134,6 +134,11 @@ export interface Backend {
    * one line why it cannot. `Repository.init` calls it once it found the location free.
    */
   create?(): Promise<void>;
+  /**
+   * Optional: why nothing is at this location when the reason is the location itself (S3: "bucket
+   * 'b' does not exist"), for the "no repository" error; undefined when it is there.
+   */
+  describeAbsence?(): Promise<string | undefined>;
   /** Optional: removes temp files left by killed writers, older than `olderThanMs`; how many. */
   removeStaleTemp?(olderThanMs: number): Promise<number>;
 }

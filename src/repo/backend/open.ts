@@ -8,16 +8,20 @@ import { LocalBackend } from './local.js';
 import { MemoryBackend } from './memory.js';
 import { ReadOnlyBackend } from './readonly.js';
 import { RetryBackend, type RetryOptions, type RetryRuntime } from './retry.js';
+import { S3Backend, type S3Spec } from './s3.js';
+import { isS3Location, parseS3Location } from './s3-location.js';
 
 /**
  * A backend and its wrapper stack, described in plain JSON: a worker thread given the same spec
- * builds the same stack (`openBackend(spec)`). S3 specs arrive with the S3 backend.
+ * builds the same stack (`openBackend(spec)`).
  */
 export interface BackendSpec {
   /** 'memory' is for tests: every stack built from it has its own, empty, objects. */
-  kind: 'local' | 'memory';
-  /** local: the repository directory (absolute); memory: 'memory:'. */
+  kind: 'local' | 'memory' | 's3';
+  /** local: the repository directory (absolute); memory: 'memory:'; s3: the location as given. */
   location: string;
+  /** kind 's3': bucket, prefix, endpoint, connections (s3.ts). */
+  s3?: S3Spec;
   /** Every mutating call fails ("the repository is opened read-only"). */
   readOnly?: boolean;
   /** Retry of transient errors; false: none. Default: RETRY_DEFAULTS (retry.ts). */
@@ -38,11 +42,19 @@ export interface OpenRuntime {
   blocking?: boolean;
 }
 
-/** The spec of a location as users give it: 'memory:' or a local directory path. */
-export function backendSpecFor(location: string): BackendSpec {
+/**
+ * The spec of a location as users give it: 'memory:', an S3 location (s3-location.ts) or a local
+ * directory path. `s3` adds options of an S3 stack (connections from `--s3-connections`).
+ */
+export function backendSpecFor(location: string, s3: Partial<Pick<S3Spec, 'connections'>> = {}): BackendSpec {
   if (location === 'memory:') return { kind: 'memory', location };
-  if (/^[a-z][a-z0-9+]*:\/\//i.test(location) || location.startsWith('s3:')) {
-    throw new UsageError(`unsupported repository location '${location}'`, 'use a local directory path');
+  if (isS3Location(location))
+    return { kind: 's3', location, s3: { ...parseS3Location(location), ...s3 } };
+  if (/^[a-z][a-z0-9+]*:\/\//i.test(location)) {
+    throw new UsageError(
+      `unsupported repository location '${location}'`,
+      'use a local directory path, s3:https://HOST/BUCKET[/PREFIX] or s3://BUCKET[/PREFIX]',
+    );
   }
   return { kind: 'local', location: resolve(location) };
 }
@@ -63,6 +75,9 @@ function baseBackend(
       const local = new LocalBackend(spec.location, { blocking: runtime.blocking ?? false });
       return { backend: local, halfWrite: (data) => local.leaveTempFile(data) };
     }
+    case 's3':
+      if (spec.s3 === undefined) throw new RangeError('an s3 backend spec needs its s3 part');
+      return { backend: new S3Backend(spec.s3) };
     default:
       throw new RangeError(`unknown backend kind ${JSON.stringify((spec as { kind: unknown }).kind)}`);
   }

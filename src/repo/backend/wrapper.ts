@@ -32,12 +32,14 @@ export const MUTATING_OPS: ReadonlySet<BackendOp> = new Set(['put', 'putIfAbsent
 export abstract class BackendWrapper implements Backend {
   create?: () => Promise<void>;
   removeStaleTemp?: (olderThanMs: number) => Promise<number>;
+  describeAbsence?: () => Promise<string | undefined>;
 
   constructor(
     readonly inner: Backend,
     /** Pass on the inner backend's optional `create` and `removeStaleTemp` (both write). */
     passMaintenance = true,
   ) {
+    if (inner.describeAbsence) this.describeAbsence = () => inner.describeAbsence!();
     if (passMaintenance) {
       if (inner.create) this.create = () => inner.create!();
       if (inner.removeStaleTemp) this.removeStaleTemp = (ms) => inner.removeStaleTemp!(ms);

@@ -6,6 +6,11 @@ export interface BackendFactory {
   make(): Promise<{ backend: Backend; cleanup: () => Promise<void> }>;
   /** Writers for the create-if-absent race may run in other processes (local). */
   raceInProcesses?: (key: string, writers: number) => Promise<boolean[]>;
+  /**
+   * Cases a test server cannot pass, by name, with the reason (s3rver writes objects in place, so
+   * a HEAD during a PUT sees part of it: real S3 and Swift do not). Never for a missing tool.
+   */
+  knownGaps?: Record<string, string>;
 }
 
 /**
@@ -25,7 +30,11 @@ export function defineBackendConformance(name: string, factory: BackendFactory):
       await cleanup();
     });
 
-    for (const c of conformanceCases) it(c.name, () => c.run(backend));
+    for (const c of conformanceCases) {
+      const gap = factory.knownGaps?.[c.name];
+      if (gap === undefined) it(c.name, () => c.run(backend));
+      else it.skip(`${c.name} (server gap: ${gap})`, () => undefined);
+    }
 
     if (factory.raceInProcesses) {
       const race = factory.raceInProcesses;

@@ -1,0 +1,705 @@
+import { randomBytes } from 'node:crypto';
+import { Agent as HttpAgent } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
+import type { Readable } from 'node:stream';
+import {
+  CreateBucketCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadBucketCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  type S3ClientConfig,
+} from '@aws-sdk/client-s3';
+import { BackendError } from '../errors.js';
+import {
+  assertRange,
+  payloadConcat,
+  validateKey,
+  type Backend,
+  type BackendCapabilities,
+  type ObjectInfo,
+  type Payload,
+  type PutOptions,
+} from './backend.js';
+import { formatS3Location, type S3Location } from './s3-location.js';
+
+// The SDK warns on every process that Node 20 support ends in January 2027; vmvault pins an SDK
+// version that supports Node 20 (package.json), so the warning tells a user nothing to act on.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
+/** The S3 part of a BackendSpec (plain JSON: a worker thread builds the same client from it). */
+export interface S3Spec extends S3Location {
+  /** Region; default: AWS_REGION / AWS_DEFAULT_REGION / the profile's, else us-east-1. */
+  region?: string;
+  /** Requests in flight at once (sockets of this stack's keep-alive agent). Default 16. */
+  connections?: number;
+  /**
+   * Credentials given directly (tests, programs); default: the AWS SDK's standard chain
+   * (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, AWS_PROFILE, shared files,
+   * instance metadata).
+   */
+  credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  /**
+   * Conditional create (`If-None-Match: *`): 'probe' (default) asks the server once per stack,
+   * 'off' never uses it (HEAD, then PUT).
+   */
+  conditionalWrites?: 'probe' | 'off';
+}
+
+export const S3_DEFAULT_CONNECTIONS = 16;
+
+/** Requests by kind and bytes moved: what `--json` outputs report (counted per thread). */
+export interface S3RequestCounts {
+  PUT: number;
+  GET: number;
+  HEAD: number;
+  LIST: number;
+  DELETE: number;
+  bytesUp: number;
+  bytesDown: number;
+}
+
+const counts: S3RequestCounts = { PUT: 0, GET: 0, HEAD: 0, LIST: 0, DELETE: 0, bytesUp: 0, bytesDown: 0 };
+
+/** This thread's S3 request counts so far (a copy). */
+export function s3RequestCounts(): S3RequestCounts {
+  return { ...counts };
+}
+
+/** Adds counts from another thread (a worker's, reported when it finishes work). */
+export function addS3RequestCounts(c: Partial<S3RequestCounts>): void {
+  for (const k of Object.keys(counts) as (keyof S3RequestCounts)[]) {
+    const v = c[k];
+    if (typeof v === 'number' && Number.isFinite(v) && v > 0) counts[k] += v;
+  }
+}
+
+type Kind = 'PUT' | 'GET' | 'HEAD' | 'LIST' | 'DELETE';
+
+/** Time allowed for one attempt: a base plus the object at a slow but live link's speed. */
+function attemptTimeoutMs(bytes: number): number {
+  return 30_000 + Math.ceil(bytes / (512 * 1024)) * 1000;
+}
+
+/** Network failures worth another try (the retry wrapper retries kind 'transient'). */
+const TRANSIENT_CODES = new Set([
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'ECONNABORTED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENETDOWN',
+  'EADDRNOTAVAIL',
+  'UND_ERR_SOCKET',
+]);
+const TRANSIENT_NAMES = new Set([
+  'SlowDown',
+  'InternalError',
+  'ServiceUnavailable',
+  'RequestTimeout',
+  'RequestTimeoutException',
+  'TimeoutError',
+  'AbortError',
+  'ThrottlingException',
+  'Throttling',
+  'TooManyRequests',
+]);
+
+interface SdkErrorShape {
+  name?: string;
+  code?: string;
+  Code?: string;
+  message?: string;
+  $metadata?: { httpStatusCode?: number };
+}
+
+/**
+ * The S3 backend (docs/s3.md): objects are keys under the location's prefix; writes are single
+ * PUTs of whole objects (packs are at most 128 MiB), durable when the PUT returns (no barrier);
+ * reads are ranged GETs read straight into the caller's buffer. Retries are the retry wrapper's
+ * (the SDK's own are off: one retry policy, bounded in one place); each attempt has a timeout that
+ * grows with the object's size. Every response body is consumed or destroyed.
+ */
+export class S3Backend implements Backend {
+  readonly location: string;
+  private readonly client: S3Client;
+  private readonly prefix: string;
+  private readonly connections: number;
+  private conditional: 'unknown' | 'honoured' | 'ignored' | 'refused';
+  private probing: Promise<void> | undefined;
+  /** Non-atomic putIfAbsent calls in flight, by key (one at a time per key). */
+  private readonly creating = new Map<string, Promise<boolean>>();
+  private accessKeyId: string | undefined;
+  private readonly agents: { http: HttpAgent; https: HttpsAgent };
+
+  constructor(private readonly spec: S3Spec) {
+    this.location = formatS3Location(spec);
+    this.prefix = spec.prefix === '' ? '' : `${spec.prefix}/`;
+    const n = spec.connections ?? S3_DEFAULT_CONNECTIONS;
+    if (!Number.isSafeInteger(n) || n < 1 || n > 1024)
+      throw new RangeError(`S3 connections must be 1..1024, not ${n}`);
+    this.connections = n;
+    this.conditional = spec.conditionalWrites === 'off' ? 'refused' : 'unknown';
+    this.agents = {
+      http: new HttpAgent({ keepAlive: true, maxSockets: n }),
+      https: new HttpsAgent({ keepAlive: true, maxSockets: n }),
+    };
+    const region =
+      spec.region ??
+      process.env.AWS_REGION ??
+      process.env.AWS_DEFAULT_REGION ??
+      (spec.endpoint ? 'us-east-1' : undefined);
+    const config: S3ClientConfig = {
+      ...(spec.endpoint === undefined ? { followRegionRedirects: true } : { endpoint: spec.endpoint }),
+      ...(region === undefined ? {} : { region }),
+      forcePathStyle: spec.pathStyle,
+      // The SDK's default aws-chunked bodies with trailing checksums corrupt data on some servers
+      // (../shared/TESTENV.md); our objects carry their own integrity (ids, GCM tags).
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      maxAttempts: 1,
+      requestHandler: {
+        httpAgent: this.agents.http,
+        httpsAgent: this.agents.https,
+        connectionTimeout: 10_000,
+      },
+      ...(spec.credentials === undefined ? {} : { credentials: spec.credentials }),
+    };
+    this.client = new S3Client(config);
+    if (spec.credentials) this.accessKeyId = spec.credentials.accessKeyId;
+  }
+
+  get capabilities(): BackendCapabilities {
+    return {
+      parallelOps: this.connections,
+      // Known once the first putIfAbsent probed the server (false until then).
+      atomicCreate: this.conditional === 'honoured',
+      needsBarrier: false,
+      modTimes: true,
+    };
+  }
+
+  private k(key: string): string {
+    validateKey(key);
+    return this.prefix + key;
+  }
+
+  /** One request: counted, timed out after `attemptTimeoutMs(bytes)`, its errors mapped. */
+  private async send<T>(
+    kind: Kind,
+    op: string,
+    key: string,
+    bytes: number,
+    run: (signal: AbortSignal) => Promise<T>,
+  ): Promise<T> {
+    counts[kind]++;
+    const signal = AbortSignal.timeout(attemptTimeoutMs(bytes));
+    try {
+      return await run(signal);
+    } catch (err) {
+      throw await this.mapError(kind, op, key, err);
+    }
+  }
+
+  async get(key: string): Promise<Buffer> {
+    const k = this.k(key);
+    return this.send('GET', 'get', key, 0, async (abortSignal) => {
+      const r = await this.client.send(new GetObjectCommand({ Bucket: this.spec.bucket, Key: k }), {
+        abortSignal,
+      });
+      const size = r.ContentLength ?? 0;
+      const out = Buffer.allocUnsafe(size);
+      const got = await readBody(r.Body as Readable | undefined, out, 0);
+      if (got !== size)
+        throw new BackendError('transient', `${key}: the response ended after ${got} of ${size} bytes`);
+      return out;
+    });
+  }
+
+  async getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    const out = Buffer.allocUnsafe(Math.max(0, Number.isSafeInteger(length) ? length : 0));
+    if (!Number.isSafeInteger(length) || length < 0) assertRange(key, offset, length, 0);
+    await this.getRangeInto(key, offset, out);
+    return out;
+  }
+
+  async getRangeInto(key: string, offset: number, dest: Uint8Array): Promise<number> {
+    const k = this.k(key);
+    const length = dest.length;
+    if (!Number.isSafeInteger(offset) || offset < 0) assertRange(key, offset, length, 0);
+    if (length === 0) {
+      const info = await this.stat(key);
+      if (info === undefined) throw new BackendError('not-found', `${key}: not found`);
+      assertRange(key, offset, 0, info.sizeBytes);
+      return info.sizeBytes;
+    }
+    return this.send('GET', 'get', key, length, async (abortSignal) => {
+      let r;
+      try {
+        r = await this.client.send(
+          new GetObjectCommand({
+            Bucket: this.spec.bucket,
+            Key: k,
+            Range: `bytes=${offset}-${offset + length - 1}`,
+          }),
+          { abortSignal },
+        );
+      } catch (err) {
+        if (statusOf(err) === 416) {
+          // The offset is at or past the end: learn the size for the one range error.
+          const info = await this.stat(key);
+          if (info === undefined) throw new BackendError('not-found', `${key}: not found`);
+          assertRange(key, offset, length, info.sizeBytes);
+        }
+        throw err;
+      }
+      const body = r.Body as Readable | undefined;
+      const cr = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(r.ContentRange ?? '');
+      let size: number;
+      let skip = 0;
+      if (cr) {
+        size = Number(cr[3]);
+        if (Number(cr[1]) !== offset) {
+          destroyBody(body);
+          throw new BackendError(
+            'other',
+            `${key}: the server answered range ${r.ContentRange} for ${offset}+${length}`,
+          );
+        }
+      } else {
+        // A server that ignored the Range header sent the whole object.
+        size = r.ContentLength ?? 0;
+        skip = offset;
+      }
+      if (offset + length > size) {
+        destroyBody(body);
+        assertRange(key, offset, length, size);
+      }
+      const got = await readBody(body, dest, skip);
+      if (got !== length)
+        throw new BackendError('transient', `${key}: the response ended after ${got} of ${length} bytes`);
+      return size;
+    });
+  }
+
+  async put(key: string, data: Payload, _opts?: PutOptions): Promise<void> {
+    const k = this.k(key);
+    const body = payloadConcat(data);
+    await this.send('PUT', 'put', key, body.length, async (abortSignal) => {
+      await this.client.send(
+        new PutObjectCommand({ Bucket: this.spec.bucket, Key: k, Body: body, ContentLength: body.length }),
+        { abortSignal },
+      );
+      counts.bytesUp += body.length;
+    });
+  }
+
+  async putIfAbsent(key: string, data: Payload, opts?: PutOptions): Promise<boolean> {
+    const k = this.k(key);
+    await this.probeConditional();
+    if (this.conditional !== 'honoured') {
+      // HEAD, then PUT: atomic among this stack's callers (one at a time per key), not across
+      // processes (docs/s3.md): fine for content-addressed and random names.
+      for (;;) {
+        const pending = this.creating.get(key);
+        if (pending === undefined) break;
+        if (await pending.catch(() => false)) return false;
+      }
+      const attempt = (async () => {
+        if ((await this.stat(key)) !== undefined) return false;
+        await this.put(key, data, opts);
+        return true;
+      })();
+      this.creating.set(key, attempt);
+      try {
+        return await attempt;
+      } finally {
+        this.creating.delete(key);
+      }
+    }
+    const body = payloadConcat(data);
+    try {
+      await this.send('PUT', 'put', key, body.length, async (abortSignal) => {
+        await this.client.send(
+          new PutObjectCommand({
+            Bucket: this.spec.bucket,
+            Key: k,
+            Body: body,
+            ContentLength: body.length,
+            IfNoneMatch: '*',
+          }),
+          { abortSignal },
+        );
+        counts.bytesUp += body.length;
+      });
+      return true;
+    } catch (err) {
+      if (err instanceof BackendError && err.kind === 'exists') return false;
+      throw err;
+    }
+  }
+
+  /**
+   * Learns once whether the server honours `If-None-Match: *` on PUT: creates a probe object,
+   * then tries to create it again. 412 → honoured; a second 200 → ignored (s3rver); 501 or
+   * NotImplemented → refused (Swift). The probe is deleted (a put-only host leaves it: 0 bytes).
+   */
+  private async probeConditional(): Promise<void> {
+    if (this.conditional !== 'unknown') return;
+    this.probing ??= (async () => {
+      const key = `tmp/probe-${randomBytes(8).toString('hex')}`;
+      const k = this.k(key);
+      const tryPut = async (): Promise<'ok' | 'exists' | 'refused'> => {
+        try {
+          await this.send('PUT', 'put', key, 0, (abortSignal) =>
+            this.client.send(
+              new PutObjectCommand({
+                Bucket: this.spec.bucket,
+                Key: k,
+                Body: Buffer.alloc(0),
+                IfNoneMatch: '*',
+              }),
+              { abortSignal },
+            ),
+          );
+          return 'ok';
+        } catch (err) {
+          if (err instanceof BackendError && err.kind === 'exists') return 'exists';
+          const st =
+            err instanceof BackendError
+              ? (err.cause as SdkErrorShape | undefined)?.$metadata?.httpStatusCode
+              : undefined;
+          const name =
+            err instanceof BackendError ? (err.cause as SdkErrorShape | undefined)?.name : undefined;
+          if (st === 501 || name === 'NotImplemented' || (st === 400 && name === 'InvalidArgument'))
+            return 'refused';
+          throw err;
+        }
+      };
+      const first = await tryPut();
+      if (first === 'refused') this.conditional = 'refused';
+      else this.conditional = (await tryPut()) === 'exists' ? 'honoured' : 'ignored';
+      await this.delete(key).catch(() => undefined);
+    })();
+    try {
+      await this.probing;
+    } catch (err) {
+      this.probing = undefined;
+      throw err;
+    }
+  }
+
+  /** How conditional creates behave on this server ('unknown' before the first putIfAbsent). */
+  get conditionalWrites(): 'unknown' | 'honoured' | 'ignored' | 'refused' {
+    return this.conditional;
+  }
+
+  async stat(key: string): Promise<ObjectInfo | undefined> {
+    const k = this.k(key);
+    try {
+      return await this.send('HEAD', 'stat', key, 0, async (abortSignal) => {
+        const r = await this.client.send(new HeadObjectCommand({ Bucket: this.spec.bucket, Key: k }), {
+          abortSignal,
+        });
+        return {
+          key,
+          sizeBytes: r.ContentLength ?? 0,
+          ...(r.LastModified ? { modifiedMs: r.LastModified.getTime() } : {}),
+        };
+      });
+    } catch (err) {
+      if (err instanceof BackendError && err.kind === 'not-found') return undefined;
+      throw err;
+    }
+  }
+
+  async exists(key: string): Promise<boolean> {
+    return (await this.stat(key)) !== undefined;
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    if (prefix !== '' && (prefix.startsWith('/') || prefix.includes('..') || prefix.includes('\0')))
+      throw new RangeError(`invalid list prefix '${prefix}'`);
+    const full = this.prefix + prefix;
+    let token: string | undefined;
+    for (;;) {
+      let page;
+      try {
+        page = await this.send('LIST', 'list', prefix === '' ? '(all)' : prefix, 0, (abortSignal) =>
+          this.client.send(
+            new ListObjectsV2Command({
+              Bucket: this.spec.bucket,
+              Prefix: full === '' ? undefined : full,
+              ...(token === undefined ? {} : { ContinuationToken: token }),
+            }),
+            { abortSignal },
+          ),
+        );
+      } catch (err) {
+        // An absent bucket holds no objects (init creates it; open reports it: describeAbsence).
+        if (err instanceof BackendError && (err.cause as SdkErrorShape | undefined)?.name === 'NoSuchBucket')
+          return;
+        throw err;
+      }
+      for (const o of page.Contents ?? []) {
+        if (o.Key === undefined || !o.Key.startsWith(this.prefix)) continue;
+        const key = o.Key.slice(this.prefix.length);
+        if (key === '' || key.endsWith('/')) continue; // "directory" markers some tools create
+        yield {
+          key,
+          sizeBytes: o.Size ?? 0,
+          ...(o.LastModified ? { modifiedMs: o.LastModified.getTime() } : {}),
+        };
+      }
+      if (!page.IsTruncated || !page.NextContinuationToken) return;
+      token = page.NextContinuationToken;
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    const k = this.k(key);
+    try {
+      await this.send('DELETE', 'delete', key, 0, (abortSignal) =>
+        this.client.send(new DeleteObjectCommand({ Bucket: this.spec.bucket, Key: k }), { abortSignal }),
+      );
+    } catch (err) {
+      if (err instanceof BackendError && err.kind === 'not-found') return;
+      throw err;
+    }
+  }
+
+  async barrier(_keys: Iterable<string>): Promise<void> {}
+
+  /** Creates the bucket when it is missing (init); a bucket that exists is used as it is. */
+  async create(): Promise<void> {
+    if (await this.bucketExists()) return;
+    try {
+      await this.send('PUT', 'create bucket', this.spec.bucket, 0, async (abortSignal) => {
+        const region = await this.client.config.region();
+        await this.client.send(
+          new CreateBucketCommand({
+            Bucket: this.spec.bucket,
+            ...(this.spec.endpoint === undefined && region !== 'us-east-1'
+              ? { CreateBucketConfiguration: { LocationConstraint: region as never } }
+              : {}),
+          }),
+          { abortSignal },
+        );
+      });
+    } catch (err) {
+      const name = err instanceof BackendError ? (err.cause as SdkErrorShape | undefined)?.name : undefined;
+      if (name === 'BucketAlreadyOwnedByYou') return;
+      if (name === 'BucketAlreadyExists')
+        throw new BackendError('permission', `bucket '${this.spec.bucket}' belongs to someone else`, {
+          hint: 'choose another bucket name (bucket names are global on AWS)',
+        });
+      throw err;
+    }
+  }
+
+  private async bucketExists(): Promise<boolean> {
+    try {
+      await this.send('HEAD', 'head bucket', this.spec.bucket, 0, (abortSignal) =>
+        this.client.send(new HeadBucketCommand({ Bucket: this.spec.bucket }), { abortSignal }),
+      );
+      return true;
+    } catch (err) {
+      if (err instanceof BackendError && err.kind === 'not-found') return false;
+      throw err;
+    }
+  }
+
+  /** Why there is no repository here, when the reason is the bucket: one clause, or undefined. */
+  async describeAbsence(): Promise<string | undefined> {
+    return (await this.bucketExists()) ? undefined : `bucket '${this.spec.bucket}' does not exist`;
+  }
+
+  async close(): Promise<void> {
+    this.client.destroy();
+    this.agents.http.destroy();
+    this.agents.https.destroy();
+  }
+
+  private async keyId(): Promise<string | undefined> {
+    if (this.accessKeyId !== undefined) return this.accessKeyId;
+    try {
+      const c = await this.client.config.credentials();
+      this.accessKeyId = c.accessKeyId;
+    } catch {
+      /* no credentials: the error says so */
+    }
+    return this.accessKeyId;
+  }
+
+  /** One line per failure a user meets: the endpoint, the operation, the status (docs/s3.md). */
+  private async mapError(kind: Kind, op: string, key: string, err: unknown): Promise<BackendError> {
+    if (err instanceof BackendError) return err;
+    const e = (err ?? {}) as SdkErrorShape;
+    const status = e.$metadata?.httpStatusCode;
+    const name = e.Code ?? (e.name === 'Unknown' ? undefined : e.name) ?? '';
+    const code = e.code ?? '';
+    const where = this.spec.endpoint ?? 'AWS S3';
+    const what = `S3 ${kind} of ${key} at ${this.location}`;
+    if (name === 'CredentialsProviderError' || /Could not load credentials/i.test(e.message ?? ''))
+      return new BackendError('permission', `no S3 credentials for ${this.location}`, {
+        cause: err,
+        hint: 'set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (docs/s3.md)',
+      });
+    if (
+      TRANSIENT_CODES.has(code) ||
+      TRANSIENT_NAMES.has(name) ||
+      status === 500 ||
+      status === 502 ||
+      status === 503 ||
+      status === 504
+    ) {
+      const reason =
+        code === 'ECONNREFUSED'
+          ? `cannot reach ${where} (connection refused)`
+          : name === 'AbortError' || name === 'TimeoutError' || code === 'ETIMEDOUT'
+            ? `${where} did not answer in time`
+            : status !== undefined
+              ? `${where} answered ${status} ${name}`
+              : `${where}: ${code || name || 'connection failed'}`;
+      return new BackendError('transient', `${what} failed: ${reason}`, {
+        cause: err,
+        hint:
+          code === 'ECONNREFUSED'
+            ? `check that the S3 endpoint ${where} is up and the location is right`
+            : 'run the command again later',
+      });
+    }
+    if (code === 'ENOTFOUND')
+      return new BackendError('other', `${what} failed: cannot resolve the host of ${where}`, {
+        cause: err,
+        hint: 'check the endpoint in the repository location',
+      });
+    if (
+      code === 'DEPTH_ZERO_SELF_SIGNED_CERT' ||
+      code === 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' ||
+      code.startsWith('ERR_TLS') ||
+      code.startsWith('CERT_')
+    )
+      return new BackendError('other', `${what} failed: TLS error from ${where} (${code})`, {
+        cause: err,
+        hint: 'give a certificate the host trusts (NODE_EXTRA_CA_CERTS=FILE) or use s3:http:// on a trusted network',
+      });
+    if (name === 'NoSuchBucket')
+      return new BackendError('not-found', `bucket '${this.spec.bucket}' does not exist at ${where}`, {
+        cause: err,
+        hint: `create the repository with 'vmvault init ${this.location}' (it creates the bucket), or check the name`,
+      });
+    if (status === 404 || name === 'NoSuchKey' || name === 'NotFound')
+      return new BackendError('not-found', `${key}: not found`, { cause: err });
+    if (status === 412 || name === 'PreconditionFailed')
+      return new BackendError('exists', `${key}: exists`, { cause: err });
+    if (status === 416 || name === 'InvalidRange')
+      return new BackendError('range', `${what}: the range is past the end of the object`, { cause: err });
+    if (name === 'InvalidAccessKeyId')
+      return new BackendError(
+        'permission',
+        `${where} does not know the access key id ${(await this.keyId()) ?? '(none)'}`,
+        {
+          cause: err,
+          hint: 'check AWS_ACCESS_KEY_ID or AWS_PROFILE',
+        },
+      );
+    if (name === 'SignatureDoesNotMatch')
+      return new BackendError(
+        'permission',
+        `${where} refused the secret key of access key id ${(await this.keyId()) ?? '(none)'}`,
+        {
+          cause: err,
+          hint: 'check AWS_SECRET_ACCESS_KEY (or the profile) for that access key',
+        },
+      );
+    if (name === 'RequestTimeTooSkewed')
+      return new BackendError('other', `this host's clock differs too much from ${where}'s`, {
+        cause: err,
+        hint: 'set the clock right (chrony or systemd-timesyncd) and run the command again',
+      });
+    if (name === 'AccessDenied')
+      return new BackendError(
+        'permission',
+        `${what} was denied: 403 AccessDenied for access key id ${(await this.keyId()) ?? '(none)'}`,
+        {
+          cause: err,
+          hint: `grant that key ${S3_ACTION[kind]} on the bucket (docs/s3.md has the policies)`,
+        },
+      );
+    if (status === 403)
+      // A HEAD's 403 has no body: an unknown key, a wrong secret and a missing permission look alike.
+      return new BackendError(
+        'permission',
+        `${what} was denied: 403 ${name === '' || name === 'Error' ? 'Forbidden' : name} for access key id ${(await this.keyId()) ?? '(none)'}`,
+        {
+          cause: err,
+          hint: `check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and that the key has ${S3_ACTION[kind]} on the bucket (docs/s3.md)`,
+        },
+      );
+    if (status === 507 || name === 'QuotaExceeded' || name === 'EntityTooLarge')
+      return new BackendError(
+        'no-space',
+        `${what} failed: ${where} answered ${status ?? ''} ${name}`.trim(),
+        { cause: err },
+      );
+    const detail =
+      status !== undefined ? `${where} answered ${status} ${name}` : `${name || code || String(err)}`;
+    return new BackendError('other', `${what} failed: ${detail}`, { cause: err });
+  }
+}
+
+/** The IAM action a request of each kind needs (for "permission denied" hints). */
+const S3_ACTION: Record<Kind, string> = {
+  PUT: 's3:PutObject',
+  GET: 's3:GetObject',
+  HEAD: 's3:GetObject',
+  LIST: 's3:ListBucket',
+  DELETE: 's3:DeleteObject',
+};
+
+function statusOf(err: unknown): number | undefined {
+  if (err instanceof BackendError) return (err.cause as SdkErrorShape | undefined)?.$metadata?.httpStatusCode;
+  return (err as SdkErrorShape | undefined)?.$metadata?.httpStatusCode;
+}
+
+function destroyBody(body: Readable | undefined): void {
+  body?.destroy?.();
+}
+
+/**
+ * Copies a response body into `dest` after skipping `skip` bytes; returns the bytes copied. Stops
+ * (and destroys the body) once `dest` is full; extra bytes mean a server that sent more than asked.
+ */
+async function readBody(body: Readable | undefined, dest: Uint8Array, skip: number): Promise<number> {
+  if (body === undefined) return 0;
+  let at = 0;
+  let toSkip = skip;
+  try {
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      let c = chunk;
+      if (toSkip > 0) {
+        if (c.length <= toSkip) {
+          toSkip -= c.length;
+          continue;
+        }
+        c = c.subarray(toSkip);
+        toSkip = 0;
+      }
+      const n = Math.min(c.length, dest.length - at);
+      dest.set(n === c.length ? c : c.subarray(0, n), at);
+      at += n;
+      counts.bytesDown += n;
+      if (at >= dest.length) break;
+    }
+  } finally {
+    body.destroy();
+  }
+  return at;
+}
