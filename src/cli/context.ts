@@ -1,6 +1,13 @@
 import { Option, type Command } from 'commander';
 import { printable, stderrLogger, UsageError, type Logger } from '../util/index.js';
-import { backendSpecFor, openBackend, Repository, type SnapshotDamagedError } from '../repo/index.js';
+import {
+  backendSpecFor,
+  openBackend,
+  Repository,
+  s3RequestCounts,
+  type Backend,
+  type SnapshotDamagedError,
+} from '../repo/index.js';
 import { readPassword } from './password.js';
 
 export interface GlobalOptions {
@@ -8,6 +15,9 @@ export interface GlobalOptions {
   quiet?: boolean;
   /** The password of an encrypted repository, from this file's first line. */
   passwordFile?: string;
+  s3Connections?: number;
+  limitUpload?: number;
+  limitDownload?: number;
 }
 
 /** Test-only (docs/cli.md): scrypt N of new key slots, e.g. 16384, so that CLI tests run fast. */
@@ -18,7 +28,10 @@ export function testKdf(): { N: number; r: number; p: number } | undefined {
 
 /** The `-r, --repo` option every command but init takes (also from VMVAULT_REPO). */
 export function repoOption(): Option {
-  return new Option('-r, --repo <repo>', 'repository location (a directory)').env('VMVAULT_REPO');
+  return new Option(
+    '-r, --repo <repo>',
+    'repository location: a directory, s3:https://HOST/BUCKET[/PREFIX] or s3://BUCKET[/PREFIX]',
+  ).env('VMVAULT_REPO');
 }
 
 /**
@@ -51,7 +64,7 @@ export async function openRepo(
   access: RepoAccess = 'write',
 ): Promise<Repository> {
   if (!opts.repo) throw new UsageError('no repository given', 'pass -r REPO or set VMVAULT_REPO');
-  const backend = openBackend({ ...backendSpecFor(opts.repo), readOnly: access === 'read' });
+  const backend = openBackendFor(opts.repo, access);
   return Repository.open(
     opts.repo,
     {
@@ -64,6 +77,41 @@ export async function openRepo(
     },
     backend,
   );
+}
+
+/** The global S3 options (`--s3-connections`, `--limit-upload`, `--limit-download`), set by main.ts. */
+export interface S3GlobalOptions {
+  s3Connections?: number;
+  limitUploadKiBs?: number;
+  limitDownloadKiBs?: number;
+}
+let s3Globals: S3GlobalOptions = {};
+export function setGlobalS3Options(o: S3GlobalOptions): void {
+  s3Globals = o;
+}
+
+/** The storage stack of a location as the command line describes it (global S3 options applied). */
+export function openBackendFor(location: string, access: RepoAccess = 'write'): Backend {
+  const g = s3Globals;
+  const spec = backendSpecFor(location, {
+    ...(g.s3Connections === undefined ? {} : { connections: g.s3Connections }),
+    ...(g.limitUploadKiBs === undefined ? {} : { limitUploadBytesPerSec: g.limitUploadKiBs * 1024 }),
+    ...(g.limitDownloadKiBs === undefined ? {} : { limitDownloadBytesPerSec: g.limitDownloadKiBs * 1024 }),
+  });
+  return openBackend({ ...spec, readOnly: access === 'read' });
+}
+
+/** Parser of a positive integer option (`--s3-connections 32`, `--limit-upload 10240`). */
+export function positiveInt(name: string, max: number): (v: string) => number {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < 1 || n > max)
+      throw new UsageError(
+        `${name} must be a whole number from 1 to ${max}, not '${printable(v, 40)}'`,
+        `run 'vmvault --help'`,
+      );
+    return n;
+  };
 }
 
 /** The global `--password-file` (given before the command), set by main.ts before each action. */
@@ -97,6 +145,23 @@ export async function withRepo<T>(
   }
 }
 
+/**
+ * Prints a command's JSON output. An object output of a process that spoke S3 gains `s3`: the
+ * requests by kind and the bytes moved (every thread's, docs/cli.md).
+ */
 export function printJson(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  const c = s3RequestCounts();
+  const spoke = c.PUT + c.GET + c.HEAD + c.LIST + c.DELETE > 0;
+  const out =
+    spoke && typeof value === 'object' && value !== null && !Array.isArray(value)
+      ? {
+          ...value,
+          s3: {
+            requests: { PUT: c.PUT, GET: c.GET, HEAD: c.HEAD, LIST: c.LIST, DELETE: c.DELETE },
+            bytesUp: c.bytesUp,
+            bytesDown: c.bytesDown,
+          },
+        }
+      : value;
+  process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
 }

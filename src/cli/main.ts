@@ -12,7 +12,7 @@ import { showCommand } from './commands/show.js';
 import { snapshotsCommand } from './commands/snapshots.js';
 import { statsCommand } from './commands/stats.js';
 import { installSignalHandlers, isInterruptNormalEnd, rootAbort } from './signals.js';
-import { globals, setGlobalPasswordFile } from './context.js';
+import { globals, positiveInt, setGlobalPasswordFile, setGlobalS3Options } from './context.js';
 
 const EXIT_CODES_HELP = `
 Exit codes: 0 success, 1 failure, 2 usage error, 3 partial success, 10 repository not found,
@@ -25,9 +25,32 @@ export function buildProgram(): Command {
     .option('--debug', 'print stack traces and debug logging')
     .option('-q, --quiet', 'no progress or log lines')
     .option('--password-file <file>', 'password of an encrypted repository: the first line of FILE')
+    .option(
+      '--s3-connections <n>',
+      'S3 requests in flight at once (default 16)',
+      positiveInt('--s3-connections', 1024),
+    )
+    .option(
+      '--limit-upload <KiB/s>',
+      'limit uploads to S3 to this rate',
+      positiveInt('--limit-upload', 2 ** 30),
+    )
+    .option(
+      '--limit-download <KiB/s>',
+      'limit downloads from S3 to this rate',
+      positiveInt('--limit-download', 2 ** 30),
+    )
     .addHelpText('after', EXIT_CODES_HELP)
-    // openRepo has no command object: hand it the global --password-file before each action.
-    .hook('preAction', (_program, action) => setGlobalPasswordFile(globals(action).passwordFile));
+    // openRepo has no command object: hand it the global options before each action.
+    .hook('preAction', (_program, action) => {
+      const g = globals(action);
+      setGlobalPasswordFile(g.passwordFile);
+      setGlobalS3Options({
+        ...(g.s3Connections === undefined ? {} : { s3Connections: g.s3Connections }),
+        ...(g.limitUpload === undefined ? {} : { limitUploadKiBs: g.limitUpload }),
+        ...(g.limitDownload === undefined ? {} : { limitDownloadKiBs: g.limitDownload }),
+      });
+    });
   for (const cmd of [
     initCommand(),
     backupCommand(),

@@ -3,6 +3,8 @@ export { payloadConcat, payloadLength, payloadParts } from './backend/backend.js
 export { LocalBackend } from './backend/local.js';
 export { MemoryBackend } from './backend/memory.js';
 export { openBackend, backendSpecFor, specOf, type BackendSpec, type OpenRuntime } from './backend/open.js';
+export { S3Backend, s3RequestCounts, type S3RequestCounts, type S3Spec } from './backend/s3.js';
+export { parseS3Location, formatS3Location, isS3Location, type S3Location } from './backend/s3-location.js';
 export {
   RetryBackend,
   RETRY_DEFAULTS,

@@ -2,7 +2,8 @@ import { availableParallelism } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { VmvaultError, WorkerPool, WorkerTaskError } from '../util/index.js';
 import type { Backend } from './backend/backend.js';
-import { sharedSpecOf, type BackendSpec } from './backend/open.js';
+import { shareSpec, sharedSpecOf, type BackendSpec } from './backend/open.js';
+import { addS3RequestCounts, type S3RequestCounts } from './backend/s3.js';
 import { BlobFormatError, zstdBound } from './blob.js';
 import type { ChunkId } from './chunk-id.js';
 import type { ChunkIndex } from './chunk-index/index.js';
@@ -18,7 +19,13 @@ import {
   type ChunkLocation,
 } from './errors.js';
 import { MAX_PACK_BYTES, PackWriter, verifyPack, type SealedPack } from './pack.js';
-import type { PackWorkerData, PackWorkerRequest, PackWorkerResult, RecordRef, WrittenPack } from './pack-worker.js';
+import type {
+  PackWorkerData,
+  PackWorkerRequest,
+  PackWorkerResult,
+  RecordRef,
+  WrittenPack,
+} from './pack-worker.js';
 
 export interface PutResult {
   id: ChunkId;
@@ -56,9 +63,13 @@ const KNOWN_IDS_LIMIT = 500_000;
 /** Chunks this process acknowledged as stored were lost before their pack was written. */
 export class ChunksLostError extends VmvaultError {
   constructor(count: number, why: string) {
-    super('CHUNKS_LOST', `${count} chunk(s) stored by this run were lost before their pack was written (${why})`, {
-      hint: 'run the backup again; nothing was committed, so the repository is consistent',
-    });
+    super(
+      'CHUNKS_LOST',
+      `${count} chunk(s) stored by this run were lost before their pack was written (${why})`,
+      {
+        hint: 'run the backup again; nothing was committed, so the repository is consistent',
+      },
+    );
   }
 }
 
@@ -110,7 +121,8 @@ export class PackStore {
     this.deltaEveryPacks = opts.deltaEveryPacks ?? 64;
     this.deltaEveryMs = opts.deltaEveryMs ?? 5 * 60_000;
     const workers = opts.workers ?? availableParallelism();
-    this.workerSpec = workers > 0 ? sharedSpecOf(backend) : undefined;
+    const shared = workers > 0 ? sharedSpecOf(backend) : undefined;
+    this.workerSpec = shared === undefined ? undefined : shareSpec(shared, workers);
     this.workers = this.workerSpec === undefined ? 0 : workers;
     this.openIds = Array.from({ length: this.workers + 1 }, () => new Set<string>());
   }
@@ -125,7 +137,12 @@ export class PackStore {
         sessionId: this.sessionId,
         chunkSizeBytes: this.chunkSizeBytes,
       };
-      this.pool = new WorkerPool(workerScriptUrl(), this.workers, { workerData });
+      this.pool = new WorkerPool(workerScriptUrl(), this.workers, {
+        workerData,
+        onReport: (r) => {
+          if (typeof r === 'object' && r !== null) addS3RequestCounts(r as Partial<S3RequestCounts>);
+        },
+      });
     }
     return this.pool;
   }
@@ -157,7 +174,11 @@ export class PackStore {
    * Stores a non-zero disk chunk unless the repository holds it. With `transfer`, `data` must be
    * the only view of its ArrayBuffer: it moves to the worker and comes back as `result.buffer`.
    */
-  put(data: Buffer, id: ChunkId = this.codec.chunkId(data), opts: { transfer?: boolean } = {}): Promise<PutResult> {
+  put(
+    data: Buffer,
+    id: ChunkId = this.codec.chunkId(data),
+    opts: { transfer?: boolean } = {},
+  ): Promise<PutResult> {
     const pending = this.inFlight.get(id);
     if (pending) return pending.then((r) => ({ id: r.id, isNew: false, storedBytes: 0, buffer: data }));
     const p = this.doPut(data, id, 1, opts.transfer ?? false).finally(() => this.inFlight.delete(id));
@@ -191,7 +212,11 @@ export class PackStore {
     this.openIds[slot]!.add(id);
     let r: PackWorkerResult;
     try {
-      r = await pool.runOn(slot, { op: 'add', data, id: idBuf, kind, transferred: canTransfer }, canTransfer ? [data.buffer as ArrayBuffer] : []);
+      r = await pool.runOn(
+        slot,
+        { op: 'add', data, id: idBuf, kind, transferred: canTransfer },
+        canTransfer ? [data.buffer as ArrayBuffer] : [],
+      );
     } catch (err) {
       // The pack this chunk went into may be gone with the error (its write failed): every chunk
       // acknowledged in it is lost, must not count as present, and fails the next flush.
@@ -319,7 +344,10 @@ export class PackStore {
       await this.sealInline();
       if (this.openIds[this.workers]!.size > 0) {
         // Acknowledged chunks whose inline pack is gone (a failed write earlier).
-        this.lost ??= new ChunksLostError(this.openIds[this.workers]!.size, 'their pack could not be written');
+        this.lost ??= new ChunksLostError(
+          this.openIds[this.workers]!.size,
+          'their pack could not be written',
+        );
         this.openIds[this.workers]!.clear();
       }
     }
@@ -387,7 +415,11 @@ export class PackStore {
    * Tries each copy of `id` in turn: a damaged or missing copy makes the next one tried; the
    * first copy's error is reported when none works.
    */
-  private async withCopies<T>(id: string, loc: ChunkLocation, read: (e: IndexEntry) => Promise<T>): Promise<T> {
+  private async withCopies<T>(
+    id: string,
+    loc: ChunkLocation,
+    read: (e: IndexEntry) => Promise<T>,
+  ): Promise<T> {
     const copies = await this.candidates(id, loc);
     let first: unknown;
     for (const e of copies) {
@@ -422,7 +454,11 @@ export class PackStore {
     if (!pool || !(dest.buffer instanceof SharedArrayBuffer)) {
       const data = await this.get(id, loc);
       if (data.length > dest.length)
-        throw new ChunkCorruptError(id, `plaintext is ${data.length} bytes, more than a chunk (${dest.length})`, loc);
+        throw new ChunkCorruptError(
+          id,
+          `plaintext is ${data.length} bytes, more than a chunk (${dest.length})`,
+          loc,
+        );
       data.copy(dest);
       return data.length;
     }
@@ -468,7 +504,10 @@ export class PackStore {
    */
   async verifyPack(key: string, sizeBytes: number): Promise<PackVerifyResult> {
     if (sizeBytes > MAX_PACK_BYTES)
-      return { entries: [], problems: [{ offset: '*', reason: `${sizeBytes} bytes, more than any pack (${MAX_PACK_BYTES})` }] };
+      return {
+        entries: [],
+        problems: [{ offset: '*', reason: `${sizeBytes} bytes, more than any pack (${MAX_PACK_BYTES})` }],
+      };
     const shorter = (): PackVerifyResult => ({
       entries: [],
       problems: [{ offset: '*', reason: `the pack is shorter than the ${sizeBytes} bytes listed` }],
@@ -482,12 +521,20 @@ export class PackStore {
         if (err instanceof BackendError && err.kind === 'range') return shorter();
         throw err;
       }
-      const r = verifyPack(bytes, key, this.codec, (kind: RecordKind) => (kind <= 2 ? this.chunkSizeBytes : MAX_PAGE_BYTES));
+      const r = verifyPack(bytes, key, this.codec, (kind: RecordKind) =>
+        kind <= 2 ? this.chunkSizeBytes : MAX_PAGE_BYTES,
+      );
       return { entries: r.entries, problems: r.problems };
     }
     let r: PackWorkerResult;
     try {
-      r = await pool.run({ op: 'verify', key, sizeBytes, maxChunkBytes: this.chunkSizeBytes, maxPageBytes: MAX_PAGE_BYTES });
+      r = await pool.run({
+        op: 'verify',
+        key,
+        sizeBytes,
+        maxChunkBytes: this.chunkSizeBytes,
+        maxPageBytes: MAX_PAGE_BYTES,
+      });
     } catch (err) {
       if (!(err instanceof WorkerTaskError)) throw err;
       const rebuilt = BackendError.fromWire(err.message, err.hint, err.details);
@@ -521,7 +568,10 @@ export class PackStore {
    * the hash of its content, and `check` verifies pages); the meta pack is written at `flush`, or
    * as soon as it reaches the pack size.
    */
-  async putPage(kind: PageKind, plaintext: Buffer): Promise<{ id: Buffer; written: boolean; storedBytes: number }> {
+  async putPage(
+    kind: PageKind,
+    plaintext: Buffer,
+  ): Promise<{ id: Buffer; written: boolean; storedBytes: number }> {
     const id = this.codec.chunkIdBytes(plaintext);
     const hex = id.toString('hex');
     if (this.metaRecords.has(hex) || this.known.has(hex)) return { id, written: false, storedBytes: 0 };

@@ -10,6 +10,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { VmvaultError } from '../util/index.js';
 import type { Backend } from './backend/backend.js';
 import { openBackend, type BackendSpec } from './backend/open.js';
+import { s3RequestCounts, type S3RequestCounts } from './backend/s3.js';
 import { encodeEntryInto, ENTRY_BYTES, type IndexEntry } from './chunk-index/entry.js';
 import { BlobCodec, RECORD_OVERHEAD, type CodecSpec, type RecordKind, type RecordMeta } from './codec.js';
 import { zstdBound } from './blob.js';
@@ -44,7 +45,14 @@ export type PackWorkerRequest =
   /** Closes and writes this worker's open pack, if any. */
   | { op: 'seal' }
   /** Reads and opens one record; into `dest` when given, else returned. */
-  | { op: 'read'; ref: RecordRef; max: number; dest?: SharedArrayBuffer; destOffset?: number; destLength?: number }
+  | {
+      op: 'read';
+      ref: RecordRef;
+      max: number;
+      dest?: SharedArrayBuffer;
+      destOffset?: number;
+      destLength?: number;
+    }
   /** check --read-data: reads a whole pack and opens every record. */
   | { op: 'verify'; key: string; sizeBytes: number; maxChunkBytes: number; maxPageBytes: number };
 
@@ -138,7 +146,12 @@ async function add(req: Extract<PackWorkerRequest, { op: 'add' }>): Promise<Hand
   // From here to `add` nothing awaits, so the record goes into the pack this loop saw open.
   while (open === undefined) await openPack();
   const o = open;
-  const { record, meta } = codec.sealRecordInto(req.kind, Buffer.from(req.id), req.data, o.slab.subarray(o.used));
+  const { record, meta } = codec.sealRecordInto(
+    req.kind,
+    Buffer.from(req.id),
+    req.data,
+    o.slab.subarray(o.used),
+  );
   o.used += record.length;
   o.writer.add(record, meta);
   let written: WrittenPack | undefined;
@@ -197,7 +210,8 @@ async function read(req: Extract<PackWorkerRequest, { op: 'read' }>): Promise<Ha
 async function verify(req: Extract<PackWorkerRequest, { op: 'verify' }>): Promise<Handled> {
   // Pack buffers are reused (at most two kept): a pack is read whole, verified and dropped.
   let buf = freePackBuffers.pop();
-  if (!buf || buf.length < req.sizeBytes) buf = Buffer.allocUnsafeSlow(Math.max(req.sizeBytes, slabBytes + 4096));
+  if (!buf || buf.length < req.sizeBytes)
+    buf = Buffer.allocUnsafeSlow(Math.max(req.sizeBytes, slabBytes + 4096));
   let r: ReturnType<typeof verifyPack>;
   try {
     const bytes = buf.subarray(0, req.sizeBytes);
@@ -210,7 +224,11 @@ async function verify(req: Extract<PackWorkerRequest, { op: 'verify' }>): Promis
   return {
     result: {
       entries,
-      problems: r.problems.map((p) => ({ offset: p.offset, reason: p.reason, ...(p.id ? { id: p.id } : {}) })),
+      problems: r.problems.map((p) => ({
+        offset: p.offset,
+        reason: p.reason,
+        ...(p.id ? { id: p.id } : {}),
+      })),
     },
     transfer: [entries.buffer as ArrayBuffer],
   };
@@ -247,9 +265,28 @@ async function handle(req: PackWorkerRequest): Promise<Handled> {
   }
 }
 
+/** S3 requests this worker made since its last reply (the main thread adds them up: --json). */
+let reported: S3RequestCounts = s3RequestCounts();
+function report(): { report?: Partial<S3RequestCounts> } {
+  const now = s3RequestCounts();
+  const delta: Partial<S3RequestCounts> = {};
+  let any = false;
+  for (const k of Object.keys(now) as (keyof S3RequestCounts)[]) {
+    const d = now[k] - reported[k];
+    if (d > 0) {
+      delta[k] = d;
+      any = true;
+    }
+  }
+  reported = now;
+  return any ? { report: delta } : {};
+}
+
 function replyError(id: number, err: unknown): void {
   const code =
-    typeof err === 'object' && err && 'code' in err ? String((err as { code: unknown }).code) : 'WORKER_ERROR';
+    typeof err === 'object' && err && 'code' in err
+      ? String((err as { code: unknown }).code)
+      : 'WORKER_ERROR';
   const message = err instanceof Error ? err.message : String(err);
   const extra =
     err instanceof BackendError
@@ -257,14 +294,14 @@ function replyError(id: number, err: unknown): void {
       : err instanceof VmvaultError && err.hint !== undefined
         ? { hint: err.hint }
         : {};
-  parentPort?.postMessage({ id, ok: false, code, message, ...extra });
+  parentPort?.postMessage({ id, ok: false, code, message, ...extra, ...report() });
 }
 
 // Tasks of one worker run in arrival order up to their first await; `add` appends synchronously,
 // so records enter the open pack in the order the store sent them.
 parentPort?.on('message', (msg: { id: number; req: PackWorkerRequest }) => {
   handle(msg.req).then(
-    (h) => parentPort?.postMessage({ id: msg.id, ok: true, result: h.result }, h.transfer),
+    (h) => parentPort?.postMessage({ id: msg.id, ok: true, result: h.result, ...report() }, h.transfer),
     (err: unknown) => replyError(msg.id, err),
   );
 });

@@ -41,6 +41,11 @@ export interface WorkerPoolOptions<Req> {
   resourceLimits?: ResourceLimits;
   /** Given to each worker once, at start (`worker_threads.workerData`), replacements too. */
   workerData?: unknown;
+  /**
+   * Told of the `report` a worker attached to a reply (usage counters such as S3 requests), before
+   * the task settles; untrusted shape: validate it.
+   */
+  onReport?: (report: unknown) => void;
 }
 
 interface Pending<Res> {
@@ -90,6 +95,7 @@ export class WorkerPool<Req, Res> {
   private readonly resourceLimits: ResourceLimits;
   /** Reaches every worker, replacements too, once at start (`worker_threads.workerData`). */
   private readonly workerData: unknown;
+  private readonly onReport: ((report: unknown) => void) | undefined;
   /** Times (ms) of the deaths within the window. */
   private deaths: number[] = [];
   /** Set when the replacement budget is spent: why later tasks fail. */
@@ -113,6 +119,7 @@ export class WorkerPool<Req, Res> {
     this.deathWindowMs = options.deathWindowMs ?? 60_000;
     this.resourceLimits = options.resourceLimits ?? DEFAULT_LIMITS;
     this.workerData = options.workerData;
+    this.onReport = options.onReport;
     for (let i = 0; i < Math.max(1, size); i++) this.slots.push(this.start());
   }
 
@@ -127,7 +134,8 @@ export class WorkerPool<Req, Res> {
       resourceLimits: this.resourceLimits,
     });
     const live: Live<Res> = { worker, inFlight: new Map(), gone: false };
-    worker.on('message', (msg: WorkerReply<Res>) => {
+    worker.on('message', (msg: WorkerReply<Res> & { report?: unknown }) => {
+      if (msg.report !== undefined) this.onReport?.(msg.report);
       const p = live.inFlight.get(msg.id);
       if (!p) return;
       live.inFlight.delete(msg.id);

@@ -57,8 +57,8 @@ export interface Served {
  * Starts `vmvault serve` and resolves with its NBD URIs once it listens; rejects if it exits
  * first. `stop` also works when serve has already exited.
  */
-export async function startServe(args: string[]): Promise<Served> {
-  const child = startCli(['serve', ...args]);
+export async function startServe(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Served> {
+  const child = startCli(['serve', ...args], env);
   let out = '';
   let err = '';
   child.stderr?.on('data', (d: Buffer) => (err += d.toString()));

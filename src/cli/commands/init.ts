@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { Command, Option } from 'commander';
 import { formatBytes, parseSize, UsageError } from '../../util/index.js';
 import { Repository, parseCompression } from '../../repo/index.js';
-import { globals, printJson, testKdf } from '../context.js';
+import { globals, openBackendFor, printJson, testKdf } from '../context.js';
 import { readPassword } from '../password.js';
 
 export function initCommand(): Command {
@@ -36,23 +36,31 @@ export function initCommand(): Command {
         cmd: Command,
       ) => {
         const location = repoArg ?? opts.repo;
-        if (!location) throw new UsageError('no repository location given', 'vmvault init DIR');
+        if (!location)
+          throw new UsageError(
+            'no repository location given',
+            'vmvault init DIR (or s3:https://HOST/BUCKET[/PREFIX])',
+          );
         const encrypted = opts.encryption === 'aes-256-gcm';
         const chunkSizeBytes = parseSize(opts.chunkSize, 'chunk size');
         const packSizeBytes = parseSize(opts.packSize, 'pack size');
         const levelZstd = parseCompression(opts.compression);
         const passwordFile = opts.passwordFile ?? globals(cmd).passwordFile;
         const kdf = testKdf();
-        const repo = await Repository.init(location, {
-          chunkSizeBytes,
-          packSizeBytes,
-          levelZstd,
-          encryption: opts.encryption,
-          ...(encrypted
-            ? { password: await readPassword({ passwordFile, confirm: true, prompt: 'new password: ' }) }
-            : {}),
-          ...(kdf ? { kdf } : {}),
-        });
+        const repo = await Repository.init(
+          location,
+          {
+            chunkSizeBytes,
+            packSizeBytes,
+            levelZstd,
+            encryption: opts.encryption,
+            ...(encrypted
+              ? { password: await readPassword({ passwordFile, confirm: true, prompt: 'new password: ' }) }
+              : {}),
+            ...(kdf ? { kdf } : {}),
+          },
+          openBackendFor(location),
+        );
         await repo.close();
         const c = repo.config;
         const modes = await accessModes(repo.location);
@@ -84,6 +92,7 @@ export function initCommand(): Command {
 
 /** The modes of a local repository's directory and config (undefined for other backends). */
 async function accessModes(location: string): Promise<{ dir: number; file: number } | undefined> {
+  if (location.startsWith('s3:')) return undefined;
   try {
     const [dir, file] = await Promise.all([stat(location), stat(join(location, 'config'))]);
     return { dir: dir.mode & 0o7777, file: file.mode & 0o7777 };

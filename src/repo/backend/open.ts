@@ -8,7 +8,7 @@ import { LocalBackend } from './local.js';
 import { MemoryBackend } from './memory.js';
 import { ReadOnlyBackend } from './readonly.js';
 import { RetryBackend, type RetryOptions, type RetryRuntime } from './retry.js';
-import { S3Backend, type S3Spec } from './s3.js';
+import { S3Backend, shareS3Spec, type S3Spec } from './s3.js';
 import { isS3Location, parseS3Location } from './s3-location.js';
 
 /**
@@ -46,10 +46,12 @@ export interface OpenRuntime {
  * The spec of a location as users give it: 'memory:', an S3 location (s3-location.ts) or a local
  * directory path. `s3` adds options of an S3 stack (connections from `--s3-connections`).
  */
-export function backendSpecFor(location: string, s3: Partial<Pick<S3Spec, 'connections'>> = {}): BackendSpec {
+export function backendSpecFor(
+  location: string,
+  s3: Partial<Pick<S3Spec, 'connections' | 'limitUploadBytesPerSec' | 'limitDownloadBytesPerSec'>> = {},
+): BackendSpec {
   if (location === 'memory:') return { kind: 'memory', location };
-  if (isS3Location(location))
-    return { kind: 's3', location, s3: { ...parseS3Location(location), ...s3 } };
+  if (isS3Location(location)) return { kind: 's3', location, s3: { ...parseS3Location(location), ...s3 } };
   if (/^[a-z][a-z0-9+]*:\/\//i.test(location)) {
     throw new UsageError(
       `unsupported repository location '${location}'`,
@@ -102,3 +104,11 @@ export function openBackend(spec: BackendSpec | string, runtime: OpenRuntime = {
 }
 
 export { sharedSpecOf, specOf } from './describe.js';
+
+/**
+ * The spec for a stack in each of `parts` worker threads: per-process budgets (S3 connections and
+ * bandwidth) divided among them; other kinds unchanged.
+ */
+export function shareSpec(spec: BackendSpec, parts: number): BackendSpec {
+  return spec.s3 === undefined ? spec : { ...spec, s3: shareS3Spec(spec.s3, parts) };
+}

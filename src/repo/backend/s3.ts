@@ -24,6 +24,7 @@ import {
   type Payload,
   type PutOptions,
 } from './backend.js';
+import { RateLimiter } from './rate.js';
 import { formatS3Location, type S3Location } from './s3-location.js';
 
 // The SDK warns on every process that Node 20 support ends in January 2027; vmvault pins an SDK
@@ -47,6 +48,25 @@ export interface S3Spec extends S3Location {
    * 'off' never uses it (HEAD, then PUT).
    */
   conditionalWrites?: 'probe' | 'off';
+  /** Upload / download bandwidth of this stack, bytes per second (`--limit-upload` KiB/s × 1024). */
+  limitUploadBytesPerSec?: number;
+  limitDownloadBytesPerSec?: number;
+}
+
+/**
+ * The spec each of `parts` threads' stacks gets so that together they keep the process's budget:
+ * connections and bandwidth divided among them (at least one connection each).
+ */
+export function shareS3Spec(spec: S3Spec, parts: number): S3Spec {
+  const n = Math.max(1, Math.floor(parts));
+  const out: S3Spec = {
+    ...spec,
+    connections: Math.max(1, Math.ceil((spec.connections ?? S3_DEFAULT_CONNECTIONS) / n)),
+  };
+  if (spec.limitUploadBytesPerSec !== undefined) out.limitUploadBytesPerSec = spec.limitUploadBytesPerSec / n;
+  if (spec.limitDownloadBytesPerSec !== undefined)
+    out.limitDownloadBytesPerSec = spec.limitDownloadBytesPerSec / n;
+  return out;
 }
 
 export const S3_DEFAULT_CONNECTIONS = 16;
@@ -79,9 +99,12 @@ export function addS3RequestCounts(c: Partial<S3RequestCounts>): void {
 
 type Kind = 'PUT' | 'GET' | 'HEAD' | 'LIST' | 'DELETE';
 
-/** Time allowed for one attempt: a base plus the object at a slow but live link's speed. */
-function attemptTimeoutMs(bytes: number): number {
-  return 30_000 + Math.ceil(bytes / (512 * 1024)) * 1000;
+/**
+ * Time allowed for one attempt: a base plus the object at a slow but live link's speed (or at the
+ * bandwidth limit, when that is slower).
+ */
+function attemptTimeoutMs(bytes: number, limitBytesPerSec = Infinity): number {
+  return 30_000 + Math.ceil((bytes / Math.min(512 * 1024, limitBytesPerSec)) * 1000);
 }
 
 /** Network failures worth another try (the retry wrapper retries kind 'transient'). */
@@ -137,6 +160,8 @@ export class S3Backend implements Backend {
   private readonly creating = new Map<string, Promise<boolean>>();
   private accessKeyId: string | undefined;
   private readonly agents: { http: HttpAgent; https: HttpsAgent };
+  private readonly up: RateLimiter | undefined;
+  private readonly down: RateLimiter | undefined;
 
   constructor(private readonly spec: S3Spec) {
     this.location = formatS3Location(spec);
@@ -146,6 +171,12 @@ export class S3Backend implements Backend {
       throw new RangeError(`S3 connections must be 1..1024, not ${n}`);
     this.connections = n;
     this.conditional = spec.conditionalWrites === 'off' ? 'refused' : 'unknown';
+    this.up =
+      spec.limitUploadBytesPerSec === undefined ? undefined : new RateLimiter(spec.limitUploadBytesPerSec);
+    this.down =
+      spec.limitDownloadBytesPerSec === undefined
+        ? undefined
+        : new RateLimiter(spec.limitDownloadBytesPerSec);
     this.agents = {
       http: new HttpAgent({ keepAlive: true, maxSockets: n }),
       https: new HttpsAgent({ keepAlive: true, maxSockets: n }),
@@ -199,7 +230,8 @@ export class S3Backend implements Backend {
     run: (signal: AbortSignal) => Promise<T>,
   ): Promise<T> {
     counts[kind]++;
-    const signal = AbortSignal.timeout(attemptTimeoutMs(bytes));
+    const limit = kind === 'PUT' ? this.spec.limitUploadBytesPerSec : this.spec.limitDownloadBytesPerSec;
+    const signal = AbortSignal.timeout(attemptTimeoutMs(bytes, limit));
     try {
       return await run(signal);
     } catch (err) {
@@ -215,7 +247,7 @@ export class S3Backend implements Backend {
       });
       const size = r.ContentLength ?? 0;
       const out = Buffer.allocUnsafe(size);
-      const got = await readBody(r.Body as Readable | undefined, out, 0);
+      const got = await readBody(r.Body as Readable | undefined, out, 0, this.down);
       if (got !== size)
         throw new BackendError('transient', `${key}: the response ended after ${got} of ${size} bytes`);
       return out;
@@ -281,7 +313,7 @@ export class S3Backend implements Backend {
         destroyBody(body);
         assertRange(key, offset, length, size);
       }
-      const got = await readBody(body, dest, skip);
+      const got = await readBody(body, dest, skip, this.down);
       if (got !== length)
         throw new BackendError('transient', `${key}: the response ended after ${got} of ${length} bytes`);
       return size;
@@ -291,6 +323,7 @@ export class S3Backend implements Backend {
   async put(key: string, data: Payload, _opts?: PutOptions): Promise<void> {
     const k = this.k(key);
     const body = payloadConcat(data);
+    await this.up?.take(body.length);
     await this.send('PUT', 'put', key, body.length, async (abortSignal) => {
       await this.client.send(
         new PutObjectCommand({ Bucket: this.spec.bucket, Key: k, Body: body, ContentLength: body.length }),
@@ -324,6 +357,7 @@ export class S3Backend implements Backend {
       }
     }
     const body = payloadConcat(data);
+    await this.up?.take(body.length);
     try {
       await this.send('PUT', 'put', key, body.length, async (abortSignal) => {
         await this.client.send(
@@ -677,7 +711,12 @@ function destroyBody(body: Readable | undefined): void {
  * Copies a response body into `dest` after skipping `skip` bytes; returns the bytes copied. Stops
  * (and destroys the body) once `dest` is full; extra bytes mean a server that sent more than asked.
  */
-async function readBody(body: Readable | undefined, dest: Uint8Array, skip: number): Promise<number> {
+async function readBody(
+  body: Readable | undefined,
+  dest: Uint8Array,
+  skip: number,
+  limit: RateLimiter | undefined,
+): Promise<number> {
   if (body === undefined) return 0;
   let at = 0;
   let toSkip = skip;
@@ -696,6 +735,7 @@ async function readBody(body: Readable | undefined, dest: Uint8Array, skip: numb
       dest.set(n === c.length ? c : c.subarray(0, n), at);
       at += n;
       counts.bytesDown += n;
+      if (limit) await limit.take(n);
       if (at >= dest.length) break;
     }
   } finally {

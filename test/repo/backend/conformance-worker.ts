@@ -33,7 +33,11 @@ const { spec } = workerData as { spec: BackendSpec };
 const report: WorkerReport = { inWorker: !isMainThread, results: [], injected: 0 };
 for (const [i, c] of conformanceCases.entries()) {
   const s: BackendSpec =
-    spec.kind === 'local' ? { ...spec, location: join(spec.location, `case-${i}`) } : spec;
+    spec.kind === 'local'
+      ? { ...spec, location: join(spec.location, `case-${i}`) }
+      : spec.s3 !== undefined
+        ? { ...spec, s3: { ...spec.s3, prefix: `${spec.s3.prefix}/case-${i}`.replace(/^\//, '') } }
+        : spec;
   if (s.kind === 'local') await mkdir(s.location);
   const b = openBackend(s);
   try {

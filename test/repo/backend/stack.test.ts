@@ -1,6 +1,5 @@
 import { readFile, readdir, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import { mapError } from '../../../src/repo/backend/local-files.js';
 import {
@@ -28,14 +27,18 @@ import {
 import { CancelledError } from '../../../src/util/index.js';
 import { makeTmpDir } from '../../helpers/tmp.js';
 import { conformanceCases } from './conformance-cases.js';
-import type { WorkerReport } from './conformance-worker.js';
+import { runConformanceInWorker } from './worker-run.js';
 import { wrappedSpec } from './stacks.js';
 
 const storeCodec = BlobCodec.fromSpec(codecSpec(1));
 /** A pack store on `b` (4 MiB packs: chunks are written at `flush`). */
 async function packStore(b: Backend, workers: number): Promise<PackStore> {
   const index = await ChunkIndex.load(b, codecSectionSealer(storeCodec));
-  return new PackStore(b, storeCodec, index, { packSizeBytes: 4 * 1024 * 1024, chunkSizeBytes: 1024 * 1024, workers });
+  return new PackStore(b, storeCodec, index, {
+    packSizeBytes: 4 * 1024 * 1024,
+    chunkSizeBytes: 1024 * 1024,
+    workers,
+  });
 }
 /** Stores a chunk and commits (the pack is written at the flush). */
 async function putAndFlush(store: PackStore, data: Buffer): Promise<{ id: string; isNew: boolean }> {
@@ -70,20 +73,6 @@ async function withDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
   }
 }
 
-/** Starts the conformance worker from sources, as WorkerPool starts .ts workers (a tsx bootstrap). */
-function runConformanceInWorker(spec: BackendSpec): Promise<WorkerReport> {
-  const url = new URL('./conformance-worker.ts', import.meta.url);
-  const source =
-    `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))})` +
-    `.then((m) => { m.register(); return import(${JSON.stringify(url.href)}); })`;
-  return new Promise((resolve, reject) => {
-    const w = new Worker(source, { eval: true, workerData: { spec } });
-    w.once('message', (r: WorkerReport) => resolve(r));
-    w.once('error', reject);
-    w.once('exit', (code) => reject(new Error(`conformance worker exited with code ${code}`)));
-  });
-}
-
 describe('the wrapper stack is built in one place, from a plain JSON spec', () => {
   it('a spec survives JSON and builds read-only → retry → limit → faults → backend', () => {
     const spec: BackendSpec = { ...wrappedSpec('local', '/srv/repo'), readOnly: true };
@@ -116,7 +105,10 @@ describe('the wrapper stack is built in one place, from a plain JSON spec', () =
         'RetryBackend',
         'MemoryBackend',
       ]);
-      expect(() => openBackend('s3://bucket/x')).toThrow(/unsupported repository location/);
+      expect(() => openBackend('sftp://host/x')).toThrow(/unsupported repository location/);
+      const s3 = openBackend('s3:http://127.0.0.1:9/bucket/x');
+      expect(layers(s3).map((x) => x.constructor.name)).toEqual(['RetryBackend', 'S3Backend']);
+      await s3.close();
       expect(() => openBackend({ kind: 'local', location: 'relative' })).toThrow(/absolute path/);
     });
   });
@@ -386,7 +378,9 @@ describe('read-only', () => {
       await b.barrier(['snapshots/one']);
       const store = await packStore(b, 2);
       try {
-        await expect(putAndFlush(store, Buffer.alloc(4096, 1))).rejects.toThrow(/the repository is opened read-only/);
+        await expect(putAndFlush(store, Buffer.alloc(4096, 1))).rejects.toThrow(
+          /the repository is opened read-only/,
+        );
       } finally {
         await store.close();
       }
