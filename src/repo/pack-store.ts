@@ -19,6 +19,7 @@ import {
   type ChunkLocation,
 } from './errors.js';
 import { MAX_PACK_BYTES, PackWriter, verifyPack, type SealedPack } from './pack.js';
+import { RangeCoalescer } from './range-coalescer.js';
 import type {
   PackWorkerData,
   PackWorkerRequest,
@@ -125,7 +126,22 @@ export class PackStore {
     this.workerSpec = shared === undefined ? undefined : shareSpec(shared, workers);
     this.workers = this.workerSpec === undefined ? 0 : workers;
     this.openIds = Array.from({ length: this.workers + 1 }, () => new Set<string>());
+    this.coalescer =
+      this.workers > 0 && backend.capabilities.preferLargeReads
+        ? new RangeCoalescer(async (key, offset, dest) => {
+            try {
+              await backend.getRangeInto(key, offset, dest);
+            } catch (err) {
+              if (err instanceof BackendError && err.kind === 'range')
+                throw new BlobFormatError(`pack ${key} is shorter than its index says`);
+              throw err;
+            }
+          })
+        : undefined;
   }
+
+  /** Coalesces chunk reads on backends where each request is costly (S3). */
+  readonly coalescer: RangeCoalescer | undefined;
 
   private getPool(): WorkerPool<PackWorkerRequest, PackWorkerResult> | undefined {
     if (this.workerSpec === undefined) return undefined;
@@ -464,6 +480,14 @@ export class PackStore {
     }
     const shared = dest.buffer;
     return this.withCopies(id, loc, async (e) => {
+      // An object store: nearby records of one pack come in one ranged GET (range-coalescer.ts).
+      let src: { src: SharedArrayBuffer; srcOffset: number } | undefined;
+      if (this.coalescer) {
+        if (e.length > RECORD_OVERHEAD + zstdBound(dest.length))
+          throw new BlobFormatError(`record of ${e.length} bytes is larger than any record of ${dest.length} bytes`);
+        const r = await this.coalescer.fetch(packKey(e), e.offset, e.length);
+        src = { src: r.src, srcOffset: r.at };
+      }
       const r = await pool.run({
         op: 'read',
         ref: this.refOf(e),
@@ -471,6 +495,7 @@ export class PackStore {
         dest: shared,
         destOffset: dest.byteOffset,
         destLength: dest.length,
+        ...src,
       });
       if (!('length' in r)) throw new Error('unexpected worker reply');
       return r.length;

@@ -44,11 +44,17 @@ export type PackWorkerRequest =
   | { op: 'add'; data: Uint8Array; id: Uint8Array; kind: 1 | 2; transferred?: boolean }
   /** Closes and writes this worker's open pack, if any. */
   | { op: 'seal' }
-  /** Reads and opens one record; into `dest` when given, else returned. */
+  /**
+   * Reads and opens one record; into `dest` when given, else returned. With `src`, the record's
+   * bytes are already there (at `srcOffset`: a coalesced range the main thread read) and are not
+   * read from the backend.
+   */
   | {
       op: 'read';
       ref: RecordRef;
       max: number;
+      src?: SharedArrayBuffer;
+      srcOffset?: number;
       dest?: SharedArrayBuffer;
       destOffset?: number;
       destLength?: number;
@@ -192,7 +198,12 @@ async function read(req: Extract<PackWorkerRequest, { op: 'read' }>): Promise<Ha
   let buf = scratch.pop();
   if (!buf || buf.length < ref.length) buf = Buffer.allocUnsafeSlow(Math.max(ref.length, 1024 * 1024 + 4096));
   try {
-    const record = await readRecord(ref, buf);
+    let record: Uint8Array;
+    if (req.src !== undefined) {
+      const at = req.srcOffset ?? 0;
+      if (!(at >= 0 && at + ref.length <= req.src.byteLength)) throw new RangeError('record outside its source range');
+      record = new Uint8Array(req.src, at, ref.length);
+    } else record = await readRecord(ref, buf);
     if (req.dest !== undefined) {
       const dest = new Uint8Array(req.dest, req.destOffset ?? 0, req.destLength ?? req.dest.byteLength);
       const n = decoding(() => codec.openRecordInto(meta, record, dest));

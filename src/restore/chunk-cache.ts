@@ -37,6 +37,8 @@ export interface ChunkCacheStats {
   loads: number;
   /** Loads decoded into one-off buffers because every reusable one was pinned. */
   overflows: number;
+  /** Loads started ahead of a sequential reader (prefetch). */
+  prefetches: number;
 }
 
 export class ChunkCache {
@@ -44,7 +46,7 @@ export class ChunkCache {
   private readonly free: Buffer[] = [];
   private owned = 0;
   private pinCount = 0;
-  readonly stats: ChunkCacheStats = { hits: 0, loads: 0, overflows: 0 };
+  readonly stats: ChunkCacheStats = { hits: 0, loads: 0, overflows: 0, prefetches: 0 };
 
   constructor(
     /** Fills `dest` with the chunk of `slot` and returns its length. */
@@ -93,6 +95,28 @@ export class ChunkCache {
     };
   }
 
+  /** Whether `slot` is resident or loading. */
+  has(slot: number): boolean {
+    return this.entries.has(slot);
+  }
+
+  /**
+   * Starts loading `slot` without pinning it (read-ahead for a sequential reader), unless it is
+   * there already or the cache has no buffer to spare (read-ahead never grows the cache beyond
+   * `capacity` and never evicts a pinned or loading chunk). Returns whether a load started.
+   */
+  prefetch(slot: number): boolean {
+    if (this.entries.has(slot)) return false;
+    const spare =
+      this.free.length > 0 ||
+      this.owned < this.capacity ||
+      [...this.entries.values()].some((e) => e.pins === 0 && e.loaded);
+    if (!spare) return false;
+    this.startLoad(slot);
+    this.stats.prefetches++;
+    return true;
+  }
+
   /** Drops every unpinned chunk and free buffer (pinned ones go when released). */
   clear(): void {
     for (const [slot, e] of this.entries) {
@@ -126,6 +150,8 @@ export class ChunkCache {
       (err: unknown) => {
         if (this.entries.get(slot) === e) this.entries.delete(slot);
         e.detached = true;
+        // A read-ahead nobody pinned: its buffer goes back now (a pinned one's at its release).
+        if (e.pins === 0 && e.pooled) this.free.push(e.buf);
         throw err;
       },
     );

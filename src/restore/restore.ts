@@ -63,7 +63,11 @@ export async function restoreDisk(
     throw err;
   }
   const progress = opts.progress ?? nullProgress;
-  const window = Math.max(1, opts.readAhead ?? 8);
+  // An object store answers each request after a round trip: read further ahead, and refill the
+  // window in halves so that nearby chunks are asked for together (one ranged GET per run).
+  const large = repo.backend.capabilities.preferLargeReads;
+  const window = Math.max(1, opts.readAhead ?? (large ? 32 : 8));
+  const refillAt = large ? Math.floor(window / 2) : window - 1;
   const damaged: DamagedRange[] = [];
   let bytesWritten = 0;
   const slots: number[] = [];
@@ -118,7 +122,7 @@ export async function restoreDisk(
     for (let i = 0; i < slots.length; i++) {
       throwIfAborted(opts.signal);
       const r = await inflight.shift()!;
-      fill();
+      if (inflight.length <= refillAt) fill();
       const slot = slots[i]!;
       const offset = slot * index.chunkSizeBytes;
       if ('buf' in r) {

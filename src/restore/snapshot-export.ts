@@ -19,6 +19,11 @@ const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
  */
 export class SnapshotExport implements NbdExport {
   private readonly cache: ChunkCache;
+  /** Chunks read ahead of a sequential reader: on object stores only (0: none). */
+  private readonly readAheadSlots: number;
+  /** Where the last read ended, and how many reads in a row started there. */
+  private lastEnd = -1;
+  private streak = 0;
 
   private constructor(
     repo: Repository,
@@ -41,6 +46,29 @@ export class SnapshotExport implements NbdExport {
       // `cacheSlots` buffers afterwards.
       Math.max(2 * cacheSlots, Math.ceil((64 * 1024 * 1024) / cs)),
     );
+    // A VM booting from an S3 snapshot reads small blocks one at a time: without read-ahead each
+    // would wait a round trip. Half the cache is read ahead, the rest keeps what was read.
+    this.readAheadSlots = repo.backend.capabilities.preferLargeReads
+      ? Math.max(1, Math.floor(cacheSlots / 2))
+      : 0;
+  }
+
+  /**
+   * After two reads in a row that each start where the previous ended, loads the chunks after
+   * this read's end into the cache (bounded by the cache: see ChunkCache.prefetch).
+   */
+  private readAhead(offset: number, length: number): void {
+    if (this.readAheadSlots === 0 || length === 0) return;
+    this.streak = offset === this.lastEnd ? this.streak + 1 : 0;
+    this.lastEnd = offset + length;
+    if (this.streak < 2) return;
+    const cs = this.index.chunkSizeBytes;
+    const first = Math.floor((offset + length - 1) / cs) + 1;
+    const stop = Math.min(this.index.slotCount, first + this.readAheadSlots);
+    for (let s = first; s < stop; s++) {
+      if (this.index.isZero(s)) continue;
+      if (!this.cache.prefetch(s) && !this.cache.has(s)) break; // no buffer to spare
+    }
   }
 
   static async open(
@@ -93,6 +121,7 @@ export class SnapshotExport implements NbdExport {
       at = stop;
     }
     if (zeroFrom >= 0) pieces.push({ offset: zeroFrom, length: end - zeroFrom });
+    this.readAhead(offset, length);
     return settlePieces(pieces);
   }
 

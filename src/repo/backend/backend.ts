@@ -34,6 +34,11 @@ export interface BackendCapabilities {
   readonly needsBarrier: boolean;
   /** `list` and `stat` report `modifiedMs`. */
   readonly modTimes: boolean;
+  /**
+   * Each request costs a round trip and money (an object store): readers coalesce adjacent
+   * ranges into one request and read further ahead. False: small reads are cheap (a local file).
+   */
+  readonly preferLargeReads: boolean;
 }
 
 export interface PutOptions {

@@ -74,6 +74,7 @@ export class LocalBackend implements Backend {
     atomicCreate: true, // link(2) fails with EEXIST for every writer but one, in any process
     needsBarrier: true, // a new name is durable only once its directory is fsynced
     modTimes: true,
+    preferLargeReads: false,
   };
 
   /** Directories whose own entry in their parent is known durable (fsynced by this object). */

@@ -24,6 +24,7 @@ export class MemoryBackend implements Backend {
     atomicCreate: true,
     needsBarrier: false,
     modTimes: true,
+    preferLargeReads: false,
   };
 
   private entry(key: string): Entry {

@@ -213,6 +213,7 @@ export class S3Backend implements Backend {
       atomicCreate: this.conditional === 'honoured',
       needsBarrier: false,
       modTimes: true,
+      preferLargeReads: true,
     };
   }
 

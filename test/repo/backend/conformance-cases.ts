@@ -51,7 +51,7 @@ export const conformanceCases: ConformanceCase[] = [
     async run(b) {
       const c = b.capabilities;
       assert.ok(Number.isSafeInteger(c.parallelOps) && c.parallelOps >= 1);
-      for (const k of ['atomicCreate', 'needsBarrier', 'modTimes'] as const)
+      for (const k of ['atomicCreate', 'needsBarrier', 'modTimes', 'preferLargeReads'] as const)
         assert.equal(typeof c[k], 'boolean');
     },
   },

@@ -90,6 +90,7 @@ describe('the wrapper stack is built in one place, from a plain JSON spec', () =
       atomicCreate: true,
       needsBarrier: true,
       modTimes: true,
+      preferLargeReads: false,
     });
   });
 
