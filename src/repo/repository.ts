@@ -164,6 +164,7 @@ export class Repository {
     const created = await backend.putIfAbsent(
       Keys.config,
       Buffer.from(`${JSON.stringify(config, null, 2)}\n`),
+      { exclusive: true },
     );
     if (!created) throw new RepoExistsError(where);
     if (master === undefined) return Repository.make(backend, config, {});

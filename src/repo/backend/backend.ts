@@ -49,6 +49,12 @@ export interface PutOptions {
    * atomic either way.
    */
   durable?: 'on-return' | 'at-barrier';
+  /**
+   * putIfAbsent only: the caller needs the create to be atomic against other processes and hosts
+   * (the config at init; locks), not just content-named bytes that are equal anyway. An object
+   * store then learns, once per stack, whether it can do that (S3: a conditional-PUT probe).
+   */
+  exclusive?: boolean;
 }
 
 /**

@@ -336,7 +336,9 @@ export class S3Backend implements Backend {
 
   async putIfAbsent(key: string, data: Payload, opts?: PutOptions): Promise<boolean> {
     const k = this.k(key);
-    await this.probeConditional();
+    // Content-named objects need no probe: HEAD + PUT is right for them; the probe's 3 requests
+    // are spent only where atomicity matters (opts.exclusive), and its answer kept for the rest.
+    if (opts?.exclusive === true) await this.probeConditional();
     if (this.conditional !== 'honoured') {
       // HEAD, then PUT: atomic among this stack's callers (one at a time per key), not across
       // processes (docs/s3.md): fine for content-addressed and random names.

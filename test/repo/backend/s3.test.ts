@@ -121,7 +121,7 @@ describe('S3 backend on s3rver', () => {
     const b = new S3Backend(specOf(server, 'conf').s3!);
     try {
       expect(b.conditionalWrites).toBe('unknown');
-      expect(await b.putIfAbsent('x/a', Buffer.from('1'))).toBe(true);
+      expect(await b.putIfAbsent('x/a', Buffer.from('1'), { exclusive: true })).toBe(true);
       expect(b.conditionalWrites).toBe('ignored');
       expect(b.capabilities.atomicCreate).toBe(false);
       expect(await b.putIfAbsent('x/a', Buffer.from('2'))).toBe(false);
