@@ -120,6 +120,7 @@ const TRANSIENT_CODES = new Set([
   'ENETDOWN',
   'EADDRNOTAVAIL',
   'UND_ERR_SOCKET',
+  'ERR_STREAM_PREMATURE_CLOSE',
 ]);
 const TRANSIENT_NAMES = new Set([
   'SlowDown',
