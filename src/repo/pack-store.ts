@@ -482,21 +482,30 @@ export class PackStore {
     return this.withCopies(id, loc, async (e) => {
       // An object store: nearby records of one pack come in one ranged GET (range-coalescer.ts).
       let src: { src: SharedArrayBuffer; srcOffset: number } | undefined;
+      let release: (() => void) | undefined;
       if (this.coalescer) {
         if (e.length > RECORD_OVERHEAD + zstdBound(dest.length))
-          throw new BlobFormatError(`record of ${e.length} bytes is larger than any record of ${dest.length} bytes`);
-        const r = await this.coalescer.fetch(packKey(e), e.offset, e.length);
-        src = { src: r.src, srcOffset: r.at };
+          throw new BlobFormatError(
+            `record of ${e.length} bytes is larger than any record of ${dest.length} bytes`,
+          );
+        const c = await this.coalescer.fetch(packKey(e), e.offset, e.length);
+        src = { src: c.src, srcOffset: c.at };
+        release = c.release;
       }
-      const r = await pool.run({
-        op: 'read',
-        ref: this.refOf(e),
-        max: dest.length,
-        dest: shared,
-        destOffset: dest.byteOffset,
-        destLength: dest.length,
-        ...src,
-      });
+      let r: PackWorkerResult;
+      try {
+        r = await pool.run({
+          op: 'read',
+          ref: this.refOf(e),
+          max: dest.length,
+          dest: shared,
+          destOffset: dest.byteOffset,
+          destLength: dest.length,
+          ...src,
+        });
+      } finally {
+        release?.();
+      }
       if (!('length' in r)) throw new Error('unexpected worker reply');
       return r.length;
     });

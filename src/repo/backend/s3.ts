@@ -1,22 +1,20 @@
 import { randomBytes } from 'node:crypto';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
-import type { Readable } from 'node:stream';
-import {
-  CreateBucketCommand,
-  DeleteObjectCommand,
-  GetObjectCommand,
-  HeadBucketCommand,
-  HeadObjectCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  S3Client,
-  type S3ClientConfig,
-} from '@aws-sdk/client-s3';
+import { Readable } from 'node:stream';
+import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
+
+/** The SDK, loaded on a stack's first request: a local repository's commands never pay for it. */
+type Sdk = typeof import('@aws-sdk/client-s3');
+interface Api {
+  sdk: Sdk;
+  client: S3Client;
+}
 import { BackendError } from '../errors.js';
 import {
   assertRange,
-  payloadConcat,
+  payloadLength,
+  payloadParts,
   validateKey,
   type Backend,
   type BackendCapabilities,
@@ -152,7 +150,9 @@ interface SdkErrorShape {
  */
 export class S3Backend implements Backend {
   readonly location: string;
-  private readonly client: S3Client;
+  private readonly clientConfig: S3ClientConfig;
+  private apiP: Promise<Api> | undefined;
+  private client: S3Client | undefined;
   private readonly prefix: string;
   private readonly connections: number;
   private conditional: 'unknown' | 'honoured' | 'ignored' | 'refused';
@@ -203,8 +203,16 @@ export class S3Backend implements Backend {
       },
       ...(spec.credentials === undefined ? {} : { credentials: spec.credentials }),
     };
-    this.client = new S3Client(config);
+    this.clientConfig = config;
     if (spec.credentials) this.accessKeyId = spec.credentials.accessKeyId;
+  }
+
+  private api(): Promise<Api> {
+    this.apiP ??= import('@aws-sdk/client-s3').then((sdk) => {
+      this.client = new sdk.S3Client(this.clientConfig);
+      return { sdk, client: this.client };
+    });
+    return this.apiP;
   }
 
   get capabilities(): BackendCapabilities {
@@ -229,13 +237,13 @@ export class S3Backend implements Backend {
     op: string,
     key: string,
     bytes: number,
-    run: (signal: AbortSignal) => Promise<T>,
+    run: (signal: AbortSignal, api: Api) => Promise<T>,
   ): Promise<T> {
     counts[kind]++;
     const limit = kind === 'PUT' ? this.spec.limitUploadBytesPerSec : this.spec.limitDownloadBytesPerSec;
     const signal = AbortSignal.timeout(attemptTimeoutMs(bytes, limit));
     try {
-      return await run(signal);
+      return await run(signal, await this.api());
     } catch (err) {
       throw await this.mapError(kind, op, key, err);
     }
@@ -243,8 +251,8 @@ export class S3Backend implements Backend {
 
   async get(key: string): Promise<Buffer> {
     const k = this.k(key);
-    return this.send('GET', 'get', key, 0, async (abortSignal) => {
-      const r = await this.client.send(new GetObjectCommand({ Bucket: this.spec.bucket, Key: k }), {
+    return this.send('GET', 'get', key, 0, async (abortSignal, api) => {
+      const r = await api.client.send(new api.sdk.GetObjectCommand({ Bucket: this.spec.bucket, Key: k }), {
         abortSignal,
       });
       const size = r.ContentLength ?? 0;
@@ -273,11 +281,11 @@ export class S3Backend implements Backend {
       assertRange(key, offset, 0, info.sizeBytes);
       return info.sizeBytes;
     }
-    return this.send('GET', 'get', key, length, async (abortSignal) => {
+    return this.send('GET', 'get', key, length, async (abortSignal, api) => {
       let r;
       try {
-        r = await this.client.send(
-          new GetObjectCommand({
+        r = await api.client.send(
+          new api.sdk.GetObjectCommand({
             Bucket: this.spec.bucket,
             Key: k,
             Range: `bytes=${offset}-${offset + length - 1}`,
@@ -324,14 +332,19 @@ export class S3Backend implements Backend {
 
   async put(key: string, data: Payload, _opts?: PutOptions): Promise<void> {
     const k = this.k(key);
-    const body = payloadConcat(data);
-    await this.up?.take(body.length);
-    await this.send('PUT', 'put', key, body.length, async (abortSignal) => {
-      await this.client.send(
-        new PutObjectCommand({ Bucket: this.spec.bucket, Key: k, Body: body, ContentLength: body.length }),
+    const length = payloadLength(data);
+    await this.up?.take(length);
+    await this.send('PUT', 'put', key, length, async (abortSignal, api) => {
+      await api.client.send(
+        new api.sdk.PutObjectCommand({
+          Bucket: this.spec.bucket,
+          Key: k,
+          Body: bodyOf(data),
+          ContentLength: length,
+        }),
         { abortSignal },
       );
-      counts.bytesUp += body.length;
+      counts.bytesUp += length;
     });
   }
 
@@ -360,21 +373,21 @@ export class S3Backend implements Backend {
         this.creating.delete(key);
       }
     }
-    const body = payloadConcat(data);
-    await this.up?.take(body.length);
+    const length = payloadLength(data);
+    await this.up?.take(length);
     try {
-      await this.send('PUT', 'put', key, body.length, async (abortSignal) => {
-        await this.client.send(
-          new PutObjectCommand({
+      await this.send('PUT', 'put', key, length, async (abortSignal, api) => {
+        await api.client.send(
+          new api.sdk.PutObjectCommand({
             Bucket: this.spec.bucket,
             Key: k,
-            Body: body,
-            ContentLength: body.length,
+            Body: bodyOf(data),
+            ContentLength: length,
             IfNoneMatch: '*',
           }),
           { abortSignal },
         );
-        counts.bytesUp += body.length;
+        counts.bytesUp += length;
       });
       return true;
     } catch (err) {
@@ -395,9 +408,9 @@ export class S3Backend implements Backend {
       const k = this.k(key);
       const tryPut = async (): Promise<'ok' | 'exists' | 'refused'> => {
         try {
-          await this.send('PUT', 'put', key, 0, (abortSignal) =>
-            this.client.send(
-              new PutObjectCommand({
+          await this.send('PUT', 'put', key, 0, (abortSignal, api) =>
+            api.client.send(
+              new api.sdk.PutObjectCommand({
                 Bucket: this.spec.bucket,
                 Key: k,
                 Body: Buffer.alloc(0),
@@ -441,8 +454,8 @@ export class S3Backend implements Backend {
   async stat(key: string): Promise<ObjectInfo | undefined> {
     const k = this.k(key);
     try {
-      return await this.send('HEAD', 'stat', key, 0, async (abortSignal) => {
-        const r = await this.client.send(new HeadObjectCommand({ Bucket: this.spec.bucket, Key: k }), {
+      return await this.send('HEAD', 'stat', key, 0, async (abortSignal, api) => {
+        const r = await api.client.send(new api.sdk.HeadObjectCommand({ Bucket: this.spec.bucket, Key: k }), {
           abortSignal,
         });
         return {
@@ -469,9 +482,9 @@ export class S3Backend implements Backend {
     for (;;) {
       let page;
       try {
-        page = await this.send('LIST', 'list', prefix === '' ? '(all)' : prefix, 0, (abortSignal) =>
-          this.client.send(
-            new ListObjectsV2Command({
+        page = await this.send('LIST', 'list', prefix === '' ? '(all)' : prefix, 0, (abortSignal, api) =>
+          api.client.send(
+            new api.sdk.ListObjectsV2Command({
               Bucket: this.spec.bucket,
               Prefix: full === '' ? undefined : full,
               ...(token === undefined ? {} : { ContinuationToken: token }),
@@ -503,8 +516,10 @@ export class S3Backend implements Backend {
   async delete(key: string): Promise<void> {
     const k = this.k(key);
     try {
-      await this.send('DELETE', 'delete', key, 0, (abortSignal) =>
-        this.client.send(new DeleteObjectCommand({ Bucket: this.spec.bucket, Key: k }), { abortSignal }),
+      await this.send('DELETE', 'delete', key, 0, (abortSignal, api) =>
+        api.client.send(new api.sdk.DeleteObjectCommand({ Bucket: this.spec.bucket, Key: k }), {
+          abortSignal,
+        }),
       );
     } catch (err) {
       if (err instanceof BackendError && err.kind === 'not-found') return;
@@ -518,10 +533,10 @@ export class S3Backend implements Backend {
   async create(): Promise<void> {
     if (await this.bucketExists()) return;
     try {
-      await this.send('PUT', 'create bucket', this.spec.bucket, 0, async (abortSignal) => {
-        const region = await this.client.config.region();
-        await this.client.send(
-          new CreateBucketCommand({
+      await this.send('PUT', 'create bucket', this.spec.bucket, 0, async (abortSignal, api) => {
+        const region = await api.client.config.region();
+        await api.client.send(
+          new api.sdk.CreateBucketCommand({
             Bucket: this.spec.bucket,
             ...(this.spec.endpoint === undefined && region !== 'us-east-1'
               ? { CreateBucketConfiguration: { LocationConstraint: region as never } }
@@ -543,8 +558,8 @@ export class S3Backend implements Backend {
 
   private async bucketExists(): Promise<boolean> {
     try {
-      await this.send('HEAD', 'head bucket', this.spec.bucket, 0, (abortSignal) =>
-        this.client.send(new HeadBucketCommand({ Bucket: this.spec.bucket }), { abortSignal }),
+      await this.send('HEAD', 'head bucket', this.spec.bucket, 0, (abortSignal, api) =>
+        api.client.send(new api.sdk.HeadBucketCommand({ Bucket: this.spec.bucket }), { abortSignal }),
       );
       return true;
     } catch (err) {
@@ -559,7 +574,7 @@ export class S3Backend implements Backend {
   }
 
   async close(): Promise<void> {
-    this.client.destroy();
+    this.client?.destroy();
     this.agents.http.destroy();
     this.agents.https.destroy();
   }
@@ -567,7 +582,7 @@ export class S3Backend implements Backend {
   private async keyId(): Promise<string | undefined> {
     if (this.accessKeyId !== undefined) return this.accessKeyId;
     try {
-      const c = await this.client.config.credentials();
+      const c = await (await this.api()).client.config.credentials();
       this.accessKeyId = c.accessKeyId;
     } catch {
       /* no credentials: the error says so */
@@ -701,6 +716,18 @@ const S3_ACTION: Record<Kind, string> = {
   LIST: 's3:ListBucket',
   DELETE: 's3:DeleteObject',
 };
+
+/**
+ * A request body without a copy: one buffer as it is, a gather list (a pack's header, records and
+ * trailer) as a stream of its parts with the Content-Length given beside it. Each try gets a new
+ * stream (the retry wrapper calls put again).
+ */
+function bodyOf(data: Payload): Buffer | Readable {
+  const parts = payloadParts(data).filter((p) => p.length > 0);
+  if (parts.length === 0) return Buffer.alloc(0);
+  if (parts.length === 1) return parts[0]!;
+  return Readable.from(parts, { objectMode: false });
+}
 
 function statusOf(err: unknown): number | undefined {
   if (err instanceof BackendError) return (err.cause as SdkErrorShape | undefined)?.$metadata?.httpStatusCode;
