@@ -24,8 +24,23 @@ interface Waiter {
 export interface RangeCoalescerOptions {
   maxGapBytes?: number;
   maxRangeBytes?: number;
-  /** Bytes of merged ranges held at once (default 4 × maxRangeBytes); later runs wait. */
-  budgetBytes?: number;
+  /**
+   * Buffers for runs of at most 2 MiB (default 16) and for longer runs (default 2, each of
+   * maxRangeBytes): memory stays at 16 × 2 MiB + 2 × 16 MiB; a run waits for a free buffer.
+   */
+  smallBuffers?: number;
+  largeBuffers?: number;
+}
+
+/** A run of at most this many bytes (a few records) takes a small buffer. */
+const SMALL_RUN_BYTES = 2 * 1024 * 1024;
+
+interface BufferClass {
+  size: number;
+  limit: number;
+  made: number;
+  free: SharedArrayBuffer[];
+  waiting: Array<() => void>;
 }
 
 export class RangeCoalescer {
@@ -33,11 +48,8 @@ export class RangeCoalescer {
   private scheduled = false;
   private readonly maxGap: number;
   private readonly maxRange: number;
-  /** Reusable buffers of `maxRange` bytes, and the bytes of runs read or being read. */
-  private readonly free: SharedArrayBuffer[] = [];
-  private inUseBytes = 0;
-  private readonly budgetBytes: number;
-  private readonly waiting: Array<() => void> = [];
+  private readonly small: BufferClass;
+  private readonly large: BufferClass;
   /** Requests made and ranges asked for (tests, debug output). */
   requests = 0;
   ranges = 0;
@@ -48,7 +60,9 @@ export class RangeCoalescer {
   ) {
     this.maxGap = opts.maxGapBytes ?? 256 * 1024;
     this.maxRange = opts.maxRangeBytes ?? 16 * 1024 * 1024;
-    this.budgetBytes = Math.max(this.maxRange, opts.budgetBytes ?? 2 * this.maxRange);
+    const smallSize = Math.min(SMALL_RUN_BYTES, this.maxRange);
+    this.small = { size: smallSize, limit: opts.smallBuffers ?? 16, made: 0, free: [], waiting: [] };
+    this.large = { size: this.maxRange, limit: opts.largeBuffers ?? 2, made: 0, free: [], waiting: [] };
   }
 
   /**
@@ -57,20 +71,28 @@ export class RangeCoalescer {
    * the collector has not reached yet.
    */
   private async take(bytes: number): Promise<SharedArrayBuffer> {
-    // Large runs share pooled buffers of the full run size; small ones get their own (cheap).
-    const size = bytes > this.maxRange / 2 && bytes <= this.maxRange ? this.maxRange : bytes;
-    while (this.inUseBytes > 0 && this.inUseBytes + size > this.budgetBytes)
-      await new Promise<void>((r) => this.waiting.push(r));
-    this.inUseBytes += size;
-    return (size === this.maxRange ? this.free.pop() : undefined) ?? new SharedArrayBuffer(size);
+    // Two classes of buffers, allocated once and reused: runs of a few records (scattered reads)
+    // and long runs. Fresh buffers per run would leave garbage that the allocator keeps resident.
+    const cls = bytes <= SMALL_RUN_BYTES ? this.small : bytes <= this.maxRange ? this.large : undefined;
+    if (cls === undefined) return new SharedArrayBuffer(bytes); // larger than any run: one-off
+    while (cls.free.length === 0 && cls.made >= cls.limit)
+      await new Promise<void>((r) => cls.waiting.push(r));
+    const buf = cls.free.pop();
+    if (buf) return buf;
+    cls.made++;
+    return new SharedArrayBuffer(cls.size);
   }
 
   private give(buf: SharedArrayBuffer): void {
-    this.inUseBytes -= buf.byteLength;
-    if (buf.byteLength === this.maxRange && this.free.length < this.budgetBytes / this.maxRange)
-      this.free.push(buf);
-    // Wake every waiter: each re-checks the budget (a small run may fit where a large one does not).
-    for (const w of this.waiting.splice(0)) w();
+    const cls =
+      buf.byteLength === this.small.size
+        ? this.small
+        : buf.byteLength === this.large.size
+          ? this.large
+          : undefined;
+    if (!cls) return;
+    cls.free.push(buf);
+    cls.waiting.shift()?.();
   }
 
   fetch(key: string, offset: number, length: number): Promise<CoalescedRange> {

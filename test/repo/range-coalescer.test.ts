@@ -63,7 +63,7 @@ describe('range coalescer', () => {
   });
 
   it('holds at most its budget of run buffers: a run waits until one is released', async () => {
-    const { c, reads } = setup({ maxGapBytes: 0, maxRangeBytes: 100, budgetBytes: 200 });
+    const { c, reads } = setup({ maxGapBytes: 0, maxRangeBytes: 100, smallBuffers: 2 });
     const first = await Promise.all([c.fetch('a', 0, 100), c.fetch('b', 0, 100)]);
     let third = false;
     const p = c.fetch('c', 0, 100).then((r) => ((third = true), r));
