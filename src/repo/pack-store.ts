@@ -437,14 +437,20 @@ export class PackStore {
     read: (e: IndexEntry) => Promise<T>,
   ): Promise<T> {
     const copies = await this.candidates(id, loc);
+    // Over a network (an object store) a record that fails verification may have been damaged on
+    // the way: it is read once more before it counts as damaged (never accepted either way).
+    const tries = this.backend.capabilities.preferLargeReads ? 2 : 1;
     let first: unknown;
     for (const e of copies) {
-      try {
-        return await read(e);
-      } catch (err) {
-        const mapped = this.readError(err, id, loc);
-        if (!(mapped instanceof ChunkCorruptError || mapped instanceof ChunkMissingError)) throw mapped;
-        first ??= mapped;
+      for (let t = 1; t <= tries; t++) {
+        try {
+          return await read(e);
+        } catch (err) {
+          const mapped = this.readError(err, id, loc);
+          if (!(mapped instanceof ChunkCorruptError || mapped instanceof ChunkMissingError)) throw mapped;
+          first ??= mapped;
+          if (mapped instanceof ChunkMissingError) break;
+        }
       }
     }
     throw first;
