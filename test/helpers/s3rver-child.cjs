@@ -1,4 +1,6 @@
 'use strict';
+/* global require, process, setTimeout */
+/* eslint-disable @typescript-eslint/no-require-imports -- a CommonJS launcher run by plain node */
 // An S3 server for the tests: @20minutes/s3rver in its own process.
 //   node --openssl-legacy-provider test/helpers/s3rver-child.cjs <port> <dir>
 // Port 0 picks a free port. Prints one JSON line once listening: {"address":"127.0.0.1","port":N}.
