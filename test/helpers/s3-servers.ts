@@ -412,7 +412,7 @@ async function startSwiftOnce(): Promise<S3TestServer> {
       async () =>
         (await httpOk(`${endpoint}/healthcheck`)) &&
         (await Promise.all(storage.map((t) => tcpOpen(ports[t])))).every(Boolean),
-      30_000,
+      60_000, // about 3 s alone; two at once on 2 busy cores took 17 s
     );
     return {
       name: 'swift',
