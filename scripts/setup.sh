@@ -29,9 +29,14 @@ PRODUCT_TOOLS=(qemu-img qemu-nbd qemu-system-x86_64 libvirtd virsh ssh mkfs.ext4
 # (in qemu-system-common, which qemu-system-x86 pulls in), an sshd and nc for the qemu+ssh://
 # tests (the tests start their own sshd on 127.0.0.1; installing openssh-server also starts the
 # system's), certtool for TLS certificates, nbdsh (python3-libnbd) for a client without
-# structured replies, strace for the restore's fsync-order test, /usr/bin/time for the benchmarks.
-TEST_PACKAGES=(nbdkit libnbd-bin python3-libnbd openssh-server netcat-openbsd gnutls-bin strace time)
-TEST_TOOLS=(qemu-storage-daemon nbdkit nbdinfo nbdcopy nbdsh sshd nc certtool strace)
+# structured replies, strace for the restore's fsync-order test, /usr/bin/time for the benchmarks,
+# OpenStack Swift (proxy + account + container + object servers; its s3api middleware is the second
+# S3 server the tests run on loopback, see test/helpers/s3-servers.ts; installing it starts no
+# service and ships the /etc/swift/swift.conf the servers need).
+TEST_PACKAGES=(nbdkit libnbd-bin python3-libnbd openssh-server netcat-openbsd gnutls-bin strace time
+  swift-proxy swift-account swift-container swift-object)
+TEST_TOOLS=(qemu-storage-daemon nbdkit nbdinfo nbdcopy nbdsh sshd nc certtool strace
+  swift-proxy-server swift-account-server swift-container-server swift-object-server swift-ring-builder)
 
 packages=("${PRODUCT_PACKAGES[@]}")
 tools=("${PRODUCT_TOOLS[@]}")
