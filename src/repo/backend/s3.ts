@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { Agent as HttpAgent } from 'node:http';
+import { Agent as HttpAgent, STATUS_CODES } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { Readable } from 'node:stream';
 import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
@@ -618,7 +618,7 @@ export class S3Backend implements Backend {
           : name === 'AbortError' || name === 'TimeoutError' || code === 'ETIMEDOUT'
             ? `${where} did not answer in time`
             : status !== undefined
-              ? `${where} answered ${status} ${name}`
+              ? `${where} answered ${status} ${name || (STATUS_CODES[status] ?? '')}`.trimEnd()
               : `${where}: ${code || name || 'connection failed'}`;
       return new BackendError('transient', `${what} failed: ${reason}`, {
         cause: err,
@@ -703,7 +703,7 @@ export class S3Backend implements Backend {
         { cause: err },
       );
     const detail =
-      status !== undefined ? `${where} answered ${status} ${name}` : `${name || code || String(err)}`;
+      status !== undefined ? `${where} answered ${status} ${name || (STATUS_CODES[status] ?? '')}`.trimEnd() : `${name || code || String(err)}`;
     return new BackendError('other', `${what} failed: ${detail}`, { cause: err });
   }
 }

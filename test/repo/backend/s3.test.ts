@@ -9,7 +9,7 @@ import {
   S3Backend,
   type BackendSpec,
 } from '../../../src/repo/index.js';
-import { startS3rver, type S3TestServer } from '../../helpers/s3-servers.js';
+import { startS3rver, startSwift, swiftAvailable, type S3TestServer } from '../../helpers/s3-servers.js';
 import { conformanceCases } from './conformance-cases.js';
 import { defineBackendConformance } from './conformance.js';
 import { wrappedSpec } from './stacks.js';
@@ -143,6 +143,52 @@ describe('S3 backend on s3rver', () => {
       expect(await b.describeAbsence!()).toMatch(/bucket 'no-such-bucket-here' does not exist/);
       const err = await b.get('config').catch((e: unknown) => e);
       expect(err).toBeInstanceOf(BackendError);
+    } finally {
+      await b.close();
+    }
+  });
+});
+
+// Swift's s3api: a second implementation with other quirks (suffix ranges, 501 for conditional
+// PUT, Content-MD5 on batch deletes); every conformance case, through the whole wrapper stack.
+describe.runIf(swiftAvailable())('S3 backend on Swift s3api', () => {
+  let server: S3TestServer;
+  beforeAll(async () => {
+    server = await startSwift();
+    const b = openBackend(specOf(server, 'conf'));
+    await b.create!();
+    await b.close();
+  }, 120_000);
+  afterAll(async () => server?.stop());
+
+  defineBackendConformance('s3 (Swift), through the wrapper stack', {
+    make: async () => ({
+      backend: openBackend(wrappedSpec(specOf(server, 'conf'))),
+      cleanup: async () => {},
+    }),
+  });
+
+  it('learns that Swift refuses If-None-Match (501) and falls back to HEAD + PUT', async () => {
+    const b = new S3Backend(specOf(server, 'conf').s3!);
+    try {
+      expect(await b.putIfAbsent('x/a', Buffer.from('1'), { exclusive: true })).toBe(true);
+      expect(b.conditionalWrites).toBe('refused');
+      expect(await b.putIfAbsent('x/a', Buffer.from('2'), { exclusive: true })).toBe(false);
+      expect((await b.get('x/a')).toString()).toBe('1');
+    } finally {
+      await b.close();
+    }
+  });
+
+  it('a wrong secret key: a permission error naming the access key id', async () => {
+    const spec = specOf(server, 'conf');
+    spec.s3!.credentials = { accessKeyId: server.accessKeyId, secretAccessKey: 'not-the-secret' };
+    const b = openBackend({ ...spec, retry: false });
+    try {
+      const err = (await b.get('config').catch((e: unknown) => e)) as BackendError;
+      expect(err).toBeInstanceOf(BackendError);
+      expect(err.kind).toBe('permission');
+      expect(err.message).toContain(server.accessKeyId);
     } finally {
       await b.close();
     }
