@@ -511,7 +511,7 @@ for (const s of STEPS) {
     plain(enc?.cpu, cur?.cpu),
   ]);
 }
-if (ratios.some((r) => r.slice(1).some((c) => c !== '—')))
+if (ratios.some((r) => r.slice(1).some((c) => c !== '—'))) {
   table(
     [
       'figure',
@@ -523,7 +523,8 @@ if (ratios.some((r) => r.slice(1).some((c) => c !== '—')))
     ],
     ratios,
   );
-out('');
+  out('');
+}
 const vsRestic: string[][] = [];
 for (const s of ['backup', 'open', 'clone', 'restore-raw', 'check'] as StepKey[]) {
   const res = stat(s, 'restic');
