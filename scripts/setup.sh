@@ -29,9 +29,10 @@ PRODUCT_TOOLS=(qemu-img qemu-nbd qemu-system-x86_64 libvirtd virsh ssh mkfs.ext4
 # (in qemu-system-common, which qemu-system-x86 pulls in), an sshd and nc for the qemu+ssh://
 # tests (the tests start their own sshd on 127.0.0.1; installing openssh-server also starts the
 # system's), certtool for TLS certificates, nbdsh (python3-libnbd) for a client without
-# structured replies, strace for the restore's fsync-order test, /usr/bin/time for the benchmarks.
-TEST_PACKAGES=(nbdkit libnbd-bin python3-libnbd openssh-server netcat-openbsd gnutls-bin strace time)
-TEST_TOOLS=(qemu-storage-daemon nbdkit nbdinfo nbdcopy nbdsh sshd nc certtool strace)
+# structured replies, strace for the restore's fsync-order test, /usr/bin/time for the benchmarks,
+# restic for the retention policy's differential test (and the benchmarks against restic).
+TEST_PACKAGES=(nbdkit libnbd-bin python3-libnbd openssh-server netcat-openbsd gnutls-bin strace time restic)
+TEST_TOOLS=(qemu-storage-daemon nbdkit nbdinfo nbdcopy nbdsh sshd nc certtool strace restic)
 
 packages=("${PRODUCT_PACKAGES[@]}")
 tools=("${PRODUCT_TOOLS[@]}")

@@ -80,7 +80,13 @@ export interface RetentionOptions {
 
 const COUNT_RULES = ['last', 'hourly', 'daily', 'weekly', 'monthly', 'yearly'] as const;
 type CountRule = (typeof COUNT_RULES)[number];
-const WITHIN_RULES = ['withinHourly', 'withinDaily', 'withinWeekly', 'withinMonthly', 'withinYearly'] as const;
+const WITHIN_RULES = [
+  'withinHourly',
+  'withinDaily',
+  'withinWeekly',
+  'withinMonthly',
+  'withinYearly',
+] as const;
 type WithinRule = (typeof WITHIN_RULES)[number];
 type Bucket = 'hourly' | 'daily' | 'weekly' | 'monthly' | 'yearly';
 
@@ -111,7 +117,7 @@ export function parseDuration(s: string): DurationSpec {
   if (text === '') throw new UsageError('empty duration', hint);
   const d: DurationSpec = { years: 0, months: 0, days: 0, hours: 0 };
   const seen = new Set<string>();
-  const token = /(\d+)([a-zA-Z]?)/y;
+  const token = /(\d+)(\D?)/y;
   let pos = 0;
   while (pos < text.length) {
     token.lastIndex = pos;
@@ -124,7 +130,8 @@ export function parseDuration(s: string): DurationSpec {
     if (unit === '') throw new UsageError(`invalid duration '${shown}': no unit after ${digits}`, hint);
     const field = { y: 'years', m: 'months', d: 'days', h: 'hours' }[unit] as keyof DurationSpec | undefined;
     if (field === undefined) {
-      throw new UsageError(`invalid duration '${shown}': unknown unit '${unit}' after ${digits}`, hint);
+      const u = printable(unit, 8);
+      throw new UsageError(`invalid duration '${shown}': unknown unit '${u}' after ${digits}`, hint);
     }
     if (seen.has(unit)) throw new UsageError(`invalid duration '${shown}': unit '${unit}' given twice`, hint);
     seen.add(unit);
@@ -197,7 +204,10 @@ export function validatePolicy(p: RetentionPolicy): void {
     if (d === undefined) continue;
     for (const v of [d.years, d.months, d.days, d.hours]) {
       if (!Number.isSafeInteger(v) || v < 0) {
-        throw new UsageError(`invalid keep-${r} duration`, 'durations are whole, non-negative numbers such as 7d');
+        throw new UsageError(
+          `invalid keep-${r} duration`,
+          'durations are whole, non-negative numbers such as 7d',
+        );
       }
     }
   }
@@ -353,6 +363,7 @@ function bucketKey(b: Bucket, l: LocalTime): number {
 function windowStart(cal: ZoneCalendar, latest: number, d: DurationSpec): number {
   const l = cal.local(latest);
   const wall = utcMs(l.year - d.years, l.month - d.months, l.day - d.days, l.hour, l.minute, l.second, l.ms);
+  if (!Number.isFinite(wall) || wall < -MAX_TIME_MS + 2 * DAY_MS) return -Infinity;
   const t = cal.instantOf(wall) - d.hours * HOUR_MS;
   // Beyond what a Date holds: the window covers everything there is.
   return Number.isFinite(t) && t >= -MAX_TIME_MS ? t : -Infinity;
@@ -405,7 +416,12 @@ export function applyRetention(
   }));
   const withins = WITHIN_RULES.filter((r) => !isZeroDuration(policy[r])).map((r) => {
     const d = policy[r] as DurationSpec;
-    return { bucket: WITHIN_BUCKET[r], d, start: windowStart(cal, latest, d), last: undefined as number | undefined };
+    return {
+      bucket: WITHIN_BUCKET[r],
+      d,
+      start: windowStart(cal, latest, d),
+      last: undefined as number | undefined,
+    };
   });
   const within = isZeroDuration(policy.within) ? undefined : (policy.within as DurationSpec);
   const withinStart = within ? windowStart(cal, latest, within) : 0;
