@@ -79,7 +79,6 @@ export interface RetentionOptions {
 }
 
 const COUNT_RULES = ['last', 'hourly', 'daily', 'weekly', 'monthly', 'yearly'] as const;
-type CountRule = (typeof COUNT_RULES)[number];
 const WITHIN_RULES = [
   'withinHourly',
   'withinDaily',
@@ -446,7 +445,7 @@ export function applyRetention(
       if (c.left <= 0) continue;
       const key = c.rule === 'last' ? nr : bucketKey(c.rule, local);
       if (key !== c.last || oldest) {
-        const base = `${c.rule === 'last' ? 'last' : c.rule} snapshot`;
+        const base = `${c.rule} snapshot`;
         reasons.push(key === c.last ? `oldest ${base}` : base);
         c.last = key;
         c.left -= 1; // Infinity stays Infinity
