@@ -88,6 +88,8 @@ export interface BackupImageOptions {
   vm: string;
   images: ImageSpec[];
   tags?: string[];
+  /** The snapshot time to record (ISO 8601, UTC); default now (importing old images, retention tests). */
+  time?: string;
   logger?: Logger;
   progressFor?: (target: string) => Progress;
   signal?: AbortSignal;
@@ -321,7 +323,7 @@ export async function backupImages(repo: Repository, opts: BackupImageOptions): 
     return await repo.putSnapshot({
       version: repoFormat.MANIFEST_VERSION,
       vm: { name: opts.vm },
-      time: new Date().toISOString(),
+      time: opts.time ?? new Date().toISOString(),
       host: defaultHost(),
       tags: opts.tags ?? [],
       parent: previous.length ? previous[previous.length - 1]!.id : null,

@@ -4,6 +4,8 @@ import { VERSION } from '../backup/index.js';
 import { backupImageCommand } from './commands/backup-image.js';
 import { backupCommand } from './commands/backup.js';
 import { checkCommand } from './commands/check.js';
+import { noteCommand, protectCommand, tagCommand, unprotectCommand } from './commands/edit.js';
+import { forgetCommand } from './commands/forget.js';
 import { initCommand } from './commands/init.js';
 import { keyCommand } from './commands/key.js';
 import { restoreCommand } from './commands/restore.js';
@@ -61,6 +63,11 @@ export function buildProgram(): Command {
     restoreCommand(),
     serveCommand(),
     checkCommand(),
+    forgetCommand(),
+    protectCommand(),
+    unprotectCommand(),
+    tagCommand(),
+    noteCommand(),
     keyCommand(),
   ]) {
     cmd.addHelpText('after', EXIT_CODES_HELP);

@@ -147,3 +147,16 @@ export {
   type SealedPack,
 } from './pack.js';
 export { ChunkIndex, codecSectionSealer } from './chunk-index/index.js';
+export {
+  applyRetention,
+  describePolicy,
+  formatDuration,
+  isEmptyPolicy,
+  parseDuration,
+  parseKeepCount,
+  validatePolicy,
+  type DurationSpec,
+  type RetentionDecision,
+  type RetentionItem,
+  type RetentionPolicy,
+} from './retention.js';

@@ -360,7 +360,76 @@ export class Repository {
     };
     await Promise.all(Array.from({ length: Math.min(16, objs.length) }, worker));
     damaged.sort((a, b) => (a.snapshotId < b.snapshotId ? -1 : 1));
-    return { snapshots: snapshots.sort(byTime), damaged };
+    return { snapshots: this.latestEdits(snapshots).sort(byTime), damaged };
+  }
+
+  /** The identity of a snapshot across edits and syncs: its origin, or itself when it has none. */
+  originKey(s: Snapshot): string {
+    return s.origin ? `${s.origin.repository}/${s.origin.snapshot}` : `${this.config.id}/${s.id}`;
+  }
+
+  /**
+   * Of several manifests of one origin (an edit writes the new manifest, then deletes the old: a
+   * process killed between leaves both), the one edited last; the others become its `superseded`.
+   */
+  private latestEdits(all: Snapshot[]): Snapshot[] {
+    const groups = new Map<string, Snapshot[]>();
+    for (const s of all) {
+      const k = this.originKey(s);
+      const g = groups.get(k);
+      if (g) g.push(s);
+      else groups.set(k, [s]);
+    }
+    const out: Snapshot[] = [];
+    for (const g of groups.values()) {
+      if (g.length === 1) {
+        out.push(g[0]!);
+        continue;
+      }
+      g.sort((a, b) =>
+        (a.edited ?? '') < (b.edited ?? '')
+          ? 1
+          : (a.edited ?? '') > (b.edited ?? '')
+            ? -1
+            : a.id < b.id
+              ? -1
+              : 1,
+      );
+      out.push({ ...g[0]!, superseded: g.slice(1).map((s) => s.id) });
+    }
+    return out;
+  }
+
+  /**
+   * Changes what may change of a snapshot (tags, protection, note): a new manifest of the same
+   * origin with `edited` set is written, then the old one (and any it superseded) deleted. The
+   * snapshot's id changes; its origin, time, disks and checkpoint do not.
+   */
+  async editSnapshot(
+    s: Snapshot,
+    change: { addTags?: string[]; removeTags?: string[]; protected?: boolean; note?: string | null },
+  ): Promise<Snapshot> {
+    const { id, superseded, ...manifest } = s;
+    let tags = manifest.tags.filter((t) => !(change.removeTags ?? []).includes(t));
+    for (const t of change.addTags ?? []) if (!tags.includes(t)) tags.push(t);
+    tags = tags.sort();
+    const next: SnapshotManifest = {
+      ...manifest,
+      tags,
+      origin: manifest.origin ?? { repository: this.config.id, snapshot: id },
+      edited: new Date().toISOString(),
+    };
+    if (change.protected !== undefined) next.protected = change.protected;
+    if (change.note === null) delete next.note;
+    else if (change.note !== undefined) next.note = change.note;
+    const written = await this.putSnapshot(next);
+    if (written.id !== id) for (const old of [id, ...(superseded ?? [])]) await this.deleteSnapshot(old);
+    return written;
+  }
+
+  /** Deletes a snapshot's manifest and any older manifest of its origin (forget). */
+  async forgetSnapshot(s: Snapshot): Promise<void> {
+    for (const old of [s.id, ...(s.superseded ?? [])]) await this.deleteSnapshot(old);
   }
 
   /**

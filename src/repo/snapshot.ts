@@ -102,6 +102,11 @@ export interface SnapshotOrigin {
 
 export interface Snapshot extends SnapshotManifest {
   id: SnapshotId;
+  /**
+   * Not stored: older manifests of the same origin that this one replaced (an edit whose old
+   * manifest a killed process left behind). Listings hide them; forget deletes them too.
+   */
+  superseded?: SnapshotId[];
 }
 
 /** A manifest's bytes and its id (the codec's object id of the bytes). */

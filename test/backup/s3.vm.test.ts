@@ -76,5 +76,14 @@ describe.skipIf(skip !== '')('live VM backup into an S3 repository', () => {
     expect(await restored(inc.snapshot)).toBe(sha(disk));
     const c = await runCli(['check', '-r', repo, '--read-data'], { env });
     expect(c.code, c.stdout + c.stderr).toBe(0);
+
+    // Forgetting the VM's latest snapshot never makes its next backup wrong: the next inc
+    // continues from the remaining full (its checkpoint's bitmap covers every write since).
+    const f = await runCli(['forget', '-r', repo, inc.snapshot], { env });
+    expect(f.code, f.stdout + f.stderr).toBe(0);
+    await write(5 * MiB, 512 * 1024, 0x64);
+    const inc2 = await backup('inc');
+    expect(inc2.mode).toBe('inc');
+    expect(await restored(inc2.snapshot)).toBe(sha(disk));
   });
 });

@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { formatBytes, printable } from '../../util/index.js';
+import { formatBytes, printable, UsageError } from '../../util/index.js';
 import { backupImages, parseImageSpecs } from '../../backup/index.js';
 import { shortId, type Snapshot } from '../../repo/index.js';
 import { commaList, loggerFor, printJson, repoOption, withRepo, globals } from '../context.js';
@@ -12,15 +12,17 @@ export function backupImageCommand(): Command {
     .argument('<file...>', 'FILE[:DISK] (disk names default to vda, vdb, ...)')
     .requiredOption('--vm <name>', 'VM name to file the snapshot under')
     .option('--tag <tag>', 'tag for the snapshot (repeatable or comma separated)', commaList)
+    .option('--time <iso-8601>', 'the snapshot time to record (default now), e.g. 2026-11-20T22:00:00Z')
     .option('--json', 'print a JSON summary')
     .addOption(repoOption())
     .action(
       async (
         files: string[],
-        opts: { vm: string; tag?: string[]; json?: boolean; repo?: string },
+        opts: { vm: string; tag?: string[]; time?: string; json?: boolean; repo?: string },
         cmd: Command,
       ) => {
         const images = parseImageSpecs(files);
+        const time = opts.time === undefined ? undefined : parseTime(opts.time);
         const log = loggerFor(cmd);
         const quiet = globals(cmd).quiet ?? false;
         const snap = await withRepo(opts, (repo) =>
@@ -28,6 +30,7 @@ export function backupImageCommand(): Command {
             vm: opts.vm,
             images,
             tags: opts.tag ?? [],
+            ...(time === undefined ? {} : { time }),
             logger: opts.json ? { ...log, info() {} } : log,
             progressFor: (t) =>
               makeProgress(`${opts.vm}/${t}`, process.stderr, quiet || opts.json === true, { reads: true }),
@@ -66,4 +69,16 @@ export function printSummary(s: Snapshot): void {
     );
   }
   process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+/** `--time`: an ISO 8601 date-time with a zone (Z or ±hh:mm), as the manifest records it (UTC). */
+function parseTime(v: string): string {
+  const ok = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$/.test(v);
+  const t = ok ? new Date(v) : undefined;
+  if (t === undefined || Number.isNaN(t.getTime()) || t.getUTCFullYear() < 1970 || t.getUTCFullYear() > 9999)
+    throw new UsageError(
+      `invalid --time '${printable(v, 60)}'`,
+      'give an ISO 8601 date-time with a zone, e.g. 2026-11-20T22:00:00Z or 2026-11-20T23:00:00+01:00',
+    );
+  return t.toISOString();
 }

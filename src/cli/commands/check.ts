@@ -99,7 +99,9 @@ function repairSummary(r: CheckResult): string[] {
   if (movedIndexes || movedManifests)
     lines.push(
       `repaired           ${[
-        movedIndexes ? `${movedIndexes} disk index${movedIndexes === 1 ? '' : 'es'} with a damaged page voided` : '',
+        movedIndexes
+          ? `${movedIndexes} disk index${movedIndexes === 1 ? '' : 'es'} with a damaged page voided`
+          : '',
         movedManifests ? `${plural(movedManifests, 'damaged snapshot manifest')} moved to quarantine/` : '',
       ]
         .filter(Boolean)

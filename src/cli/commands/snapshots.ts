@@ -1,17 +1,24 @@
 import { Command } from 'commander';
 import { formatBytes, printable } from '../../util/index.js';
 import { shortId, type Snapshot } from '../../repo/index.js';
-import { printJson, repoOption, withRepo } from '../context.js';
+import { commaList, printJson, repoOption, withRepo } from '../context.js';
 
 export function snapshotsCommand(): Command {
   return new Command('snapshots')
     .description('list snapshots, oldest first')
     .option('--vm <name>', 'only snapshots of this VM')
+    .option(
+      '--tag <tag>',
+      'only snapshots with this tag (repeatable or comma separated: any of them)',
+      commaList,
+    )
     .option('--json', 'print JSON')
     .addOption(repoOption())
-    .action(async (opts: { vm?: string; json?: boolean; repo?: string }) => {
+    .action(async (opts: { vm?: string; tag?: string[]; json?: boolean; repo?: string }) => {
       const snaps = (await withRepo(opts, (r) => r.listSnapshots(), 'read')).filter(
-        (s) => !opts.vm || s.vm.name === opts.vm,
+        (s) =>
+          (!opts.vm || s.vm.name === opts.vm) &&
+          (!opts.tag?.length || s.tags.some((t) => opts.tag!.includes(t))),
       );
       if (opts.json) return printJson(snaps.map(listEntry));
       const rows = snaps.map((s) => [
@@ -22,7 +29,7 @@ export function snapshotsCommand(): Command {
         s.disks.map((d) => d.target).join(','),
         formatBytes(s.disks.reduce((a, d) => a + d.sizeBytes, 0)),
         formatBytes(s.disks.reduce((a, d) => a + d.stats.bytesNew, 0)),
-        printable(s.tags.join(','), 80),
+        printable(s.tags.join(','), 80) + (s.protected ? `${s.tags.length ? ' ' : ''}[protected]` : ''),
       ]);
       process.stdout.write(table(['ID', 'TIME', 'VM', 'MODE', 'DISKS', 'SIZE', 'NEW', 'TAGS'], rows));
       process.stdout.write(`${snaps.length} snapshot${snaps.length === 1 ? '' : 's'}\n`);
@@ -40,6 +47,10 @@ function listEntry(s: Snapshot): Record<string, unknown> {
     parent: s.parent,
     checkpoint: s.checkpoint,
     tags: s.tags,
+    protected: s.protected === true,
+    ...(s.note === undefined ? {} : { note: s.note }),
+    ...(s.edited === undefined ? {} : { edited: s.edited }),
+    ...(s.origin === undefined ? {} : { origin: s.origin }),
     disks: s.disks.map((d) => ({
       target: d.target,
       sizeBytes: d.sizeBytes,
