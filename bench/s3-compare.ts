@@ -12,7 +12,8 @@
  * Every tool runs under /usr/bin/time -v (wall, peak RSS). The server runs on the same 2 cores as
  * the client, so its CPU is in every figure alike.
  */
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { startS3rver } from '../test/helpers/s3-servers.js';
@@ -34,6 +35,23 @@ const current = await currentBuild();
 const restic = (await sh('command -v restic || true')).trim();
 const rclone = (await sh('command -v rclone || true')).trim();
 const server = await startS3rver();
+/** The s3rver child's CPU seconds so far (utime + stime from /proc), to put the server's share of each step beside the client's. */
+const serverPid = Number((await sh("pgrep -n -f '[s]3rver-child.cjs' || true")).trim());
+const serverCpu = (): number => {
+  if (!serverPid) return NaN;
+  const f = readFileSync(`/proc/${serverPid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+};
+/** Runs a measured step and returns it with the server CPU it caused. */
+const timed = async (...a: Parameters<typeof measure>): Promise<Measurement & { serverCpuS: number }> => {
+  const before = serverCpu();
+  const m = await measure(...a);
+  return { ...m, serverCpuS: serverCpu() - before };
+};
+const cpu = (m: Measurement & { serverCpuS: number }): string =>
+  `${((m.userMs + m.sysMs) / 1000).toFixed(2)} s + ${m.serverCpuS.toFixed(2)} s`;
+/** The least wall time the step could take on this machine: client + server CPU over its cores. */
+const floor = (m: Measurement & { serverCpuS: number }): number => ((m.userMs + m.sysMs) / 1000 + m.serverCpuS) / availableParallelism();
 const work = join(CACHE, 's3-compare');
 rmSync(work, { recursive: true, force: true });
 mkdirSync(work, { recursive: true });
@@ -72,14 +90,14 @@ try {
   say(`# S3 compare (${opt.quick ? '512 MiB slice' : '4 GiB bench image'}, s3rver on loopback, ${conns} connections)`);
   say(`vmvault ${current.commit}; restic ${restic ? (await sh(`${restic} version`)).trim() : 'missing'}; rclone ${rclone ? (await sh(`${rclone} version | head -1`)).trim() : 'missing'}`);
   say('');
-  say('| tool | step | wall | rate (of image) | peak RSS | requests | requests/GiB |');
-  say('|---|---|---|---|---|---|---|');
+  say('| tool | step | wall | rate (of image) | peak RSS | CPU client + server | requests | requests/GiB |');
+  say('|---|---|---|---|---|---|---|---|');
 
   // vmvault
   const repo = `s3:${server.endpoint}/vmvault-bench/r`;
   const vm = current.bin;
   await measure('init', vm, ['init', repo], env);
-  const vb = await measure(
+  const vb = await timed(
     'vmvault backup-image',
     vm,
     ['--s3-connections', String(conns), 'backup-image', '-r', repo, '--vm', 'bench', images.base, '--json'],
@@ -87,16 +105,16 @@ try {
   );
   const vbj = JSON.parse(vb.stdout) as S3Json;
   const stored = (vbj.disks ?? []).reduce((a, d) => a + d.bytesStored, 0);
-  say(`| vmvault | backup-image | ${secs(vb)} | ${mbs(images.sizeBytes, vb)} | ${rss(vb)} | ${reqs(vbj)} | ${perGiB(vbj, images.sizeBytes)} |`);
+  say(`| vmvault | backup-image | ${secs(vb)} | ${mbs(images.sizeBytes, vb)} | ${rss(vb)} | ${cpu(vb)} | ${reqs(vbj)} | ${perGiB(vbj, images.sizeBytes)} |`);
   const out = join(work, 'vmvault.raw');
-  const vr = await measure(
+  const vr = await timed(
     'vmvault restore',
     vm,
     ['--s3-connections', String(conns), 'restore', '-r', repo, 'bench@latest', '--disk', 'vda', '-o', out, '--json'],
     env,
   );
   const vrj = JSON.parse(vr.stdout) as S3Json;
-  say(`| vmvault | restore → raw | ${secs(vr)} | ${mbs(images.sizeBytes, vr)} | ${rss(vr)} | ${reqs(vrj)} | ${perGiB(vrj, images.sizeBytes)} |`);
+  say(`| vmvault | restore → raw | ${secs(vr)} | ${mbs(images.sizeBytes, vr)} | ${rss(vr)} | ${cpu(vr)} | ${reqs(vrj)} | ${perGiB(vrj, images.sizeBytes)} |`);
   await sh(`cmp ${out} ${images.base}`);
   rmSync(out, { force: true });
 
@@ -104,29 +122,29 @@ try {
   const erepo = `s3:${server.endpoint}/vmvault-bench/enc`;
   const eenv = { ...env, VMVAULT_PASSWORD: BENCH_PASSWORD };
   await measure('init', vm, ['init', erepo, '--encryption', 'aes-256-gcm'], eenv);
-  const eb = await measure('vmvault enc backup-image', vm, ['--s3-connections', String(conns), 'backup-image', '-r', erepo, '--vm', 'bench', images.base, '--json'], eenv);
-  say(`| vmvault encrypted | backup-image | ${secs(eb)} | ${mbs(images.sizeBytes, eb)} | ${rss(eb)} | ${reqs(JSON.parse(eb.stdout) as S3Json)} | |`);
-  const er = await measure('vmvault enc restore', vm, ['--s3-connections', String(conns), 'restore', '-r', erepo, 'bench@latest', '--disk', 'vda', '-o', out], eenv);
-  say(`| vmvault encrypted | restore → raw | ${secs(er)} | ${mbs(images.sizeBytes, er)} | ${rss(er)} | | |`);
+  const eb = await timed('vmvault enc backup-image', vm, ['--s3-connections', String(conns), 'backup-image', '-r', erepo, '--vm', 'bench', images.base, '--json'], eenv);
+  say(`| vmvault encrypted | backup-image | ${secs(eb)} | ${mbs(images.sizeBytes, eb)} | ${rss(eb)} | ${cpu(eb)} | ${reqs(JSON.parse(eb.stdout) as S3Json)} | |`);
+  const er = await timed('vmvault enc restore', vm, ['--s3-connections', String(conns), 'restore', '-r', erepo, 'bench@latest', '--disk', 'vda', '-o', out], eenv);
+  say(`| vmvault encrypted | restore → raw | ${secs(er)} | ${mbs(images.sizeBytes, er)} | ${rss(er)} | ${cpu(er)} | | |`);
   rmSync(out, { force: true });
 
   // restic
-  let rb: Measurement | undefined;
-  let rr: Measurement | undefined;
+  let rb: Awaited<ReturnType<typeof timed>> | undefined;
+  let rr: Awaited<ReturnType<typeof timed>> | undefined;
   if (restic) {
     const rrepo = `s3:${server.endpoint}/restic-bench`;
     const renv = { ...env, RESTIC_PASSWORD: BENCH_PASSWORD, RESTIC_REPOSITORY: rrepo };
     await measure('restic init', restic, ['init', '-q'], renv);
-    rb = await measure('restic backup', restic, ['backup', '-q', '-o', `s3.connections=${conns}`, images.base], renv);
-    say(`| restic | backup (file) | ${secs(rb)} | ${mbs(images.sizeBytes, rb)} | ${rss(rb)} | | |`);
+    rb = await timed('restic backup', restic, ['backup', '-q', '-o', `s3.connections=${conns}`, images.base], renv);
+    say(`| restic | backup (file) | ${secs(rb)} | ${mbs(images.sizeBytes, rb)} | ${rss(rb)} | ${cpu(rb)} | | |`);
     const target = join(work, 'restic-out');
-    rr = await measure('restic restore', restic, ['restore', '-q', '-o', `s3.connections=${conns}`, 'latest', '--target', target], renv);
-    say(`| restic | restore | ${secs(rr)} | ${mbs(images.sizeBytes, rr)} | ${rss(rr)} | | |`);
+    rr = await timed('restic restore', restic, ['restore', '-q', '-o', `s3.connections=${conns}`, 'latest', '--target', target], renv);
+    say(`| restic | restore | ${secs(rr)} | ${mbs(images.sizeBytes, rr)} | ${rss(rr)} | ${cpu(rr)} | | |`);
     rmSync(target, { recursive: true, force: true });
   }
 
   // rclone copy of the bytes vmvault stored (its packs from a local repository of the same image)
-  let rc: Measurement | undefined;
+  let rc: Awaited<ReturnType<typeof timed>> | undefined;
   if (rclone) {
     const local = join(work, 'local-repo');
     await measure('init', vm, ['init', local], {});
@@ -138,16 +156,23 @@ try {
     );
     // rclone 1.60 fails on AWS_CA_BUNDLE with a plain-http endpoint ("unable to load custom CA bundle").
     await sh(`env -u AWS_CA_BUNDLE ${rclone} --config ${cfg} mkdir bench:rclone-bench`);
-    rc = await measure('rclone copy', 'env', ['-u', 'AWS_CA_BUNDLE', rclone, '--config', cfg, 'copy', '--transfers', String(conns), '--s3-upload-cutoff', '200M', local, 'bench:rclone-bench/r'], {});
-    say(`| rclone | copy of vmvault's stored bytes (${(stored / 1e6).toFixed(0)} MB) | ${secs(rc)} | ${mbs(stored, rc)} (of stored) | ${rss(rc)} | | |`);
+    rc = await timed('rclone copy', 'env', ['-u', 'AWS_CA_BUNDLE', rclone, '--config', cfg, 'copy', '--transfers', String(conns), '--s3-upload-cutoff', '200M', local, 'bench:rclone-bench/r'], {});
+    say(`| rclone | copy of vmvault's stored bytes (${(stored / 1e6).toFixed(0)} MB) | ${secs(rc)} | ${mbs(stored, rc)} (of stored) | ${rss(rc)} | ${cpu(rc)} | | |`);
   }
 
   say('');
   if (rb && rr) {
     say(`- backup speed vmvault ÷ restic: ${(rb.wallMs / vb.wallMs).toFixed(2)}× (target ≥ 1.5×); encrypted: ${(rb.wallMs / eb.wallMs).toFixed(2)}×`);
     say(`- restore speed vmvault ÷ restic: ${(rr.wallMs / vr.wallMs).toFixed(2)}× (target ≥ 2×); encrypted: ${(rr.wallMs / er.wallMs).toFixed(2)}×`);
+    say(
+      `- CPU floor of the restore here (client + server CPU over ${availableParallelism()} cores): vmvault ${floor(vr).toFixed(2)} s, restic ${floor(rr).toFixed(2)} s; ` +
+        `2× restic's speed needs ≤ ${(rr.wallMs / 2000).toFixed(2)} s`,
+    );
   } else say('- restic is not installed (apt-get install restic): no restic ratios');
-  if (rc) say(`- vmvault backup time ÷ rclone upload of the same stored bytes: ${(vb.wallMs / rc.wallMs).toFixed(2)} (target ≤ 1.3)`);
+  if (rc) {
+    say(`- vmvault backup time ÷ rclone upload of the same stored bytes: ${(vb.wallMs / rc.wallMs).toFixed(2)} (target ≤ 1.3)`);
+    say(`- CPU floor of the backup here: vmvault ${floor(vb).toFixed(2)} s (rclone only uploads: ${floor(rc).toFixed(2)} s)`);
+  }
   mkdirSync(join(process.cwd(), 'bench/results'), { recursive: true });
   writeFileSync(join(process.cwd(), `bench/results/s3-compare-${new Date().toISOString().slice(0, 16)}.md`), `${lines.join('\n')}\n`);
 } finally {
