@@ -703,7 +703,9 @@ export class S3Backend implements Backend {
         { cause: err },
       );
     const detail =
-      status !== undefined ? `${where} answered ${status} ${name || (STATUS_CODES[status] ?? '')}`.trimEnd() : `${name || code || String(err)}`;
+      status !== undefined
+        ? `${where} answered ${status} ${name || (STATUS_CODES[status] ?? '')}`.trimEnd()
+        : `${name || code || String(err)}`;
     return new BackendError('other', `${what} failed: ${detail}`, { cause: err });
   }
 }
@@ -739,8 +741,9 @@ function destroyBody(body: Readable | undefined): void {
 }
 
 /**
- * Copies a response body into `dest` after skipping `skip` bytes; returns the bytes copied. Stops
- * (and destroys the body) once `dest` is full; extra bytes mean a server that sent more than asked.
+ * Copies a response body into `dest` after skipping `skip` bytes (a server that ignored the Range
+ * header); returns the bytes copied. Bytes beyond `dest` are read and dropped (up to 1 MiB, then
+ * the stream is destroyed).
  */
 async function readBody(
   body: Readable | undefined,
@@ -751,26 +754,27 @@ async function readBody(
   if (body === undefined) return 0;
   let at = 0;
   let toSkip = skip;
-  try {
-    for await (const chunk of body as AsyncIterable<Buffer>) {
-      let c = chunk;
-      if (toSkip > 0) {
-        if (c.length <= toSkip) {
-          toSkip -= c.length;
-          continue;
-        }
-        c = c.subarray(toSkip);
-        toSkip = 0;
+  let extra = 0;
+  // Read to the end, so the connection goes back to the keep-alive pool: leaving the loop early
+  // (an error, or a server that ignored the Range and sends far more) destroys the stream and
+  // with it the connection.
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    let c = chunk;
+    if (toSkip > 0) {
+      if (c.length <= toSkip) {
+        toSkip -= c.length;
+        continue;
       }
-      const n = Math.min(c.length, dest.length - at);
-      dest.set(n === c.length ? c : c.subarray(0, n), at);
-      at += n;
-      counts.bytesDown += n;
-      if (limit) await limit.take(n);
-      if (at >= dest.length) break;
+      c = c.subarray(toSkip);
+      toSkip = 0;
     }
-  } finally {
-    body.destroy();
+    const n = Math.min(c.length, dest.length - at);
+    if (n > 0) dest.set(n === c.length ? c : c.subarray(0, n), at);
+    at += n;
+    counts.bytesDown += n;
+    extra += c.length - n;
+    if (extra > 1024 * 1024) break;
+    if (limit && n > 0) await limit.take(n);
   }
   return at;
 }
