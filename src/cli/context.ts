@@ -65,7 +65,7 @@ export async function openRepo(
 ): Promise<Repository> {
   if (!opts.repo) throw new UsageError('no repository given', 'pass -r REPO or set VMVAULT_REPO');
   const backend = openBackendFor(opts.repo, access);
-  return Repository.open(
+  const repo = await Repository.open(
     opts.repo,
     {
       onDamagedSnapshot: warnDamagedSnapshot,
@@ -77,6 +77,16 @@ export async function openRepo(
     },
     backend,
   );
+  // Writers hold a session (a lease: docs/gc.md) while the repository is open.
+  if (access === 'write') {
+    try {
+      await repo.startSession(commandName);
+    } catch (err) {
+      await repo.close().catch(() => undefined);
+      throw err;
+    }
+  }
+  return repo;
 }
 
 /** The global S3 options (`--s3-connections`, `--limit-upload`, `--limit-download`), set by main.ts. */
@@ -112,6 +122,12 @@ export function positiveInt(name: string, max: number): (v: string) => number {
       );
     return n;
   };
+}
+
+/** The running command's name (`backup`, `forget`, …), set by main.ts: what a session records. */
+let commandName = 'vmvault';
+export function setCommandName(name: string): void {
+  commandName = name;
 }
 
 /** The global `--password-file` (given before the command), set by main.ts before each action. */

@@ -6,6 +6,7 @@ import { backupCommand } from './commands/backup.js';
 import { checkCommand } from './commands/check.js';
 import { noteCommand, protectCommand, tagCommand, unprotectCommand } from './commands/edit.js';
 import { forgetCommand } from './commands/forget.js';
+import { locksCommand, unlockCommand } from './commands/locks.js';
 import { initCommand } from './commands/init.js';
 import { keyCommand } from './commands/key.js';
 import { restoreCommand } from './commands/restore.js';
@@ -14,7 +15,13 @@ import { showCommand } from './commands/show.js';
 import { snapshotsCommand } from './commands/snapshots.js';
 import { statsCommand } from './commands/stats.js';
 import { installSignalHandlers, isInterruptNormalEnd, rootAbort } from './signals.js';
-import { globals, positiveInt, setGlobalPasswordFile, setGlobalS3Options } from './context.js';
+import {
+  globals,
+  positiveInt,
+  setCommandName,
+  setGlobalPasswordFile,
+  setGlobalS3Options,
+} from './context.js';
 
 const EXIT_CODES_HELP = `
 Exit codes: 0 success, 1 failure, 2 usage error, 3 partial success, 10 repository not found,
@@ -47,6 +54,11 @@ export function buildProgram(): Command {
     .hook('preAction', (_program, action) => {
       const g = globals(action);
       setGlobalPasswordFile(g.passwordFile);
+      setCommandName(
+        action.parent && action.parent !== _program
+          ? `${action.parent.name()} ${action.name()}`
+          : action.name(),
+      );
       setGlobalS3Options({
         ...(g.s3Connections === undefined ? {} : { s3Connections: g.s3Connections }),
         ...(g.limitUpload === undefined ? {} : { limitUploadKiBs: g.limitUpload }),
@@ -68,6 +80,8 @@ export function buildProgram(): Command {
     unprotectCommand(),
     tagCommand(),
     noteCommand(),
+    locksCommand(),
+    unlockCommand(),
     keyCommand(),
   ]) {
     cmd.addHelpText('after', EXIT_CODES_HELP);

@@ -160,3 +160,11 @@ export {
   type RetentionItem,
   type RetentionPolicy,
 } from './retention.js';
+export {
+  Session,
+  SessionExpiredError,
+  SESSION_TTL_MS,
+  SESSION_HEARTBEAT_MS,
+  type ListedSession,
+  type SessionInfo,
+} from './session.js';

@@ -19,6 +19,7 @@ import {
 } from './config.js';
 import { DiskIndex } from './disk-index.js';
 import { readTree, writeTree } from './disk-tree.js';
+import { listSessions, Session, sessionKey, type ListedSession, type SessionTiming } from './session.js';
 import {
   configMac,
   createKeySlot,
@@ -286,6 +287,8 @@ export class Repository {
     // Commit order (design §1.6): every pack sealed and behind a barrier, their entries in a
     // durable delta index object, then the manifest.
     await this.chunks.flush();
+    // A writer whose lease may have lapsed (paused, partitioned) commits nothing (docs/gc.md).
+    await this.session?.fence();
     const key = Keys.snapshot(id);
     const blob = this.codec.sealObject('manifest', json, Buffer.from(id.slice(0, 32), 'hex'), { name: key });
     // The manifest found there is read as any reader does (its id is the hash of our bytes).
@@ -511,9 +514,45 @@ export class Repository {
     return Buffer.concat(parts);
   }
 
+  // ---- sessions (docs/gc.md) ----
+
+  /** This process's lease on the repository, once `startSession` ran (write commands). */
+  session: Session | undefined;
+
+  /**
+   * Starts this process's session (`sessions/<pack session id>`, heartbeat every 5 minutes);
+   * `close` ends it. Snapshots committed afterwards check the lease first (`Session.fence`).
+   */
+  async startSession(command: string, timing?: SessionTiming): Promise<Session> {
+    this.session ??= await Session.start(
+      this.backend,
+      this.codec,
+      this.chunks.sessionId,
+      { command },
+      timing,
+    );
+    return this.session;
+  }
+
+  /** Removes a session object (`unlock --stale`; the caller decided it is stale). */
+  async deleteSession(idHex: string): Promise<void> {
+    if (!/^[0-9a-f]{32}$/.test(idHex)) throw new RangeError(`not a session id: ${idHex}`);
+    await this.backend.delete(sessionKey(idHex));
+  }
+
+  /** Every session in the repository, with its age by the storage's clock (`vmvault locks`). */
+  async listSessions(): Promise<ListedSession[]> {
+    const now = (await this.backend.serverTimeMs?.()) ?? Date.now();
+    return listSessions(this.backend, this.codec, now);
+  }
+
   async close(): Promise<void> {
-    await this.chunks.close();
-    await this.backend.close();
+    try {
+      await this.chunks.close();
+    } finally {
+      await this.session?.end();
+      await this.backend.close();
+    }
   }
 }
 

@@ -150,6 +150,11 @@ export interface Backend {
    * 'b' does not exist"), for the "no repository" error; undefined when it is there.
    */
   describeAbsence?(): Promise<string | undefined>;
+  /**
+   * Optional: the storage's current time in ms since the epoch (S3: from the server's Date header),
+   * against which object modification times are compared (session ages); absent: this host's clock.
+   */
+  serverTimeMs?(): Promise<number>;
   /** Optional: removes temp files left by killed writers, older than `olderThanMs`; how many. */
   removeStaleTemp?(olderThanMs: number): Promise<number>;
 }

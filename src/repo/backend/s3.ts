@@ -210,9 +210,30 @@ export class S3Backend implements Backend {
   private api(): Promise<Api> {
     this.apiP ??= import('@aws-sdk/client-s3').then((sdk) => {
       this.client = new sdk.S3Client(this.clientConfig);
+      // The server's clock, from each response's Date header (session ages: docs/gc.md).
+      this.client.middlewareStack.add(
+        (next) => async (args) => {
+          const r = await next(args);
+          const date = (r.response as { headers?: Record<string, string | undefined> } | undefined)?.headers
+            ?.date;
+          const t = date === undefined ? NaN : Date.parse(date);
+          if (!Number.isNaN(t)) this.serverDate = { serverMs: t, localMs: Date.now() };
+          return r;
+        },
+        { step: 'deserialize', name: 'vmvaultServerDate' },
+      );
       return { sdk, client: this.client };
     });
     return this.apiP;
+  }
+
+  private serverDate: { serverMs: number; localMs: number } | undefined;
+
+  /** The server's time now: its last Date header moved on by this host's clock since (1 s resolution). */
+  async serverTimeMs(): Promise<number> {
+    if (this.serverDate === undefined) await this.stat('config');
+    const d = this.serverDate;
+    return d === undefined ? Date.now() : d.serverMs + (Date.now() - d.localMs);
   }
 
   get capabilities(): BackendCapabilities {

@@ -33,6 +33,7 @@ export abstract class BackendWrapper implements Backend {
   create?: () => Promise<void>;
   removeStaleTemp?: (olderThanMs: number) => Promise<number>;
   describeAbsence?: () => Promise<string | undefined>;
+  serverTimeMs?: () => Promise<number>;
 
   constructor(
     readonly inner: Backend,
@@ -40,6 +41,7 @@ export abstract class BackendWrapper implements Backend {
     passMaintenance = true,
   ) {
     if (inner.describeAbsence) this.describeAbsence = () => inner.describeAbsence!();
+    if (inner.serverTimeMs) this.serverTimeMs = () => inner.serverTimeMs!();
     if (passMaintenance) {
       if (inner.create) this.create = () => inner.create!();
       if (inner.removeStaleTemp) this.removeStaleTemp = (ms) => inner.removeStaleTemp!(ms);
