@@ -95,6 +95,26 @@ export interface CheckResult {
   chunksRead: number;
   /** Plaintext bytes of those records. */
   bytesRead: number;
+  /** `--read-data-subset` as given back (`2/5`, `10%`), or null: every pack. */
+  subset: string | null;
+  /** `--max-time` in milliseconds, or null. */
+  maxTimeMs: number | null;
+  /** Packs the subset selects (all packs without one), and their bytes: 0 without `readData`. */
+  packsSelected: number;
+  packBytesSelected: number;
+  /** Packs read whole and verified (`readData`), and their bytes. */
+  packsRead: number;
+  packBytesRead: number;
+  /** Whether `maxTimeMs` ran out before every selected pack was read. */
+  stoppedEarly: boolean;
+  /** Whether the packs were read in rotation (a percentage or `maxTimeMs`): from after `startAfter`. */
+  rotating: boolean;
+  /** The pack name (32 hex) this run started after, when rotating and given one. */
+  startAfter: string | null;
+  /** The last pack name read, in rotation order: where the next run continues after. */
+  lastPack: string | null;
+  /** The first pack name the next run reads (when rotating), or null. */
+  nextPack: string | null;
   /** Distinct referenced chunks with no usable index entry (those `repair` voided included). */
   chunksMissing: number;
   /** Distinct referenced chunks whose every copy is damaged (found only with `readData`). */
@@ -143,11 +163,96 @@ export interface CheckOptions {
   repair?: boolean;
   /** The time of void records and of quarantine keys (default: now). */
   now?: Date;
+  /**
+   * With `readData`: only these packs. `{ part: K, of: N }` is the K-th of N stable parts (by the
+   * first 4 bytes of the pack name, mod N); `{ percent }` the next that many percent of the packs
+   * in rotation (see `startAfter`).
+   */
+  subset?: DataSubset;
+  /**
+   * With `readData`: stop starting pack reads once this many milliseconds have passed since the
+   * check began (the reads under way finish; at least one pack is always read). Packs are then
+   * read in rotation from `startAfter`.
+   */
+  maxTimeMs?: number;
+  /**
+   * Rotation (a percentage or `maxTimeMs`): the pack name (32 hex) the previous run read last;
+   * this run starts at the next name in name order, wrapping around to the first.
+   */
+  startAfter?: string;
+  /** The clock of `maxTimeMs`, in milliseconds (default Date.now; tests make it run fast). */
+  clock?: () => number;
   /** Packs read and verified at once with `readData` (default 3, at most 4). Bounds memory. */
   window?: number;
   /** Progress of a phase ('indexes': bytes of disk; 'data': bytes of pack). */
   progressFor?: (phase: 'indexes' | 'data') => Progress;
   signal?: AbortSignal;
+}
+
+/** `--read-data-subset`: the K-th of N parts, or a percentage of the packs. */
+export type DataSubset = { part: number; of: number } | { percent: number };
+
+/** Parses `--read-data-subset`: `K/N` (1 ≤ K ≤ N ≤ 1000000) or `P%` (0 < P ≤ 100, decimals allowed). */
+export function parseDataSubset(text: string): DataSubset {
+  const hint = "use K/N for the K-th of N parts (1/5 … 5/5: five runs read every pack once) or a percentage such as 10%";
+  const shown = printable(text, 40);
+  const s = text.trim();
+  const part = /^(\d{1,7})\/(\d{1,7})$/.exec(s);
+  if (part) {
+    const k = Number(part[1]);
+    const n = Number(part[2]);
+    if (n < 1 || n > 1_000_000 || k < 1 || k > n)
+      throw new UsageError(`invalid --read-data-subset '${shown}': K/N needs 1 ≤ K ≤ N ≤ 1000000`, hint);
+    return { part: k, of: n };
+  }
+  const pct = /^(\d{1,3}(?:\.\d{1,6})?)%$/.exec(s);
+  if (pct) {
+    const p = Number(pct[1]);
+    if (!(p > 0 && p <= 100))
+      throw new UsageError(`invalid --read-data-subset '${shown}': a percentage must be above 0 and at most 100`, hint);
+    return { percent: p };
+  }
+  throw new UsageError(`invalid --read-data-subset '${shown}'`, hint);
+}
+
+/** `2/5` or `10%`. */
+export function formatDataSubset(s: DataSubset): string {
+  return 'percent' in s ? `${s.percent}%` : `${s.part}/${s.of}`;
+}
+
+/** The part (0 … n-1) a pack name (32 hex) belongs to: its first 4 bytes, big-endian, mod n. */
+export function packPart(name: string, n: number): number {
+  return Number.parseInt(name.slice(0, 8), 16) % n;
+}
+
+/**
+ * The packs `--read-data` reads, in order: every pack (or those of part K/N) sorted by name; when
+ * rotating, starting after `startAfter` and wrapping around; a percentage takes the first
+ * ceil(P% of all packs) of that order. `all` is the selection in name order (for `nextPack`).
+ */
+export function selectPacks(
+  packs: ReadonlyMap<string, number>,
+  opts: { subset?: DataSubset; rotate: boolean; startAfter?: string },
+): { order: Array<[key: string, size: number, name: string]>; all: Array<[key: string, size: number, name: string]> } {
+  const all: Array<[string, number, string]> = [];
+  for (const [key, size] of packs) {
+    const name = parsePackKey(key)?.name.toString('hex');
+    if (name === undefined) continue;
+    const sub = opts.subset;
+    if (sub && !('percent' in sub) && packPart(name, sub.of) !== sub.part - 1) continue;
+    all.push([key, size, name]);
+  }
+  all.sort((a, b) => (a[2] < b[2] ? -1 : a[2] > b[2] ? 1 : a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  let order = all;
+  if (opts.rotate && opts.startAfter !== undefined) {
+    const after = opts.startAfter.toLowerCase();
+    const at = all.findIndex((p) => p[2] > after);
+    if (at > 0) order = [...all.slice(at), ...all.slice(0, at)];
+  }
+  const sub = opts.subset;
+  if (sub && 'percent' in sub && order.length)
+    order = order.slice(0, Math.min(order.length, Math.max(1, Math.ceil((packs.size * sub.percent) / 100))));
+  return { order, all };
 }
 
 const ZERO_ID = '0'.repeat(64);
@@ -223,7 +328,14 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
       '--repair needs --read-data',
       'add --read-data: only reading the packs finds the damaged records',
     );
+  if (!readData && (opts.subset !== undefined || opts.maxTimeMs !== undefined))
+    throw new UsageError(
+      `${opts.subset !== undefined ? '--read-data-subset' : '--max-time'} needs --read-data`,
+      'add --read-data: they bound how many packs it reads',
+    );
   const signal = opts.signal;
+  const clock = opts.clock ?? Date.now;
+  const startedMs = clock();
   const now = opts.now ?? new Date();
   const problems: CheckProblem[] = [];
   let unreferencedExact = true;
@@ -391,11 +503,41 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
   // ---- 6. --read-data: every pack once, a few at a time ------------------------------------------
   let chunksRead = 0;
   let bytesRead = 0;
+  const rotating = readData && (opts.maxTimeMs !== undefined || (opts.subset !== undefined && 'percent' in opts.subset));
+  let packsSelected = 0;
+  let packBytesSelected = 0;
+  let packsRead = 0;
+  let packBytesRead = 0;
+  let stoppedEarly = false;
+  let lastPack: string | null = null;
+  let nextPack: string | null = null;
   if (readData) {
     const window = Math.min(4, Math.max(1, opts.window ?? 3));
+    const { order, all } = selectPacks(packs, {
+      ...(opts.subset ? { subset: opts.subset } : {}),
+      rotate: rotating,
+      ...(opts.startAfter !== undefined ? { startAfter: opts.startAfter } : {}),
+    });
+    packsSelected = all.length;
+    for (const p of all) packBytesSelected += p[1];
     const dataProgress = opts.progressFor?.('data') ?? nullProgress;
-    dataProgress.start('data', packBytes);
-    await forEachLimit(packs, window, async ([key, size]) => {
+    dataProgress.start('data', order.reduce((a, p) => a + p[1], 0));
+    // Shared by the readers: a pack read starts only while time is left (the first always does),
+    // so every pack before the last one started is read when the readers are done.
+    const deadline = opts.maxTimeMs === undefined ? Infinity : startedMs + opts.maxTimeMs;
+    let started = 0;
+    const budgeted = function* (): Generator<[string, number, string]> {
+      for (const p of order) {
+        if (started > 0 && clock() >= deadline) {
+          stoppedEarly = true;
+          return;
+        }
+        started++;
+        lastPack = p[2];
+        yield p;
+      }
+    };
+    await forEachLimit(budgeted(), window, async ([key, size]) => {
       throwIfAborted(signal);
       let r: Awaited<ReturnType<typeof repo.chunks.verifyPack>>;
       try {
@@ -404,6 +546,8 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
         if (isNotFound(err)) return; // deleted meanwhile
         throw err;
       }
+      packsRead++;
+      packBytesRead += size;
       const bad = new Set<number | '*'>();
       const name = parsePackKey(key)!.name;
       for (const p of r.problems) {
@@ -424,6 +568,10 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
       dataProgress.advance(size);
     });
     dataProgress.done();
+    if (rotating && lastPack !== null) {
+      const last: string = lastPack;
+      nextPack = (all.find((p) => p[2] > last) ?? all[0])?.[2] ?? null;
+    }
   }
 
   // ---- 7a. --repair: the index, rebuilt from every readable trailer when damaged, empty, or lacking
@@ -684,6 +832,17 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
     bytesReferenced,
     chunksRead,
     bytesRead,
+    subset: readData && opts.subset ? formatDataSubset(opts.subset) : null,
+    maxTimeMs: readData ? (opts.maxTimeMs ?? null) : null,
+    packsSelected,
+    packBytesSelected,
+    packsRead,
+    packBytesRead,
+    stoppedEarly,
+    rotating,
+    startAfter: rotating ? (opts.startAfter ?? null) : null,
+    lastPack,
+    nextPack,
     chunksMissing: missing.size,
     chunksCorrupt: corrupt.size,
     repaired,

@@ -8,3 +8,4 @@ export * from './subprocess.js';
 export * from './worker-pool.js';
 export * from './names.js';
 export * from './proc.js';
+export * from './duration.js';

@@ -1,14 +1,18 @@
 import { Command } from 'commander';
-import { formatBytes, UsageError } from '../../util/index.js';
+import { formatBytes, parseTimeSpan, printable, UsageError } from '../../util/index.js';
 import {
   checkFailure,
   checkRepository,
   describeGroup,
+  formatDataSubset,
+  parseDataSubset,
+  type DataSubset,
   describeProblem,
   groupProblems,
   shortId,
   type CheckResult,
 } from '../../repo/index.js';
+import { checkStatePath, readCheckCursors, writeCheckCursor } from '../check-state.js';
 import { globals, printJson, repoOption, withRepo } from '../context.js';
 import { makeProgress } from '../progress-tty.js';
 import { rootAbort } from '../signals.js';
@@ -23,29 +27,82 @@ export function checkCommand(): Command {
       '--repair',
       'with --read-data: void damaged records and pages, rebuild a damaged chunk index from the pack trailers, move damaged manifests to quarantine/, so that a full backup of the same data stores them again',
     )
+    .option(
+      '--read-data-subset <K/N|P%>',
+      'with --read-data: read only part K of N (stable, by pack name), or the next P% of the packs in rotation',
+    )
+    .option(
+      '--max-time <duration>',
+      'with --read-data: stop starting pack reads after this long (30m, 2h, 1h30m); the next run continues where this one stopped',
+    )
     .option('--json', 'print JSON')
     .addOption(repoOption())
     .action(
-      async (opts: { readData?: boolean; repair?: boolean; json?: boolean; repo?: string }, cmd: Command) => {
+      async (
+        opts: {
+          readData?: boolean;
+          repair?: boolean;
+          readDataSubset?: string;
+          maxTime?: string;
+          json?: boolean;
+          repo?: string;
+        },
+        cmd: Command,
+      ) => {
         if (opts.repair && !opts.readData)
           throw new UsageError(
             '--repair needs --read-data',
             "add --read-data ('vmvault check --read-data --repair'): only reading every chunk finds the corrupt ones",
           );
+        for (const [given, name] of [
+          [opts.readDataSubset, '--read-data-subset'],
+          [opts.maxTime, '--max-time'],
+        ] as const)
+          if (given !== undefined && !opts.readData)
+            throw new UsageError(
+              `${name} needs --read-data`,
+              `add --read-data ('vmvault check --read-data ${name} ${printable(given, 20)}'): it bounds how many packs are read`,
+            );
+        const subset: DataSubset | undefined =
+          opts.readDataSubset === undefined ? undefined : parseDataSubset(opts.readDataSubset);
+        const maxTimeMs = opts.maxTime === undefined ? undefined : parseTimeSpan(opts.maxTime, '--max-time');
+        const rotating = maxTimeMs !== undefined || (subset !== undefined && 'percent' in subset);
+        // One cursor per selection: a part K/N with --max-time rotates within that part.
+        const selection = subset !== undefined && !('percent' in subset) ? formatDataSubset(subset) : 'all';
+        const warn = (m: string): void => void process.stderr.write(`warning: ${printable(m, 400)}\n`);
         const quiet = (globals(cmd).quiet ?? false) || opts.json === true;
         // A redrawn progress line on a TTY; nothing at all otherwise (the summary says it all).
         const tty = process.stderr.isTTY === true && !quiet;
         const result = await withRepo(
           opts,
-          (repo) =>
-            checkRepository(repo, {
+          async (repo) => {
+            const statePath = checkStatePath(repo.config.id);
+            const startAfter = rotating
+              ? (await readCheckCursors(statePath, repo.config.id, warn))[selection]?.lastPack
+              : undefined;
+            const r = await checkRepository(repo, {
               readData: opts.readData ?? false,
               repair: opts.repair ?? false,
+              ...(subset !== undefined ? { subset } : {}),
+              ...(maxTimeMs !== undefined ? { maxTimeMs } : {}),
+              ...(startAfter !== undefined ? { startAfter } : {}),
               ...(tty
                 ? { progressFor: (phase: string) => makeProgress(`check ${phase}`, process.stderr, false) }
                 : {}),
               signal: rootAbort.signal,
-            }),
+            });
+            if (r.rotating && r.lastPack !== null) {
+              try {
+                await writeCheckCursor(statePath, repo.config.id, selection, {
+                  lastPack: r.lastPack,
+                  time: new Date().toISOString(),
+                });
+              } catch (err) {
+                warn(`cannot record where this check stopped in ${statePath} (${(err as Error).message}): the next run starts at the same place`);
+              }
+            }
+            return r;
+          },
           opts.repair ? 'write' : 'read',
         );
         if (opts.json) printJson(jsonSummary(result));
@@ -68,6 +125,7 @@ function textSummary(r: CheckResult): string {
     r.readData
       ? `chunks read        ${r.chunksRead} (${formatBytes(r.bytesRead)} verified)`
       : `chunks read        0 (presence only; --read-data verifies their content)`,
+    ...(r.readData ? packsReadLines(r) : []),
     `damaged chunks     ${r.chunksMissing} missing, ${r.readData ? r.chunksCorrupt : '-'} corrupt`,
     `unreferenced       ${plural(r.unreferencedChunks, 'chunk')}, ${formatBytes(r.unreferencedBytes)} (${
       r.unreferencedExact
@@ -78,6 +136,40 @@ function textSummary(r: CheckResult): string {
   if (r.repair) lines.push(...repairSummary(r));
   if (r.problems.length === 0) lines.push('no problems found');
   return `${lines.join('\n')}\n`;
+}
+
+/** With --read-data: how many packs were read of how many, and where a rotation goes on. */
+function packsReadLines(r: CheckResult): string[] {
+  const of =
+    r.subset !== null && !r.subset.endsWith('%')
+      ? ` of part ${r.subset}'s ${r.packsSelected} (${formatBytes(r.packBytesSelected)}; ${r.packs} packs in all)`
+      : ` of ${r.packs} (${formatBytes(r.packBytes)})`;
+  const lines = [`packs read         ${r.packsRead} (${formatBytes(r.packBytesRead)})${of}`];
+  if (r.rotating) {
+    const why = r.stoppedEarly
+      ? `stopped early: --max-time ${formatSpan(r.maxTimeMs ?? 0)} reached`
+      : r.packsRead >= r.packsSelected
+        ? 'every selected pack read'
+        : `the next ${r.subset ?? ''} of the packs read`;
+    lines.push(
+      `rotation           ${why}${r.startAfter !== null ? `; started after pack ${r.startAfter.slice(0, 8)}` : '; started at the first pack'}${
+        r.nextPack !== null ? `; the next run starts at pack ${r.nextPack.slice(0, 8)}` : ''
+      }`,
+    );
+  }
+  return lines;
+}
+
+/** 1h30m, 45s: a --max-time as given back. */
+function formatSpan(ms: number): string {
+  const parts: string[] = [];
+  let left = Math.round(ms / 1000);
+  for (const [unit, s] of [['d', 86400], ['h', 3600], ['m', 60], ['s', 1]] as const) {
+    const n = Math.floor(left / s);
+    left -= n * s;
+    if (n) parts.push(`${n}${unit}`);
+  }
+  return parts.join('') || '0s';
 }
 
 /** With --repair: what was moved, and what that means for the snapshots. */
@@ -151,6 +243,17 @@ function jsonSummary(r: CheckResult): Record<string, unknown> {
     bytesReferenced: r.bytesReferenced,
     chunksRead: r.chunksRead,
     bytesRead: r.bytesRead,
+    subset: r.subset,
+    maxTimeMs: r.maxTimeMs,
+    packsSelected: r.packsSelected,
+    packBytesSelected: r.packBytesSelected,
+    packsRead: r.packsRead,
+    packBytesRead: r.packBytesRead,
+    stoppedEarly: r.stoppedEarly,
+    rotating: r.rotating,
+    startAfter: r.startAfter,
+    lastPack: r.lastPack,
+    nextPack: r.nextPack,
     chunksMissing: r.chunksMissing,
     chunksCorrupt: r.chunksCorrupt,
     repaired: r.repaired,
@@ -159,6 +262,7 @@ function jsonSummary(r: CheckResult): Record<string, unknown> {
     rebuiltIndex: r.rebuiltIndex ?? null,
     voids: r.voids,
     packs: r.packs,
+    packBytes: r.packBytes,
     packsDamaged: r.packsDamaged,
     orphanPacks: r.orphanPacks,
     ignoredKeys: r.ignoredKeys,
