@@ -4,6 +4,7 @@ import { MANIFEST_LIMITS, shortId, type Repository, type Snapshot } from '../../
 import { commaList, printJson, repoOption, withRepo } from '../context.js';
 
 /** What a manifest refuses in a tag or note (manifest-schema.ts). */
+// eslint-disable-next-line no-control-regex -- matching control characters is the point
 const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
 
 type Change = Parameters<Repository['editSnapshot']>[1];
