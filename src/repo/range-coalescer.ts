@@ -25,8 +25,8 @@ export interface RangeCoalescerOptions {
   maxGapBytes?: number;
   maxRangeBytes?: number;
   /**
-   * Buffers for runs of at most 2 MiB (default 16) and for longer runs (default 2, each of
-   * maxRangeBytes): memory stays at 16 × 2 MiB + 2 × 16 MiB; a run waits for a free buffer.
+   * Buffers for runs of at most 2 MiB (default 8) and for longer runs (default 2, each of
+   * maxRangeBytes): memory stays at 8 × 2 MiB + 2 × 16 MiB; a run waits for a free buffer.
    */
   smallBuffers?: number;
   largeBuffers?: number;
@@ -61,7 +61,7 @@ export class RangeCoalescer {
     this.maxGap = opts.maxGapBytes ?? 256 * 1024;
     this.maxRange = opts.maxRangeBytes ?? 16 * 1024 * 1024;
     const smallSize = Math.min(SMALL_RUN_BYTES, this.maxRange);
-    this.small = { size: smallSize, limit: opts.smallBuffers ?? 16, made: 0, free: [], waiting: [] };
+    this.small = { size: smallSize, limit: opts.smallBuffers ?? 8, made: 0, free: [], waiting: [] };
     this.large = { size: this.maxRange, limit: opts.largeBuffers ?? 2, made: 0, free: [], waiting: [] };
   }
 

@@ -66,7 +66,7 @@ export async function restoreDisk(
   // An object store answers each request after a round trip: read further ahead, and refill the
   // window in halves so that nearby chunks are asked for together (one ranged GET per run).
   const large = repo.backend.capabilities.preferLargeReads;
-  const window = Math.max(1, opts.readAhead ?? (large ? 32 : 8));
+  const window = Math.max(1, opts.readAhead ?? (large ? 24 : 8));
   const refillAt = large ? Math.floor(window / 2) : window - 1;
   const damaged: DamagedRange[] = [];
   let bytesWritten = 0;
