@@ -33,7 +33,6 @@ describe.runIf(run)('malformed snapshot manifests', () => {
   let webId: string;
   let dbId: string;
   let web: Json;
-  let indexId: string;
   let chunkId: string;
   let packFile: string;
   let indexFile: string;
@@ -62,7 +61,7 @@ describe.runIf(run)('malformed snapshot manifests', () => {
         })
         .toString(),
     ) as Json;
-    indexId = (web.disks as Array<{ root: string }>)[0]!.root;
+
     // A pack file and an index object: objects of other kinds to put where a manifest belongs.
     const packs = await readdir(join(repo, 'data'), { recursive: true });
     packFile = join('data', packs.find((c) => /^[0-9a-f]{2}\/[0-9a-f]{32}$/.test(c))!);

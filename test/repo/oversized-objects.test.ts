@@ -1,7 +1,7 @@
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { errorLine, runCli } from '../helpers/cli.js';
+import { runCli } from '../helpers/cli.js';
 import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
 import { writeFile } from 'node:fs/promises';
 
