@@ -37,7 +37,11 @@ const NAME_RE = /^[0-9a-f]{32}$/;
  * The cursors of repository `repoId`: empty when there is no state file. A state file that cannot
  * be parsed is reported through `warn` and treated as absent (the rotation starts over).
  */
-export async function readCheckCursors(path: string, repoId: string, warn: (m: string) => void): Promise<Record<string, CheckCursor>> {
+export async function readCheckCursors(
+  path: string,
+  repoId: string,
+  warn: (m: string) => void,
+): Promise<Record<string, CheckCursor>> {
   let text: string;
   try {
     text = await readFile(path, 'utf8');

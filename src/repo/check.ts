@@ -1,6 +1,12 @@
 import { nullProgress, throwIfAborted, UsageError, printable, type Progress } from '../util/index.js';
 import { BlobFormatError } from './blob.js';
-import { ChunkIndex, codecSectionSealer, packKey, type IndexEntry, type VoidRecord } from './chunk-index/index.js';
+import {
+  ChunkIndex,
+  codecSectionSealer,
+  packKey,
+  type IndexEntry,
+  type VoidRecord,
+} from './chunk-index/index.js';
 import { treePages } from './disk-tree.js';
 import type { DiskIndex } from './disk-index.js';
 import { CheckFailedError, isNotFound, RepoDamagedError } from './errors.js';
@@ -194,7 +200,8 @@ export type DataSubset = { part: number; of: number } | { percent: number };
 
 /** Parses `--read-data-subset`: `K/N` (1 ≤ K ≤ N ≤ 1000000) or `P%` (0 < P ≤ 100, decimals allowed). */
 export function parseDataSubset(text: string): DataSubset {
-  const hint = "use K/N for the K-th of N parts (1/5 … 5/5: five runs read every pack once) or a percentage such as 10%";
+  const hint =
+    'use K/N for the K-th of N parts (1/5 … 5/5: five runs read every pack once) or a percentage such as 10%';
   const shown = printable(text, 40);
   const s = text.trim();
   const part = /^(\d{1,7})\/(\d{1,7})$/.exec(s);
@@ -209,7 +216,10 @@ export function parseDataSubset(text: string): DataSubset {
   if (pct) {
     const p = Number(pct[1]);
     if (!(p > 0 && p <= 100))
-      throw new UsageError(`invalid --read-data-subset '${shown}': a percentage must be above 0 and at most 100`, hint);
+      throw new UsageError(
+        `invalid --read-data-subset '${shown}': a percentage must be above 0 and at most 100`,
+        hint,
+      );
     return { percent: p };
   }
   throw new UsageError(`invalid --read-data-subset '${shown}'`, hint);
@@ -233,7 +243,10 @@ export function packPart(name: string, n: number): number {
 export function selectPacks(
   packs: ReadonlyMap<string, number>,
   opts: { subset?: DataSubset; rotate: boolean; startAfter?: string },
-): { order: Array<[key: string, size: number, name: string]>; all: Array<[key: string, size: number, name: string]> } {
+): {
+  order: Array<[key: string, size: number, name: string]>;
+  all: Array<[key: string, size: number, name: string]>;
+} {
   const all: Array<[string, number, string]> = [];
   for (const [key, size] of packs) {
     const name = parsePackKey(key)?.name.toString('hex');
@@ -259,7 +272,9 @@ const ZERO_ID = '0'.repeat(64);
 const MAX_IGNORED_LISTED = 100;
 const TRAILER_CONCURRENCY = 8;
 
-type TreeState = { ok: true } | { ok: false; kind: 'index-missing' | 'index-damaged'; reason?: string; quarantineKey?: string };
+type TreeState =
+  | { ok: true }
+  | { ok: false; kind: 'index-missing' | 'index-damaged'; reason?: string; quarantineKey?: string };
 
 /** A damaged record (offset) or pack ('*'), from the trailer reads, the index stream or --read-data. */
 interface Damage {
@@ -285,7 +300,11 @@ class DamageMap {
   }
 }
 
-async function forEachLimit<T>(items: Iterable<T>, limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+async function forEachLimit<T>(
+  items: Iterable<T>,
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
   const it = items[Symbol.iterator]();
   let stop = false;
   const runner = async (): Promise<void> => {
@@ -365,7 +384,10 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
   const treeBytes = new Map<string, number>();
   for (const s of snaps) for (const d of s.disks) treeBytes.set(d.root, d.sizeBytes);
   const progress = opts.progressFor?.('indexes') ?? nullProgress;
-  progress.start('indexes', [...treeBytes.values()].reduce((a, b) => a + b, 0));
+  progress.start(
+    'indexes',
+    [...treeBytes.values()].reduce((a, b) => a + b, 0),
+  );
   let files = 0;
   for (const s of snaps) {
     for (const d of s.disks) {
@@ -454,13 +476,18 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
       unreferencedBytes += size;
     }
   for (const [key, n] of missingPacks)
-    repoProblem({ kind: 'pack-missing', pack: key, reason: `${n} index entr${n === 1 ? 'y names' : 'ies name'} it` });
+    repoProblem({
+      kind: 'pack-missing',
+      pack: key,
+      reason: `${n} index entr${n === 1 ? 'y names' : 'ies name'} it`,
+    });
 
   const indexDamage = repo.index.damaged.filter((d) => d.key.startsWith(Keys.indexPrefix));
   const voidDamage = repo.index.damaged.filter((d) => !d.key.startsWith(Keys.indexPrefix));
   const indexEmpty = repo.index.liveObjects().length === 0 && packs.size > 0;
   for (const d of indexDamage) repoProblem({ kind: 'index-object-damaged', index: d.key, reason: d.reason });
-  for (const d of voidDamage) repoProblem({ kind: 'index-object-damaged', index: d.key, reason: `void record: ${d.reason}` });
+  for (const d of voidDamage)
+    repoProblem({ kind: 'index-object-damaged', index: d.key, reason: `void record: ${d.reason}` });
   if (streamDamaged !== undefined)
     repoProblem({ kind: 'index-object-damaged', index: Keys.indexPrefix, reason: streamDamaged });
   if (indexEmpty)
@@ -495,15 +522,15 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
         const name = parsePackKey(key)?.name;
         if (name && !repo.index.isVoided({ pack: name, offset: 0 }))
           damage.add(key, '*', { reason: `trailer: ${err.message}` });
-      }
-      else if (!isNotFound(err)) throw err; // deleted meanwhile (prune): nothing to check
+      } else if (!isNotFound(err)) throw err; // deleted meanwhile (prune): nothing to check
     }
   });
 
   // ---- 6. --read-data: every pack once, a few at a time ------------------------------------------
   let chunksRead = 0;
   let bytesRead = 0;
-  const rotating = readData && (opts.maxTimeMs !== undefined || (opts.subset !== undefined && 'percent' in opts.subset));
+  const rotating =
+    readData && (opts.maxTimeMs !== undefined || (opts.subset !== undefined && 'percent' in opts.subset));
   let packsSelected = 0;
   let packBytesSelected = 0;
   let packsRead = 0;
@@ -521,7 +548,10 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
     packsSelected = all.length;
     for (const p of all) packBytesSelected += p[1];
     const dataProgress = opts.progressFor?.('data') ?? nullProgress;
-    dataProgress.start('data', order.reduce((a, p) => a + p[1], 0));
+    dataProgress.start(
+      'data',
+      order.reduce((a, p) => a + p[1], 0),
+    );
     // Shared by the readers: a pack read starts only while time is left (the first always does),
     // so every pack before the last one started is read when the readers are done.
     const deadline = opts.maxTimeMs === undefined ? Infinity : startedMs + opts.maxTimeMs;
@@ -579,7 +609,10 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
   let rebuiltIndex: RebuiltIndex | undefined;
   const missingReason = new Map<string, string>();
   for (const [hex, key] of inTrailers)
-    missingReason.set(hex, `no index entry, but the trailer of ${key} lists it ('check --read-data --repair' rebuilds the index)`);
+    missingReason.set(
+      hex,
+      `no index entry, but the trailer of ${key} lists it ('check --read-data --repair' rebuilds the index)`,
+    );
   if (repair && (indexDamage.length || streamDamaged !== undefined || indexEmpty || inTrailers.size)) {
     throwIfAborted(signal);
     rebuiltIndex = await ChunkIndex.rebuild(
@@ -696,7 +729,12 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
         } else if (corruptPages.has(hex)) {
           corruptPages.delete(hex);
           for (const root of pageRefs.get(hex) ?? []) {
-            treeState.set(root, { ok: false, kind: 'index-missing', reason: `page ${hex.slice(0, 12)}: ${d.reason}`, quarantineKey: voidKey });
+            treeState.set(root, {
+              ok: false,
+              kind: 'index-missing',
+              reason: `page ${hex.slice(0, 12)}: ${d.reason}`,
+              quarantineKey: voidKey,
+            });
             repairedIndexes.push({ id: root, quarantineKey: voidKey });
           }
         }
@@ -731,7 +769,10 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
   // Trees whose pages are missing or corrupt (and were not voided above).
   for (const [hex, roots] of pageRefs) {
     const why = missingPages.has(hex)
-      ? { kind: 'index-missing' as const, reason: missingReason.get(hex) ?? `page ${hex.slice(0, 12)} has no usable index entry` }
+      ? {
+          kind: 'index-missing' as const,
+          reason: missingReason.get(hex) ?? `page ${hex.slice(0, 12)} has no usable index entry`,
+        }
       : corruptPages.has(hex)
         ? { kind: 'index-damaged' as const, reason: `page ${hex.slice(0, 12)}: ${corruptPages.get(hex)!}` }
         : undefined;
@@ -888,7 +929,13 @@ async function readTreeRefs(
   // The root first: when it has no entry (index/ lost), a trailer that lists it triggers a rebuild.
   if (d.root !== ZERO_ID) note(d.root);
   try {
-    for await (const p of treePages(d.root, d.sizeBytes, d.chunkSizeBytes, repo.config.pageSlots, repo.chunks.pages)) {
+    for await (const p of treePages(
+      d.root,
+      d.sizeBytes,
+      d.chunkSizeBytes,
+      repo.config.pageSlots,
+      repo.chunks.pages,
+    )) {
       note(p.id);
     }
     const idx = await repo.getIndex(d);
@@ -899,7 +946,11 @@ async function readTreeRefs(
     return { ok: true };
   } catch (err) {
     if (err instanceof RepoDamagedError || err instanceof BlobFormatError)
-      return { ok: false, kind: /is missing/.test(err.message) ? 'index-missing' : 'index-damaged', reason: err.message };
+      return {
+        ok: false,
+        kind: /is missing/.test(err.message) ? 'index-missing' : 'index-damaged',
+        reason: err.message,
+      };
     throw err;
   }
 }
@@ -969,7 +1020,9 @@ export function checkFailure(r: CheckResult): CheckFailedError | undefined {
   const groups = groupProblems(r.problems);
   const parts: string[] = [];
   const usedBy = (kind: CheckProblemKind): string => {
-    const snaps = new Set(r.problems.filter((p) => p.kind === kind && p.snapshot !== '').map((p) => p.snapshot)).size;
+    const snaps = new Set(
+      r.problems.filter((p) => p.kind === kind && p.snapshot !== '').map((p) => p.snapshot),
+    ).size;
     return `referenced by ${plural(snaps, 'snapshot')}`;
   };
   const ofKind = (kind: CheckProblemKind): ProblemGroup[] => groups.filter((g) => g.kind === kind);
@@ -991,8 +1044,7 @@ export function checkFailure(r: CheckResult): CheckFailedError | undefined {
   if (indexDamaged)
     parts.push(`${plural(indexDamaged, 'disk index', 'disk indexes')} damaged (${usedBy('index-damaged')})`);
   const packsDamaged = new Set(ofKind('pack-damaged').map((g) => g.first.pack)).size;
-  if (packsDamaged)
-    parts.push(`${plural(packsDamaged, 'pack')} damaged${r.voids.length ? ' (voided)' : ''}`);
+  if (packsDamaged) parts.push(`${plural(packsDamaged, 'pack')} damaged${r.voids.length ? ' (voided)' : ''}`);
   const packsMissing = ofKind('pack-missing').length;
   if (packsMissing) parts.push(`${plural(packsMissing, 'pack')} missing`);
   const indexObjects = ofKind('index-object-damaged').length;
@@ -1009,7 +1061,8 @@ export function checkFailure(r: CheckResult): CheckFailedError | undefined {
 
   const hints: string[] = [];
   const toRepair =
-    !r.repair && (corrupt > 0 || indexDamaged > 0 || packsDamaged > 0 || indexObjects > 0 || manifests > movedManifests);
+    !r.repair &&
+    (corrupt > 0 || indexDamaged > 0 || packsDamaged > 0 || indexObjects > 0 || manifests > movedManifests);
   if (toRepair)
     hints.push(
       "run 'vmvault check --read-data --repair' to rebuild the chunk index, void the damaged records and move damaged manifests to quarantine/",

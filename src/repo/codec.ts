@@ -337,9 +337,16 @@ export class BlobCodec {
    * hold at least `recordBound(plaintext.length)` bytes (RangeError otherwise). For callers that
    * pack many records into one reused buffer (no allocation per record).
    */
-  sealRecordInto(kind: RecordKind, id: Buffer, plaintext: Uint8Array, out: Buffer): { record: Buffer; meta: RecordMeta } {
+  sealRecordInto(
+    kind: RecordKind,
+    id: Buffer,
+    plaintext: Uint8Array,
+    out: Buffer,
+  ): { record: Buffer; meta: RecordMeta } {
     if (out.length < recordBound(plaintext.length))
-      throw new RangeError(`a record of ${plaintext.length} bytes needs ${recordBound(plaintext.length)} bytes`);
+      throw new RangeError(
+        `a record of ${plaintext.length} bytes needs ${recordBound(plaintext.length)} bytes`,
+      );
     return this.sealRecordWith(kind, id, plaintext, (n) => out.subarray(0, n));
   }
 

@@ -79,7 +79,10 @@ export function newConfig(opts: InitOptions = {}): RepoConfig {
     );
   const pageSlots = opts.pageSlots ?? DEFAULT_PAGE_SLOTS;
   if (!isPowerOfTwo(pageSlots) || pageSlots < MIN_PAGE_SLOTS || pageSlots > MAX_PAGE_SLOTS)
-    throw new UsageError(`invalid page size ${pageSlots} slots`, `use a power of two from ${MIN_PAGE_SLOTS} to ${MAX_PAGE_SLOTS}`);
+    throw new UsageError(
+      `invalid page size ${pageSlots} slots`,
+      `use a power of two from ${MIN_PAGE_SLOTS} to ${MAX_PAGE_SLOTS}`,
+    );
   return {
     format: 'vmvault-repository',
     version: REPO_FORMAT_VERSION,
@@ -218,8 +221,16 @@ export function parseConfig(buf: Buffer, location: string): RepoConfig {
       `chunkSizeBytes is ${shown(cs)}, not a power of two from ${MIN_CHUNK_SIZE} to ${MAX_CHUNK_SIZE}`,
     );
   const ps = c.packSizeBytes;
-  if (typeof ps !== 'number' || !Number.isSafeInteger(ps) || !isPowerOfTwo(ps) || ps < MIN_PACK_SIZE || ps > MAX_PACK_SIZE)
-    throw damaged(`packSizeBytes is ${shown(ps)}, not a power of two from ${MIN_PACK_SIZE} to ${MAX_PACK_SIZE}`);
+  if (
+    typeof ps !== 'number' ||
+    !Number.isSafeInteger(ps) ||
+    !isPowerOfTwo(ps) ||
+    ps < MIN_PACK_SIZE ||
+    ps > MAX_PACK_SIZE
+  )
+    throw damaged(
+      `packSizeBytes is ${shown(ps)}, not a power of two from ${MIN_PACK_SIZE} to ${MAX_PACK_SIZE}`,
+    );
   const slots = c.pageSlots;
   if (
     typeof slots !== 'number' ||
@@ -228,7 +239,9 @@ export function parseConfig(buf: Buffer, location: string): RepoConfig {
     slots < MIN_PAGE_SLOTS ||
     slots > MAX_PAGE_SLOTS
   )
-    throw damaged(`pageSlots is ${shown(slots)}, not a power of two from ${MIN_PAGE_SLOTS} to ${MAX_PAGE_SLOTS}`);
+    throw damaged(
+      `pageSlots is ${shown(slots)}, not a power of two from ${MIN_PAGE_SLOTS} to ${MAX_PAGE_SLOTS}`,
+    );
   const comp = c.compression;
   if (typeof comp !== 'object' || comp === null || Array.isArray(comp))
     throw damaged(`compression is ${shown(comp)}, not {"codec": ..., "level": ...}`);

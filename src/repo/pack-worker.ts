@@ -201,7 +201,8 @@ async function read(req: Extract<PackWorkerRequest, { op: 'read' }>): Promise<Ha
     let record: Uint8Array;
     if (req.src !== undefined) {
       const at = req.srcOffset ?? 0;
-      if (!(at >= 0 && at + ref.length <= req.src.byteLength)) throw new RangeError('record outside its source range');
+      if (!(at >= 0 && at + ref.length <= req.src.byteLength))
+        throw new RangeError('record outside its source range');
       record = new Uint8Array(req.src, at, ref.length);
     } else record = await readRecord(ref, buf);
     if (req.dest !== undefined) {

@@ -118,7 +118,8 @@ export class PackWriter {
     if (this.done) throw new Error('pack already finished');
     if (!kindFits(this.kind, meta.kind))
       throw new RangeError(`a record of kind ${meta.kind} does not belong in a ${this.kind} pack`);
-    if (this.metas.length >= MAX_PACK_RECORDS) throw new RangeError(`a pack holds at most ${MAX_PACK_RECORDS} records`);
+    if (this.metas.length >= MAX_PACK_RECORDS)
+      throw new RangeError(`a pack holds at most ${MAX_PACK_RECORDS} records`);
     if (record.length < RECORD_OVERHEAD) throw new RangeError('a record is at least 28 bytes');
     if (this.size + record.length > MAX_PACK_BYTES - 4 * 1024 * 1024)
       throw new RangeError('the pack is full');
@@ -177,7 +178,9 @@ export function parsePackHeader(header: Buffer, codec: BlobCodec): PackHeader {
   const encrypted = (flags & 1) === 1;
   if (encrypted !== codec.encrypted)
     throw new BlobFormatError(
-      encrypted ? 'pack is encrypted in an unencrypted repository' : 'pack is not encrypted in an encrypted repository',
+      encrypted
+        ? 'pack is encrypted in an unencrypted repository'
+        : 'pack is not encrypted in an encrypted repository',
     );
   return { kind, encrypted, salt: header.subarray(8, 24), sessionId: header.subarray(24, 40) };
 }
@@ -199,12 +202,7 @@ function parseFooter(footer: Buffer, sizeBytes: number): number {
 }
 
 /** The entries of an opened trailer, checked against the pack's layout. */
-function parseTrailer(
-  plain: Buffer,
-  name: Buffer,
-  kind: PackKind,
-  trailerAt: number,
-): IndexEntry[] {
+function parseTrailer(plain: Buffer, name: Buffer, kind: PackKind, trailerAt: number): IndexEntry[] {
   if (plain.length < TRAILER_HEAD_BYTES) throw new BlobFormatError('pack trailer too short');
   const n = plain.readUInt32BE(0);
   if (n > MAX_PACK_RECORDS || plain.readUInt32BE(4) !== 0)
@@ -220,11 +218,14 @@ function parseTrailer(
     const plaintextBytes = plain.readUInt32BE(at + 40);
     const k = plain[at + 44]!;
     const codec = plain[at + 45]!;
-    if (offset !== expect) throw new BlobFormatError(`pack record ${i} at ${offset}, expected at ${expect} (gap or overlap)`);
-    if (length < RECORD_OVERHEAD) throw new BlobFormatError(`pack record ${i} is ${length} bytes, less than a record`);
+    if (offset !== expect)
+      throw new BlobFormatError(`pack record ${i} at ${offset}, expected at ${expect} (gap or overlap)`);
+    if (length < RECORD_OVERHEAD)
+      throw new BlobFormatError(`pack record ${i} is ${length} bytes, less than a record`);
     if (!kindFits(kind, k)) throw new BlobFormatError(`pack record ${i} of kind ${k} in a ${kind} pack`);
     if (codec !== 0 && codec !== 1) throw new BlobFormatError(`pack record ${i} has unknown codec ${codec}`);
-    if (plain[at + 46] !== 0 || plain[at + 47] !== 0) throw new BlobFormatError(`pack record ${i}: reserved bytes set`);
+    if (plain[at + 46] !== 0 || plain[at + 47] !== 0)
+      throw new BlobFormatError(`pack record ${i}: reserved bytes set`);
     expect = offset + length;
     entries.push({
       id: Buffer.from(plain.subarray(at, at + 32)),
@@ -236,7 +237,8 @@ function parseTrailer(
       codec,
     });
   }
-  if (expect !== trailerAt) throw new BlobFormatError(`pack records end at ${expect}, its trailer starts at ${trailerAt}`);
+  if (expect !== trailerAt)
+    throw new BlobFormatError(`pack records end at ${expect}, its trailer starts at ${trailerAt}`);
   return entries;
 }
 
@@ -264,7 +266,8 @@ export async function readPackTrailer(
     if (st === undefined) throw new BackendError('not-found', `pack ${key} is missing`);
     size = st.sizeBytes;
   }
-  if (size > MAX_PACK_BYTES) throw new BlobFormatError(`pack of ${size} bytes, more than any pack (${MAX_PACK_BYTES})`);
+  if (size > MAX_PACK_BYTES)
+    throw new BlobFormatError(`pack of ${size} bytes, more than any pack (${MAX_PACK_BYTES})`);
   if (size < PACK_HEADER_BYTES + TRAILER_OVERHEAD + TRAILER_HEAD_BYTES + PACK_FOOTER_BYTES)
     throw new BlobFormatError(`pack of ${size} bytes is too short`);
   const read = async (offset: number, length: number): Promise<Buffer> => {
@@ -272,7 +275,8 @@ export async function readPackTrailer(
     try {
       await backend.getRangeInto(key, offset, b);
     } catch (err) {
-      if (err instanceof BackendError && err.kind === 'range') throw new BlobFormatError(`pack is shorter than ${size} bytes`);
+      if (err instanceof BackendError && err.kind === 'range')
+        throw new BlobFormatError(`pack is shorter than ${size} bytes`);
       throw err;
     }
     return b;
@@ -284,7 +288,8 @@ export async function readPackTrailer(
   const h = parsePackHeader(Buffer.from(header), codec);
   if (h.kind !== kind) throw new BlobFormatError(`a ${h.kind} pack under ${kind}/`);
   const sealedLen = size - PACK_FOOTER_BYTES - trailerAt;
-  if (sealedLen - TRAILER_OVERHEAD > MAX_TRAILER_PLAIN) throw new BlobFormatError('pack trailer is larger than any trailer');
+  if (sealedLen - TRAILER_OVERHEAD > MAX_TRAILER_PLAIN)
+    throw new BlobFormatError('pack trailer is larger than any trailer');
   const sealed =
     trailerAt >= size - tailLen
       ? tail.subarray(trailerAt - (size - tailLen), tailLen - PACK_FOOTER_BYTES)
@@ -352,7 +357,9 @@ export function verifyPack(
     try {
       const max = maxPlaintextBytes(e.kind);
       if (e.plaintextBytes > max)
-        throw new BlobFormatError(`record plaintext is ${e.plaintextBytes} bytes, more than this kind holds (${max})`);
+        throw new BlobFormatError(
+          `record plaintext is ${e.plaintextBytes} bytes, more than this kind holds (${max})`,
+        );
       if (scratch.length < e.plaintextBytes) scratch = Buffer.allocUnsafe(Math.max(e.plaintextBytes, 65536));
       codec.openRecordInto(
         { kind: e.kind, codec: e.codec, plaintextBytes: e.plaintextBytes, id: e.id },

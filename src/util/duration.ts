@@ -23,12 +23,17 @@ export function parseTimeSpan(text: string, what = 'duration'): number {
   while (pos < s.length) {
     token.lastIndex = pos;
     const m = token.exec(s);
-    if (!m) throw new UsageError(`invalid ${what} '${shown}': a number was expected at '${printable(s.slice(pos), 16)}'`, hint);
+    if (!m)
+      throw new UsageError(
+        `invalid ${what} '${shown}': a number was expected at '${printable(s.slice(pos), 16)}'`,
+        hint,
+      );
     const [, digits = '', unit = ''] = m;
     if (unit === '') throw new UsageError(`invalid ${what} '${shown}': no unit after ${digits}`, hint);
     const at = order.indexOf(unit);
     if (at < 0) throw new UsageError(`invalid ${what} '${shown}': unknown unit '${unit}'`, hint);
-    if (at <= last) throw new UsageError(`invalid ${what} '${shown}': units must appear once each, largest first`, hint);
+    if (at <= last)
+      throw new UsageError(`invalid ${what} '${shown}': units must appear once each, largest first`, hint);
     last = at;
     ms += Number(digits) * UNIT_MS[unit]!;
     if (!Number.isSafeInteger(ms) || ms > MAX_SPAN_MS)

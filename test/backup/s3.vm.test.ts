@@ -52,7 +52,10 @@ describe.skipIf(skip !== '')('live VM backup into an S3 repository', () => {
     disk.fill(pattern, offset, offset + length);
   };
   const backup = async (level: string): Promise<{ snapshot: string; mode: string }> => {
-    const r = await runCli(['backup', '-r', repo, '--connect', uri, '--scratchdir', dir, '--json', '-d', td.name, '-l', level], { env });
+    const r = await runCli(
+      ['backup', '-r', repo, '--connect', uri, '--scratchdir', dir, '--json', '-d', td.name, '-l', level],
+      { env },
+    );
     expect(r.code, r.stderr).toBe(0);
     return (JSON.parse(r.stdout) as Array<{ snapshot: string; mode: string }>)[0]!;
   };

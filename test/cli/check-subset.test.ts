@@ -27,7 +27,8 @@ async function packFiles(repo: string): Promise<Array<{ name: string; path: stri
   const out: Array<{ name: string; path: string }> = [];
   for (const kind of ['data', 'meta'])
     for (const hh of await readdir(join(repo, kind)))
-      for (const f of await readdir(join(repo, kind, hh))) out.push({ name: f, path: join(repo, kind, hh, f) });
+      for (const f of await readdir(join(repo, kind, hh)))
+        out.push({ name: f, path: join(repo, kind, hh, f) });
   return out.sort((a, b) => (a.name < b.name ? -1 : 1));
 }
 

@@ -39,7 +39,11 @@ describe('an encrypted repository', () => {
     // random data, and the marker repeated in a chunk of its own.
     const random = seededBytes(2 * MiB, 5);
     random.write(MARKER, MiB + 1000); // in an incompressible chunk: stored raw when not encrypted
-    image = Buffer.concat([Buffer.from(`${MARKER} `.repeat(40_000)).subarray(0, 2 * MiB), random, Buffer.alloc(2 * MiB)]);
+    image = Buffer.concat([
+      Buffer.from(`${MARKER} `.repeat(40_000)).subarray(0, 2 * MiB),
+      random,
+      Buffer.alloc(2 * MiB),
+    ]);
     await writeFile(img, image);
     const b = await runCli(['backup-image', '-r', repo, '--vm', VM, `${img}:vda`, '--json'], { env: env() });
     expect(b.code, b.stderr).toBe(0);
@@ -91,7 +95,9 @@ describe('an encrypted repository', () => {
       const r = await runCli(['restore', snap, '-r', repo, '--disk', 'vda', '-o', out], { env: env() });
       expect(r.code).toBe(20);
       expect(expectOneLineError(r)).toMatch(
-        new RegExp(`chunk [0-9a-f]{12}… is corrupt \\(snapshot ${snap.slice(0, 8)}, disk vda, offset \\d+\\)`),
+        new RegExp(
+          `chunk [0-9a-f]{12}… is corrupt \\(snapshot ${snap.slice(0, 8)}, disk vda, offset \\d+\\)`,
+        ),
       );
     } finally {
       await writeFile(pack, saved);

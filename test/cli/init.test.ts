@@ -293,8 +293,16 @@ describe('init and open through the CLI', () => {
       ],
       ['chunkId md5', () => JSON.stringify(edit({ chunkId: 'md5' })), /chunkId is "md5"/],
       ['pack size 3 MiB', () => JSON.stringify(edit({ packSizeBytes: 3 * MiB })), /packSizeBytes is 3145728/],
-      ['pack size 2^40', () => JSON.stringify(edit({ packSizeBytes: 2 ** 40 })), /packSizeBytes is 1099511627776/],
-      ['pack size missing', () => JSON.stringify(edit({ packSizeBytes: undefined })), /packSizeBytes is missing/],
+      [
+        'pack size 2^40',
+        () => JSON.stringify(edit({ packSizeBytes: 2 ** 40 })),
+        /packSizeBytes is 1099511627776/,
+      ],
+      [
+        'pack size missing',
+        () => JSON.stringify(edit({ packSizeBytes: undefined })),
+        /packSizeBytes is missing/,
+      ],
       ['page slots 0', () => JSON.stringify(edit({ pageSlots: 0 })), /pageSlots is 0/],
       ['page slots as text', () => JSON.stringify(edit({ pageSlots: '1024' })), /pageSlots is "1024"/],
       [

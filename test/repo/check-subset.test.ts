@@ -31,7 +31,16 @@ function manifest(root: string, sizeBytes: number): SnapshotManifest {
     parent: null,
     mode: 'image',
     checkpoint: null,
-    disks: [{ target: 'vda', sizeBytes, chunkSizeBytes: CS, root, allocatedBytes: sizeBytes, stats: emptyDiskStats() }],
+    disks: [
+      {
+        target: 'vda',
+        sizeBytes,
+        chunkSizeBytes: CS,
+        root,
+        allocatedBytes: sizeBytes,
+        stats: emptyDiskStats(),
+      },
+    ],
     files: [],
     program: 'test',
   };
@@ -130,7 +139,10 @@ describe('checkRepository --read-data-subset and --max-time (a pack per chunk)',
     const sizes = new Map<string, number>();
     for (const x of names) sizes.set(`data/${x.slice(0, 2)}/${x}`, 1);
     const a = selectPacks(sizes, { subset: { part: 2, of: 3 }, rotate: false }).order.map((p) => p[2]);
-    const b = selectPacks(new Map([...sizes].reverse()), { subset: { part: 2, of: 3 }, rotate: false }).order.map((p) => p[2]);
+    const b = selectPacks(new Map([...sizes].reverse()), {
+      subset: { part: 2, of: 3 },
+      rotate: false,
+    }).order.map((p) => p[2]);
     expect(a).toEqual(b);
     expect(a.every((x) => packPart(x, 3) === 1)).toBe(true);
   });
@@ -183,10 +195,19 @@ describe('checkRepository --read-data-subset and --max-time (a pack per chunk)',
     expect(new Set(read)).toEqual(new Set(names)); // ceil(n/2) runs: every pack
     expect(read.slice(0, names.length)).toEqual(names); // once each, in name order
     // After the last pack name, the next run starts at the first.
-    const again = await checkRepository(await openRepo(), { readData: true, maxTimeMs: 1500, clock, startAfter: names.at(-1)! });
+    const again = await checkRepository(await openRepo(), {
+      readData: true,
+      maxTimeMs: 1500,
+      clock,
+      startAfter: names.at(-1)!,
+    });
     expect(again.lastPack).toBe(names[1]);
     // A budget that is not reached reads everything, from after the cursor round to it.
-    const all = await checkRepository(await openRepo(), { readData: true, maxTimeMs: 3_600_000, startAfter: names[3]! });
+    const all = await checkRepository(await openRepo(), {
+      readData: true,
+      maxTimeMs: 3_600_000,
+      startAfter: names[3]!,
+    });
     expect(all.packsRead).toBe(names.length);
     expect(all.stoppedEarly).toBe(false);
     expect(all.lastPack).toBe(names[3]);
@@ -210,7 +231,7 @@ describe('checkRepository --read-data-subset and --max-time (a pack per chunk)',
       });
       expect(r.subset).toBe('25%');
       expect(r.packsRead).toBeLessThanOrEqual(per);
-      const from = startAfter === undefined ? 0 : names.findIndex((x) => x > startAfter!) ;
+      const from = startAfter === undefined ? 0 : names.findIndex((x) => x > startAfter!);
       const got = [...names, ...names].slice(from, from + r.packsRead);
       read.push(...got);
       expect(r.lastPack).toBe(got.at(-1));
@@ -223,7 +244,12 @@ describe('checkRepository --read-data-subset and --max-time (a pack per chunk)',
     const names = (await packNames(loc)).filter((x) => packPart(x, 2) === 0);
     let t = 0;
     const clock = (): number => (t += 1000);
-    const r = await checkRepository(await openRepo(), { readData: true, subset: { part: 1, of: 2 }, maxTimeMs: 500, clock });
+    const r = await checkRepository(await openRepo(), {
+      readData: true,
+      subset: { part: 1, of: 2 },
+      maxTimeMs: 500,
+      clock,
+    });
     expect(r.packsRead).toBe(1);
     expect(r.lastPack).toBe(names[0]);
     expect(r.nextPack).toBe(names[1] ?? names[0]);

@@ -36,7 +36,16 @@ function manifest(root: string, sizeBytes: number): SnapshotManifest {
     parent: null,
     mode: 'image',
     checkpoint: null,
-    disks: [{ target: 'vda', sizeBytes, chunkSizeBytes: CS, root, allocatedBytes: sizeBytes, stats: emptyDiskStats() }],
+    disks: [
+      {
+        target: 'vda',
+        sizeBytes,
+        chunkSizeBytes: CS,
+        root,
+        allocatedBytes: sizeBytes,
+        stats: emptyDiskStats(),
+      },
+    ],
     files: [],
     program: 'test',
   };
@@ -69,7 +78,8 @@ describe('checkRepository (format 2, local packs)', () => {
     loc = join(dir, 'repo');
     await (await Repository.init(loc, { chunkSizeBytes: CS })).close();
     const repo = await openRepo();
-    for (const k of Object.keys(data) as Array<keyof typeof data>) ids[k] = (await repo.chunks.put(data[k])).id;
+    for (const k of Object.keys(data) as Array<keyof typeof data>)
+      ids[k] = (await repo.chunks.put(data[k])).id;
     const one = DiskIndex.empty(4 * CS, CS);
     one.set(0, ids.A);
     one.set(1, ids.B);
@@ -179,10 +189,15 @@ describe('checkRepository (format 2, local packs)', () => {
     await rm(join(loc, 'index'), { recursive: true, force: true });
     const repo = await openRepo();
     const r = await checkRepository(repo);
-    expect(r.problems).toContainEqual(expect.objectContaining({ kind: 'index-object-damaged', index: 'index/' }));
-    expect(r.problems.filter((p) => p.kind === 'index-missing').map((p) => p.snapshot).sort()).toEqual(
-      [s1.id, s2.id].sort(),
+    expect(r.problems).toContainEqual(
+      expect.objectContaining({ kind: 'index-object-damaged', index: 'index/' }),
     );
+    expect(
+      r.problems
+        .filter((p) => p.kind === 'index-missing')
+        .map((p) => p.snapshot)
+        .sort(),
+    ).toEqual([s1.id, s2.id].sort());
     expect(checkFailure(r)?.exitCode).toBe(20);
 
     const fixed = await checkRepository(repo, { readData: true, repair: true });
@@ -228,8 +243,12 @@ describe('checkRepository (format 2, local packs)', () => {
       expect.objectContaining({ kind: 'index-damaged', snapshot: s1.id, disk: 'vda', index: root }),
     );
     const fixed = await checkRepository(repo, { readData: true, repair: true });
-    expect(fixed.repairedIndexes).toEqual([{ id: root, quarantineKey: expect.stringMatching(/^quarantine\//) }]);
-    expect(fixed.problems).toContainEqual(expect.objectContaining({ kind: 'index-missing', snapshot: s1.id }));
+    expect(fixed.repairedIndexes).toEqual([
+      { id: root, quarantineKey: expect.stringMatching(/^quarantine\//) },
+    ]);
+    expect(fixed.problems).toContainEqual(
+      expect.objectContaining({ kind: 'index-missing', snapshot: s1.id }),
+    );
   });
 
   it('a damaged manifest is reported, and --repair moves it to quarantine/snapshot-…', async () => {

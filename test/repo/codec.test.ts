@@ -100,7 +100,9 @@ describe('BlobCodec', () => {
     expect(() => BlobCodec.fromConfig({ ...newConfig({}), chunkId: 'blake3-256-keyed' })).toThrow(
       /does not match the keys/,
     );
-    expect(() => BlobCodec.fromConfig(newConfig({}), { idKey: randomBytes(32) })).toThrow(/does not match the keys/);
+    expect(() => BlobCodec.fromConfig(newConfig({}), { idKey: randomBytes(32) })).toThrow(
+      /does not match the keys/,
+    );
   });
 
   it('keyed ids differ from unkeyed ones and from each other per key, and are stable', () => {
@@ -172,7 +174,11 @@ describe('BlobCodec', () => {
     const backend = new LocalBackend(tmp.dir);
     await (await Repository.init(tmp.dir, {}, backend)).close();
     const index = await ChunkIndex.load(backend, codecSectionSealer(codec));
-    const store = new PackStore(backend, codec, index, { packSizeBytes: 4 << 20, chunkSizeBytes: 1 << 20, workers: 2 });
+    const store = new PackStore(backend, codec, index, {
+      packSizeBytes: 4 << 20,
+      chunkSizeBytes: 1 << 20,
+      workers: 2,
+    });
     try {
       const data = Buffer.from(inputs.text);
       const r = await store.put(data);

@@ -64,7 +64,10 @@ describe.runIf(run)('malformed snapshot manifests', () => {
 
     // A pack file and an index object: objects of other kinds to put where a manifest belongs.
     const packs = await readdir(join(repo, 'data'), { recursive: true });
-    packFile = join('data', packs.find((c) => /^[0-9a-f]{2}\/[0-9a-f]{32}$/.test(c))!);
+    packFile = join(
+      'data',
+      packs.find((c) => /^[0-9a-f]{2}\/[0-9a-f]{32}$/.test(c))!,
+    );
     indexFile = join('index', (await readdir(join(repo, 'index')))[0]!);
     chunkId = 'cd'.repeat(32);
   });
@@ -174,10 +177,7 @@ describe.runIf(run)('malformed snapshot manifests', () => {
         },
       ],
       ['emptied', async (f) => writeFile(f, Buffer.alloc(0))],
-      [
-        'replaced by a chunk index object',
-        async (f, r) => cp(join(r, indexFile), f),
-      ],
+      ['replaced by a chunk index object', async (f, r) => cp(join(r, indexFile), f)],
       ['replaced by a data pack', async (f, r) => cp(join(r, packFile), f)],
       [
         'replaced by the manifest of another snapshot (moved)',

@@ -94,7 +94,10 @@ describe('malformed objects: packs of chunks and of disk index pages', () => {
       return;
     }
     expect(json.ok).toBe(false);
-    expect(json.problems.some((p) => kind.test(p.kind)), JSON.stringify(json.problems)).toBe(true);
+    expect(
+      json.problems.some((p) => kind.test(p.kind)),
+      JSON.stringify(json.problems),
+    ).toBe(true);
   }
 
   async function expectOtherRestores(): Promise<void> {
@@ -104,7 +107,11 @@ describe('malformed objects: packs of chunks and of disk index pages', () => {
   }
 
   /** Runs `fn` with the pack file `p` replaced by `content` (a directory, or gone), then puts it back. */
-  async function withDamage(p: string, content: Buffer | 'directory' | 'deleted', fn: () => Promise<void>): Promise<void> {
+  async function withDamage(
+    p: string,
+    content: Buffer | 'directory' | 'deleted',
+    fn: () => Promise<void>,
+  ): Promise<void> {
     const original = await readFile(p);
     await rm(p, { force: true });
     if (content === 'directory') await mkdir(p);
@@ -125,7 +132,12 @@ describe('malformed objects: packs of chunks and of disk index pages', () => {
   };
 
   describe("a damaged pack of A's chunks: restore exits 20 with one line, check --read-data finds it, B restores", () => {
-    const cases: Array<[string, (pack: Buffer, rec: { offset: number; length: number }) => Promise<Buffer | 'directory' | 'deleted'>]> = [
+    const cases: Array<
+      [
+        string,
+        (pack: Buffer, rec: { offset: number; length: number }) => Promise<Buffer | 'directory' | 'deleted'>,
+      ]
+    > = [
       ['a flipped byte in a record', async (p, r) => flip(p, r.offset + (r.length >> 1))],
       ['truncated to half', async (p) => p.subarray(0, p.length >> 1)],
       ['truncated to 10 bytes', async (p) => p.subarray(0, 10)],
@@ -145,7 +157,12 @@ describe('malformed objects: packs of chunks and of disk index pages', () => {
   });
 
   describe("a damaged meta pack (A's disk index pages): restore exits 20, check finds it, B restores", () => {
-    const cases: Array<[string, (pack: Buffer, rec: { offset: number; length: number }) => Promise<Buffer | 'directory' | 'deleted'>]> = [
+    const cases: Array<
+      [
+        string,
+        (pack: Buffer, rec: { offset: number; length: number }) => Promise<Buffer | 'directory' | 'deleted'>,
+      ]
+    > = [
       ['a flipped byte in the root page', async (p, r) => flip(p, r.offset + (r.length >> 1))],
       ['truncated to half', async (p) => p.subarray(0, p.length >> 1)],
       ['emptied', async () => Buffer.alloc(0)],
@@ -156,21 +173,28 @@ describe('malformed objects: packs of chunks and of disk index pages', () => {
       const rec = await recordFile(repo, rootA);
       expect(rec.key.startsWith('meta/')).toBe(true);
       await withDamage(rec.path, await make(await readFile(rec.path), rec), async () => {
-        await expectRestoreFails(snapA, /disk index page [0-9a-f]{12} (is damaged|is missing)|in its place|not a file/);
+        await expectRestoreFails(
+          snapA,
+          /disk index page [0-9a-f]{12} (is damaged|is missing)|in its place|not a file/,
+        );
         await expectCheckFinds(/^(index-|pack-)/);
         await expectOtherRestores();
       });
     });
   });
 
-  it("a damaged trailer: restores still work (records are read through the index), check finds the pack", async () => {
+  it('a damaged trailer: restores still work (records are read through the index), check finds the pack', async () => {
     const rec = await recordFile(repo, rawChunkA);
-    await withDamage(rec.path, flip(await readFile(rec.path), (await readFile(rec.path)).length - 30), async () => {
-      const { r, out } = await restore(snapA);
-      expect(r.code, r.stderr).toBe(0);
-      expect((await readFile(out)).equals(await readFile(imgA))).toBe(true);
-      await expectCheckFinds(/^pack-/);
-    });
+    await withDamage(
+      rec.path,
+      flip(await readFile(rec.path), (await readFile(rec.path)).length - 30),
+      async () => {
+        const { r, out } = await restore(snapA);
+        expect(r.code, r.stderr).toBe(0);
+        expect((await readFile(out)).equals(await readFile(imgA))).toBe(true);
+        await expectCheckFinds(/^pack-/);
+      },
+    );
   });
 
   it('a pack moved under another name is refused (its name is the hash of its bytes)', async () => {

@@ -139,7 +139,9 @@ describe('pack store: a pack that could not be written', () => {
   it('inline: the failed flush forgets its chunks, so the next put stores them again', async () => {
     const { FaultBackend } = await import('../../src/repo/backend/fault.js');
     const { MemoryBackend } = await import('../../src/repo/backend/memory.js');
-    const b = new FaultBackend(new MemoryBackend(), [{ op: 'putIfAbsent', keyPrefix: 'data/', times: 1, fail: 'no-space' }]);
+    const b = new FaultBackend(new MemoryBackend(), [
+      { op: 'putIfAbsent', keyPrefix: 'data/', times: 1, fail: 'no-space' },
+    ]);
     const index = await ChunkIndex.load(b, sealer);
     const s = new PackStore(b, codec, index, { packSizeBytes: 4 << 20, chunkSizeBytes: 65536, workers: 0 });
     const c = randomBytes(65536);

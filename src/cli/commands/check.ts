@@ -98,7 +98,9 @@ export function checkCommand(): Command {
                   time: new Date().toISOString(),
                 });
               } catch (err) {
-                warn(`cannot record where this check stopped in ${statePath} (${(err as Error).message}): the next run starts at the same place`);
+                warn(
+                  `cannot record where this check stopped in ${statePath} (${(err as Error).message}): the next run starts at the same place`,
+                );
               }
             }
             return r;
@@ -164,7 +166,12 @@ function packsReadLines(r: CheckResult): string[] {
 function formatSpan(ms: number): string {
   const parts: string[] = [];
   let left = Math.round(ms / 1000);
-  for (const [unit, s] of [['d', 86400], ['h', 3600], ['m', 60], ['s', 1]] as const) {
+  for (const [unit, s] of [
+    ['d', 86400],
+    ['h', 3600],
+    ['m', 60],
+    ['s', 1],
+  ] as const) {
     const n = Math.floor(left / s);
     left -= n * s;
     if (n) parts.push(`${n}${unit}`);

@@ -152,7 +152,11 @@ describe('local backend durability of new directories', () => {
       b.synced.length = 0;
       const codec = BlobCodec.fromSpec(codecSpec(1));
       const index = await ChunkIndex.load(b, codecSectionSealer(codec));
-      const store = new PackStore(b, codec, index, { packSizeBytes: 4 << 20, chunkSizeBytes: 64 * 1024, workers: 2 });
+      const store = new PackStore(b, codec, index, {
+        packSizeBytes: 4 << 20,
+        chunkSizeBytes: 64 * 1024,
+        workers: 2,
+      });
       try {
         const chunks = [1, 2, 3, 4].map((i) => Buffer.alloc(64 * 1024, i));
         for (const c of chunks) await store.put(c);
