@@ -46,6 +46,14 @@ export interface FaultOptions {
   only?: (req: { method: string; url: string }) => boolean;
   /** Faults off entirely (forward everything) while true. */
   paused?: boolean;
+  /**
+   * Answers matching requests with this S3 error instead of forwarding them, always (not drawn):
+   * a permission a key lacks for one operation, a clock the server finds skewed.
+   */
+  deny?: (req: {
+    method: string;
+    url: string;
+  }) => { status: number; code: string; message: string } | undefined;
 }
 
 export type FaultKind =
@@ -204,6 +212,17 @@ export async function startFaultProxy(upstream: string, opts: FaultOptions = {})
       !options.paused && (!options.only || options.only({ method, url })) && d2 < (options.slow ?? 0);
     const isHead = method === 'HEAD';
 
+    const denied = options.deny?.({ method, url });
+    if (denied) {
+      const xml = Buffer.from(errorXml(denied.code, denied.message, id));
+      res.writeHead(denied.status, {
+        'content-type': 'application/xml',
+        'content-length': isHead ? 0 : xml.length,
+        'x-amz-request-id': id,
+      });
+      res.end(isHead ? undefined : xml);
+      return;
+    }
     if (fault === 'slowDown' || fault === 'internalError') {
       count(fault, req);
       const [status, code, msg] =

@@ -487,6 +487,28 @@ export class S3Backend implements Backend {
       });
     } catch (err) {
       if (err instanceof BackendError && err.kind === 'not-found') return undefined;
+      // A HEAD's error has no body, so a 403 cannot say why (unknown key, wrong secret, clock
+      // skew, no permission): one ranged GET of the same key brings the server's error code.
+      if (err instanceof BackendError && statusOf(err) === 403) {
+        const why = await this.send('GET', 'get', key, 1, (abortSignal, api) =>
+          api.client.send(
+            new api.sdk.GetObjectCommand({ Bucket: this.spec.bucket, Key: k, Range: 'bytes=0-0' }),
+            {
+              abortSignal,
+            },
+          ),
+        ).then(
+          (r) => {
+            (r.Body as Readable | undefined)?.destroy();
+            return undefined;
+          },
+          (e: unknown) => e,
+        );
+        const c = why instanceof BackendError ? (why.cause as SdkErrorShape | undefined) : undefined;
+        const code = c?.Code ?? c?.name ?? '';
+        if (why instanceof BackendError && !['', 'Unknown', 'Forbidden', '403', 'NotFound'].includes(code))
+          throw why;
+      }
       throw err;
     }
   }
