@@ -230,6 +230,8 @@ export async function backupDomain(
     }
 
     const parentIndexes = new Map<string, Awaited<ReturnType<Repository['getIndex']>>>();
+    // The parent's pages and chunks are reused without being re-read: pin it (docs/gc.md).
+    if (plan.parent) await repo.session?.pin([plan.parent.id]);
     if (plan.parent) {
       for (const d of plan.disks) {
         const pd = plan.parent.disks.find((x) => x.target === d.target);

@@ -77,7 +77,9 @@ export async function openRepo(
     },
     backend,
   );
-  // Writers hold a session (a lease: docs/gc.md) while the repository is open.
+  // Writers hold a session (a lease: docs/gc.md) while the repository is open; so do readers
+  // that need what they read to stay (restore, serve, check), through a writable stack of their
+  // own for that one object, when the storage lets them write it (read-only media: none).
   if (access === 'write') {
     try {
       await repo.startSession(commandName);
@@ -85,6 +87,10 @@ export async function openRepo(
       await repo.close().catch(() => undefined);
       throw err;
     }
+  } else if (READERS_WITH_SESSIONS.has(commandName)) {
+    await repo
+      .startSession(commandName, undefined, openBackendFor(opts.repo, 'write'))
+      .catch(() => undefined);
   }
   return repo;
 }
@@ -123,6 +129,9 @@ export function positiveInt(name: string, max: number): (v: string) => number {
     return n;
   };
 }
+
+/** Reading commands that hold a session (docs/gc.md: what they read must not be collected meanwhile). */
+const READERS_WITH_SESSIONS = new Set(['restore', 'serve', 'check']);
 
 /** The running command's name (`backup`, `forget`, …), set by main.ts: what a session records. */
 let commandName = 'vmvault';

@@ -522,15 +522,13 @@ export class Repository {
   /**
    * Starts this process's session (`sessions/<pack session id>`, heartbeat every 5 minutes);
    * `close` ends it. Snapshots committed afterwards check the lease first (`Session.fence`).
+   * `via`: a writable stack the session object goes through (and that it closes), for readers
+   * whose repository stack is read-only.
    */
-  async startSession(command: string, timing?: SessionTiming): Promise<Session> {
-    this.session ??= await Session.start(
-      this.backend,
-      this.codec,
-      this.chunks.sessionId,
-      { command },
-      timing,
-    );
+  async startSession(command: string, timing?: SessionTiming, via?: Backend): Promise<Session> {
+    this.session ??= via
+      ? await Session.startOwning(via, this.codec, this.chunks.sessionId, { command }, timing)
+      : await Session.start(this.backend, this.codec, this.chunks.sessionId, { command }, timing);
     return this.session;
   }
 

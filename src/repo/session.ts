@@ -122,6 +122,26 @@ export class Session {
     this.ended = true;
     if (this.timer) clearInterval(this.timer);
     await this.backend.delete(this.key).catch(() => undefined);
+    if (this.ownsBackend) await this.backend.close().catch(() => undefined);
+  }
+
+  /** The session writes through a stack of its own (a reader's repository stack is read-only). */
+  private ownsBackend = false;
+  static async startOwning(
+    backend: Backend,
+    codec: BlobCodec,
+    id: Buffer,
+    what: { command: string; pins?: string[] },
+    timing: SessionTiming = {},
+  ): Promise<Session> {
+    try {
+      const s = await Session.start(backend, codec, id, what, timing);
+      s.ownsBackend = true;
+      return s;
+    } catch (err) {
+      await backend.close().catch(() => undefined);
+      throw err;
+    }
   }
 }
 

@@ -80,6 +80,26 @@ describe('sessions', () => {
     expect((await locks()).sessions).toEqual([]);
   }, 120_000);
 
+  it('a restore holds a session that pins the snapshot it reads', async () => {
+    const listed = await runCli(['snapshots', '-r', repo, '--json', '--vm', 'fast'], { env });
+    const id = (JSON.parse(listed.stdout) as Array<{ id: string }>)[0]!.id;
+    const out = join(dir, 'pinned.raw');
+    const child = startCli(
+      ['--limit-download', '1024', 'restore', '-r', repo, id, '--disk', 'vda', '-o', out],
+      env,
+    );
+    const done = new Promise<number>((r) => child.on('close', (c) => r(c ?? -1)));
+    let seen: Array<{ command: string; pins?: string[] }> = [];
+    for (let i = 0; i < 50 && !seen.some((s) => s.pins?.includes(id)); i++) {
+      await new Promise((r) => setTimeout(r, 200));
+      seen = (await locks()).sessions as Array<{ command: string; pins?: string[] }>;
+    }
+    child.kill('SIGKILL');
+    await done;
+    expect(seen).toEqual([expect.objectContaining({ command: 'restore', pins: [id] })]);
+    expect((await runCli(['unlock', '-r', repo, '--stale'], { env })).code).toBe(0);
+  }, 60_000);
+
   it('a writer whose lease may have lapsed commits nothing (self-fencing), nor after its session was removed', async () => {
     const t = await makeTmpDir();
     try {

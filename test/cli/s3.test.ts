@@ -66,8 +66,10 @@ describe('the CLI on an S3 repository', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(sha(await readFile(out))).toBe(sha(await readFile(img)));
     const rj = JSON.parse(r.stdout) as S3Json;
-    expect(rj.s3!.requests.PUT).toBe(0);
-    expect(rj.s3!.requests.DELETE).toBe(0);
+    // The restore writes only its session (a lease pinning the snapshot: docs/gc.md).
+    expect(rj.s3!.requests.PUT).toBeLessThanOrEqual(2);
+    expect(rj.s3!.requests.DELETE).toBe(1);
+    expect(rj.s3!.bytesUp).toBeLessThan(4096);
     // Each needed pack range once: 23 MiB of chunks in 16 MiB packs is a handful of GETs, not 23.
     expect(rj.s3!.requests.GET).toBeLessThan(40);
 

@@ -74,6 +74,7 @@ export function restoreCommand(): Command {
         opts,
         async (repo) => {
           const snap = await repo.resolveSnapshot(ref);
+          await repo.session?.pin([snap.id]);
           return restoreSnapshot(repo, snap, {
             output: opts.output,
             ...(opts.disk ? { disk: opts.disk } : {}),

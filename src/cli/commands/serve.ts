@@ -115,6 +115,7 @@ export function serveCommand(): Command {
       let server: NbdServer | undefined;
       try {
         const snap = await repo.resolveSnapshot(ref);
+        await repo.session?.pin([snap.id]);
         const disks = opts.disk ? snap.disks.filter((d) => d.target === opts.disk) : snap.disks;
         if (disks.length === 0)
           throw new UsageError(
