@@ -68,6 +68,8 @@ export function shareS3Spec(spec: S3Spec, parts: number): S3Spec {
 }
 
 export const S3_DEFAULT_CONNECTIONS = 16;
+/** `get` refuses a body larger than this (packs, the largest objects, are read in ranges). */
+const MAX_WHOLE_GET_BYTES = 256 * 1024 * 1024;
 
 /** Requests by kind and bytes moved: what `--json` outputs report (counted per thread). */
 export interface S3RequestCounts {
@@ -277,6 +279,14 @@ export class S3Backend implements Backend {
         abortSignal,
       });
       const size = r.ContentLength ?? 0;
+      // The server's word for the size is untrusted: no object vmvault reads whole is this large.
+      if (!Number.isSafeInteger(size) || size < 0 || size > MAX_WHOLE_GET_BYTES) {
+        (r.Body as Readable | undefined)?.destroy();
+        throw new BackendError(
+          'other',
+          `${key}: the server says it is ${size} bytes, more than any object vmvault reads whole`,
+        );
+      }
       const out = Buffer.allocUnsafe(size);
       const got = await readBody(r.Body as Readable | undefined, out, 0, this.down);
       if (got !== size)
