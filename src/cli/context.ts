@@ -82,7 +82,7 @@ export async function openRepo(
   // own for that one object, when the storage lets them write it (read-only media: none).
   if (access === 'write') {
     try {
-      await repo.startSession(commandName);
+      await repo.startSession(commandName, testSessionTiming());
     } catch (err) {
       await repo.close().catch(() => undefined);
       throw err;
@@ -128,6 +128,15 @@ export function positiveInt(name: string, max: number): (v: string) => number {
       );
     return n;
   };
+}
+
+/**
+ * Test-only (docs/cli.md): `VMVAULT_TEST_SESSION_MS=HEARTBEAT,FENCE` shortens the session's
+ * heartbeat and fence times (ms), so that a test can stop a writer past its lease in seconds.
+ */
+function testSessionTiming(): { heartbeatMs: number; fenceMs: number } | undefined {
+  const m = /^(\d+),(\d+)$/.exec(process.env.VMVAULT_TEST_SESSION_MS ?? '');
+  return m ? { heartbeatMs: Number(m[1]), fenceMs: Number(m[2]) } : undefined;
 }
 
 /** Reading commands that hold a session (docs/gc.md: what they read must not be collected meanwhile). */

@@ -101,14 +101,24 @@ export class Session {
     const started = performance.now();
     const json = Buffer.from(JSON.stringify(this.info), 'utf8');
     await this.backend.put(this.key, this.codec.sealObject('session', json, this.id, { name: this.key }));
+    // A gap longer than the fence time (the process was stopped, or heartbeats failed) means a
+    // collector may already have counted this session gone: a later heartbeat does not undo that.
+    if (this.lastBeat !== 0 && started - this.lastBeat > this.fenceMs)
+      this.lapsedFor ??= started - this.lastBeat;
     this.lastBeat = started;
   }
 
+  /** Set once a gap between acknowledged heartbeats exceeded the fence time (ms of the gap). */
+  private lapsedFor: number | undefined;
+
   /**
    * Throws SessionExpiredError when the lease may have lapsed: the last acknowledged heartbeat is
-   * older than the fence time, or the session object is gone (removed by `unlock --stale`).
+   * older than the fence time, two acknowledged heartbeats were ever further apart than that (a
+   * process stopped and resumed), or the session object is gone (removed by `unlock --stale`).
    */
   async fence(): Promise<void> {
+    if (this.lapsedFor !== undefined)
+      throw new SessionExpiredError(`its heartbeats stopped for ${Math.round(this.lapsedFor / 1000)} s`);
     const age = performance.now() - this.lastBeat;
     if (age > this.fenceMs)
       throw new SessionExpiredError(`no heartbeat reached the repository for ${Math.round(age / 1000)} s`);

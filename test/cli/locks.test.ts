@@ -100,6 +100,28 @@ describe('sessions', () => {
     expect((await runCli(['unlock', '-r', repo, '--stale'], { env })).code).toBe(0);
   }, 60_000);
 
+  it('a backup stopped (SIGSTOP) past its lease aborts when resumed, committing nothing', async () => {
+    // Heartbeat every 300 ms, fence at 1.5 s (test-only timing); the upload takes many seconds.
+    const tenv = { ...env, VMVAULT_TEST_SESSION_MS: '300,1500' };
+    const child = startCli(
+      ['--limit-upload', '4096', 'backup-image', '-r', repo, '--vm', 'stopped', img],
+      tenv,
+    );
+    let stderr = '';
+    child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+    const done = new Promise<number>((r) => child.on('close', (c) => r(c ?? -1)));
+    for (let i = 0; i < 50 && (await locks()).sessions.length === 0; i++)
+      await new Promise((r) => setTimeout(r, 100));
+    child.kill('SIGSTOP');
+    await new Promise((r) => setTimeout(r, 2500));
+    child.kill('SIGCONT');
+    expect(await done).not.toBe(0);
+    expect(stderr).toMatch(/session expired .*nothing was committed/);
+    const listed = await runCli(['snapshots', '-r', repo, '--vm', 'stopped', '--json'], { env });
+    expect(JSON.parse(listed.stdout)).toEqual([]);
+    expect((await locks()).sessions).toEqual([]); // it ended its session on the way out
+  }, 60_000);
+
   it('a writer whose lease may have lapsed commits nothing (self-fencing), nor after its session was removed', async () => {
     const t = await makeTmpDir();
     try {
@@ -116,6 +138,21 @@ describe('sessions', () => {
         expect(await r.listSnapshots()).toEqual([]);
       } finally {
         await r.close();
+      }
+      // Stopped past the fence time, then resumed: the next heartbeat succeeds, but the lease
+      // lapsed meanwhile, so the writer still commits nothing.
+      const r1 = await Repository.open(join(t.dir, 'repo'));
+      try {
+        const s1 = await r1.startSession('test', { heartbeatMs: 60_000, fenceMs: 50 });
+        await new Promise((res) => setTimeout(res, 120));
+        await s1.pin([]); // a heartbeat after the gap
+        const err = await backupImages(r1, { vm: 'v', images: [{ path: small, target: 'vda' }] }).catch(
+          (e: unknown) => e,
+        );
+        expect(err).toBeInstanceOf(SessionExpiredError);
+        expect((err as Error).message).toMatch(/heartbeats stopped/);
+      } finally {
+        await r1.close();
       }
       const r2 = await Repository.open(join(t.dir, 'repo'));
       try {
