@@ -12,11 +12,21 @@ export class RateLimiter {
   }
 
   async take(bytes: number, signal?: AbortSignal): Promise<void> {
-    if (bytes <= 0) return;
+    const wait = this.reserve(bytes);
+    if (wait > 0) await sleep(wait, signal);
+  }
+
+  /** Counts `bytes` against the rate without waiting (later callers wait for them instead). */
+  charge(bytes: number): void {
+    this.reserve(bytes);
+  }
+
+  /** Reserves `bytes` and returns how long the caller should wait for them, in ms. */
+  private reserve(bytes: number): number {
+    if (bytes <= 0) return 0;
     const now = Date.now();
     const start = Math.max(now - 250, this.nextFreeMs);
     this.nextFreeMs = start + (bytes * 1000) / this.bytesPerSecond;
-    const wait = this.nextFreeMs - now;
-    if (wait > 0) await sleep(wait, signal);
+    return this.nextFreeMs - now;
   }
 }

@@ -3,13 +3,6 @@ import { Agent as HttpAgent, STATUS_CODES } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { Readable } from 'node:stream';
 import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
-
-/** The SDK, loaded on a stack's first request: a local repository's commands never pay for it. */
-type Sdk = typeof import('@aws-sdk/client-s3');
-interface Api {
-  sdk: Sdk;
-  client: S3Client;
-}
 import { BackendError } from '../errors.js';
 import {
   assertRange,
@@ -24,6 +17,13 @@ import {
 } from './backend.js';
 import { RateLimiter } from './rate.js';
 import { formatS3Location, type S3Location } from './s3-location.js';
+
+/** The SDK, loaded on a stack's first request: a local repository's commands never pay for it. */
+type Sdk = typeof import('@aws-sdk/client-s3');
+interface Api {
+  sdk: Sdk;
+  client: S3Client;
+}
 
 // The SDK warns on every process that Node 20 support ends in January 2027; vmvault pins an SDK
 // version that supports Node 20 (package.json), so the warning tells a user nothing to act on.
@@ -41,11 +41,6 @@ export interface S3Spec extends S3Location {
    * instance metadata).
    */
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
-  /**
-   * Conditional create (`If-None-Match: *`): 'probe' (default) asks the server once per stack,
-   * 'off' never uses it (HEAD, then PUT).
-   */
-  conditionalWrites?: 'probe' | 'off';
   /** Upload / download bandwidth of this stack, bytes per second (`--limit-upload` KiB/s × 1024). */
   limitUploadBytesPerSec?: number;
   limitDownloadBytesPerSec?: number;
@@ -70,6 +65,8 @@ export function shareS3Spec(spec: S3Spec, parts: number): S3Spec {
 export const S3_DEFAULT_CONNECTIONS = 16;
 /** `get` refuses a body larger than this (packs, the largest objects, are read in ranges). */
 const MAX_WHOLE_GET_BYTES = 256 * 1024 * 1024;
+/** Objects smaller than this never wait for the upload limit (they are only charged to it). */
+const SMALL_OBJECT_BYTES = 64 * 1024;
 
 /** Requests by kind and bytes moved: what `--json` outputs report (counted per thread). */
 export interface S3RequestCounts {
@@ -157,7 +154,7 @@ export class S3Backend implements Backend {
   private client: S3Client | undefined;
   private readonly prefix: string;
   private readonly connections: number;
-  private conditional: 'unknown' | 'honoured' | 'ignored' | 'refused';
+  private conditional: 'unknown' | 'honoured' | 'ignored' | 'refused' = 'unknown';
   private probing: Promise<void> | undefined;
   /** Non-atomic putIfAbsent calls in flight, by key (one at a time per key). */
   private readonly creating = new Map<string, Promise<boolean>>();
@@ -173,7 +170,6 @@ export class S3Backend implements Backend {
     if (!Number.isSafeInteger(n) || n < 1 || n > 1024)
       throw new RangeError(`S3 connections must be 1..1024, not ${n}`);
     this.connections = n;
-    this.conditional = spec.conditionalWrites === 'off' ? 'refused' : 'unknown';
     this.up =
       spec.limitUploadBytesPerSec === undefined ? undefined : new RateLimiter(spec.limitUploadBytesPerSec);
     this.down =
@@ -281,7 +277,7 @@ export class S3Backend implements Backend {
       const size = r.ContentLength ?? 0;
       // The server's word for the size is untrusted: no object vmvault reads whole is this large.
       if (!Number.isSafeInteger(size) || size < 0 || size > MAX_WHOLE_GET_BYTES) {
-        (r.Body as Readable | undefined)?.destroy();
+        destroyBody(r.Body as Readable | undefined);
         throw new BackendError(
           'other',
           `${key}: the server says it is ${size} bytes, more than any object vmvault reads whole`,
@@ -362,9 +358,19 @@ export class S3Backend implements Backend {
   }
 
   async put(key: string, data: Payload, _opts?: PutOptions): Promise<void> {
+    await this.putObject(key, data, false);
+  }
+
+  /**
+   * One PutObject of a whole payload (a gather list streams as its parts), `If-None-Match: *`
+   * when `ifNoneMatch`. Uploads wait for the bandwidth limit; objects under 64 KiB (sessions,
+   * manifests) are charged to it but never wait, so a heartbeat never queues behind packs.
+   */
+  private async putObject(key: string, data: Payload, ifNoneMatch: boolean): Promise<void> {
     const k = this.k(key);
     const length = payloadLength(data);
-    await this.up?.take(length);
+    if (length >= SMALL_OBJECT_BYTES) await this.up?.take(length);
+    else this.up?.charge(length);
     await this.send('PUT', 'put', key, length, async (abortSignal, api) => {
       await api.client.send(
         new api.sdk.PutObjectCommand({
@@ -372,6 +378,7 @@ export class S3Backend implements Backend {
           Key: k,
           Body: bodyOf(data),
           ContentLength: length,
+          ...(ifNoneMatch ? { IfNoneMatch: '*' } : {}),
         }),
         { abortSignal },
       );
@@ -380,7 +387,7 @@ export class S3Backend implements Backend {
   }
 
   async putIfAbsent(key: string, data: Payload, opts?: PutOptions): Promise<boolean> {
-    const k = this.k(key);
+    validateKey(key);
     // Content-named objects need no probe: HEAD + PUT is right for them; the probe's 3 requests
     // are spent only where atomicity matters (opts.exclusive), and its answer kept for the rest.
     if (opts?.exclusive === true) await this.probeConditional();
@@ -404,22 +411,8 @@ export class S3Backend implements Backend {
         this.creating.delete(key);
       }
     }
-    const length = payloadLength(data);
-    await this.up?.take(length);
     try {
-      await this.send('PUT', 'put', key, length, async (abortSignal, api) => {
-        await api.client.send(
-          new api.sdk.PutObjectCommand({
-            Bucket: this.spec.bucket,
-            Key: k,
-            Body: bodyOf(data),
-            ContentLength: length,
-            IfNoneMatch: '*',
-          }),
-          { abortSignal },
-        );
-        counts.bytesUp += length;
-      });
+      await this.putObject(key, data, true);
       return true;
     } catch (err) {
       if (err instanceof BackendError && err.kind === 'exists') return false;
@@ -436,30 +429,15 @@ export class S3Backend implements Backend {
     if (this.conditional !== 'unknown') return;
     this.probing ??= (async () => {
       const key = `tmp/probe-${randomBytes(8).toString('hex')}`;
-      const k = this.k(key);
       const tryPut = async (): Promise<'ok' | 'exists' | 'refused'> => {
         try {
-          await this.send('PUT', 'put', key, 0, (abortSignal, api) =>
-            api.client.send(
-              new api.sdk.PutObjectCommand({
-                Bucket: this.spec.bucket,
-                Key: k,
-                Body: Buffer.alloc(0),
-                IfNoneMatch: '*',
-              }),
-              { abortSignal },
-            ),
-          );
+          await this.putObject(key, Buffer.alloc(0), true);
           return 'ok';
         } catch (err) {
           if (err instanceof BackendError && err.kind === 'exists') return 'exists';
-          const st =
-            err instanceof BackendError
-              ? (err.cause as SdkErrorShape | undefined)?.$metadata?.httpStatusCode
-              : undefined;
-          const name =
-            err instanceof BackendError ? (err.cause as SdkErrorShape | undefined)?.name : undefined;
-          if (st === 501 || name === 'NotImplemented' || (st === 400 && name === 'InvalidArgument'))
+          const st = statusOf(err);
+          const code = codeOf(err);
+          if (st === 501 || code === 'NotImplemented' || (st === 400 && code === 'InvalidArgument'))
             return 'refused';
           throw err;
         }
@@ -508,15 +486,15 @@ export class S3Backend implements Backend {
             },
           ),
         ).then(
-          (r) => {
-            (r.Body as Readable | undefined)?.destroy();
-            return undefined;
-          },
+          (r) => destroyBody(r.Body as Readable | undefined),
           (e: unknown) => e,
         );
-        const c = why instanceof BackendError ? (why.cause as SdkErrorShape | undefined) : undefined;
-        const code = c?.Code ?? c?.name ?? '';
-        if (why instanceof BackendError && !['', 'Unknown', 'Forbidden', '403', 'NotFound'].includes(code))
+        const code = codeOf(why);
+        if (
+          why instanceof BackendError &&
+          code !== undefined &&
+          !['Forbidden', '403', 'NotFound'].includes(code)
+        )
           throw why;
       }
       throw err;
@@ -547,8 +525,7 @@ export class S3Backend implements Backend {
         );
       } catch (err) {
         // An absent bucket holds no objects (init creates it; open reports it: describeAbsence).
-        if (err instanceof BackendError && (err.cause as SdkErrorShape | undefined)?.name === 'NoSuchBucket')
-          return;
+        if (codeOf(err) === 'NoSuchBucket') return;
         throw err;
       }
       for (const o of page.Contents ?? []) {
@@ -599,9 +576,9 @@ export class S3Backend implements Backend {
         );
       });
     } catch (err) {
-      const name = err instanceof BackendError ? (err.cause as SdkErrorShape | undefined)?.name : undefined;
-      if (name === 'BucketAlreadyOwnedByYou') return;
-      if (name === 'BucketAlreadyExists')
+      const code = codeOf(err);
+      if (code === 'BucketAlreadyOwnedByYou') return;
+      if (code === 'BucketAlreadyExists')
         throw new BackendError('permission', `bucket '${this.spec.bucket}' belongs to someone else`, {
           hint: 'choose another bucket name (bucket names are global on AWS)',
         });
@@ -782,6 +759,13 @@ function bodyOf(data: Payload): Buffer | Readable {
   if (parts.length === 0) return Buffer.alloc(0);
   if (parts.length === 1) return parts[0]!;
   return Readable.from(parts, { objectMode: false });
+}
+
+/** The S3 error code of a failure (from the response body; HEADs have none), or undefined. */
+function codeOf(err: unknown): string | undefined {
+  const e = (err instanceof BackendError ? err.cause : err) as SdkErrorShape | undefined;
+  const code = e?.Code ?? e?.name;
+  return code === undefined || code === '' || code === 'Unknown' ? undefined : code;
 }
 
 function statusOf(err: unknown): number | undefined {
