@@ -101,10 +101,13 @@ describe('sessions', () => {
   }, 60_000);
 
   it('a backup stopped (SIGSTOP) past its lease aborts when resumed, committing nothing', async () => {
-    // Heartbeat every 300 ms, fence at 1.5 s (test-only timing); the upload takes many seconds.
-    const tenv = { ...env, VMVAULT_TEST_SESSION_MS: '300,1500' };
+    // Heartbeat every 250 ms, fence at 4 s (test-only timing; wide enough for a loaded machine);
+    // the upload takes about 8 s at 1 MiB/s (so the stop lands in it), the stop lasts 6.
+    const tenv = { ...env, VMVAULT_TEST_SESSION_MS: '250,4000' };
+    const fresh = join(dir, 'fresh.raw'); // data the repository does not hold yet: it must be uploaded
+    await writeFile(fresh, seededBytes(8 * MiB, 77));
     const child = startCli(
-      ['--limit-upload', '4096', 'backup-image', '-r', repo, '--vm', 'stopped', img],
+      ['--limit-upload', '1024', 'backup-image', '-r', repo, '--vm', 'stopped', fresh],
       tenv,
     );
     let stderr = '';
@@ -112,8 +115,9 @@ describe('sessions', () => {
     const done = new Promise<number>((r) => child.on('close', (c) => r(c ?? -1)));
     for (let i = 0; i < 50 && (await locks()).sessions.length === 0; i++)
       await new Promise((r) => setTimeout(r, 100));
+    expect(child.exitCode).toBe(null); // still uploading
     child.kill('SIGSTOP');
-    await new Promise((r) => setTimeout(r, 2500));
+    await new Promise((r) => setTimeout(r, 6000));
     child.kill('SIGCONT');
     expect(await done).not.toBe(0);
     expect(stderr).toMatch(/session expired .*nothing was committed/);
