@@ -84,6 +84,8 @@ export const Keys = {
   indexPrefix: 'index/',
   snapshotPrefix: 'snapshots/',
   lockPrefix: 'locks/',
+  /** Sessions, the leases of running processes (docs/gc.md): sessions/<32 hex>. */
+  sessionPrefix: 'sessions/',
   keyPrefix: 'keys/',
   /** Corrupt chunk blobs set aside by `check --repair`; never read by vmvault. */
   quarantinePrefix: 'quarantine/',
@@ -96,6 +98,9 @@ export const Keys = {
   },
   snapshot(hexId: string): string {
     return `snapshots/${hexId}`;
+  },
+  session(idHex: string): string {
+    return `sessions/${idHex}`;
   },
   lock(name: string): string {
     return `locks/${name}`;

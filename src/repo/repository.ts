@@ -389,15 +389,9 @@ export class Repository {
         out.push(g[0]!);
         continue;
       }
-      g.sort((a, b) =>
-        (a.edited ?? '') < (b.edited ?? '')
-          ? 1
-          : (a.edited ?? '') > (b.edited ?? '')
-            ? -1
-            : a.id < b.id
-              ? -1
-              : 1,
-      );
+      // Latest edit first (ISO times compare as strings; never edited sorts last), then by id.
+      const key = (x: Snapshot): string => `${x.edited ?? ''}\u0000${x.id}`;
+      g.sort((a, b) => (key(a) < key(b) ? 1 : -1));
       out.push({ ...g[0]!, superseded: g.slice(1).map((s) => s.id) });
     }
     return out;
@@ -527,7 +521,7 @@ export class Repository {
    */
   async startSession(command: string, timing?: SessionTiming, via?: Backend): Promise<Session> {
     this.session ??= via
-      ? await Session.startOwning(via, this.codec, this.chunks.sessionId, { command }, timing)
+      ? await Session.start(via, this.codec, this.chunks.sessionId, { command, ownsBackend: true }, timing)
       : await Session.start(this.backend, this.codec, this.chunks.sessionId, { command }, timing);
     return this.session;
   }

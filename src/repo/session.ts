@@ -3,6 +3,7 @@ import { printable, VmvaultError } from '../util/index.js';
 import type { Backend } from './backend/backend.js';
 import type { BlobCodec } from './codec.js';
 import { BlobFormatError } from './blob.js';
+import { Keys } from './format.js';
 
 /**
  * Sessions: leases of the processes writing to a repository (docs/gc.md). A writer PUTs
@@ -11,7 +12,7 @@ import { BlobFormatError } from './blob.js';
  * is stale. Before committing a snapshot a writer checks its own lease (`fence`): a writer paused
  * past its lease aborts instead of committing, so a garbage collector may count it gone.
  */
-export const SESSION_PREFIX = 'sessions/';
+export const SESSION_PREFIX = Keys.sessionPrefix;
 export const SESSION_HEARTBEAT_MS = 5 * 60_000;
 export const SESSION_TTL_MS = 30 * 60_000;
 /** A writer whose last heartbeat is older than this fences itself (TTL − 1.5 heartbeats). */
@@ -36,9 +37,7 @@ export class SessionExpiredError extends VmvaultError {
   }
 }
 
-export function sessionKey(idHex: string): string {
-  return `${SESSION_PREFIX}${idHex}`;
-}
+export const sessionKey = (idHex: string): string => Keys.session(idHex);
 
 export interface SessionTiming {
   heartbeatMs?: number;
@@ -50,6 +49,7 @@ export class Session {
   /** Local monotonic time (ms) of the last heartbeat the storage acknowledged. */
   private lastBeat = 0;
   private ended = false;
+  private ownsBackend = false;
   private readonly heartbeatMs: number;
   private readonly fenceMs: number;
 
@@ -68,11 +68,16 @@ export class Session {
     return sessionKey(this.id.toString('hex'));
   }
 
+  /**
+   * Writes the session and starts its heartbeat. With `ownsBackend` the session writes through
+   * a stack of its own (a reader's repository stack is read-only) and closes it at `end`, or here
+   * when the first write fails.
+   */
   static async start(
     backend: Backend,
     codec: BlobCodec,
     id: Buffer,
-    what: { command: string; pins?: string[] },
+    what: { command: string; pins?: string[]; ownsBackend?: boolean },
     timing: SessionTiming = {},
   ): Promise<Session> {
     const info: SessionInfo = {
@@ -84,7 +89,13 @@ export class Session {
       pins: what.pins ?? [],
     };
     const s = new Session(backend, codec, id, info, timing);
-    await s.beat();
+    s.ownsBackend = what.ownsBackend === true;
+    try {
+      await s.beat();
+    } catch (err) {
+      if (s.ownsBackend) await backend.close().catch(() => undefined);
+      throw err;
+    }
     s.timer = setInterval(() => void s.beat().catch(() => undefined), s.heartbeatMs);
     s.timer.unref();
     return s;
@@ -133,25 +144,6 @@ export class Session {
     if (this.timer) clearInterval(this.timer);
     await this.backend.delete(this.key).catch(() => undefined);
     if (this.ownsBackend) await this.backend.close().catch(() => undefined);
-  }
-
-  /** The session writes through a stack of its own (a reader's repository stack is read-only). */
-  private ownsBackend = false;
-  static async startOwning(
-    backend: Backend,
-    codec: BlobCodec,
-    id: Buffer,
-    what: { command: string; pins?: string[] },
-    timing: SessionTiming = {},
-  ): Promise<Session> {
-    try {
-      const s = await Session.start(backend, codec, id, what, timing);
-      s.ownsBackend = true;
-      return s;
-    } catch (err) {
-      await backend.close().catch(() => undefined);
-      throw err;
-    }
   }
 }
 
