@@ -6,6 +6,7 @@ import {
   isEmptyPolicy,
   parseDuration,
   parseKeepCount,
+  resolveSnapshotRef,
   shortId,
   type RetentionDecision,
   type RetentionPolicy,
@@ -98,11 +99,13 @@ export function forgetCommand(): Command {
       const result = await withRepo(
         o,
         async (repo) => {
-          const all = await repo.listSnapshots();
+          // One listing for every reference (resolveSnapshot would read every manifest per ref).
+          const { snapshots: all, damaged } = await repo.scanSnapshots();
+          repo.reportDamagedSnapshots(damaged);
           let verdicts: Verdict[];
           if (refs.length > 0) {
             const named = new Set<string>();
-            for (const r of refs) named.add((await repo.resolveSnapshot(r)).id);
+            for (const r of refs) named.add(resolveSnapshotRef(r, all, damaged).id);
             verdicts = all
               .filter((s) => named.has(s.id))
               .map((s) => ({
