@@ -4,8 +4,6 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   checkRepository,
   DiskIndex,
-  emptyDiskStats,
-  format,
   packPart,
   parseDataSubset,
   Repository,
@@ -15,36 +13,14 @@ import {
 } from '../../src/repo/index.js';
 import { parseTimeSpan, UsageError } from '../../src/util/index.js';
 import { corruptRecord } from '../helpers/repo-files.js';
+import { imageManifest } from '../helpers/manifests.js';
 import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
 
 const KiB = 1024;
 const CS = 64 * KiB;
 const CHUNKS = 12;
 
-function manifest(root: string, sizeBytes: number): SnapshotManifest {
-  return {
-    version: format.MANIFEST_VERSION,
-    vm: { name: 'vm' },
-    time: new Date().toISOString(),
-    host: 'h',
-    tags: [],
-    parent: null,
-    mode: 'image',
-    checkpoint: null,
-    disks: [
-      {
-        target: 'vda',
-        sizeBytes,
-        chunkSizeBytes: CS,
-        root,
-        allocatedBytes: sizeBytes,
-        stats: emptyDiskStats(),
-      },
-    ],
-    files: [],
-    program: 'test',
-  };
-}
+const manifest = (root: string, sizeBytes: number): SnapshotManifest => imageManifest(root, sizeBytes, CS);
 
 /** Pack names (32 hex) of the repository, from its files. */
 async function packNames(loc: string): Promise<string[]> {

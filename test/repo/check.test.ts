@@ -5,7 +5,6 @@ import {
   checkFailure,
   checkRepository,
   DiskIndex,
-  emptyDiskStats,
   format,
   Repository,
   type ChunkId,
@@ -13,6 +12,7 @@ import {
   type SnapshotManifest,
 } from '../../src/repo/index.js';
 import { packKey, type IndexEntry } from '../../src/repo/chunk-index/index.js';
+import { imageManifest } from '../helpers/manifests.js';
 import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
 
 const KiB = 1024;
@@ -26,30 +26,7 @@ async function flipByte(path: string, at: number): Promise<void> {
   await writeFile(path, buf);
 }
 
-function manifest(root: string, sizeBytes: number): SnapshotManifest {
-  return {
-    version: format.MANIFEST_VERSION,
-    vm: { name: 'vm' },
-    time: new Date().toISOString(),
-    host: 'h',
-    tags: [],
-    parent: null,
-    mode: 'image',
-    checkpoint: null,
-    disks: [
-      {
-        target: 'vda',
-        sizeBytes,
-        chunkSizeBytes: CS,
-        root,
-        allocatedBytes: sizeBytes,
-        stats: emptyDiskStats(),
-      },
-    ],
-    files: [],
-    program: 'test',
-  };
-}
+const manifest = (root: string, sizeBytes: number): SnapshotManifest => imageManifest(root, sizeBytes, CS);
 
 describe('checkRepository (format 2, local packs)', () => {
   let dir: string;
