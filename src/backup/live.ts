@@ -133,7 +133,7 @@ export async function backupDomain(
     s.vm.uuid ? s.vm.uuid === model.uuid : s.vm.name === model.name,
   );
   const libvirtCheckpoints = (await client.listAllCheckpoints(dom)).map((c) => c.name);
-  const plan = planBackup({
+  const planInput = {
     level: opts.level,
     domainName: model.name,
     isActive: active,
@@ -145,7 +145,16 @@ export async function backupDomain(
     libvirtCheckpoints,
     checkpointPrefix: prefix,
     newCheckpointName: newCheckpointName(repo.config.id),
-  });
+  };
+  let plan = planBackup(planInput);
+  // A garbage collection pending since before the parent was committed may have condemned data
+  // the parent's tree names, and this writer may not reuse it (docs/gc.md): back up in full.
+  if (plan.parent && !(await repo.parentUsable(plan.parent))) {
+    plan = planBackup({ ...planInput, level: 'full' });
+    plan.notes.unshift(
+      `a prune is pending and the parent snapshot is newer than its mark: backing up in full instead of ${opts.level}`,
+    );
+  }
   for (const n of plan.notes) log.info(`${model.name}: ${n}`);
   for (const s of plan.skipped) log.info(`${model.name}: skipping ${printable(s.target, 40)}: ${s.reason}`);
 

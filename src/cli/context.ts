@@ -135,8 +135,14 @@ export function positiveInt(name: string, max: number): (v: string) => number {
  * heartbeat and fence times (ms), so that a test can stop a writer past its lease in seconds.
  */
 function testSessionTiming(): { heartbeatMs: number; fenceMs: number } | undefined {
-  const m = /^(\d+),(\d+)$/.exec(process.env.VMVAULT_TEST_SESSION_MS ?? '');
+  const m = /^(\d+),(\d+)(?:,\d+)?$/.exec(process.env.VMVAULT_TEST_SESSION_MS ?? '');
   return m ? { heartbeatMs: Number(m[1]), fenceMs: Number(m[2]) } : undefined;
+}
+
+/** Test-only: the third field of `VMVAULT_TEST_SESSION_MS` (ms after which prune counts a silent session gone). */
+export function testSessionTtlMs(): number | undefined {
+  const m = /^\d+,\d+,(\d+)$/.exec(process.env.VMVAULT_TEST_SESSION_MS ?? '');
+  return m ? Number(m[1]) : undefined;
 }
 
 /** Reading commands that hold a session (docs/gc.md: what they read must not be collected meanwhile). */

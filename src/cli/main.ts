@@ -6,6 +6,7 @@ import { backupCommand } from './commands/backup.js';
 import { checkCommand } from './commands/check.js';
 import { noteCommand, protectCommand, tagCommand, unprotectCommand } from './commands/edit.js';
 import { forgetCommand } from './commands/forget.js';
+import { pruneCommand } from './commands/prune.js';
 import { locksCommand, unlockCommand } from './commands/locks.js';
 import { initCommand } from './commands/init.js';
 import { keyCommand } from './commands/key.js';
@@ -76,6 +77,7 @@ export function buildProgram(): Command {
     serveCommand(),
     checkCommand(),
     forgetCommand(),
+    pruneCommand(),
     protectCommand(),
     unprotectCommand(),
     tagCommand(),

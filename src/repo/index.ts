@@ -173,3 +173,22 @@ export {
   type ListedSession,
   type SessionInfo,
 } from './session.js';
+export { prune, type PruneOptions, type PrunePhase, type PruneResult } from './gc/prune.js';
+export { IdSet } from './gc/id-set.js';
+export {
+  GC_PREFIX,
+  gcKey,
+  pendingGenerations,
+  readGenerations,
+  type CondemnedStep,
+  type DeletedStep,
+  type Generation,
+  type WaitStep,
+} from './gc/steps.js';
+export {
+  MAINTENANCE_LOCK,
+  MaintenanceLockedError,
+  lockIsStale,
+  readLock,
+  type LockHolder,
+} from './gc/lock.js';

@@ -19,6 +19,7 @@ import {
 } from './config.js';
 import { DiskIndex } from './disk-index.js';
 import { readTree, writeTree } from './disk-tree.js';
+import { pendingGenerations, readGenerations } from './gc/steps.js';
 import { listSessions, Session, sessionKey, type ListedSession, type SessionTiming } from './session.js';
 import {
   configMac,
@@ -520,10 +521,42 @@ export class Repository {
    * whose repository stack is read-only.
    */
   async startSession(command: string, timing?: SessionTiming, via?: Backend): Promise<Session> {
-    this.session ??= via
+    if (this.session) return this.session;
+    this.session = via
       ? await Session.start(via, this.codec, this.chunks.sessionId, { command, ownsBackend: true }, timing)
       : await Session.start(this.backend, this.codec, this.chunks.sessionId, { command }, timing);
+    // A writer reads gc/ and the index only once its session is visible (docs/gc.md): packs a
+    // pending garbage collection condemned are absent to it from now on.
+    if (!via) await this.applyPendingGc();
     return this.session;
+  }
+
+  /**
+   * Server time of the earliest mark of a garbage collection that was pending when this
+   * process's session started (undefined: none was). A snapshot committed after it may use
+   * condemned data, so an incremental backup does not build on it (`parentUsable`).
+   */
+  gcPendingSinceMs: number | undefined;
+
+  private async applyPendingGc(): Promise<void> {
+    const { generations } = await readGenerations(this.backend, this.codec);
+    const pending = pendingGenerations(generations);
+    if (pending.length > 0) {
+      this.index.hidePacks(pending.flatMap((g) => g.condemned.packs.map((k) => k.slice(-32))));
+      this.gcPendingSinceMs = Math.min(...pending.map((g) => g.condemned.markedMs));
+    }
+    await this.index.reload();
+  }
+
+  /**
+   * May an incremental backup reuse this snapshot's tree without reading its chunks? Not when a
+   * garbage collection is pending and the snapshot was committed after its mark: its tree may
+   * name chunks of condemned packs, which this writer's index no longer shows (docs/gc.md).
+   */
+  async parentUsable(s: Snapshot): Promise<boolean> {
+    if (this.gcPendingSinceMs === undefined) return true;
+    const st = await this.backend.stat(Keys.snapshot(s.id));
+    return st !== undefined && (st.modifiedMs ?? Number.POSITIVE_INFINITY) < this.gcPendingSinceMs - 5000;
   }
 
   /** Removes a session object (`unlock --stale`; the caller decided it is stale). */
@@ -533,9 +566,9 @@ export class Repository {
   }
 
   /** Every session in the repository, with its age by the storage's clock (`vmvault locks`). */
-  async listSessions(): Promise<ListedSession[]> {
+  async listSessions(ttlMs?: number): Promise<ListedSession[]> {
     const now = (await this.backend.serverTimeMs?.()) ?? Date.now();
-    return listSessions(this.backend, this.codec, now);
+    return listSessions(this.backend, this.codec, now, ttlMs);
   }
 
   async close(): Promise<void> {

@@ -207,6 +207,7 @@ export async function listSessions(
   backend: Backend,
   codec: BlobCodec,
   nowMs: number,
+  ttlMs: number = SESSION_TTL_MS,
 ): Promise<ListedSession[]> {
   const out: ListedSession[] = [];
   for await (const o of backend.list(SESSION_PREFIX)) {
@@ -214,7 +215,7 @@ export async function listSessions(
     if (!/^[0-9a-f]{32}$/.test(id)) continue;
     const modifiedMs = o.modifiedMs ?? nowMs;
     const ageMs = Math.max(0, nowMs - modifiedMs);
-    const s: ListedSession = { id, modifiedMs, ageMs, stale: ageMs > SESSION_TTL_MS };
+    const s: ListedSession = { id, modifiedMs, ageMs, stale: ageMs > ttlMs };
     if (s.stale) s.staleReason = `no heartbeat for ${Math.round(ageMs / 60_000)} min`;
     try {
       if (o.sizeBytes > MAX_SESSION_BYTES)

@@ -13,6 +13,7 @@ import {
   type Snapshot,
 } from '../../repo/index.js';
 import { commaList, printJson, repoOption, withRepo } from '../context.js';
+import { parseGrace, parseMaxUnused, printPruneSummary, pruneJson, runPrune } from './prune.js';
 import { table } from './snapshots.js';
 
 interface ForgetOptions {
@@ -29,6 +30,8 @@ interface ForgetOptions {
   keepWithin?: string;
   keepTag?: string[];
   prune?: boolean;
+  maxUnused?: string;
+  grace?: string;
 }
 
 /** One snapshot's fate: kept (and why) or removed, per VM. */
@@ -75,7 +78,12 @@ export function forgetCommand(): Command {
     .option('--keep-tag <tag>', 'keep snapshots with this tag (repeatable or comma separated)', commaList)
     .option('--vm <name>', 'only snapshots of this VM (repeatable)', commaList)
     .option('--dry-run', 'show what would be removed, remove nothing')
-    .option('--prune', 'also prune afterwards (not yet available: see docs/cli.md)')
+    .option('--prune', 'prune afterwards (as vmvault prune; --max-unused and --grace apply)')
+    .option(
+      '--max-unused <percent>',
+      'with --prune: repack packs whose unused share exceeds this (default 10%)',
+    )
+    .option('--grace <duration>', 'with --prune: delete condemned packs no sooner than this (default 1h)')
     .option('--json', 'print JSON')
     .addOption(repoOption())
     .action(async (refs: string[], o: ForgetOptions) => {
@@ -91,11 +99,10 @@ export function forgetCommand(): Command {
           'no snapshots and no policy given: forget would remove everything',
           'name snapshots, or give a policy such as --keep-daily 7 --keep-weekly 4',
         );
-      if (o.prune)
-        throw new UsageError(
-          'prune is not available yet in this vmvault: forget removes snapshots, the space stays until prune lands',
-          'run forget without --prune',
-        );
+      if ((o.maxUnused !== undefined || o.grace !== undefined) && !o.prune)
+        throw new UsageError('--max-unused and --grace go with --prune', 'add --prune, or leave them out');
+      parseMaxUnused(o.maxUnused);
+      parseGrace(o.grace);
       const result = await withRepo(
         o,
         async (repo) => {
@@ -155,11 +162,13 @@ export function forgetCommand(): Command {
               await repo.forgetSnapshot(v.snapshot);
               removed.push(v.snapshot.id);
             }
-          return { verdicts, removed };
+          // Prune on the same handle (its session and lock); a dry run prunes dry as well.
+          const pruned = o.prune ? await runPrune(repo, { ...o, dryRun: o.dryRun === true }) : undefined;
+          return { verdicts, removed, pruned };
         },
         o.dryRun ? 'read' : 'write',
       );
-      const { verdicts, removed } = result;
+      const { verdicts, removed, pruned } = result;
       if (o.json)
         return printJson({
           dryRun: o.dryRun === true,
@@ -174,6 +183,7 @@ export function forgetCommand(): Command {
             reasons: v.reasons,
           })),
           removed,
+          ...(pruned ? { prune: pruneJson(pruned) } : {}),
         });
       const rows = verdicts.map((v) => [
         shortId(v.snapshot.id),
@@ -186,7 +196,8 @@ export function forgetCommand(): Command {
       const n = verdicts.filter((v) => !v.keep).length;
       process.stdout.write(
         `${o.dryRun ? 'would remove' : 'removed'} ${n} snapshot${n === 1 ? '' : 's'}, kept ${verdicts.length - n}` +
-          `${!o.dryRun && n > 0 ? '; their data is freed by prune (not yet available)' : ''}\n`,
+          `${!o.dryRun && n > 0 && !pruned ? "; 'vmvault prune' frees their data" : ''}\n`,
       );
+      if (pruned) printPruneSummary(pruned);
     });
 }

@@ -158,6 +158,8 @@ export class ChunkIndex {
   private maxGeneration = 0;
   private readonly voids = new VoidSet();
   private readonly voidKeys = new Set<string>();
+  /** Packs (32 hex) whose entries lookups skip: condemned by a garbage collection (docs/gc.md). */
+  private readonly hidden = new Set<string>();
   private pending = new Map<string, IndexEntry[]>();
   private pendingCount = 0;
   private readonly writing = new Set<Map<string, IndexEntry[]>>();
@@ -459,6 +461,7 @@ export class ChunkIndex {
     for (let i = a; i * ENTRY_BYTES < page.length; i++) {
       const at = i * ENTRY_BYTES;
       if (page.compare(id, 0, 32, at, at + 32) !== 0) return false;
+      if (this.hidden.size > 0 && this.hidden.has(page.toString('hex', at + 32, at + 48))) continue;
       if (!this.voids.covers(page, page.readUInt32BE(at + 48), at + 32)) out.push(decodeEntry(page, at));
     }
     return true;
@@ -480,6 +483,24 @@ export class ChunkIndex {
       }
     };
     return this.cache.use(`${o.name}:${p}`, fetch, fn);
+  }
+
+  /**
+   * Makes lookups skip every entry of these packs (32 hex names), as if the repository did not
+   * hold them: a writer that started after a garbage collection condemned packs must not reuse
+   * what they hold (docs/gc.md). `entries()` and compaction are not affected.
+   */
+  hidePacks(names: Iterable<string>): void {
+    for (const n of names) this.hidden.add(n);
+  }
+
+  /** Shows every pack again (garbage collection itself must see condemned packs). */
+  showAllPacks(): void {
+    this.hidden.clear();
+  }
+
+  get hiddenPacks(): number {
+    return this.hidden.size;
   }
 
   // ---- writing ----
@@ -719,7 +740,12 @@ export class ChunkIndex {
    * Undefined when nothing was worth doing, or when an input vanished (another compactor).
    */
   async compact(
-    opts: { sessionId?: Buffer; force?: 'merge' | 'base' } = {},
+    opts: {
+      sessionId?: Buffer;
+      force?: 'merge' | 'base';
+      /** Entries to leave out (garbage collection: the entries of packs it deletes). */
+      drop?: (entry: Buffer, at: number) => boolean;
+    } = {},
   ): Promise<CompactResult | undefined> {
     const live = this.live;
     const base = live.filter(isBase);
@@ -752,6 +778,7 @@ export class ChunkIndex {
     let entries = 0;
     try {
       for await (const [b, at] of this.merge(inputs, undefined, true)) {
+        if (opts.drop?.(b, at)) continue;
         await writer.add(b, at);
         entries++;
       }
