@@ -190,5 +190,7 @@ export {
   MaintenanceLockedError,
   lockIsStale,
   readLock,
+  releaseLock,
+  takeLock,
   type LockHolder,
 } from './gc/lock.js';

@@ -1,6 +1,13 @@
 import { Command } from 'commander';
 import { printable, UsageError } from '../../util/index.js';
-import type { ListedSession } from '../../repo/index.js';
+import {
+  lockIsStale,
+  MAINTENANCE_LOCK,
+  readLock,
+  type ListedSession,
+  type LockHolder,
+  type Repository,
+} from '../../repo/index.js';
 import { printJson, repoOption, withRepo } from '../context.js';
 import { table } from './snapshots.js';
 
@@ -38,8 +45,15 @@ export function locksCommand(): Command {
     .option('--json', 'print JSON')
     .addOption(repoOption())
     .action(async (opts: { repo?: string; json?: boolean }) => {
-      const sessions = await withRepo(opts, (r) => r.listSessions(), 'read');
-      if (opts.json) return printJson({ sessions: sessions.map(entry) });
+      const { sessions, lock } = await withRepo(
+        opts,
+        async (r) => {
+          const sessions = await r.listSessions();
+          return { sessions, lock: await maintenanceLock(r, sessions) };
+        },
+        'read',
+      );
+      if (opts.json) return printJson({ sessions: sessions.map(entry), maintenanceLock: lock ?? null });
       process.stdout.write(
         table(
           ['SESSION', 'HOST', 'PID', 'COMMAND', 'STARTED', 'HEARTBEAT AGE', 'STATE'],
@@ -55,7 +69,22 @@ export function locksCommand(): Command {
         ),
       );
       process.stdout.write(`${sessions.length} session${sessions.length === 1 ? '' : 's'}\n`);
+      if (lock)
+        process.stdout.write(
+          lock.holder
+            ? `maintenance lock held by session ${lock.holder.session.slice(0, 8)} (${printable(lock.holder.command, 40)} on ${printable(lock.holder.host, 60)}, pid ${lock.holder.pid}, since ${printable(lock.holder.since, 40)})${lock.stale ? ': stale' : ''}\n`
+            : `maintenance lock ${MAINTENANCE_LOCK} is damaged (${lock.damaged ?? '?'}): stale\n`,
+        );
     });
+}
+
+/** The maintenance lock (prune's), if any, and whether its holder is gone. */
+async function maintenanceLock(
+  r: Repository,
+  sessions: readonly ListedSession[],
+): Promise<{ holder?: LockHolder; damaged?: string; stale: boolean } | undefined> {
+  const lock = await readLock(r.backend, r.codec);
+  return lock ? { ...lock, stale: lockIsStale(lock, sessions) } : undefined;
 }
 
 /** `vmvault unlock --stale`: removes sessions whose lease ran out or whose process is gone. */
@@ -71,16 +100,21 @@ export function unlockCommand(): Command {
           'unlock removes only stale sessions',
           "run 'vmvault unlock --stale' (see 'vmvault locks')",
         );
-      const removed = await withRepo(opts, async (r) => {
+      const { removed, lockRemoved } = await withRepo(opts, async (r) => {
         const out: ListedSession[] = [];
-        for (const s of await r.listSessions()) {
+        const sessions = await r.listSessions();
+        for (const s of sessions) {
           if (!s.stale || s.id === r.session?.id.toString('hex')) continue;
           await r.deleteSession(s.id);
           out.push(s);
         }
-        return out;
+        // A maintenance lock whose session is gone or stale goes too (a killed prune's).
+        const lock = await maintenanceLock(r, sessions);
+        if (lock?.stale) await r.backend.delete(MAINTENANCE_LOCK);
+        return { removed: out, lockRemoved: lock?.stale === true };
       });
-      if (opts.json) return printJson({ removed: removed.map(entry) });
+      if (opts.json) return printJson({ removed: removed.map(entry), maintenanceLockRemoved: lockRemoved });
+      if (lockRemoved) process.stdout.write('removed the stale maintenance lock\n');
       for (const s of removed)
         process.stdout.write(
           `removed session ${s.id.slice(0, 8)} (${printable(s.info?.host ?? '?', 60)} pid ${s.info?.pid ?? '?'}, ${printable(s.info?.command ?? '?', 60)}): ${s.staleReason ?? 'stale'}\n`,

@@ -361,6 +361,8 @@ async function markAndCondemn(
   let newPacks = 0;
   let repacked: PackStat[] = [];
   if (opts.dryRun) {
+    result.mark.seconds = (performance.now() - t0) / 1000;
+    if (condemnedPacks.length + repack.length === 0) return undefined;
     result.condemned = {
       generation,
       packs: condemnedPacks.length + repack.length,
