@@ -1,4 +1,4 @@
-import { mapLimit, throwIfAborted } from '../../util/index.js';
+import { mapLimit, throwIfAborted, VmvaultError } from '../../util/index.js';
 import { BlobFormatError } from '../blob.js';
 import { packKey, type IndexEntry } from '../chunk-index/index.js';
 import { treePages, LEAF_PAGE_KIND, ZERO_ROOT } from '../disk-tree.js';
@@ -84,6 +84,7 @@ export interface PruneResult {
 }
 
 const HOUR = 3600_000;
+const MAX_SKEW_MS = 5 * 60_000;
 const DEFAULT_GRACE_MS = HOUR;
 
 interface PackStat {
@@ -213,6 +214,15 @@ export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<
   const result: PruneResult = { dryRun, deleted: [], freedBytes: 0, warnings: [] };
   // The collector sees everything, condemned packs included (a writer's view hides them).
   repo.index.showAllPacks();
+  // Times are the storage's; a host whose clock is far off would misjudge this host's own
+  // session ages and pids (docs/gc.md): refuse rather than guess.
+  const server = await repo.backend.serverTimeMs?.();
+  if (server !== undefined && Math.abs(server - Date.now()) > MAX_SKEW_MS)
+    throw new VmvaultError(
+      'CLOCK_SKEW',
+      `this host's clock is ${Math.round((Date.now() - server) / 1000)} s off the storage's (${repo.backend.location}), more than prune allows (${MAX_SKEW_MS / 60_000} min)`,
+      { hint: 'set the clock right (NTP, chrony) and run prune again' },
+    );
   if (!dryRun) await takeLock(repo.backend, repo.codec, own, 'prune', () => repo.listSessions());
   try {
     const { generations, damaged } = await readGenerations(repo.backend, repo.codec);
