@@ -7,11 +7,12 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LibvirtClient } from '../../src/libvirt/index.js';
-import { runCli } from '../helpers/cli.js';
+import { runCli, startCli, startServe } from '../helpers/cli.js';
 import { createTestDomain, guestWrite, type TestDomain } from '../helpers/domains.js';
 import { libvirtSkipReason, libvirtUri } from '../helpers/libvirtd.js';
 import { startS3rver, type S3TestServer } from '../helpers/s3-servers.js';
-import { makeTmpDir } from '../helpers/tmp.js';
+import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
+import { writeFile } from 'node:fs/promises';
 
 const uri = libvirtUri();
 const skip = libvirtSkipReason();
@@ -88,5 +89,86 @@ describe.skipIf(skip !== '')('live VM backup into an S3 repository', () => {
     const inc2 = await backup('inc');
     expect(inc2.mode).toBe('inc');
     expect(await restored(inc2.snapshot)).toBe(sha(disk));
+  });
+
+  it('prune while incrementals run: a parent forgotten mid-inc is kept for it; after a condemnation a new parent is not built on', async () => {
+    interface PruneJson {
+      condemned: { packs: number } | null;
+      deleted: Array<{ uncondemned: number }>;
+      waiting: { reasons: string[] } | null;
+    }
+    const prune = async (): Promise<PruneJson> => {
+      const r = await runCli(['prune', '-r', repo, '--grace', '0', '--json'], { env });
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout) as PruneJson;
+    };
+    const listed = JSON.parse((await runCli(['snapshots', '-r', repo, '--json'], { env })).stdout) as Array<{
+      id: string;
+    }>;
+    const parent = listed[listed.length - 1]!.id; // inc2 of the test above
+    // The inc holds after pinning its parent (test-only pause), while the parent is forgotten and
+    // a prune condemns the parent's own data.
+    await write(8 * MiB, 2 * MiB, 0x5a);
+    const child = startCli(
+      ['backup', '-r', repo, '--connect', uri, '--scratchdir', dir, '--json', '-d', td.name, '-l', 'inc'],
+      { ...env, VMVAULT_TEST_PAUSE: 'after-pin:15000' },
+    );
+    let out = '';
+    let err = '';
+    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+    const done = new Promise<number>((res) => child.on('close', (c) => res(c ?? -1)));
+    // Wait for its session to pin the parent.
+    for (let i = 0; i < 100; i++) {
+      const l = JSON.parse((await runCli(['locks', '-r', repo, '--json'], { env })).stdout) as {
+        sessions: Array<{ pins?: string[] }>;
+      };
+      if (l.sessions.some((x) => x.pins?.includes(parent))) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(child.exitCode).toBe(null);
+    expect((await runCli(['forget', '-r', repo, parent], { env })).code).toBe(0);
+    const p1 = await prune();
+    expect(p1.condemned?.packs).toBeGreaterThan(0);
+    expect(p1.waiting?.reasons.join(' ')).toMatch(/backup/);
+    expect(await done, err).toBe(0);
+    const inc3 = (JSON.parse(out) as Array<{ snapshot: string; mode: string }>)[0]!;
+    expect(inc3.mode).toBe('inc');
+    const p2 = await prune();
+    expect(p2.deleted[0]!.uncondemned).toBeGreaterThan(0);
+    expect(await restored(inc3.snapshot)).toBe(sha(disk));
+
+    // A generation kept pending (a serve session is alive at its condemnation) ...
+    const junk = join(dir, 'junk.raw');
+    await writeFile(junk, seededBytes(2 * MiB, 777));
+    const j = await runCli(['backup-image', '-r', repo, '--vm', 'junk', junk, '--json'], { env });
+    expect(j.code, j.stderr).toBe(0);
+    expect((await runCli(['forget', '-r', repo, 'junk@latest'], { env })).code).toBe(0);
+    const served = await startServe(['-r', repo, inc3.snapshot, '--scratchdir', dir], env);
+    try {
+      const p3 = await prune();
+      expect(p3.condemned?.packs).toBeGreaterThan(0);
+      expect(p3.waiting).not.toBeNull();
+      // ... an inc on a parent committed before the mark is an inc; the next one, whose parent
+      // was committed after the mark, backs up in full (with a note).
+      await write(12 * MiB, 64 * 1024, 0x71);
+      const inc4 = await backup('inc');
+      expect(inc4.mode).toBe('inc');
+      await write(13 * MiB, 64 * 1024, 0x72);
+      const r = await runCli(
+        ['backup', '-r', repo, '--connect', uri, '--scratchdir', dir, '--json', '-d', td.name, '-l', 'inc'],
+        { env },
+      );
+      expect(r.code, r.stderr).toBe(0);
+      const full = (JSON.parse(r.stdout) as Array<{ snapshot: string; mode: string; notes: string[] }>)[0]!;
+      expect(full.mode).toBe('full');
+      expect(full.notes.join(' ')).toMatch(/a prune is pending/);
+      expect(await restored(full.snapshot)).toBe(sha(disk));
+    } finally {
+      await served.stop();
+    }
+    expect((await prune()).deleted.length).toBeGreaterThan(0);
+    const c = await runCli(['check', '-r', repo, '--read-data'], { env });
+    expect(c.code, c.stdout + c.stderr).toBe(0);
   });
 });
