@@ -155,6 +155,11 @@ export interface Backend {
    * against which object modification times are compared (session ages); absent: this host's clock.
    */
   serverTimeMs?(): Promise<number>;
+  /**
+   * Optional: deletes up to 1000 keys in one request (S3 DeleteObjects); keys already absent are
+   * fine. Absent: callers delete one by one.
+   */
+  deleteMany?(keys: readonly string[]): Promise<void>;
   /** Optional: removes temp files left by killed writers, older than `olderThanMs`; how many. */
   removeStaleTemp?(olderThanMs: number): Promise<number>;
 }

@@ -1,8 +1,9 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { Agent as HttpAgent, STATUS_CODES } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { Readable } from 'node:stream';
 import type { S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
+import { printable } from '../../util/index.js';
 import { BackendError } from '../errors.js';
 import {
   assertRange,
@@ -554,6 +555,44 @@ export class S3Backend implements Backend {
     } catch (err) {
       if (err instanceof BackendError && err.kind === 'not-found') return;
       throw err;
+    }
+  }
+
+  /**
+   * DeleteObjects of up to 1000 keys (quiet: only failures come back). Content-MD5 is set
+   * (Swift and Ceph require it; the SDK's flexible checksum alone does not satisfy them). A key
+   * that was already gone is not an error; any other per-key failure is, naming the first.
+   */
+  async deleteMany(keys: readonly string[]): Promise<void> {
+    if (keys.length === 0) return;
+    if (keys.length > 1000) throw new RangeError(`DeleteObjects takes at most 1000 keys, not ${keys.length}`);
+    const objects = keys.map((key) => ({ Key: this.k(key) }));
+    const r = await this.send('DELETE', 'delete', keys[0]!, 0, (abortSignal, api) => {
+      const cmd = new api.sdk.DeleteObjectsCommand({
+        Bucket: this.spec.bucket,
+        Delete: { Objects: objects, Quiet: true },
+      });
+      cmd.middlewareStack.add(
+        (next) => async (args) => {
+          const req = args.request as { body?: unknown; headers?: Record<string, string> };
+          if (typeof req.body === 'string' || req.body instanceof Uint8Array)
+            req.headers = {
+              ...req.headers,
+              'content-md5': createHash('md5').update(req.body).digest('base64'),
+            };
+          return next(args);
+        },
+        { step: 'build', name: 'vmvaultContentMd5', priority: 'low' },
+      );
+      return api.client.send(cmd, { abortSignal });
+    });
+    const failed = (r.Errors ?? []).filter((e) => e.Code !== 'NoSuchKey');
+    if (failed.length > 0) {
+      const e = failed[0]!;
+      throw new BackendError(
+        e.Code === 'AccessDenied' ? 'permission' : 'other',
+        `${this.location}: DeleteObjects could not delete ${failed.length} of ${keys.length} objects, the first ${printable(e.Key ?? '?', 200)}: ${printable(e.Code ?? '?', 60)} ${printable(e.Message ?? '', 200)}`,
+      );
     }
   }
 

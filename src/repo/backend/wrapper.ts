@@ -34,6 +34,7 @@ export abstract class BackendWrapper implements Backend {
   removeStaleTemp?: (olderThanMs: number) => Promise<number>;
   describeAbsence?: () => Promise<string | undefined>;
   serverTimeMs?: () => Promise<number>;
+  deleteMany?: (keys: readonly string[]) => Promise<void>;
 
   constructor(
     readonly inner: Backend,
@@ -42,6 +43,16 @@ export abstract class BackendWrapper implements Backend {
   ) {
     if (inner.describeAbsence) this.describeAbsence = () => inner.describeAbsence!();
     if (inner.serverTimeMs) this.serverTimeMs = () => inner.serverTimeMs!();
+    // A batch delete is a delete to every wrapper (read-only refuses it, retry retries it whole:
+    // deleting an absent key is fine), named by its first key.
+    if (inner.deleteMany) {
+      this.deleteMany = (keys) => {
+        const list = Object.freeze([...keys]);
+        return list.length === 0
+          ? Promise.resolve()
+          : this.call('delete', list[0]!, () => inner.deleteMany!(list));
+      };
+    }
     if (passMaintenance) {
       if (inner.create) this.create = () => inner.create!();
       if (inner.removeStaleTemp) this.removeStaleTemp = (ms) => inner.removeStaleTemp!(ms);

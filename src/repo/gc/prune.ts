@@ -567,10 +567,10 @@ async function finishGeneration(
     reasons.push(
       `${damaged.length} snapshot manifest(s) are damaged: run 'vmvault check --read-data --repair'`,
     );
-  const present = new Set<string>(snapshots.map((s) => s.id));
+  const existing = new Set<string>(snapshots.map((s) => s.id));
   for (const s of alive)
     for (const pin of s.info?.pins ?? [])
-      if (!present.has(pin))
+      if (!existing.has(pin))
         reasons.push(
           `session ${s.id.slice(0, 8)} still reads snapshot ${pin.slice(0, 8)}, which was forgotten meanwhile`,
         );
@@ -628,19 +628,28 @@ async function finishGeneration(
   }
 
   await opts.onPhase?.('delete');
+  // Sizes from one listing (no HEAD per pack); packs already gone (a killed run) are skipped.
+  const present = await listPacks(repo, now);
+  const gone = toDelete.filter((k) => present.has(k));
   let bytes = 0;
-  let deleted = 0;
+  for (const k of gone) bytes += present.get(k)!.sizeBytes;
+  const deleted = gone.length;
   let n = 0;
-  await mapLimit(toDelete, opts.concurrency ?? 8, async (key) => {
-    throwIfAborted(opts.signal);
-    const st = await repo.backend.stat(key);
-    if (st) {
+  const deleteMany = repo.backend.deleteMany?.bind(repo.backend);
+  if (deleteMany) {
+    const batches: string[][] = [];
+    for (let i = 0; i < gone.length; i += 1000) batches.push(gone.slice(i, i + 1000));
+    await mapLimit(batches, 4, async (b) => {
+      throwIfAborted(opts.signal);
+      await deleteMany(b);
+      opts.progress?.('delete', (n += b.length), gone.length);
+    });
+  } else
+    await mapLimit(gone, opts.concurrency ?? 8, async (key) => {
+      throwIfAborted(opts.signal);
       await repo.backend.delete(key);
-      bytes += st.sizeBytes;
-      deleted++;
-    }
-    opts.progress?.('delete', ++n, toDelete.length);
-  });
+      opts.progress?.('delete', ++n, gone.length);
+    });
   await writeStep(repo.backend, repo.codec, '3-deleted', {
     version: 1,
     generation: g.generation,

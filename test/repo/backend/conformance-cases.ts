@@ -218,6 +218,18 @@ export const conformanceCases: ConformanceCase[] = [
     },
   },
   {
+    name: 'deleteMany (where offered) deletes every key given, absent ones included',
+    async run(b) {
+      if (!b.deleteMany) return;
+      const keys = Array.from({ length: 30 }, (_, i) => `dm/${String(i).padStart(2, '0')}`);
+      for (const k of keys) await b.put(k, Buffer.from(k));
+      await b.put('dm/keep', Buffer.from('k'));
+      await b.deleteMany([...keys, 'dm/never']);
+      assert.deepEqual(await keysOf(b, 'dm/'), ['dm/keep']);
+      await b.deleteMany([]);
+    },
+  },
+  {
     name: 'invalid keys are refused',
     async run(b) {
       for (const k of ['', '/abs', 'a/../b', 'trailing/']) {
