@@ -209,4 +209,17 @@ describe('prune (library, local repository)', () => {
     expect((await diskBytes(reader, b)).equals(bytesOf([11]))).toBe(true);
     await reader.close();
   });
+
+  it('with nothing to delete, merges the chunk index when backups left many deltas', async () => {
+    const repo = await open();
+    for (let i = 0; i < 34; i++) await backup(repo, `vm${i}`, await image('a.raw', [500 + i]));
+    const before = repo.index.liveObjects().length;
+    expect(before).toBeGreaterThan(32);
+    const r = await prune(repo, { graceMs: 0 });
+    expect(r.deleted).toEqual([]);
+    expect(r.compacted?.objects).toBe(before);
+    await repo.index.reload();
+    expect(repo.index.liveObjects().length).toBeLessThan(3);
+    await repo.close();
+  });
 });

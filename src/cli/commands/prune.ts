@@ -80,6 +80,7 @@ export function pruneJson(r: PruneResult): Record<string, unknown> {
     condemned: r.condemned ?? null,
     deleted: r.deleted,
     freedBytes: r.freedBytes,
+    compacted: r.compacted ?? null,
     waiting: r.waiting ?? null,
     warnings: r.warnings,
   };
@@ -123,6 +124,10 @@ export function printPruneSummary(r: PruneResult): void {
   if (r.waiting && r.dryRun)
     out.write(
       `generation ${r.waiting.generation} is condemned and not yet deleted; a prune finishes it first\n`,
+    );
+  if (r.compacted)
+    out.write(
+      `merged ${r.compacted.objects} chunk index objects (${r.compacted.entries} entries) into a ${r.compacted.kind}\n`,
     );
   if (!r.dryRun) out.write(`freed ${formatBytes(r.freedBytes)}\n`);
 }

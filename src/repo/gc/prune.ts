@@ -80,6 +80,8 @@ export interface PruneResult {
   };
   /** Bytes freed by the deletions of this run. */
   freedBytes: number;
+  /** Index objects this run merged when it deleted nothing (deletions write a base anyway). */
+  compacted?: { kind: 'merge' | 'base'; objects: number; entries: number };
   warnings: string[];
 }
 
@@ -239,8 +241,14 @@ export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<
     }
     const next = 1 + generations.reduce((m, g) => Math.max(m, g.generation), 0);
     const condemned = await markAndCondemn(repo, next, opts, result);
-    if (!condemned || dryRun) return result;
-    await finishGeneration(repo, { generation: next, condemned, keys: [] }, opts, result);
+    if (dryRun) return result;
+    if (condemned) await finishGeneration(repo, { generation: next, condemned, keys: [] }, opts, result);
+    // Nothing deleted (so no base written): merge the deltas backups left when they are many
+    // (ChunkIndex.compact's own policy: > 32 of them, or a new base past 1/8 of the old).
+    if (result.deleted.length === 0 && !result.waiting) {
+      const c = await repo.index.compact({ sessionId: repo.chunks.sessionId });
+      if (c) result.compacted = { kind: c.kind, objects: c.merged.length, entries: c.entries };
+    }
     return result;
   } finally {
     if (!dryRun) await releaseLock(repo.backend, repo.codec, own);
