@@ -222,4 +222,37 @@ describe('prune (library, local repository)', () => {
     expect(repo.index.liveObjects().length).toBeLessThan(3);
     await repo.close();
   });
+
+  it('an encrypted repository prunes the same way', async () => {
+    const encDir = join(dir, 'enc');
+    const kdf = { N: 16384, r: 8, p: 1 };
+    await (
+      await Repository.init(encDir, {
+        packSizeBytes: 4 * MiB,
+        encryption: 'aes-256-gcm',
+        password: 'pw',
+        kdf,
+      })
+    ).close();
+    const openEnc = async (): Promise<Repository> => {
+      const r = await Repository.open(
+        encDir,
+        { workers: 0, password: async () => 'pw' },
+        new LocalBackend(encDir),
+      );
+      await r.startSession('test');
+      return r;
+    };
+    const repo = await openEnc();
+    const gone = await backup(repo, 'vm', await image('a.raw', [31, 32, 33]));
+    const kept = await backup(repo, 'vm', await image('b.raw', [31, 34]));
+    await repo.forgetSnapshot(gone);
+    const r = await prune(repo, { graceMs: 0 });
+    expect(r.deleted.length).toBe(1);
+    expect(r.freedBytes).toBeGreaterThan(MiB);
+    await repo.close();
+    const reader = await openEnc();
+    expect((await diskBytes(reader, kept)).equals(bytesOf([31, 34]))).toBe(true);
+    await reader.close();
+  });
 });
