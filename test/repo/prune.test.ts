@@ -255,4 +255,25 @@ describe('prune (library, local repository)', () => {
     expect((await diskBytes(reader, kept)).equals(bytesOf([31, 34]))).toBe(true);
     await reader.close();
   });
+
+  it('a writer whose heartbeats fail commits nothing, and prune counts its session gone', async () => {
+    const { FaultBackend } = await import('../../src/repo/backend/fault.js');
+    // The first session PUT succeeds, every later one fails (a partition, lost credentials).
+    const faulty = new FaultBackend(new LocalBackend(repoDir), [
+      { op: 'put', keyPrefix: 'sessions/', nth: 2, times: 'always', fail: 'transient' },
+    ]);
+    const writer = await Repository.open(repoDir, { workers: 0 }, faulty);
+    await writer.startSession('backup', { heartbeatMs: 50, fenceMs: 300 });
+    await new Promise((r) => setTimeout(r, 500));
+    const err = await backup(writer, 'vm', await image('a.raw', [41])).catch((e: unknown) => e);
+    expect((err as Error).name).toBe('SessionExpiredError');
+    const gc = await open('prune');
+    expect(await gc.listSnapshots()).toEqual([]);
+    // Silent past the expiry: gone to prune (its object is still there).
+    await new Promise((r) => setTimeout(r, 300));
+    const r = await prune(gc, { graceMs: 0, expiredAfterMs: 200 });
+    expect(r.waiting).toBeUndefined();
+    await writer.close();
+    await gc.close();
+  });
 });
