@@ -398,6 +398,15 @@ export class BlobCodec {
   }
 
   /** A record's payload (decrypted; still compressed when meta.codec is 1), authenticated. */
+  /**
+   * Checks a record's seal only (its bounds, then the tag or GCM over the payload and the AAD of
+   * `meta`), without decompressing or hashing the plaintext: enough to copy it verbatim (prune's
+   * repack), since the copy's every reader verifies it in full. Damage → BlobFormatError.
+   */
+  checkRecordSeal(meta: RecordMeta, record: Uint8Array, maxPlaintextBytes: number): void {
+    this.recordPayload(meta, record, maxPlaintextBytes);
+  }
+
   private recordPayload(meta: RecordMeta, record: Uint8Array, maxPlaintextBytes: number): Buffer {
     const { kind, codec, plaintextBytes, id } = meta;
     if (!isRecordKind(kind)) throw new BlobFormatError(`unknown record kind ${String(kind)}`);

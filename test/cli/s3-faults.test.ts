@@ -155,6 +155,49 @@ describe('the CLI on S3 through a fault-injecting proxy', () => {
       ),
     );
   }, 120_000);
+
+  it('forget --prune through faults (lost responses, resets, 503s): completes, the kept snapshot restores, the space comes back', async () => {
+    const repo = `s3:${proxy.endpoint}/faults/prune`;
+    proxy.configure({ paused: true });
+    expect((await runCli(['init', repo, '--pack-size', '4M'], { env })).code).toBe(0);
+    const a = join(dir, 'pa.raw');
+    const b = join(dir, 'pb.raw');
+    const { writeFile } = await import('node:fs/promises');
+    await writeFile(a, Buffer.concat([seededBytes(MiB, 61), seededBytes(6 * MiB, 62)]));
+    await writeFile(b, Buffer.concat([seededBytes(MiB, 61), seededBytes(MiB, 63)]));
+    expect((await runCli(['backup-image', '-r', repo, '--vm', 'gone', a], { env })).code).toBe(0);
+    expect((await runCli(['backup-image', '-r', repo, '--vm', 'kept', b], { env })).code).toBe(0);
+    proxy.configure({
+      paused: false,
+      slowDown: 0.05,
+      internalError: 0.04,
+      resetBefore: 0.04,
+      lostResponse: 0.06,
+      truncateBody: 0.03,
+      corruptBody: 0,
+      slow: 0,
+    });
+    const forgotten = await runCli(
+      ['forget', '-r', repo, 'gone@latest', '--prune', '--grace', '0', '--json'],
+      { env },
+    );
+    expect(forgotten.code, forgotten.stderr).toBe(0);
+    const j = JSON.parse(forgotten.stdout) as {
+      prune: { freedBytes: number; deleted: unknown[] };
+      s3: { requests: Record<string, number> };
+    };
+    expect(j.prune.deleted.length, forgotten.stdout).toBe(1);
+    expect(j.prune.freedBytes).toBeGreaterThan(5 * MiB);
+    expect(proxy.stats.lostResponse).toBeGreaterThan(0);
+    expect(j.s3.requests.DELETE).toBeGreaterThan(0);
+    proxy.configure({ paused: true });
+    const out = join(dir, 'pb-restored.raw');
+    const r = await runCli(['restore', '-r', repo, 'kept@latest', '--disk', 'vda', '-o', out], { env });
+    expect(r.code, r.stderr).toBe(0);
+    expect(sha(await readFile(out))).toBe(sha(await readFile(b)));
+    const c = await runCli(['check', '-r', repo, '--read-data'], { env });
+    expect(c.code, c.stdout + c.stderr).toBe(0);
+  }, 180_000);
 });
 
 describe.runIf(swiftAvailable())('the CLI on Swift s3api', () => {

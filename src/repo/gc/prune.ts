@@ -61,7 +61,13 @@ export interface PruneResult {
     newPacks: number;
   };
   /** Generations this run finished (deleted their packs). */
-  deleted: Array<{ generation: number; packs: number; bytes: number; uncondemned: number }>;
+  deleted: Array<{
+    generation: number;
+    packs: number;
+    bytes: number;
+    freedBytes: number;
+    uncondemned: number;
+  }>;
   /** A generation whose deletion must wait (sessions alive, grace not over), and why. */
   waiting?: { generation: number; reasons: string[]; sessions: string[]; notBeforeMs?: number };
   mark?: {
@@ -78,7 +84,7 @@ export interface PruneResult {
     idSetBytes: number;
     seconds: number;
   };
-  /** Bytes freed by the deletions of this run. */
+  /** Bytes freed by the deletions of this run, net of the packs their repacks wrote. */
   freedBytes: number;
   /** Index objects this run merged when it deleted nothing (deletions write a base anyway). */
   compacted?: { kind: 'merge' | 'base'; objects: number; entries: number };
@@ -156,7 +162,7 @@ async function markSnapshot(repo: Repository, s: Snapshot, live: IdSet, pages: I
         const at = 16 + 32 * i;
         // Zero markers: 32 zero bytes (first 8 zero and the rest zero; a real id has 8 zero
         // leading bytes with probability 2^-64, and would only be kept as a false positive).
-        if (plain.readBigUInt64BE(at) === 0n && isZero(plain, at, 32)) continue;
+        if (plain[at] === 0 && plain.readUInt32BE(at) === 0 && isZero(plain, at, 32)) continue;
         live.add(plain, at);
       }
     });
@@ -377,6 +383,7 @@ async function markAndCondemn(
   let repackedRecords = 0;
   let repackedBytes = 0;
   let newPacks = 0;
+  let writtenBytes = 0;
   let repacked: PackStat[] = [];
   if (opts.dryRun) {
     result.mark.seconds = (performance.now() - t0) / 1000;
@@ -393,6 +400,7 @@ async function markAndCondemn(
     result.mark.seconds = (performance.now() - t0) / 1000;
     return undefined;
   }
+  result.mark.seconds = (performance.now() - t0) / 1000;
   if (repack.length > 0) {
     await opts.onPhase?.('repack');
     const r = await repackPacks(repo, repack, live, opts, result);
@@ -400,9 +408,9 @@ async function markAndCondemn(
     repackedRecords = r.records;
     repackedBytes = r.bytes;
     newPacks = r.newPacks;
+    writtenBytes = r.writtenBytes;
     result.mark.keptDamaged = repack.length - repacked.length;
   }
-  result.mark.seconds = (performance.now() - t0) / 1000;
   const all = [...condemnedPacks, ...repacked].slice(0, MAX_CONDEMNED_PACKS);
   if (all.length === 0) return undefined;
 
@@ -415,6 +423,7 @@ async function markAndCondemn(
     snapshots: snapshots.map((s) => s.id),
     packs: all.map((p) => p.key),
     repacked: repacked.length,
+    writtenBytes,
   };
   await writeStep(repo.backend, repo.codec, '2-condemned', step);
   // Every session visible now is one that may have missed the condemnation: wait for them.
@@ -450,7 +459,7 @@ async function repackPacks(
   live: IdSet,
   opts: PruneOptions,
   result: PruneResult,
-): Promise<{ repacked: PackStat[]; records: number; bytes: number; newPacks: number }> {
+): Promise<{ repacked: PackStat[]; records: number; bytes: number; newPacks: number; writtenBytes: number }> {
   const wanted = new Map(packs.map((p) => [p.key, [] as IndexEntry[]]));
   let prev: Buffer | undefined;
   for await (const e of repo.index.entries()) {
@@ -465,6 +474,7 @@ async function repackPacks(
   let pendingEntries: IndexEntry[] = [];
   let records = 0;
   let bytes = 0;
+  let writtenBytes = 0;
   let sinceDelta = 0;
   const seal = async (kind: 'data' | 'meta'): Promise<void> => {
     const w = writers[kind];
@@ -473,6 +483,7 @@ async function repackPacks(
     const sealed = w.finish();
     await repo.backend.putIfAbsent(sealed.key, sealed.parts, { durable: 'at-barrier' });
     written.push(sealed.key);
+    writtenBytes += sealed.sizeBytes;
     pendingEntries.push(...sealed.entries);
     if (++sinceDelta >= 64) await checkpoint();
   };
@@ -503,7 +514,10 @@ async function repackPacks(
       const record = bytesOfPack.subarray(e.offset, e.offset + e.length);
       try {
         if (record.length !== e.length) throw new BlobFormatError('the pack is shorter than its index says');
-        repo.codec.openRecord(
+        // The tag (GCM when encrypted) over the record and its AAD (kind, codec, length, id):
+        // the bytes are as sealed. Decompressing and re-hashing would prove no more about a copy
+        // made verbatim, which every reader verifies in full anyway.
+        repo.codec.checkRecordSeal(
           { kind: e.kind, codec: e.codec, plaintextBytes: e.plaintextBytes, id: e.id },
           record,
           e.kind <= 2 ? repo.chunkSizeBytes : pageMaxBytes,
@@ -536,7 +550,7 @@ async function repackPacks(
   await seal('data');
   await seal('meta');
   await checkpoint();
-  return { repacked, records, bytes, newPacks: written.length };
+  return { repacked, records, bytes, newPacks: written.length, writtenBytes };
 }
 
 /**
@@ -567,8 +581,8 @@ async function finishGeneration(
     );
   const now = await serverNow(repo);
   const notBeforeMs = g.condemned.condemnedMs + graceMs;
-  if (now < notBeforeMs)
-    reasons.push(`the grace period runs until ${new Date(notBeforeMs).toISOString()} (--grace)`);
+  const inGrace = graceMs > 0 && now < notBeforeMs;
+  if (inGrace) reasons.push(`the grace period runs until ${new Date(notBeforeMs).toISOString()} (--grace)`);
   await opts.onPhase?.('remark');
   const { snapshots, damaged } = await repo.scanSnapshots();
   if (damaged.length > 0)
@@ -587,7 +601,7 @@ async function finishGeneration(
       generation: g.generation,
       reasons,
       sessions: blocking.map((s) => s.id),
-      ...(now < notBeforeMs ? { notBeforeMs } : {}),
+      ...(inGrace ? { notBeforeMs } : {}),
     };
     return false;
   }
@@ -667,8 +681,16 @@ async function finishGeneration(
     uncondemned: [...keep],
   });
   await opts.onPhase?.('done');
-  result.deleted.push({ generation: g.generation, packs: deleted, bytes, uncondemned: keep.size });
-  result.freedBytes += bytes;
+  // Net: the new packs its repack wrote are what the deleted ones' live records became.
+  const freed = Math.max(0, bytes - g.condemned.writtenBytes);
+  result.deleted.push({
+    generation: g.generation,
+    packs: deleted,
+    bytes,
+    freedBytes: freed,
+    uncondemned: keep.size,
+  });
+  result.freedBytes += freed;
   return true;
 }
 

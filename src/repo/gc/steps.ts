@@ -36,6 +36,8 @@ export interface CondemnedStep {
   packs: string[];
   /** Of those, the packs whose live records were first copied elsewhere (informative). */
   repacked: number;
+  /** Bytes of the new packs the repack wrote (what the deletion frees is net of them). */
+  writtenBytes: number;
 }
 export interface WaitStep {
   version: 1;
@@ -126,6 +128,7 @@ function parseStep(
         (k) => PACK_KEY_RE.exec(k)![2] === PACK_KEY_RE.exec(k)![3]!.slice(0, 2),
       ),
       repacked: int(o, 'repacked'),
+      writtenBytes: int(o, 'writtenBytes'),
     };
   if (step === '2-wait')
     return { version: 1, generation, sessions: strings(o, 'sessions', SESSION_RE, 100_000) };
