@@ -4,7 +4,7 @@ import { packKey, type IndexEntry } from '../chunk-index/index.js';
 import { treePages, LEAF_PAGE_KIND, ZERO_ROOT } from '../disk-tree.js';
 import { isNotFound, RepoDamagedError } from '../errors.js';
 import { Keys } from '../format.js';
-import { PackWriter, parsePackHeader, parsePackKey } from '../pack.js';
+import { MAX_PACK_BYTES, PackWriter, parsePackHeader, parsePackKey } from '../pack.js';
 import type { Repository } from '../repository.js';
 import type { ListedSession } from '../session.js';
 import type { Snapshot } from '../snapshot.js';
@@ -476,12 +476,21 @@ async function repackPacks(
   let bytes = 0;
   let writtenBytes = 0;
   let sinceDelta = 0;
+  // Records are copied into one staging buffer per pack kind (reused once its pack is written),
+  // and packs are read into one reused buffer: no allocation per record or per pack.
+  const stageBytes = repo.config.packSizeBytes + repo.chunkSizeBytes + 64 * 1024;
+  const stages: Record<'data' | 'meta', { buf?: Buffer; used: number }> = {
+    data: { used: 0 },
+    meta: { used: 0 },
+  };
+  let readBuf = Buffer.alloc(0);
   const seal = async (kind: 'data' | 'meta'): Promise<void> => {
     const w = writers[kind];
     if (!w || w.count === 0) return;
     writers[kind] = undefined;
     const sealed = w.finish();
     await repo.backend.putIfAbsent(sealed.key, sealed.parts, { durable: 'at-barrier' });
+    stages[kind].used = 0;
     written.push(sealed.key);
     writtenBytes += sealed.sizeBytes;
     pendingEntries.push(...sealed.entries);
@@ -501,9 +510,15 @@ async function repackPacks(
   for (const p of packs) {
     throwIfAborted(opts.signal);
     const entries = (wanted.get(p.key) ?? []).sort((a, b) => a.offset - b.offset);
-    let bytesOfPack: Buffer;
+    if (p.sizeBytes > MAX_PACK_BYTES) {
+      result.warnings.push(`pack ${p.key} was not repacked: ${p.sizeBytes} bytes, more than any pack`);
+      continue;
+    }
+    if (readBuf.length < p.sizeBytes)
+      readBuf = Buffer.allocUnsafe(Math.min(MAX_PACK_BYTES, Math.max(p.sizeBytes, 2 * readBuf.length)));
+    const bytesOfPack = readBuf.subarray(0, p.sizeBytes);
     try {
-      bytesOfPack = await repo.backend.get(p.key);
+      await repo.backend.getRangeInto(p.key, 0, bytesOfPack);
     } catch (err) {
       if (isNotFound(err)) continue;
       throw err;
@@ -522,7 +537,7 @@ async function repackPacks(
           record,
           e.kind <= 2 ? repo.chunkSizeBytes : pageMaxBytes,
         );
-        copies.push({ record: Buffer.from(record), e });
+        copies.push({ record, e });
       } catch (err) {
         if (!(err instanceof BlobFormatError)) throw err;
         bad = `record ${e.id.toString('hex').slice(0, 12)} at ${e.offset} is damaged (${err.message})`;
@@ -537,8 +552,14 @@ async function repackPacks(
     }
     for (const { record, e } of copies) {
       const kind = e.kind <= 2 ? 'data' : 'meta';
+      const stage = stages[kind];
+      if (stage.used + record.length > stageBytes) await seal(kind);
+      stage.buf ??= Buffer.allocUnsafe(stageBytes);
+      const copy = stage.buf.subarray(stage.used, stage.used + record.length);
+      record.copy(copy);
+      stage.used += record.length;
       const w = (writers[kind] ??= new PackWriter(repo.codec, kind, sessionId));
-      w.add(record, { kind: e.kind, codec: e.codec, plaintextBytes: e.plaintextBytes, id: e.id });
+      w.add(copy, { kind: e.kind, codec: e.codec, plaintextBytes: e.plaintextBytes, id: e.id });
       records++;
       bytes += e.length;
       if (w.sizeBytes >= repo.config.packSizeBytes) await seal(kind);
