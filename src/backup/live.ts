@@ -6,6 +6,7 @@ import {
   isVmvaultError,
   mapLimit,
   sleep,
+  testPause,
   nullLogger,
   throwIfAborted,
   VmvaultError,
@@ -241,9 +242,7 @@ export async function backupDomain(
     const parentIndexes = new Map<string, Awaited<ReturnType<Repository['getIndex']>>>();
     // The parent's pages and chunks are reused without being re-read: pin it (docs/gc.md).
     if (plan.parent) await repo.session?.pin([plan.parent.id]);
-    // Test-only (docs/cli.md): hold here so that a test can forget the parent and prune meanwhile.
-    const pause = /^after-pin:(\d+)$/.exec(process.env.VMVAULT_TEST_PAUSE ?? '');
-    if (pause) await new Promise((r) => setTimeout(r, Number(pause[1])));
+    await testPause('after-pin'); // test-only: a test forgets the parent and prunes meanwhile
     if (plan.parent) {
       for (const d of plan.disks) {
         const pd = plan.parent.disks.find((x) => x.target === d.target);

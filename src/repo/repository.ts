@@ -1,5 +1,5 @@
 import { hostname, userInfo } from 'node:os';
-import { printable, VmvaultError } from '../util/index.js';
+import { printable, testPause, VmvaultError } from '../util/index.js';
 import type { Backend } from './backend/backend.js';
 import { openBackend } from './backend/open.js';
 import { BlobFormatError } from './blob.js';
@@ -288,6 +288,7 @@ export class Repository {
     // Commit order (design §1.6): every pack sealed and behind a barrier, their entries in a
     // durable delta index object, then the manifest.
     await this.chunks.flush();
+    await testPause('before-commit');
     // A writer whose lease may have lapsed (paused, partitioned) commits nothing (docs/gc.md).
     await this.session?.fence();
     const key = Keys.snapshot(id);

@@ -190,7 +190,8 @@ function parseInfo(json: Buffer): SessionInfo {
   };
 }
 
-function processAlive(pid: number): boolean {
+/** Is a process of this host alive (EPERM: alive, another user's)? */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -9,3 +9,4 @@ export * from './worker-pool.js';
 export * from './names.js';
 export * from './proc.js';
 export * from './duration.js';
+export * from './test-pause.js';

@@ -5,7 +5,7 @@ import { BlobFormatError } from '../blob.js';
 import type { BlobCodec } from '../codec.js';
 import { isNotFound } from '../errors.js';
 import { Keys } from '../format.js';
-import type { ListedSession } from '../session.js';
+import { processAlive, type ListedSession } from '../session.js';
 
 /**
  * The maintenance lock (docs/gc.md): `locks/maintenance`, created if absent, naming the holder's
@@ -89,9 +89,12 @@ export async function readLock(
   }
 }
 
-/** Is the lock's holder gone: its session absent or stale? A damaged lock counts as stale. */
+/** Is the lock's holder gone: its process (this host), or its session absent or stale? A damaged lock counts as stale. */
 export function lockIsStale(lock: { holder?: LockHolder }, sessions: readonly ListedSession[]): boolean {
   if (!lock.holder) return true;
+  // A holder on this host whose process is gone (killed), whatever state its session object is in
+  // (a kill during a heartbeat PUT can leave it unreadable on a server that writes in place).
+  if (lock.holder.host === hostname() && !processAlive(lock.holder.pid)) return true;
   const s = sessions.find((x) => x.id === lock.holder!.session);
   return !s || s.stale;
 }

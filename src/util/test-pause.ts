@@ -1,0 +1,9 @@
+/**
+ * Test-only (docs/cli.md): `VMVAULT_TEST_PAUSE=POINT:MS` makes the process wait MS milliseconds
+ * at a named point (`after-pin`: a live incremental has pinned its parent; `before-commit`: a
+ * snapshot is about to be committed), so that a test can act meanwhile (forget, prune, SIGSTOP).
+ */
+export async function testPause(point: 'after-pin' | 'before-commit'): Promise<void> {
+  const m = /^([a-z-]+):(\d+)$/.exec(process.env.VMVAULT_TEST_PAUSE ?? '');
+  if (m && m[1] === point) await new Promise((r) => setTimeout(r, Number(m[2])));
+}
