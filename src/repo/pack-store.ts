@@ -110,6 +110,8 @@ export class PackStore {
 
   /** Index-visible bytes this store wrote (records) — for statistics. */
   packsWritten = 0;
+  /** Bytes of the data packs this store wrote (whole packs). */
+  packBytesWritten = 0;
 
   constructor(
     private readonly backend: Backend,
@@ -247,6 +249,59 @@ export class PackStore {
     return { id, isNew: true, storedBytes: r.recordBytes, buffer: back };
   }
 
+  /** Worker threads of this store (0: inline, `copyRecords` unavailable). */
+  get workerCount(): number {
+    return this.workers;
+  }
+
+  /**
+   * prune's repack on worker `slot`: the worker reads pack `key` and appends the data records
+   * `entries` name, verbatim, to its open pack (their seals checked first). Their ids count as
+   * acknowledged in that open pack until it is written, so a worker that dies before fails the
+   * next `flush` (ChunksLostError) and nothing is condemned on their account. One call per slot
+   * at a time. Returns why the pack could not be copied (a damaged record), or undefined.
+   */
+  async copyRecords(
+    slot: number,
+    key: string,
+    sizeBytes: number,
+    entries: readonly IndexEntry[],
+  ): Promise<{ damaged?: string; packs: number; bytes: number }> {
+    const pool = this.getPool();
+    if (!pool || slot < 0 || slot >= this.workers) throw new RangeError('copyRecords needs a worker slot');
+    const records = Buffer.from(new ArrayBuffer(entries.length * 48));
+    entries.forEach((e, i) => {
+      const at = i * 48;
+      e.id.copy(records, at);
+      records.writeUInt32BE(e.offset, at + 32);
+      records.writeUInt32BE(e.length, at + 36);
+      records.writeUInt32BE(e.plaintextBytes, at + 40);
+      records[at + 44] = e.kind;
+      records[at + 45] = e.codec;
+    });
+    let r: PackWorkerResult;
+    try {
+      r = await pool.runOn(
+        slot,
+        { op: 'copy', key, sizeBytes, records, maxChunkBytes: this.chunkSizeBytes },
+        [records.buffer as ArrayBuffer],
+      );
+    } catch (err) {
+      const mapped = this.fromWorker(err, '', {}, true);
+      if (mapped instanceof BackendError || !(err instanceof WorkerTaskError)) this.packLost(slot, mapped);
+      throw mapped;
+    }
+    if (!('packs' in r)) throw new Error('unexpected worker reply');
+    if (r.damaged !== undefined) return { damaged: r.damaged, packs: 0, bytes: 0 };
+    for (const e of entries) this.openIds[slot]!.add(e.id.toString('hex'));
+    let bytes = 0;
+    for (const w of r.packs) {
+      bytes += w.sizeBytes;
+      await this.written(slot, w);
+    }
+    return { packs: r.packs.length, bytes };
+  }
+
   /** The open pack of `slot` is gone (its write failed, its worker died): forget its chunks. */
   private packLost(slot: number, err: unknown): void {
     const n = this.openIds[slot]!.size;
@@ -289,6 +344,7 @@ export class PackStore {
     }
     this.unsynced.push({ key: w.key, entries });
     this.packsWritten++;
+    this.packBytesWritten += w.sizeBytes;
     this.packsSinceDelta++;
     if (this.packsSinceDelta >= this.deltaEveryPacks || Date.now() - this.lastDeltaMs >= this.deltaEveryMs)
       await this.checkpoint();

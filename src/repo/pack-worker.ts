@@ -13,7 +13,7 @@ import { openBackend, type BackendSpec } from './backend/open.js';
 import { s3RequestCounts, type S3RequestCounts } from './backend/s3.js';
 import { encodeEntryInto, ENTRY_BYTES, type IndexEntry } from './chunk-index/entry.js';
 import { BlobCodec, RECORD_OVERHEAD, type CodecSpec, type RecordKind, type RecordMeta } from './codec.js';
-import { zstdBound } from './blob.js';
+import { BlobFormatError, zstdBound } from './blob.js';
 import { BackendError } from './errors.js';
 import { PackWriter, verifyPack } from './pack.js';
 
@@ -59,6 +59,13 @@ export type PackWorkerRequest =
       destOffset?: number;
       destLength?: number;
     }
+  /**
+   * prune's repack: reads pack `key` whole, checks the seal of each record `records` names (48
+   * bytes each: id 32, offset u32, length u32, plaintext length u32, kind u8, codec u8, 0 u16) and
+   * appends them verbatim to this worker's open data pack (written when full, as `add` does). A
+   * damaged record copies nothing of the pack and is reported.
+   */
+  | { op: 'copy'; key: string; sizeBytes: number; records: Uint8Array; maxChunkBytes: number }
   /** check --read-data: reads a whole pack and opens every record. */
   | { op: 'verify'; key: string; sizeBytes: number; maxChunkBytes: number; maxPageBytes: number };
 
@@ -74,7 +81,8 @@ export type PackWorkerResult =
   | { written?: WrittenPack }
   | { data: Uint8Array }
   | { length: number }
-  | { entries: Uint8Array; problems: Array<{ offset: number | '*'; id?: Uint8Array; reason: string }> };
+  | { entries: Uint8Array; problems: Array<{ offset: number | '*'; id?: Uint8Array; reason: string }> }
+  | { packs: WrittenPack[]; damaged?: string };
 
 const data = workerData as PackWorkerData;
 const codec = BlobCodec.fromSpec(data.codec);
@@ -219,6 +227,66 @@ async function read(req: Extract<PackWorkerRequest, { op: 'read' }>): Promise<Ha
   }
 }
 
+async function copy(req: Extract<PackWorkerRequest, { op: 'copy' }>): Promise<Handled> {
+  let buf = freePackBuffers.pop();
+  if (!buf || buf.length < req.sizeBytes)
+    buf = Buffer.allocUnsafeSlow(Math.max(req.sizeBytes, slabBytes + 4096));
+  try {
+    const bytes = buf.subarray(0, req.sizeBytes);
+    await backend.getRangeInto(req.key, 0, bytes);
+    const r = Buffer.from(req.records.buffer, req.records.byteOffset, req.records.byteLength);
+    const recs: Array<{ record: Buffer; meta: RecordMeta }> = [];
+    for (let at = 0; at + 48 <= r.length; at += 48) {
+      const offset = r.readUInt32BE(at + 32);
+      const length = r.readUInt32BE(at + 36);
+      const meta: RecordMeta = {
+        id: Buffer.from(r.subarray(at, at + 32)),
+        plaintextBytes: r.readUInt32BE(at + 40),
+        kind: r[at + 44] as RecordKind,
+        codec: r[at + 45] as 0 | 1,
+      };
+      const where = `record ${meta.id.toString('hex').slice(0, 12)} at ${offset}`;
+      if (meta.kind !== 1 && meta.kind !== 2)
+        return { result: { packs: [], damaged: `${where} is not a data record` }, transfer: [] };
+      if (offset + length > req.sizeBytes || length > RECORD_OVERHEAD + zstdBound(req.maxChunkBytes))
+        return {
+          result: { packs: [], damaged: `${where} lies outside the pack or is too long` },
+          transfer: [],
+        };
+      const record = bytes.subarray(offset, offset + length);
+      try {
+        codec.checkRecordSeal(meta, record, req.maxChunkBytes);
+      } catch (err) {
+        if (!(err instanceof BlobFormatError)) throw err;
+        return { result: { packs: [], damaged: `${where} is damaged (${err.message})` }, transfer: [] };
+      }
+      recs.push({ record, meta });
+    }
+    const packs: WrittenPack[] = [];
+    for (const { record, meta } of recs) {
+      for (;;) {
+        while (open === undefined) await openPack();
+        const o = open;
+        if (o.used + record.length <= o.slab.length) {
+          record.copy(o.slab, o.used);
+          o.writer.add(o.slab.subarray(o.used, o.used + record.length), meta);
+          o.used += record.length;
+          if (o.writer.sizeBytes >= data.packSizeBytes) {
+            const w = await sealOpen();
+            if (w) packs.push(w);
+          }
+          break;
+        }
+        const w = await sealOpen(); // no room for this (long) record: the next pack takes it
+        if (w) packs.push(w);
+      }
+    }
+    return { result: { packs }, transfer: packs.map((p) => p.entries.buffer as ArrayBuffer) };
+  } finally {
+    if (freePackBuffers.length < 2) freePackBuffers.push(buf);
+  }
+}
+
 async function verify(req: Extract<PackWorkerRequest, { op: 'verify' }>): Promise<Handled> {
   // Pack buffers are reused (at most two kept): a pack is read whole, verified and dropped.
   let buf = freePackBuffers.pop();
@@ -261,6 +329,8 @@ interface Handled {
 
 async function handle(req: PackWorkerRequest): Promise<Handled> {
   switch (req.op) {
+    case 'copy':
+      return copy(req);
     case 'add':
       return add(req);
     case 'seal': {

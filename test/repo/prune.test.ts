@@ -63,8 +63,8 @@ describe('prune (library, local repository)', () => {
   let dir: string;
   let cleanup: () => Promise<void>;
   let repoDir: string;
-  const open = async (command = 'test'): Promise<Repository> => {
-    const r = await Repository.open(repoDir, { workers: 0 }, new LocalBackend(repoDir));
+  const open = async (command = 'test', workers = 0): Promise<Repository> => {
+    const r = await Repository.open(repoDir, { workers }, new LocalBackend(repoDir));
     await r.startSession(command);
     return r;
   };
@@ -192,23 +192,26 @@ describe('prune (library, local repository)', () => {
     await repo.close();
   });
 
-  it('repacks a pack whose unused share exceeds --max-unused', async () => {
-    const repo = await open();
-    // One 4 MiB pack holding four chunks; three of them become garbage.
-    const a = await backup(repo, 'vm', await image('a.raw', [11, 12, 13, 14]));
-    const b = await backup(repo, 'vm2', await image('b.raw', [11]));
-    await repo.forgetSnapshot(a);
-    const dry = await prune(repo, { graceMs: 0, dryRun: true });
-    expect(dry.condemned?.repackedPacks).toBeGreaterThan(0);
-    const r = await prune(repo, { graceMs: 0, maxUnusedPercent: 10 });
-    expect(r.condemned?.repackedRecords).toBeGreaterThan(0);
-    expect(r.deleted.length).toBe(1);
-    expect(await packBytes(repoDir)).toBeLessThan(1.2 * MiB);
-    await repo.close();
-    const reader = await open();
-    expect((await diskBytes(reader, b)).equals(bytesOf([11]))).toBe(true);
-    await reader.close();
-  });
+  it.each([0, 2])(
+    'repacks a pack whose unused share exceeds --max-unused (%i worker threads)',
+    async (workers) => {
+      const repo = await open('prune', workers);
+      // One 4 MiB pack holding four chunks; three of them become garbage.
+      const a = await backup(repo, 'vm', await image('a.raw', [11, 12, 13, 14]));
+      const b = await backup(repo, 'vm2', await image('b.raw', [11]));
+      await repo.forgetSnapshot(a);
+      const dry = await prune(repo, { graceMs: 0, dryRun: true });
+      expect(dry.condemned?.repackedPacks).toBeGreaterThan(0);
+      const r = await prune(repo, { graceMs: 0, maxUnusedPercent: 10 });
+      expect(r.condemned?.repackedRecords).toBeGreaterThan(0);
+      expect(r.deleted.length).toBe(1);
+      expect(await packBytes(repoDir)).toBeLessThan(1.2 * MiB);
+      await repo.close();
+      const reader = await open();
+      expect((await diskBytes(reader, b)).equals(bytesOf([11]))).toBe(true);
+      await reader.close();
+    },
+  );
 
   it('with nothing to delete, merges the chunk index when backups left many deltas', async () => {
     const repo = await open();

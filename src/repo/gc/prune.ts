@@ -507,7 +507,53 @@ async function repackPacks(
   const repacked: PackStat[] = [];
   let done = 0;
   const total = packs.reduce((s, p) => s + p.liveBytes, 0);
-  for (const p of packs) {
+  // Data packs go to the pack store's worker threads, one pack per worker at a time (each reads,
+  // checks and copies in parallel); meta packs (pages, few) and a store without workers below.
+  const workers = repo.chunks.workerCount;
+  let workerPacks = 0;
+  const onWorkers = workers > 0 ? packs.filter((p) => p.key.startsWith(Keys.dataPrefix)) : [];
+  const here = workers > 0 ? packs.filter((p) => !p.key.startsWith(Keys.dataPrefix)) : packs;
+  if (onWorkers.length > 0) {
+    const before = repo.chunks.packBytesWritten;
+    const packsBefore = repo.chunks.packsWritten;
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: workers }, async (_, slot) => {
+        for (let p = onWorkers[next++]; p; p = onWorkers[next++]) {
+          throwIfAborted(opts.signal);
+          const entries = (wanted.get(p.key) ?? []).sort((a, b) => a.offset - b.offset);
+          if (p.sizeBytes > MAX_PACK_BYTES) {
+            result.warnings.push(`pack ${p.key} was not repacked: ${p.sizeBytes} bytes, more than any pack`);
+            continue;
+          }
+          let r: { damaged?: string };
+          try {
+            r = await repo.chunks.copyRecords(slot, p.key, p.sizeBytes, entries);
+          } catch (err) {
+            if (isNotFound(err)) continue;
+            throw err;
+          }
+          if (r.damaged !== undefined) {
+            result.warnings.push(
+              `pack ${p.key} was not repacked: ${r.damaged}; 'vmvault check --read-data --repair' voids it, and the next backup stores that data again`,
+            );
+            continue;
+          }
+          repacked.push(p);
+          records += entries.length;
+          for (const e of entries) bytes += e.length;
+          done += p.liveBytes;
+          opts.progress?.('repack', done, total);
+        }
+      }),
+    );
+    // Seal the workers' open packs, barrier, and their entries into a delta: durable and indexed
+    // before anything is condemned (a worker lost meanwhile fails here, before condemning).
+    await repo.chunks.flush();
+    writtenBytes += repo.chunks.packBytesWritten - before;
+    workerPacks = repo.chunks.packsWritten - packsBefore;
+  }
+  for (const p of here) {
     throwIfAborted(opts.signal);
     const entries = (wanted.get(p.key) ?? []).sort((a, b) => a.offset - b.offset);
     if (p.sizeBytes > MAX_PACK_BYTES) {
@@ -571,7 +617,7 @@ async function repackPacks(
   await seal('data');
   await seal('meta');
   await checkpoint();
-  return { repacked, records, bytes, newPacks: written.length, writtenBytes };
+  return { repacked, records, bytes, newPacks: written.length + workerPacks, writtenBytes };
 }
 
 /**
