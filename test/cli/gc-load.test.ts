@@ -1,4 +1,4 @@
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli, startCli } from '../helpers/cli.js';
@@ -180,7 +180,9 @@ describe('many writers and prune at once (load test)', () => {
   });
 
   it('local repository', async () => {
-    const r = await loadTest(dir, join(dir, 'repo'), {}, roundsFor(3));
+    const work = join(dir, 'local');
+    await mkdir(work);
+    const r = await loadTest(work, join(work, 'repo'), {}, roundsFor(3));
     expect(r.prunes).toBeGreaterThanOrEqual(2);
     expect(r.killedPrunes).toBeGreaterThanOrEqual(1);
     expect(r.backups).toBe(WRITERS * roundsFor(3) - 2);
@@ -194,7 +196,10 @@ describe('many writers and prune at once (load test)', () => {
       AWS_REGION: server.region,
     };
     // Two rounds on S3 (each command loads the SDK: the suite's time budget), more with VMVAULT_LOAD_ROUNDS.
-    const r = await loadTest(dir, `s3:${server.endpoint}/vmvault-load/a`, env, roundsFor(2));
+    // Its own directory: the same images and times make the same snapshot ids as the local run.
+    const work = join(dir, 's3');
+    await mkdir(work);
+    const r = await loadTest(work, `s3:${server.endpoint}/vmvault-load/a`, env, roundsFor(2));
     expect(r.prunes).toBeGreaterThanOrEqual(2);
     expect(r.killedPrunes).toBeGreaterThanOrEqual(1);
   }, 300_000);
