@@ -540,7 +540,7 @@ export class Repository {
   gcPendingSinceMs: number | undefined;
 
   private async applyPendingGc(): Promise<void> {
-    const { generations } = await readGenerations(this.backend, this.codec);
+    const { generations } = await readGenerations(this.backend, this.codec, { pendingOnly: true });
     const pending = pendingGenerations(generations);
     if (pending.length > 0) {
       this.index.hidePacks(pending.flatMap((g) => g.condemned.packs.map((k) => k.slice(-32))));

@@ -157,6 +157,8 @@ export interface ListedSession {
   stale: boolean;
   /** Why it is stale: its lease ran out, or its process is gone (same host). */
   staleReason?: string;
+  /** Its host is this one and its process is gone: it can never write again. */
+  processGone?: boolean;
 }
 
 function parseInfo(json: Buffer): SessionInfo {
@@ -229,6 +231,7 @@ export async function listSessions(
       if (!s.stale && s.info.host === hostname() && !processAlive(s.info.pid)) {
         s.stale = true;
         s.staleReason = `process ${s.info.pid} is gone from this host`;
+        s.processGone = true;
       }
     } catch (err) {
       if (err instanceof BlobFormatError || err instanceof SyntaxError)

@@ -164,20 +164,33 @@ describe('prune (library, local repository)', () => {
     await reader.close();
   });
 
-  it('a live session pinning a forgotten snapshot holds the deletion', async () => {
+  it('a session that began after the condemnation and pins a forgotten snapshot holds the deletion', async () => {
     const setup = await open();
+    const junk = await backup(setup, 'junk', await image('j.raw', [70]));
     const s = await backup(setup, 'vm', await image('a.raw', [7]));
+    await setup.forgetSnapshot(junk);
     await setup.close();
+    // A generation kept pending by a session alive at its condemnation ...
+    const blocker = await open('backup');
+    const gc = await open('prune');
+    const r1 = await prune(gc, { graceMs: 0 });
+    expect(r1.waiting?.sessions).toEqual([blocker.session!.id.toString('hex')]);
+    // ... a restore that starts after it (not in its wait set) pins s, which is then forgotten.
     const restore = await open('restore');
     await restore.session!.pin([s.id]);
-    const gc = await open('prune');
     await gc.forgetSnapshot(s);
-    // Condemned while the restore is alive: it waits for it (and for its pin).
-    const r1 = await prune(gc, { graceMs: 0 });
-    expect(r1.waiting?.reasons.join(' ')).toMatch(/may use condemned data|forgotten meanwhile/);
-    await restore.close();
+    await blocker.close();
+    // Only the pin holds the deletion now (s's data is live for the mark it was condemned by,
+    // and it must not become deletable while the restore reads it).
     const r2 = await prune(gc, { graceMs: 0 });
-    expect(r2.deleted.length).toBe(1);
+    expect(r2.deleted).toEqual([]);
+    expect(r2.waiting?.reasons).toEqual([
+      expect.stringMatching(/still reads snapshot .*forgotten meanwhile/),
+    ]);
+    expect(r2.waiting?.sessions).toEqual([]);
+    await restore.close();
+    const r3 = await prune(gc, { graceMs: 0 });
+    expect(r3.deleted.length).toBeGreaterThan(0);
     await gc.close();
   });
 

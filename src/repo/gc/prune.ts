@@ -4,11 +4,19 @@ import { packKey, type IndexEntry } from '../chunk-index/index.js';
 import { treePages, LEAF_PAGE_KIND, ZERO_ROOT } from '../disk-tree.js';
 import { isNotFound, RepoDamagedError } from '../errors.js';
 import { Keys } from '../format.js';
-import { MAX_PACK_BYTES, PackWriter, parsePackHeader, parsePackKey } from '../pack.js';
+import {
+  MAX_PACK_BYTES,
+  PACK_FOOTER_BYTES,
+  PackWriter,
+  TRAILER_ENTRY_BYTES,
+  parsePackHeader,
+  parsePackKey,
+} from '../pack.js';
+import { MAX_PAGE_BYTES } from '../pack-store.js';
 import type { Repository } from '../repository.js';
 import type { ListedSession } from '../session.js';
 import type { Snapshot } from '../snapshot.js';
-import { PACK_HEADER_BYTES } from '../codec.js';
+import { PACK_HEADER_BYTES, TRAILER_OVERHEAD } from '../codec.js';
 import { IdSet } from './id-set.js';
 import { releaseLock, takeLock } from './lock.js';
 import {
@@ -109,8 +117,6 @@ async function serverNow(repo: Repository): Promise<number> {
   return (await repo.backend.serverTimeMs?.()) ?? Date.now();
 }
 
-const pageMaxBytes = 16 + 32 * 65536;
-
 /**
  * Adds to `live` every chunk and page id a snapshot reaches. Pages already in `pages` (read for
  * an earlier snapshot) are not read again: one read per distinct page in the whole mark.
@@ -172,10 +178,11 @@ async function markSnapshot(repo: Repository, s: Snapshot, live: IdSet, pages: I
 
 /** The share of a pack no live record uses (its header, footer and the live records' trailer entries count as used). */
 function unusedShare(p: PackStat): number {
-  const used = p.liveBytes + PACK_OVERHEAD + 48 * p.liveRecords;
+  const used = p.liveBytes + PACK_OVERHEAD + TRAILER_ENTRY_BYTES * p.liveRecords;
   return Math.max(0, p.sizeBytes - used) / p.sizeBytes;
 }
-const PACK_OVERHEAD = 48 + 16 + 28 + 8;
+/** Header, footer, the trailer's seal and its 8-byte head. */
+const PACK_OVERHEAD = PACK_HEADER_BYTES + PACK_FOOTER_BYTES + TRAILER_OVERHEAD + 8;
 
 function isZero(b: Buffer, at: number, n: number): boolean {
   for (let i = at; i < at + n; i++) if (b[i] !== 0) return false;
@@ -210,9 +217,7 @@ function liveSessions(
 
 /** A session counts as gone when its heartbeat is older than the expiry, or its host says its process is gone. */
 function isGone(s: ListedSession, expiredAfterMs: number): boolean {
-  return (
-    s.ageMs > expiredAfterMs || (s.stale && s.staleReason !== undefined && /is gone/.test(s.staleReason))
-  );
+  return s.ageMs > expiredAfterMs || s.processGone === true;
 }
 
 export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<PruneResult> {
@@ -581,7 +586,7 @@ async function repackPacks(
         repo.codec.checkRecordSeal(
           { kind: e.kind, codec: e.codec, plaintextBytes: e.plaintextBytes, id: e.id },
           record,
-          e.kind <= 2 ? repo.chunkSizeBytes : pageMaxBytes,
+          e.kind <= 2 ? repo.chunkSizeBytes : MAX_PAGE_BYTES,
         );
         copies.push({ record, e });
       } catch (err) {

@@ -149,13 +149,15 @@ export interface DamagedStep {
 }
 
 /**
- * Every generation in `gc/`, oldest first, with its steps read and validated. A damaged step is
+ * Every generation in `gc/` (with `pendingOnly`: only the `2-condemned` steps of generations not
+ * finished), oldest first, with its steps read and validated. A damaged step is
  * reported in `damaged` and treated as absent (a damaged `2-condemned` therefore condemns nothing:
  * writers then reuse its packs, and the generation never deletes: safe both ways).
  */
 export async function readGenerations(
   backend: Backend,
   codec: BlobCodec,
+  opts: { pendingOnly?: boolean } = {},
 ): Promise<{ generations: Generation[]; damaged: DamagedStep[] }> {
   const byGen = new Map<number, Generation>();
   const damaged: DamagedStep[] = [];
@@ -165,7 +167,11 @@ export async function readGenerations(
     if (!m) continue;
     found.push({ key: o.key, gen: Number(m[1]), step: m[2] as GcStepName, size: o.sizeBytes });
   }
+  // A writer needs only generations without `3-deleted`: the steps of finished ones (the newest
+  // is kept as history) are not read at its start.
+  const finished = new Set(found.filter((f) => f.step === '3-deleted').map((f) => f.gen));
   for (const f of found) {
+    if (opts.pendingOnly && (finished.has(f.gen) || f.step !== '2-condemned')) continue;
     let g = byGen.get(f.gen);
     if (!g) byGen.set(f.gen, (g = { generation: f.gen, keys: [] }));
     g.keys.push(f.key);
