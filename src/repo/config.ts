@@ -38,7 +38,20 @@ export interface RepoConfig {
   keyId?: string;
   /** Encrypted only: keys.ts configMac of the config without `mac`. */
   mac?: string;
+  /**
+   * S3 Object Lock (docs/s3.md "Object Lock"): every object but the coordination ones (sessions/,
+   * locks/, gc/) is written with this retention, and prune keeps live objects' retention ahead.
+   */
+  objectLock?: ObjectLockConfig;
 }
+
+export interface ObjectLockConfig {
+  mode: 'governance' | 'compliance';
+  /** Retention of each object written, and how far ahead prune keeps live objects' (1..36500). */
+  days: number;
+}
+
+export const MAX_OBJECT_LOCK_DAYS = 36_500;
 
 export interface InitOptions {
   chunkSizeBytes?: number;
@@ -54,6 +67,8 @@ export interface InitOptions {
   pageSlots?: number;
   /** Test-only: scrypt parameters of the first key slot (keys.ts DEFAULT_KDF otherwise). */
   kdf?: { N: number; r: number; p: number };
+  /** S3 Object Lock retention (the bucket must have Object Lock enabled, or be created here). */
+  objectLock?: ObjectLockConfig;
 }
 
 export function newConfig(opts: InitOptions = {}): RepoConfig {
@@ -83,6 +98,16 @@ export function newConfig(opts: InitOptions = {}): RepoConfig {
       `invalid page size ${pageSlots} slots`,
       `use a power of two from ${MIN_PAGE_SLOTS} to ${MAX_PAGE_SLOTS}`,
     );
+  const lock = opts.objectLock;
+  if (lock !== undefined) {
+    if (!Number.isSafeInteger(lock.days) || lock.days < 1 || lock.days > MAX_OBJECT_LOCK_DAYS)
+      throw new UsageError(
+        `invalid Object Lock retention ${lock.days} days`,
+        `use a whole number of days from 1 to ${MAX_OBJECT_LOCK_DAYS}`,
+      );
+    if (lock.mode !== 'governance' && lock.mode !== 'compliance')
+      throw new UsageError(`invalid Object Lock mode '${String(lock.mode)}'`, 'use governance or compliance');
+  }
   return {
     format: 'vmvault-repository',
     version: REPO_FORMAT_VERSION,
@@ -94,6 +119,7 @@ export function newConfig(opts: InitOptions = {}): RepoConfig {
     packSizeBytes,
     pageSlots,
     encryption: 'none',
+    ...(lock === undefined ? {} : { objectLock: { mode: lock.mode, days: lock.days } }),
   };
 }
 
@@ -128,6 +154,7 @@ const CONFIG_FIELDS = new Set([
   'chunkId',
   'keyId',
   'mac',
+  'objectLock',
 ]);
 
 /** A value from an untrusted config, short and safe to print. */
@@ -284,6 +311,20 @@ export function parseConfig(buf: Buffer, location: string): RepoConfig {
       );
     throw damaged(`encryption is ${shown(c.encryption)}, not "none" or "aes-256-gcm"`);
   }
+  let objectLock: ObjectLockConfig | undefined;
+  if (c.objectLock !== undefined) {
+    const ol = c.objectLock as Record<string, unknown> | null;
+    if (typeof ol !== 'object' || ol === null || Array.isArray(ol))
+      throw damaged(`objectLock is ${shown(c.objectLock)}, not {"mode": ..., "days": ...}`);
+    const extra = Object.keys(ol).find((k) => k !== 'mode' && k !== 'days');
+    if (extra !== undefined) throw damaged(`unknown field objectLock.${shown(extra)}`);
+    if (ol.mode !== 'governance' && ol.mode !== 'compliance')
+      throw damaged(`objectLock.mode is ${shown(ol.mode)}, not "governance" or "compliance"`);
+    const d = ol.days;
+    if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 1 || d > MAX_OBJECT_LOCK_DAYS)
+      throw damaged(`objectLock.days is ${shown(d)}, not a whole number from 1 to ${MAX_OBJECT_LOCK_DAYS}`);
+    objectLock = { mode: ol.mode, days: d };
+  }
   return {
     format: 'vmvault-repository',
     version: c.version,
@@ -296,5 +337,16 @@ export function parseConfig(buf: Buffer, location: string): RepoConfig {
     pageSlots: slots,
     encryption: c.encryption,
     ...(c.encryption === 'aes-256-gcm' ? { keyId: c.keyId as string, mac: c.mac as string } : {}),
+    ...(objectLock === undefined ? {} : { objectLock }),
   };
+}
+
+/**
+ * The retention period of a repository's Object Lock, in ms (days × 24 h). Tests shorten it with
+ * VMVAULT_TEST_OBJECT_LOCK_SECONDS (a real bucket's retention is whole days; the S3 proxy's is not).
+ */
+export function objectLockPeriodMs(lock: ObjectLockConfig): number {
+  const test = process.env.VMVAULT_TEST_OBJECT_LOCK_SECONDS;
+  if (test !== undefined && /^\d{1,7}$/.test(test) && Number(test) > 0) return Number(test) * 1000;
+  return lock.days * 86_400_000;
 }

@@ -1,7 +1,7 @@
 import { hostname, userInfo } from 'node:os';
-import { printable, testPause, VmvaultError } from '../util/index.js';
-import type { Backend } from './backend/backend.js';
-import { openBackend } from './backend/open.js';
+import { printable, testPause, UsageError, VmvaultError } from '../util/index.js';
+import type { Backend, ObjectLockPolicy } from './backend/backend.js';
+import { applyObjectLock, openBackend } from './backend/open.js';
 import { BlobFormatError } from './blob.js';
 import { isAllZero, type ChunkId } from './chunk-id.js';
 import { ChunkIndex, codecSectionSealer } from './chunk-index/index.js';
@@ -13,13 +13,14 @@ import {
   findRepositoryObject,
   isRepositoryConfig,
   newConfig,
+  objectLockPeriodMs,
   parseConfig,
   type InitOptions,
   type RepoConfig,
 } from './config.js';
 import { DiskIndex } from './disk-index.js';
 import { readTree, writeTree } from './disk-tree.js';
-import { pendingGenerations, readGenerations } from './gc/steps.js';
+import { GC_PREFIX, pendingGenerations, readGenerations } from './gc/steps.js';
 import { listSessions, Session, sessionKey, type ListedSession, type SessionTiming } from './session.js';
 import {
   configMac,
@@ -119,6 +120,7 @@ export class Repository {
     opts: OpenOptions,
     unlocked?: { master: Buffer; slotName: string },
   ): Promise<Repository> {
+    if (config.objectLock !== undefined) applyObjectLock(backend, objectLockPolicy(config));
     const codec = BlobCodec.fromConfig(config, unlocked ? splitMasterKey(unlocked.master) : {});
     const index = await ChunkIndex.load(backend, codecSectionSealer(codec));
     return new Repository(backend, config, opts, codec, index, unlocked);
@@ -162,7 +164,28 @@ export class Repository {
     const damaged = await findRepositoryObject(backend);
     if (damaged !== undefined) throw new RepoConfigMissingError(where, damaged);
     for await (const obj of backend.list('')) throw new RepoNotEmptyError(where, obj.key);
-    await backend.create?.();
+    if (config.objectLock !== undefined && !backend.objectLockStatus)
+      throw new UsageError(
+        `${where} cannot lock objects: Object Lock is a feature of S3 buckets`,
+        'drop --object-lock-days, or create the repository in an S3 bucket (docs/s3.md "Object Lock")',
+      );
+    await backend.create?.(config.objectLock === undefined ? {} : { objectLock: true });
+    if (config.objectLock !== undefined) {
+      const st = await backend.objectLockStatus!();
+      if (!st.enabled)
+        throw new VmvaultError('OBJECT_LOCK', `${where}: the bucket does not have Object Lock enabled`, {
+          hint: 'create the bucket with Object Lock enabled (aws s3api create-bucket --object-lock-enabled-for-bucket), or let vmvault init create it (docs/s3.md "Object Lock")',
+        });
+      if (st.defaultRetention !== undefined)
+        throw new VmvaultError(
+          'OBJECT_LOCK',
+          `${where}: the bucket has a default retention (${printable(st.defaultRetention, 40)}); it would lock the session objects every writer deletes`,
+          {
+            hint: 'remove the default retention rule: vmvault sets the retention of each object itself (docs/s3.md "Object Lock")',
+          },
+        );
+      applyObjectLock(backend, objectLockPolicy(config));
+    }
     const created = await backend.putIfAbsent(
       Keys.config,
       Buffer.from(`${JSON.stringify(config, null, 2)}\n`),
@@ -580,6 +603,18 @@ export class Repository {
       await this.backend.close();
     }
   }
+}
+
+/** The stack-level Object Lock policy of a locked repository's config (docs/s3.md "Object Lock"). */
+export function objectLockPolicy(config: RepoConfig): ObjectLockPolicy {
+  const lock = config.objectLock!;
+  return {
+    mode: lock.mode === 'compliance' ? 'COMPLIANCE' : 'GOVERNANCE',
+    periodMs: objectLockPeriodMs(lock),
+    // Objects their writers delete or replace: sessions (each writer), gc steps and the
+    // maintenance lock (prune), the conditional-write probe.
+    exemptPrefixes: [Keys.sessionPrefix, Keys.lockPrefix, GC_PREFIX, 'tmp/'],
+  };
 }
 
 function userName(): string {

@@ -317,6 +317,21 @@ describe('init and open through the CLI', () => {
       ],
       ['an unknown field', () => JSON.stringify(edit({ owner: 'mallory' })), /unknown field "owner"/],
       ['encryption not a string', () => JSON.stringify(edit({ encryption: 5 })), /encryption is 5/],
+      [
+        'objectLock days 0',
+        () => JSON.stringify(edit({ objectLock: { mode: 'compliance', days: 0 } })),
+        /objectLock.days is 0/,
+      ],
+      [
+        'objectLock mode unknown',
+        () => JSON.stringify(edit({ objectLock: { mode: 'none', days: 30 } })),
+        /objectLock.mode is "none"/,
+      ],
+      [
+        'objectLock with an extra field',
+        () => JSON.stringify(edit({ objectLock: { mode: 'governance', days: 30, legalHold: true } })),
+        /unknown field objectLock."legalHold"/,
+      ],
       ['1 MiB of spaces', () => ' '.repeat(MiB), /damaged: 1048576 bytes, more than any config/],
     ];
     for (const [name, content, expected] of cases) {

@@ -22,6 +22,7 @@ import {
   type ServerResponse,
 } from 'node:http';
 import type { Socket } from 'node:net';
+import type { Answer, ObjectLockEmulator } from './s3-object-lock.js';
 
 export interface FaultOptions {
   /** PRNG seed (default 1). */
@@ -54,6 +55,8 @@ export interface FaultOptions {
     method: string;
     url: string;
   }) => { status: number; code: string; message: string } | undefined;
+  /** Object Lock and versioning emulated in front of the upstream server (s3-object-lock.ts). */
+  objectLock?: ObjectLockEmulator;
 }
 
 export type FaultKind =
@@ -175,7 +178,7 @@ export async function startFaultProxy(upstream: string, opts: FaultOptions = {})
     return undefined;
   };
 
-  const forward = (req: IncomingMessage, body: Buffer): Promise<{ res: IncomingMessage; body: Buffer }> =>
+  const forward = (req: IncomingMessage, body: Buffer): Promise<Answer> =>
     new Promise((resolve, reject) => {
       const headers: Record<string, string | string[]> = {};
       for (const [k, v] of Object.entries(req.headers)) {
@@ -187,7 +190,11 @@ export async function startFaultProxy(upstream: string, opts: FaultOptions = {})
       const u = httpRequest(
         { host: up.hostname, port: up.port || 80, method: req.method, path: req.url, headers, agent },
         (res) => {
-          readAll(res).then((b) => resolve({ res, body: b }), reject);
+          readAll(res).then((b) => {
+            const h: Record<string, string | string[]> = {};
+            for (const [k, v] of Object.entries(res.headers)) if (v !== undefined) h[k] = v;
+            resolve({ status: res.statusCode ?? 502, headers: h, body: b });
+          }, reject);
         },
       );
       u.once('error', reject);
@@ -244,10 +251,18 @@ export async function startFaultProxy(upstream: string, opts: FaultOptions = {})
       return;
     }
 
-    let answer: { res: IncomingMessage; body: Buffer };
+    let answer: Answer;
     try {
-      stats.forwarded++;
-      answer = await forward(req, body);
+      const lock = options.objectLock;
+      if (lock)
+        answer = await lock.handle(method, url, req.headers, body, () => {
+          stats.forwarded++;
+          return forward(req, body);
+        });
+      else {
+        stats.forwarded++;
+        answer = await forward(req, body);
+      }
     } catch (e) {
       stats.upstreamErrors++;
       if (!res.headersSent) {
@@ -267,11 +282,11 @@ export async function startFaultProxy(upstream: string, opts: FaultOptions = {})
       return;
     }
     const headers: Record<string, string | string[]> = {};
-    for (const [k, v] of Object.entries(answer.res.headers)) {
-      if (v === undefined || HOP_BY_HOP.includes(k)) continue;
+    for (const [k, v] of Object.entries(answer.headers)) {
+      if (HOP_BY_HOP.includes(k)) continue;
       headers[k] = v;
     }
-    const status = answer.res.statusCode ?? 502;
+    const status = answer.status;
     let out = answer.body;
     if (!isHead && headers['content-length'] === undefined && status !== 204 && status !== 304)
       headers['content-length'] = String(out.length);

@@ -20,6 +20,18 @@ export function initCommand(): Command {
         .default('none'),
     )
     .option('--password-file <file>', 'the password: the first line of FILE')
+    .option(
+      '--object-lock-days <days>',
+      'S3 only: write every object with an Object Lock retention of DAYS; prune keeps live data retained (docs/s3.md)',
+    )
+    .addOption(
+      new Option(
+        '--object-lock-mode <mode>',
+        'governance (an admin with bypass rights may delete) or compliance (nobody may)',
+      )
+        .choices(['governance', 'compliance'])
+        .default('governance'),
+    )
     .option('--json', 'print the result as JSON')
     .action(
       async (
@@ -31,6 +43,8 @@ export function initCommand(): Command {
           compression: string;
           encryption: 'aes-256-gcm' | 'none';
           passwordFile?: string;
+          objectLockDays?: string;
+          objectLockMode: 'governance' | 'compliance';
           json?: boolean;
         },
         cmd: Command,
@@ -47,6 +61,16 @@ export function initCommand(): Command {
         const levelZstd = parseCompression(opts.compression);
         const passwordFile = opts.passwordFile ?? globals(cmd).passwordFile;
         const kdf = testKdf();
+        let objectLock: { days: number; mode: 'governance' | 'compliance' } | undefined;
+        if (opts.objectLockDays !== undefined) {
+          if (!/^\d{1,6}$/.test(opts.objectLockDays))
+            throw new UsageError(
+              `invalid --object-lock-days '${opts.objectLockDays}'`,
+              'give a whole number of days, e.g. --object-lock-days 30',
+            );
+          objectLock = { days: Number(opts.objectLockDays), mode: opts.objectLockMode };
+        } else if (cmd.getOptionValueSource('objectLockMode') === 'cli')
+          throw new UsageError('--object-lock-mode needs --object-lock-days', 'add --object-lock-days DAYS');
         const repo = await Repository.init(
           location,
           {
@@ -58,6 +82,7 @@ export function initCommand(): Command {
               ? { password: await readPassword({ passwordFile, confirm: true, prompt: 'new password: ' }) }
               : {}),
             ...(kdf ? { kdf } : {}),
+            ...(objectLock ? { objectLock } : {}),
           },
           openBackendFor(location),
         );
@@ -72,12 +97,13 @@ export function initCommand(): Command {
             packSizeBytes: c.packSizeBytes,
             compression: c.compression,
             encryption: c.encryption,
+            objectLock: c.objectLock ?? null,
             ...(repo.keySlot ? { keySlot: repo.keySlot.slice(5) } : {}),
             ...(modes ? { dirMode: octal(modes.dir), fileMode: octal(modes.file) } : {}),
           });
         else {
           process.stdout.write(
-            `created repository ${c.id.slice(0, 8)} at ${repo.location} (chunk size ${formatBytes(c.chunkSizeBytes)}, pack size ${formatBytes(c.packSizeBytes)}, compression ${c.compression.codec === 'none' ? 'none' : `zstd:${c.compression.level}`}${encrypted ? `, encryption aes-256-gcm, key slot ${repo.keySlot?.slice(5, 13) ?? ''}` : ''})\n`,
+            `created repository ${c.id.slice(0, 8)} at ${repo.location} (chunk size ${formatBytes(c.chunkSizeBytes)}, pack size ${formatBytes(c.packSizeBytes)}, compression ${c.compression.codec === 'none' ? 'none' : `zstd:${c.compression.level}`}${encrypted ? `, encryption aes-256-gcm, key slot ${repo.keySlot?.slice(5, 13) ?? ''}` : ''}${c.objectLock ? `, Object Lock ${c.objectLock.mode} ${c.objectLock.days} days` : ''})\n`,
           );
           if (modes)
             process.stdout.write(

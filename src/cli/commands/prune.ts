@@ -82,6 +82,7 @@ export function pruneJson(r: PruneResult): Record<string, unknown> {
     freedBytes: r.freedBytes,
     compacted: r.compacted ?? null,
     waiting: r.waiting ?? null,
+    ...(r.objectLock ? { objectLock: r.objectLock } : {}),
     warnings: r.warnings,
   };
 }
@@ -130,6 +131,26 @@ export function printPruneSummary(r: PruneResult): void {
       `merged ${r.compacted.objects} chunk index objects (${r.compacted.entries} entries) into a ${r.compacted.kind}\n`,
     );
   if (!r.dryRun) out.write(`freed ${formatBytes(r.freedBytes)}\n`);
+  const l = r.objectLock;
+  if (l) {
+    const would = r.dryRun ? 'would ' : '';
+    if (l.extendedRound)
+      out.write(
+        `Object Lock: ${would}extend the retention of ${l.extended} object${l.extended === 1 ? '' : 's'} to ${new Date(l.extendedUntilMs ?? 0).toISOString()}\n`,
+      );
+    if (l.purgedVersions > 0 || l.deleteMarkersRemoved > 0)
+      out.write(
+        `Object Lock: ${would}remove ${l.purgedVersions} old version${l.purgedVersions === 1 ? '' : 's'} (${formatBytes(l.purgedBytes)}) and ${l.deleteMarkersRemoved} delete marker${l.deleteMarkersRemoved === 1 ? '' : 's'}\n`,
+      );
+    if (l.lockedVersions > 0)
+      out.write(
+        `Object Lock: ${l.lockedVersions} deleted version${l.lockedVersions === 1 ? '' : 's'} (${formatBytes(l.lockedBytes)}) still retained` +
+          (l.nextPurgeMs !== undefined
+            ? `, the first until about ${new Date(l.nextPurgeMs).toISOString()}`
+            : '') +
+          '; a later prune removes them\n',
+      );
+  }
 }
 
 /** `vmvault prune`: delete what no snapshot needs (docs/gc.md). */

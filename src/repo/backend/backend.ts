@@ -107,6 +107,42 @@ export function snapshotPayload(data: Payload): Payload {
   return data instanceof Uint8Array ? data : Object.freeze([...data]);
 }
 
+/** S3 Object Lock retention put on objects a stack writes (docs/s3.md "Object Lock"). */
+export interface ObjectLockPolicy {
+  mode: 'GOVERNANCE' | 'COMPLIANCE';
+  /** Each object written is retained until its write time plus this. */
+  periodMs: number;
+  /** Keys under these prefixes are written without retention (their writers delete them). */
+  exemptPrefixes: readonly string[];
+}
+
+/** Whether a bucket has Object Lock, and a default retention rule if it has one ("GOVERNANCE 30d"). */
+export interface BucketLockStatus {
+  enabled: boolean;
+  defaultRetention?: string;
+}
+
+/** One version of an object in a versioned bucket (a delete marker is a version without bytes). */
+export interface ObjectVersion {
+  key: string;
+  versionId: string;
+  /** The current version of its key (a delete marker that is latest hides the key). */
+  latest: boolean;
+  deleteMarker: boolean;
+  sizeBytes: number;
+  modifiedMs: number;
+}
+
+export interface VersionRef {
+  key: string;
+  versionId: string;
+}
+
+export interface CreateOptions {
+  /** S3: create a missing bucket with Object Lock enabled (which also turns versioning on). */
+  objectLock?: boolean;
+}
+
 export interface Backend {
   /** Human-readable location (a path or s3:// URL), used in messages. */
   readonly location: string;
@@ -144,7 +180,7 @@ export interface Backend {
    * Optional: makes the location of a new repository (a local directory, owner-only) or says in
    * one line why it cannot. `Repository.init` calls it once it found the location free.
    */
-  create?(): Promise<void>;
+  create?(opts?: CreateOptions): Promise<void>;
   /**
    * Optional: why nothing is at this location when the reason is the location itself (S3: "bucket
    * 'b' does not exist"), for the "no repository" error; undefined when it is there.
@@ -160,6 +196,28 @@ export interface Backend {
    * fine. Absent: callers delete one by one.
    */
   deleteMany?(keys: readonly string[]): Promise<void>;
+  /**
+   * Optional, S3 Object Lock (docs/s3.md): whether the bucket has it. Absent: the storage cannot
+   * lock objects (a local directory).
+   */
+  objectLockStatus?(): Promise<BucketLockStatus>;
+  /**
+   * Optional, with objectLockStatus: from now on, objects this stack writes (outside the policy's
+   * exempt prefixes) carry its retention. Stacks built from the spec `specOf` gives afterwards do too.
+   */
+  useObjectLock?(policy: ObjectLockPolicy): void;
+  /**
+   * Optional: sets the retention of a key's current version to `untilMs` (never shortens it: the
+   * caller only extends). 'absent' when the key has no current version (deleted meanwhile).
+   */
+  extendRetention?(key: string, untilMs: number): Promise<'extended' | 'absent'>;
+  /** Optional: every version and delete marker under `prefix` (a versioned bucket). */
+  listVersions?(prefix: string): AsyncIterable<ObjectVersion>;
+  /**
+   * Optional: deletes up to 1000 versions for good (DeleteObjects with version ids); those the
+   * storage refuses because their retention has not ended come back in `locked`.
+   */
+  deleteVersions?(refs: readonly VersionRef[]): Promise<{ locked: VersionRef[] }>;
   /** Optional: removes temp files left by killed writers, older than `olderThanMs`; how many. */
   removeStaleTemp?(olderThanMs: number): Promise<number>;
 }

@@ -1,7 +1,7 @@
 import { isAbsolute, resolve } from 'node:path';
 import { UsageError } from '../../util/index.js';
-import type { Backend, Payload } from './backend.js';
-import { describeBackend } from './describe.js';
+import type { Backend, ObjectLockPolicy, Payload } from './backend.js';
+import { describeBackend, specOf } from './describe.js';
 import { FaultBackend, type FaultRule } from './fault.js';
 import { LimitBackend } from './limit.js';
 import { LocalBackend } from './local.js';
@@ -104,6 +104,19 @@ export function openBackend(spec: BackendSpec | string, runtime: OpenRuntime = {
 }
 
 export { sharedSpecOf, specOf } from './describe.js';
+
+/**
+ * Puts an Object Lock policy on a stack (objects it writes from now on carry the retention), and
+ * into the spec it describes, so worker threads' stacks built from it do the same. False when the
+ * stack's storage cannot lock objects.
+ */
+export function applyObjectLock(backend: Backend, policy: ObjectLockPolicy): boolean {
+  if (!backend.useObjectLock) return false;
+  backend.useObjectLock(policy);
+  const spec = specOf(backend);
+  if (spec?.s3 !== undefined) describeBackend(backend, { ...spec, s3: { ...spec.s3, objectLock: policy } });
+  return true;
+}
 
 /**
  * The spec for a stack in each of `parts` worker threads: per-process budgets (S3 connections and

@@ -1,6 +1,6 @@
 import { sleep } from '../../util/index.js';
 import { BackendError } from '../errors.js';
-import type { Backend, ObjectInfo } from './backend.js';
+import type { Backend } from './backend.js';
 import { BackendWrapper, type BackendOp } from './wrapper.js';
 
 /** Bounds of the retry wrapper (plain JSON: part of a BackendSpec). */
@@ -101,11 +101,12 @@ export class RetryBackend extends BackendWrapper {
     await sleep(delayMs, this.runtime.signal);
   }
 
-  override async *list(prefix: string): AsyncIterable<ObjectInfo> {
+  /** A listing (of objects or versions) is retried until its first item; later failures end it. */
+  protected override async *iterate<T>(prefix: string, open: () => AsyncIterable<T>): AsyncIterable<T> {
     const start = Date.now();
     for (let attempt = 1; ; attempt++) {
-      const it = this.inner.list(prefix)[Symbol.asyncIterator]();
-      let first: IteratorResult<ObjectInfo>;
+      const it = open()[Symbol.asyncIterator]();
+      let first: IteratorResult<T>;
       try {
         first = await it.next();
       } catch (err) {

@@ -12,7 +12,12 @@ import {
   validateKey,
   type Backend,
   type BackendCapabilities,
+  type BucketLockStatus,
+  type CreateOptions,
   type ObjectInfo,
+  type ObjectLockPolicy,
+  type ObjectVersion,
+  type VersionRef,
   type Payload,
   type PutOptions,
 } from './backend.js';
@@ -45,6 +50,8 @@ export interface S3Spec extends S3Location {
   /** Upload / download bandwidth of this stack, bytes per second (`--limit-upload` KiB/s × 1024). */
   limitUploadBytesPerSec?: number;
   limitDownloadBytesPerSec?: number;
+  /** Object Lock retention put on the objects this stack writes (Repository sets it from the config). */
+  objectLock?: ObjectLockPolicy;
 }
 
 /**
@@ -160,6 +167,7 @@ export class S3Backend implements Backend {
   /** Non-atomic putIfAbsent calls in flight, by key (one at a time per key). */
   private readonly creating = new Map<string, Promise<boolean>>();
   private accessKeyId: string | undefined;
+  private lockPolicy: ObjectLockPolicy | undefined;
   private readonly agents: { http: HttpAgent; https: HttpsAgent };
   private readonly up: RateLimiter | undefined;
   private readonly down: RateLimiter | undefined;
@@ -171,6 +179,7 @@ export class S3Backend implements Backend {
     if (!Number.isSafeInteger(n) || n < 1 || n > 1024)
       throw new RangeError(`S3 connections must be 1..1024, not ${n}`);
     this.connections = n;
+    if (spec.objectLock !== undefined) this.useObjectLock(spec.objectLock);
     this.up =
       spec.limitUploadBytesPerSec === undefined ? undefined : new RateLimiter(spec.limitUploadBytesPerSec);
     this.down =
@@ -362,6 +371,19 @@ export class S3Backend implements Backend {
     await this.putObject(key, data, false);
   }
 
+  useObjectLock(policy: ObjectLockPolicy): void {
+    if (!(policy.periodMs > 0) || !['GOVERNANCE', 'COMPLIANCE'].includes(policy.mode))
+      throw new RangeError(`invalid Object Lock policy ${JSON.stringify(policy)}`);
+    this.lockPolicy = { ...policy, exemptPrefixes: [...policy.exemptPrefixes] };
+  }
+
+  /** The retention headers of a PUT of `key` under the stack's policy (none for exempt keys). */
+  private retentionOf(key: string): { mode: 'GOVERNANCE' | 'COMPLIANCE'; until: Date } | undefined {
+    const p = this.lockPolicy;
+    if (p === undefined || p.exemptPrefixes.some((x) => key.startsWith(x))) return undefined;
+    return { mode: p.mode, until: new Date(Date.now() + p.periodMs) };
+  }
+
   /**
    * One PutObject of a whole payload (a gather list streams as its parts), `If-None-Match: *`
    * when `ifNoneMatch`. Uploads wait for the bandwidth limit; objects under 64 KiB (sessions,
@@ -372,6 +394,14 @@ export class S3Backend implements Backend {
     const length = payloadLength(data);
     if (length >= SMALL_OBJECT_BYTES) await this.up?.take(length);
     else this.up?.charge(length);
+    // S3 requires Content-MD5 (or a flexible checksum) on a PUT that sets a retention.
+    const lock = this.retentionOf(key);
+    let md5: string | undefined;
+    if (lock) {
+      const h = createHash('md5');
+      for (const part of payloadParts(data)) h.update(part);
+      md5 = h.digest('base64');
+    }
     await this.send('PUT', 'put', key, length, async (abortSignal, api) => {
       await api.client.send(
         new api.sdk.PutObjectCommand({
@@ -380,6 +410,9 @@ export class S3Backend implements Backend {
           Body: bodyOf(data),
           ContentLength: length,
           ...(ifNoneMatch ? { IfNoneMatch: '*' } : {}),
+          ...(lock
+            ? { ObjectLockMode: lock.mode, ObjectLockRetainUntilDate: lock.until, ContentMD5: md5 }
+            : {}),
         }),
         { abortSignal },
       );
@@ -572,18 +605,7 @@ export class S3Backend implements Backend {
         Bucket: this.spec.bucket,
         Delete: { Objects: objects, Quiet: true },
       });
-      cmd.middlewareStack.add(
-        (next) => async (args) => {
-          const req = args.request as { body?: unknown; headers?: Record<string, string> };
-          if (typeof req.body === 'string' || req.body instanceof Uint8Array)
-            req.headers = {
-              ...req.headers,
-              'content-md5': createHash('md5').update(req.body).digest('base64'),
-            };
-          return next(args);
-        },
-        { step: 'build', name: 'vmvaultContentMd5', priority: 'low' },
-      );
+      addContentMd5(cmd);
       return api.client.send(cmd, { abortSignal });
     });
     const failed = (r.Errors ?? []).filter((e) => e.Code !== 'NoSuchKey');
@@ -598,8 +620,160 @@ export class S3Backend implements Backend {
 
   async barrier(_keys: Iterable<string>): Promise<void> {}
 
+  // ---- Object Lock (docs/s3.md) ----
+
+  /** GetObjectLockConfiguration: enabled, and the bucket's default retention rule if any. */
+  async objectLockStatus(): Promise<BucketLockStatus> {
+    try {
+      const r = await this.send(
+        'GET',
+        'get Object Lock configuration of',
+        this.spec.bucket,
+        0,
+        (abortSignal, api) =>
+          api.client.send(new api.sdk.GetObjectLockConfigurationCommand({ Bucket: this.spec.bucket }), {
+            abortSignal,
+          }),
+      );
+      const c = r.ObjectLockConfiguration;
+      const d = c?.Rule?.DefaultRetention;
+      const rule =
+        d === undefined
+          ? undefined
+          : `${d.Mode ?? '?'} ${d.Days !== undefined ? `${d.Days} days` : `${d.Years ?? '?'} years`}`;
+      return {
+        enabled: c?.ObjectLockEnabled === 'Enabled',
+        ...(rule === undefined ? {} : { defaultRetention: rule }),
+      };
+    } catch (err) {
+      const code = codeOf(err);
+      const st = statusOf(err);
+      // No configuration (AWS), or a server without the feature (501, NotImplemented, 404).
+      if (
+        code === 'ObjectLockConfigurationNotFoundError' ||
+        code === 'NotImplemented' ||
+        st === 501 ||
+        (st === 404 && code !== 'NoSuchBucket') ||
+        (st === 400 && code !== undefined && /Invalid|NotImplemented|Unsupported/i.test(code))
+      )
+        return { enabled: false };
+      throw err;
+    }
+  }
+
+  async extendRetention(key: string, untilMs: number): Promise<'extended' | 'absent'> {
+    const p = this.lockPolicy;
+    if (p === undefined) throw new RangeError('extendRetention needs an Object Lock policy (useObjectLock)');
+    const k = this.k(key);
+    try {
+      await this.send('PUT', 'put retention of', key, 0, (abortSignal, api) => {
+        const cmd = new api.sdk.PutObjectRetentionCommand({
+          Bucket: this.spec.bucket,
+          Key: k,
+          Retention: { Mode: p.mode, RetainUntilDate: new Date(untilMs) },
+        });
+        addContentMd5(cmd);
+        return api.client.send(cmd, { abortSignal });
+      });
+      return 'extended';
+    } catch (err) {
+      // The key's current version is a delete marker (405) or there is none (404).
+      if ((err instanceof BackendError && err.kind === 'not-found') || statusOf(err) === 405) return 'absent';
+      throw err;
+    }
+  }
+
+  async *listVersions(prefix: string): AsyncIterable<ObjectVersion> {
+    if (prefix !== '' && (prefix.startsWith('/') || prefix.includes('..') || prefix.includes('\0')))
+      throw new RangeError(`invalid list prefix '${prefix}'`);
+    const full = this.prefix + prefix;
+    let keyMarker: string | undefined;
+    let versionMarker: string | undefined;
+    for (;;) {
+      const page = await this.send(
+        'LIST',
+        'list versions',
+        prefix === '' ? '(all)' : prefix,
+        0,
+        (abortSignal, api) =>
+          api.client.send(
+            new api.sdk.ListObjectVersionsCommand({
+              Bucket: this.spec.bucket,
+              Prefix: full === '' ? undefined : full,
+              ...(keyMarker === undefined ? {} : { KeyMarker: keyMarker }),
+              ...(versionMarker === undefined ? {} : { VersionIdMarker: versionMarker }),
+            }),
+            { abortSignal },
+          ),
+      );
+      const items: ObjectVersion[] = [];
+      const add = (
+        o: { Key?: string; VersionId?: string; IsLatest?: boolean; LastModified?: Date; Size?: number },
+        deleteMarker: boolean,
+      ): void => {
+        if (o.Key === undefined || !o.Key.startsWith(this.prefix) || o.VersionId === undefined) return;
+        const key = o.Key.slice(this.prefix.length);
+        if (key === '' || key.endsWith('/')) return;
+        const size = o.Size ?? 0;
+        items.push({
+          key,
+          versionId: o.VersionId,
+          latest: o.IsLatest === true,
+          deleteMarker,
+          sizeBytes: Number.isSafeInteger(size) && size >= 0 ? size : 0,
+          modifiedMs: o.LastModified?.getTime() ?? 0,
+        });
+      };
+      for (const v of page.Versions ?? []) add(v, false);
+      for (const m of page.DeleteMarkers ?? []) add(m, true);
+      items.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : b.modifiedMs - a.modifiedMs));
+      yield* items;
+      if (!page.IsTruncated) return;
+      if (
+        page.NextKeyMarker === undefined ||
+        (page.NextKeyMarker === keyMarker && page.NextVersionIdMarker === versionMarker)
+      )
+        throw new BackendError(
+          'other',
+          `${this.location}: ListObjectVersions is truncated without a next marker`,
+        );
+      keyMarker = page.NextKeyMarker;
+      versionMarker = page.NextVersionIdMarker;
+    }
+  }
+
+  async deleteVersions(refs: readonly VersionRef[]): Promise<{ locked: VersionRef[] }> {
+    if (refs.length === 0) return { locked: [] };
+    if (refs.length > 1000) throw new RangeError(`DeleteObjects takes at most 1000 keys, not ${refs.length}`);
+    const objects = refs.map((r) => ({ Key: this.k(r.key), VersionId: r.versionId }));
+    const r = await this.send('DELETE', 'delete versions of', refs[0]!.key, 0, (abortSignal, api) => {
+      const cmd = new api.sdk.DeleteObjectsCommand({
+        Bucket: this.spec.bucket,
+        Delete: { Objects: objects, Quiet: true },
+      });
+      addContentMd5(cmd);
+      return api.client.send(cmd, { abortSignal });
+    });
+    const locked: VersionRef[] = [];
+    const failed: typeof r.Errors = [];
+    for (const e of r.Errors ?? []) {
+      if (e.Code === 'NoSuchKey' || e.Code === 'NoSuchVersion') continue;
+      if (e.Code === 'AccessDenied' && e.Key?.startsWith(this.prefix) && e.VersionId !== undefined)
+        locked.push({ key: e.Key.slice(this.prefix.length), versionId: e.VersionId });
+      else failed.push(e);
+    }
+    if (failed.length > 0) {
+      const e = failed[0]!;
+      throw new BackendError(
+        'other',
+        `${this.location}: DeleteObjects could not delete ${failed.length} of ${refs.length} versions, the first ${printable(e.Key ?? '?', 200)}: ${printable(e.Code ?? '?', 60)} ${printable(e.Message ?? '', 200)}`,
+      );
+    }
+    return { locked };
+  }
+
   /** Creates the bucket when it is missing (init); a bucket that exists is used as it is. */
-  async create(): Promise<void> {
+  async create(opts: CreateOptions = {}): Promise<void> {
     if (await this.bucketExists()) return;
     try {
       await this.send('PUT', 'create bucket', this.spec.bucket, 0, async (abortSignal, api) => {
@@ -607,6 +781,7 @@ export class S3Backend implements Backend {
         await api.client.send(
           new api.sdk.CreateBucketCommand({
             Bucket: this.spec.bucket,
+            ...(opts.objectLock === true ? { ObjectLockEnabledForBucket: true } : {}),
             ...(this.spec.endpoint === undefined && region !== 'us-east-1'
               ? { CreateBucketConfiguration: { LocationConstraint: region as never } }
               : {}),
@@ -777,6 +952,31 @@ export class S3Backend implements Backend {
         : `${name || code || String(err)}`;
     return new BackendError('other', `${what} failed: ${detail}`, { cause: err });
   }
+}
+
+/**
+ * Sets Content-MD5 on a request whose body the SDK builds (DeleteObjects, PutObjectRetention):
+ * Swift and Ceph require it, and so does AWS for retention; the SDK's flexible checksum alone
+ * does not satisfy them.
+ */
+type BuildStack = {
+  add(
+    mw: (
+      next: (args: { request: unknown }) => Promise<unknown>,
+    ) => (args: { request: unknown }) => Promise<unknown>,
+    opts: { step: 'build'; name: string; priority: 'low' },
+  ): void;
+};
+function addContentMd5(cmd: { middlewareStack: unknown }): void {
+  (cmd.middlewareStack as BuildStack).add(
+    (next) => async (args) => {
+      const req = args.request as { body?: unknown; headers?: Record<string, string> };
+      if (typeof req.body === 'string' || req.body instanceof Uint8Array)
+        req.headers = { ...req.headers, 'content-md5': createHash('md5').update(req.body).digest('base64') };
+      return next(args);
+    },
+    { step: 'build', name: 'vmvaultContentMd5', priority: 'low' },
+  );
 }
 
 /** The IAM action a request of each kind needs (for "permission denied" hints). */

@@ -1,6 +1,11 @@
 import {
   snapshotPayload,
   type Backend,
+  type BucketLockStatus,
+  type CreateOptions,
+  type ObjectLockPolicy,
+  type ObjectVersion,
+  type VersionRef,
   type BackendCapabilities,
   type ObjectInfo,
   type Payload,
@@ -30,7 +35,12 @@ export const MUTATING_OPS: ReadonlySet<BackendOp> = new Set(['put', 'putIfAbsent
  * (retry) sends the same parts even if the caller reuses its array.
  */
 export abstract class BackendWrapper implements Backend {
-  create?: () => Promise<void>;
+  create?: (opts?: CreateOptions) => Promise<void>;
+  objectLockStatus?: () => Promise<BucketLockStatus>;
+  useObjectLock?: (policy: ObjectLockPolicy) => void;
+  extendRetention?: (key: string, untilMs: number) => Promise<'extended' | 'absent'>;
+  listVersions?: (prefix: string) => AsyncIterable<ObjectVersion>;
+  deleteVersions?: (refs: readonly VersionRef[]) => Promise<{ locked: VersionRef[] }>;
   removeStaleTemp?: (olderThanMs: number) => Promise<number>;
   describeAbsence?: () => Promise<string | undefined>;
   serverTimeMs?: () => Promise<number>;
@@ -53,8 +63,28 @@ export abstract class BackendWrapper implements Backend {
           : this.call('delete', list[0]!, () => inner.deleteMany!(list));
       };
     }
+    // Object Lock: reading the bucket's status and the versions is a read; setting a retention
+    // is a write (read-only refuses it); deleting versions is a delete. Named by their first key.
+    if (inner.objectLockStatus)
+      this.objectLockStatus = () => this.call('stat', '', () => inner.objectLockStatus!());
+    if (inner.useObjectLock) this.useObjectLock = (policy) => inner.useObjectLock!(policy);
+    if (inner.extendRetention)
+      this.extendRetention = (key, untilMs) =>
+        this.call('put', key, () => inner.extendRetention!(key, untilMs));
+    if (inner.listVersions) {
+      const listVersions = inner.listVersions.bind(inner);
+      this.listVersions = (prefix) => this.iterate(prefix, () => listVersions(prefix));
+    }
+    if (inner.deleteVersions) {
+      this.deleteVersions = (refs) => {
+        const list = Object.freeze(refs.map((r) => ({ key: r.key, versionId: r.versionId })));
+        return list.length === 0
+          ? Promise.resolve({ locked: [] })
+          : this.call('delete', list[0]!.key, () => inner.deleteVersions!(list));
+      };
+    }
     if (passMaintenance) {
-      if (inner.create) this.create = () => inner.create!();
+      if (inner.create) this.create = (opts) => inner.create!(opts);
       if (inner.removeStaleTemp) this.removeStaleTemp = (ms) => inner.removeStaleTemp!(ms);
     }
   }
@@ -98,8 +128,12 @@ export abstract class BackendWrapper implements Backend {
     const list = [...keys];
     return this.call('barrier', list[0] ?? '', () => this.inner.barrier(list));
   }
-  async *list(prefix: string): AsyncIterable<ObjectInfo> {
-    const it = this.inner.list(prefix)[Symbol.asyncIterator]();
+  list(prefix: string): AsyncIterable<ObjectInfo> {
+    return this.iterate(prefix, () => this.inner.list(prefix));
+  }
+  /** A listing of the inner backend, each item fetched through `call('list')`. */
+  protected async *iterate<T>(prefix: string, open: () => AsyncIterable<T>): AsyncIterable<T> {
+    const it = open()[Symbol.asyncIterator]();
     let done = false;
     try {
       for (;;) {

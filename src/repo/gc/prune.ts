@@ -18,6 +18,7 @@ import type { ListedSession } from '../session.js';
 import type { Snapshot } from '../snapshot.js';
 import { PACK_HEADER_BYTES, TRAILER_OVERHEAD } from '../codec.js';
 import { IdSet } from './id-set.js';
+import { maintainObjectLock, type ObjectLockReport } from './object-lock.js';
 import { releaseLock, takeLock } from './lock.js';
 import {
   MAX_CONDEMNED_PACKS,
@@ -96,6 +97,8 @@ export interface PruneResult {
   freedBytes: number;
   /** Index objects this run merged when it deleted nothing (deletions write a base anyway). */
   compacted?: { kind: 'merge' | 'base'; objects: number; entries: number };
+  /** Object Lock upkeep (a locked S3 repository only): retention extended, versions purged. */
+  objectLock?: ObjectLockReport;
   warnings: string[];
 }
 
@@ -238,31 +241,45 @@ export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<
     );
   if (!dryRun) await takeLock(repo.backend, repo.codec, own, 'prune', () => repo.listSessions());
   try {
-    const { generations, damaged } = await readGenerations(repo.backend, repo.codec);
-    for (const d of damaged) result.warnings.push(`GC step ${d.key} is damaged (ignored): ${d.reason}`);
-    if (!dryRun) await dropFinished(repo, generations);
-    const pending = pendingGenerations(generations);
-    for (const g of pending) {
-      if (dryRun) {
-        result.waiting = { generation: g.generation, reasons: ['dry run'], sessions: [] };
-        return result;
-      }
-      const done = await finishGeneration(repo, g, opts, result);
-      if (!done) return result;
-    }
-    const next = 1 + generations.reduce((m, g) => Math.max(m, g.generation), 0);
-    const condemned = await markAndCondemn(repo, next, opts, result);
-    if (dryRun) return result;
-    if (condemned) await finishGeneration(repo, { generation: next, condemned, keys: [] }, opts, result);
-    // Nothing deleted (so no base written): merge the deltas backups left when they are many
-    // (ChunkIndex.compact's own policy: > 32 of them, or a new base past 1/8 of the old).
-    if (result.deleted.length === 0 && !result.waiting) {
-      const c = await repo.index.compact({ sessionId: repo.chunks.sessionId });
-      if (c) result.compacted = { kind: c.kind, objects: c.merged.length, entries: c.entries };
-    }
+    await collect(repo, opts, result);
+    // Object Lock upkeep runs whatever the collection did (also while a generation waits).
+    const lock = await maintainObjectLock(repo, {
+      nowMs: await serverNow(repo),
+      dryRun,
+      concurrency: opts.concurrency ?? 8,
+      warnings: result.warnings,
+    });
+    if (lock) result.objectLock = lock;
     return result;
   } finally {
     if (!dryRun) await releaseLock(repo.backend, repo.codec, own);
+  }
+}
+
+/** The collection proper: finish pending generations, then mark, condemn and finish a new one. */
+async function collect(repo: Repository, opts: PruneOptions, result: PruneResult): Promise<void> {
+  const dryRun = result.dryRun;
+  const { generations, damaged } = await readGenerations(repo.backend, repo.codec);
+  for (const d of damaged) result.warnings.push(`GC step ${d.key} is damaged (ignored): ${d.reason}`);
+  if (!dryRun) await dropFinished(repo, generations);
+  const pending = pendingGenerations(generations);
+  for (const g of pending) {
+    if (dryRun) {
+      result.waiting = { generation: g.generation, reasons: ['dry run'], sessions: [] };
+      return;
+    }
+    const done = await finishGeneration(repo, g, opts, result);
+    if (!done) return;
+  }
+  const next = 1 + generations.reduce((m, g) => Math.max(m, g.generation), 0);
+  const condemned = await markAndCondemn(repo, next, opts, result);
+  if (dryRun) return;
+  if (condemned) await finishGeneration(repo, { generation: next, condemned, keys: [] }, opts, result);
+  // Nothing deleted (so no base written): merge the deltas backups left when they are many
+  // (ChunkIndex.compact's own policy: > 32 of them, or a new base past 1/8 of the old).
+  if (result.deleted.length === 0 && !result.waiting) {
+    const c = await repo.index.compact({ sessionId: repo.chunks.sessionId });
+    if (c) result.compacted = { kind: c.kind, objects: c.merged.length, entries: c.entries };
   }
 }
 
