@@ -60,7 +60,7 @@ export type RepoAccess = 'read' | 'write';
  * stack, so no code path of theirs, in any thread, can change the repository.
  */
 export async function openRepo(
-  opts: { repo?: string; passwordFile?: string },
+  opts: { repo?: string; passwordFile?: string; password?: () => Promise<string> },
   access: RepoAccess = 'write',
 ): Promise<Repository> {
   if (!opts.repo) throw new UsageError('no repository given', 'pass -r REPO or set VMVAULT_REPO');
@@ -69,7 +69,8 @@ export async function openRepo(
     opts.repo,
     {
       onDamagedSnapshot: warnDamagedSnapshot,
-      password: () => readPassword({ passwordFile: opts.passwordFile ?? globalPasswordFile() }),
+      password:
+        opts.password ?? (() => readPassword({ passwordFile: opts.passwordFile ?? globalPasswordFile() })),
       onDamagedKeySlot: (d) =>
         process.stderr.write(
           `warning: ${printable(`key slot ${d.name} is damaged (skipped): ${d.reason}`, 400)}\n`,
@@ -146,7 +147,7 @@ export function testSessionTtlMs(): number | undefined {
 }
 
 /** Reading commands that hold a session (docs/gc.md: what they read must not be collected meanwhile). */
-const READERS_WITH_SESSIONS = new Set(['restore', 'serve', 'check']);
+const READERS_WITH_SESSIONS = new Set(['restore', 'serve', 'check', 'sync']);
 
 /** The running command's name (`backup`, `forget`, …), set by main.ts: what a session records. */
 let commandName = 'vmvault';

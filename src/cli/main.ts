@@ -7,6 +7,7 @@ import { checkCommand } from './commands/check.js';
 import { noteCommand, protectCommand, tagCommand, unprotectCommand } from './commands/edit.js';
 import { forgetCommand } from './commands/forget.js';
 import { pruneCommand } from './commands/prune.js';
+import { syncCommand } from './commands/sync.js';
 import { locksCommand, unlockCommand } from './commands/locks.js';
 import { initCommand } from './commands/init.js';
 import { keyCommand } from './commands/key.js';
@@ -78,6 +79,7 @@ export function buildProgram(): Command {
     checkCommand(),
     forgetCommand(),
     pruneCommand(),
+    syncCommand(),
     protectCommand(),
     unprotectCommand(),
     tagCommand(),

@@ -30,6 +30,34 @@ export interface PasswordSourceOptions {
   env?: NodeJS.ProcessEnv;
 }
 
+/**
+ * The password of the other repository of a two-repository command (`sync --to`: prefix
+ * `VMVAULT_TO_`; `init --from-repo`: `VMVAULT_FROM_`): `<PREFIX>PASSWORD`, `--to-password-file` /
+ * `--from-password-file` or `<PREFIX>PASSWORD_FILE`, `<PREFIX>PASSWORD_COMMAND`, else a prompt.
+ */
+export function readOtherPassword(
+  prefix: 'VMVAULT_TO_' | 'VMVAULT_FROM_',
+  opts: { passwordFile?: string | undefined; prompt: string },
+): Promise<string> {
+  const env = process.env;
+  const other: NodeJS.ProcessEnv = {};
+  for (const k of ['PASSWORD', 'PASSWORD_FILE', 'PASSWORD_COMMAND']) {
+    const v = env[`${prefix}${k}`];
+    if (v !== undefined) other[`VMVAULT_${k}`] = v;
+  }
+  const flag = prefix === 'VMVAULT_TO_' ? '--to-password-file' : '--from-password-file';
+  return readPassword({ passwordFile: opts.passwordFile, prompt: opts.prompt, env: other }).catch(
+    (err: unknown) => {
+      if (err instanceof PasswordError && /no password given/.test(err.message))
+        throw new PasswordError(
+          `no password given for the ${prefix === 'VMVAULT_TO_' ? 'destination' : 'source'} repository and no terminal to ask on`,
+          `set ${prefix}PASSWORD, ${prefix}PASSWORD_FILE, ${flag} or ${prefix}PASSWORD_COMMAND`,
+        );
+      throw err;
+    },
+  );
+}
+
 /** Reads the password from the first source that is set. */
 export async function readPassword(opts: PasswordSourceOptions = {}): Promise<string> {
   const env = opts.env ?? process.env;

@@ -67,6 +67,11 @@ export interface InitOptions {
   pageSlots?: number;
   /** Test-only: scrypt parameters of the first key slot (keys.ts DEFAULT_KDF otherwise). */
   kdf?: { N: number; r: number; p: number };
+  /**
+   * Encrypted: use this master key (encKey ‖ idKey) instead of a new one — `init --from-repo`,
+   * whose repository then names and seals chunks exactly as its source does.
+   */
+  masterKey?: Buffer;
   /** S3 Object Lock retention (the bucket must have Object Lock enabled, or be created here). */
   objectLock?: ObjectLockConfig;
 }

@@ -173,6 +173,7 @@ export {
   type ListedSession,
   type SessionInfo,
 } from './session.js';
+export { syncSnapshots, checkCompatible, type SyncOptions, type SyncResult } from './sync.js';
 export { prune, type PruneOptions, type PrunePhase, type PruneResult } from './gc/prune.js';
 export { IdSet } from './gc/id-set.js';
 export {

@@ -147,7 +147,7 @@ export class Repository {
           hint: 'set VMVAULT_PASSWORD, VMVAULT_PASSWORD_FILE, --password-file or VMVAULT_PASSWORD_COMMAND',
           exitCode: 12,
         });
-      master = generateMasterKey();
+      master = opts.masterKey !== undefined ? Buffer.from(opts.masterKey) : generateMasterKey();
       const { encKey, idKey } = splitMasterKey(master);
       config.encryption = 'aes-256-gcm';
       config.chunkId = 'blake3-256-keyed';

@@ -3,8 +3,8 @@ import { join } from 'node:path';
 import { Command, Option } from 'commander';
 import { formatBytes, parseSize, UsageError } from '../../util/index.js';
 import { Repository, parseCompression } from '../../repo/index.js';
-import { globals, openBackendFor, printJson, testKdf } from '../context.js';
-import { readPassword } from '../password.js';
+import { globals, openBackendFor, openRepo, printJson, testKdf } from '../context.js';
+import { readOtherPassword, readPassword } from '../password.js';
 
 export function initCommand(): Command {
   return new Command('init')
@@ -20,6 +20,14 @@ export function initCommand(): Command {
         .default('none'),
     )
     .option('--password-file <file>', 'the password: the first line of FILE')
+    .option(
+      '--from-repo <repo>',
+      'a repository to sync from: same chunk size, pack size, compression and (encrypted) the same keys, so chunks copy as they are',
+    )
+    .option(
+      '--from-password-file <file>',
+      "the source's password: the first line of FILE (also VMVAULT_FROM_PASSWORD…)",
+    )
     .option(
       '--object-lock-days <days>',
       'S3 only: write every object with an Object Lock retention of DAYS; prune keeps live data retained (docs/s3.md)',
@@ -44,6 +52,8 @@ export function initCommand(): Command {
           encryption: 'aes-256-gcm' | 'none';
           passwordFile?: string;
           objectLockDays?: string;
+          fromRepo?: string;
+          fromPasswordFile?: string;
           objectLockMode: 'governance' | 'compliance';
           json?: boolean;
         },
@@ -55,10 +65,46 @@ export function initCommand(): Command {
             'no repository location given',
             'vmvault init DIR (or s3:https://HOST/BUCKET[/PREFIX])',
           );
-        const encrypted = opts.encryption === 'aes-256-gcm';
-        const chunkSizeBytes = parseSize(opts.chunkSize, 'chunk size');
-        const packSizeBytes = parseSize(opts.packSize, 'pack size');
-        const levelZstd = parseCompression(opts.compression);
+        const given = (name: string): boolean => cmd.getOptionValueSource(name) === 'cli';
+        let chunkSizeBytes = parseSize(opts.chunkSize, 'chunk size');
+        let packSizeBytes = parseSize(opts.packSize, 'pack size');
+        let levelZstd = parseCompression(opts.compression);
+        let encryption = opts.encryption;
+        let masterKey: Buffer | undefined;
+        let pageSlots: number | undefined;
+        if (opts.fromRepo !== undefined) {
+          // The source's layout, so that sync copies chunks and pages as they are (docs/sync.md).
+          const src = await openRepo(
+            {
+              repo: opts.fromRepo,
+              password: () =>
+                readOtherPassword('VMVAULT_FROM_', {
+                  passwordFile: opts.fromPasswordFile,
+                  prompt: 'source password: ',
+                }),
+            },
+            'read',
+          );
+          try {
+            const sc = src.config;
+            if (given('chunkSize') && chunkSizeBytes !== sc.chunkSizeBytes)
+              throw new UsageError(
+                `--chunk-size ${opts.chunkSize} differs from the chunk size of ${src.location} (${formatBytes(sc.chunkSizeBytes)}): sync needs them equal`,
+                "drop --chunk-size: --from-repo takes the source's",
+              );
+            chunkSizeBytes = sc.chunkSizeBytes;
+            if (!given('packSize')) packSizeBytes = sc.packSizeBytes;
+            if (!given('compression')) levelZstd = sc.compression.codec === 'none' ? 0 : sc.compression.level;
+            pageSlots = sc.pageSlots;
+            if (sc.encryption === 'aes-256-gcm' && !given('encryption')) {
+              encryption = 'aes-256-gcm';
+              masterKey = src.masterKey;
+            }
+          } finally {
+            await src.close();
+          }
+        }
+        const encrypted = encryption === 'aes-256-gcm';
         const passwordFile = opts.passwordFile ?? globals(cmd).passwordFile;
         const kdf = testKdf();
         let objectLock: { days: number; mode: 'governance' | 'compliance' } | undefined;
@@ -77,7 +123,9 @@ export function initCommand(): Command {
             chunkSizeBytes,
             packSizeBytes,
             levelZstd,
-            encryption: opts.encryption,
+            encryption,
+            ...(masterKey ? { masterKey } : {}),
+            ...(pageSlots !== undefined ? { pageSlots } : {}),
             ...(encrypted
               ? { password: await readPassword({ passwordFile, confirm: true, prompt: 'new password: ' }) }
               : {}),
