@@ -5,5 +5,8 @@
  */
 export async function testPause(point: 'after-pin' | 'before-commit'): Promise<void> {
   const m = /^([a-z-]+):(\d+)$/.exec(process.env.VMVAULT_TEST_PAUSE ?? '');
-  if (m && m[1] === point) await new Promise((r) => setTimeout(r, Number(m[2])));
+  if (m && m[1] === point) {
+    process.stderr.write(`vmvault: test pause at ${point}\n`); // a test waits for this line
+    await new Promise((r) => setTimeout(r, Number(m[2])));
+  }
 }

@@ -237,4 +237,32 @@ describe.runIf(swiftAvailable())('the CLI on Swift s3api', () => {
     expect(missing.code).toBe(10);
     expect(expectOneLineError(missing)).toMatch(/bucket 'no-such-bucket' does not exist/);
   }, 180_000);
+
+  it('sync local → Swift → local (issue 14): byte-identical, a second sync copies nothing', async () => {
+    const env = { AWS_ACCESS_KEY_ID: server.accessKeyId, AWS_SECRET_ACCESS_KEY: server.secretAccessKey };
+    const local = join(dir, 'src');
+    const remote = `s3:${server.endpoint}/swift-sync/r`;
+    const back = join(dir, 'back');
+    const img = join(dir, 'sync.raw');
+    const fh = await open(img, 'w');
+    await fh.truncate(12 * MiB);
+    await fh.write(seededBytes(5 * MiB, 8), 0, 5 * MiB, 3 * MiB);
+    await fh.close();
+    expect((await runCli(['init', local])).code).toBe(0);
+    expect((await runCli(['backup-image', '-r', local, '--vm', 'w', img])).code).toBe(0);
+    expect((await runCli(['init', remote, '--from-repo', local], { env })).code).toBe(0);
+    const s1 = await runCli(['sync', '-r', local, '--to', remote, '--json'], { env });
+    expect(s1.code, s1.stderr).toBe(0);
+    expect((JSON.parse(s1.stdout) as { snapshots: { copied: number } }).snapshots.copied).toBe(1);
+    const s2 = await runCli(['sync', '-r', local, '--to', remote, '--json'], { env });
+    expect((JSON.parse(s2.stdout) as { chunks: { copied: number } }).chunks.copied).toBe(0);
+    expect((await runCli(['init', back, '--from-repo', remote], { env })).code).toBe(0);
+    const s3 = await runCli(['sync', '-r', remote, '--to', back], { env });
+    expect(s3.code, s3.stderr).toBe(0);
+    const out = join(dir, 'sync-out.raw');
+    const r = await runCli(['restore', '-r', back, 'w@latest', '--disk', 'vda', '-o', out]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(sha(await readFile(out))).toBe(sha(await readFile(img)));
+    expect((await runCli(['check', '-r', remote, '--read-data'], { env })).code).toBe(0);
+  }, 180_000);
 });

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { copyFile, cp, open, readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { errorLine, expectOneLineError, runCli } from '../helpers/cli.js';
+import { errorLine, expectOneLineError, runCli, startCli } from '../helpers/cli.js';
 import { startS3rver, type S3TestServer } from '../helpers/s3-servers.js';
 import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
 
@@ -233,5 +233,50 @@ describe('vmvault sync', () => {
     await copyFile(join(K, 'config'), join(dir, 'k2', 'config'));
     const more = await sync(A(), join(dir, 'k2'));
     expect(more.j!.snapshots.copied).toBe(0);
+  }, 120_000);
+
+  it('a backup into the source and a prune of the destination while a sync runs: nothing it stored is lost', async () => {
+    const A3 = join(dir, 'a3');
+    const D3 = join(dir, 'd3');
+    expect((await runCli(['init', A3])).code).toBe(0);
+    await backup(A3, 'web');
+    expect((await runCli(['init', D3, '--from-repo', A3])).code).toBe(0);
+    // The sync stops after its chunks are stored and indexed, before its manifest is written.
+    const child = startCli(['sync', '-r', A3, '--to', D3, '--json'], {
+      VMVAULT_TEST_PAUSE: 'before-commit:8000',
+    });
+    let stderr = '';
+    let stdout = '';
+    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    const exited = new Promise<number>((resolve) => child.on('close', (code) => resolve(code ?? -1)));
+    await new Promise<void>((resolve, reject) => {
+      child.stderr!.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        if (stderr.includes('test pause at before-commit')) resolve();
+      });
+      child.on('close', () => reject(new Error(`sync ended before its pause: ${stderr}`)));
+    });
+    const [b, p] = await Promise.all([
+      backup(A3, 'db'),
+      runCli(['prune', '-r', D3, '--grace', '0', '--json']),
+    ]);
+    expect(b).toMatch(/^[0-9a-f]{64}$/);
+    expect(p.code, p.stderr).toBe(0);
+    const pj = JSON.parse(p.stdout) as {
+      condemned: { packs: number } | null;
+      waiting: { sessions: string[] } | null;
+    };
+    // The sync's packs look unused to the prune: condemned, but not deleted while the sync lives.
+    expect(pj.condemned?.packs ?? 0).toBeGreaterThan(0);
+    expect(pj.waiting?.sessions.length ?? 0).toBeGreaterThan(0);
+    expect(await exited, stderr).toBe(0);
+    expect((JSON.parse(stdout) as SyncJson).snapshots.copied).toBe(1);
+    // The next prune finishes the generation and keeps what the new snapshot needs.
+    const p2 = await runCli(['prune', '-r', D3, '--grace', '0', '--json']);
+    expect(p2.code, p2.stderr).toBe(0);
+    expect(await expectRestores(D3)).toBe(1);
+    const more = await sync(A3, D3);
+    expect(more.j!.snapshots).toMatchObject({ copied: 1, present: 1 });
+    expect(await expectRestores(D3)).toBe(2);
   }, 120_000);
 });
