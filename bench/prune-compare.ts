@@ -40,11 +40,11 @@
  * ≤ 256 MiB, space left within 10 % of the kept snapshots' unique data. A copy of the report goes
  * to bench/results/.
  */
-import { createCipheriv, createHash } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DiskIndex, emptyDiskStats, format, Repository, type SnapshotManifest } from '../src/repo/index.js';
+import { applyWrites, churnWrites, SeededStream } from './lib/churn.js';
 import { CACHE, ext4Slice } from './lib/datasets.js';
 import { measure, sh, type Measurement } from './lib/harness.js';
 import { currentBuild } from './lib/vmvault.js';
@@ -94,73 +94,15 @@ const duBytes = async (dir: string): Promise<number> =>
   Number((await sh(`du -sb '${dir}' | cut -f1`)).trim());
 
 // ---------------------------------------------------------------------------------------------
-// Churn: a deterministic stream of writes per day.
+// Churn: a deterministic stream of writes per day (lib/churn.ts).
 
-/** A seeded byte stream (AES-256-CTR of zeros under a key from the seed and a label). */
-class Stream {
-  private readonly cipher;
-  private buf: Buffer = Buffer.alloc(0);
-  private at = 0;
-  constructor(label: string) {
-    const key = createHash('sha256').update(`prune-compare:${seed}:${label}`).digest();
-    this.cipher = createCipheriv('aes-256-ctr', key, Buffer.alloc(16));
-  }
-  bytes(n: number): Buffer {
-    return this.cipher.update(Buffer.alloc(n));
-  }
-  /** A uniform integer in [0, n). */
-  below(n: number): number {
-    if (this.at + 4 > this.buf.length) {
-      this.buf = this.bytes(4096);
-      this.at = 0;
-    }
-    const v = this.buf.readUInt32BE(this.at);
-    this.at += 4;
-    return Math.floor((v / 2 ** 32) * n);
-  }
-}
+/** The seeded stream of `label` (the key of every stream of this bench: its name, seed and label). */
+const stream = (label: string): SeededStream => new SeededStream(`prune-compare:${seed}:${label}`);
 
-interface Write {
-  offset: number;
-  data: Buffer;
-}
-
-/** The writes of day `day` (2 … days) on an image of `sizeBytes`: ~churn % of it. */
-function churnOf(day: number, sizeBytes: number): { writes: Write[]; bytes: number } {
-  const r = new Stream(`day ${day}`);
-  const target = Math.round((sizeBytes * churnPercent) / 100);
-  const writes: Write[] = [];
-  let bytes = 0;
-  const data = (n: number): Buffer => {
-    const k = r.below(20);
-    if (k < 2) return Buffer.alloc(n); // zeros (freed blocks)
-    if (k < 11) return r.bytes(n); // random (compressed or encrypted files)
-    return Buffer.from(r.bytes(n / 2).toString('hex')); // hex text: ≈ 2:1 compressible
-  };
-  while (bytes < target) {
-    let offset: number;
-    let len: number;
-    if (r.below(2) === 0) {
-      len = (1 + r.below(4)) * MiB; // 1–4 whole MiB at a MiB-aligned offset
-      offset = r.below(sizeBytes / MiB - 4) * MiB;
-    } else {
-      len = (1 + r.below(256)) * 4096; // 4 KiB – 1 MiB at a 4 KiB-aligned offset
-      offset = r.below((sizeBytes - len) / 4096) * 4096;
-    }
-    writes.push({ offset, data: data(len) });
-    bytes += len;
-  }
-  return { writes, bytes };
-}
-
+/** Writes day `day`'s churn (2 … days) into `image` of `sizeBytes`: ~churn % of it; returns the bytes written. */
 function applyChurn(image: string, day: number, sizeBytes: number): number {
-  const { writes, bytes } = churnOf(day, sizeBytes);
-  const fd = openSync(image, 'r+');
-  try {
-    for (const w of writes) writeSync(fd, w.data, 0, w.data.length, w.offset);
-  } finally {
-    closeSync(fd);
-  }
+  const { writes, bytes } = churnWrites(stream(`day ${day}`), sizeBytes, churnPercent);
+  applyWrites(image, writes);
   return bytes;
 }
 
@@ -467,7 +409,7 @@ async function scaleRepo(): Promise<{ dir: string; chunks: number; buildS: numbe
   const repo = await Repository.init(dir, { chunkSizeBytes: chunkSize });
   const slots = Math.ceil(diskBytes / chunkSize);
   const perSnapshot = Math.max(2, Math.round(slots / 100)); // ~1 %
-  const r = new Stream('scale');
+  const r = stream('scale');
   let next = 0;
   const inFlight = new Set<Promise<unknown>>();
   // A distinct chunk: its number and a tag in the first 19 bytes, the rest zero. Buffers come

@@ -12,13 +12,14 @@
  * Every tool runs under /usr/bin/time -v (wall, peak RSS). The server runs on the same 2 cores as
  * the client, so its CPU is in every figure alike.
  */
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { startS3rver } from '../test/helpers/s3-servers.js';
 import { benchImages, CACHE } from './lib/datasets.js';
 import { measure, sh, type Measurement } from './lib/harness.js';
+import { cpuFloor as floor, cpuText as cpu, rcloneFor, s3Env, serverTimer } from './lib/s3.js';
 import { BENCH_PASSWORD, currentBuild } from './lib/vmvault.js';
 
 const { values: opt } = parseArgs({
@@ -35,31 +36,12 @@ const current = await currentBuild();
 const restic = (await sh('command -v restic || true')).trim();
 const rclone = (await sh('command -v rclone || true')).trim();
 const server = await startS3rver();
-/** The s3rver child's CPU seconds so far (utime + stime from /proc), to put the server's share of each step beside the client's. */
-const serverPid = Number((await sh("pgrep -n -f '[s]3rver-child.cjs' || true")).trim());
-const serverCpu = (): number => {
-  if (!serverPid) return NaN;
-  const f = readFileSync(`/proc/${serverPid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100;
-};
 /** Runs a measured step and returns it with the server CPU it caused. */
-const timed = async (...a: Parameters<typeof measure>): Promise<Measurement & { serverCpuS: number }> => {
-  const before = serverCpu();
-  const m = await measure(...a);
-  return { ...m, serverCpuS: serverCpu() - before };
-};
-const cpu = (m: Measurement & { serverCpuS: number }): string =>
-  `${((m.userMs + m.sysMs) / 1000).toFixed(2)} s + ${m.serverCpuS.toFixed(2)} s`;
-/** The least wall time the step could take on this machine: client + server CPU over its cores. */
-const floor = (m: Measurement & { serverCpuS: number }): number => ((m.userMs + m.sysMs) / 1000 + m.serverCpuS) / availableParallelism();
+const timed = await serverTimer();
 const work = join(CACHE, 's3-compare');
 rmSync(work, { recursive: true, force: true });
 mkdirSync(work, { recursive: true });
-const env = {
-  AWS_ACCESS_KEY_ID: server.accessKeyId,
-  AWS_SECRET_ACCESS_KEY: server.secretAccessKey,
-  AWS_REGION: server.region,
-};
+const env = s3Env(server);
 const lines: string[] = [];
 const say = (l: string): void => {
   console.log(l);
@@ -149,14 +131,9 @@ try {
     const local = join(work, 'local-repo');
     await measure('init', vm, ['init', local], {});
     await measure('local backup', vm, ['backup-image', '-r', local, '--vm', 'bench', images.base], {});
-    const cfg = join(work, 'rclone.conf');
-    writeFileSync(
-      cfg,
-      `[bench]\ntype = s3\nprovider = Other\naccess_key_id = ${server.accessKeyId}\nsecret_access_key = ${server.secretAccessKey}\nendpoint = ${server.endpoint}\nregion = ${server.region}\nforce_path_style = true\n`,
-    );
-    // rclone 1.60 fails on AWS_CA_BUNDLE with a plain-http endpoint ("unable to load custom CA bundle").
-    await sh(`env -u AWS_CA_BUNDLE ${rclone} --config ${cfg} mkdir bench:rclone-bench`);
-    rc = await timed('rclone copy', 'env', ['-u', 'AWS_CA_BUNDLE', rclone, '--config', cfg, 'copy', '--transfers', String(conns), '--s3-upload-cutoff', '200M', local, 'bench:rclone-bench/r'], {});
+    const rcl = rcloneFor(rclone, server);
+    await measure('rclone mkdir', rcl.cmd, rcl.args('mkdir', `${rcl.remote}rclone-bench`), rcl.env);
+    rc = await timed('rclone copy', rcl.cmd, rcl.args('copy', '--transfers', String(conns), '--s3-upload-cutoff', '200M', local, `${rcl.remote}rclone-bench/r`), rcl.env);
     say(`| rclone | copy of vmvault's stored bytes (${(stored / 1e6).toFixed(0)} MB) | ${secs(rc)} | ${mbs(stored, rc)} (of stored) | ${rss(rc)} | ${cpu(rc)} | | |`);
   }
 
