@@ -46,8 +46,10 @@ import { parseArgs } from 'node:util';
 import { DiskIndex, emptyDiskStats, format, Repository, type SnapshotManifest } from '../src/repo/index.js';
 import { applyWrites, churnWrites, SeededStream } from './lib/churn.js';
 import { CACHE, ext4Slice } from './lib/datasets.js';
-import { measure, sh, type Measurement } from './lib/harness.js';
+import { mb, measure, pass, reporter, rss, secs, sh, type Measurement } from './lib/harness.js';
 import { currentBuild } from './lib/vmvault.js';
+
+const { say, lines } = reporter();
 
 const { values: opt } = parseArgs({
   options: {
@@ -81,15 +83,6 @@ const current = await currentBuild();
 const vm = current.bin;
 const restic = (await sh('command -v restic || true')).trim();
 const work = join(CACHE, 'prune-compare');
-const lines: string[] = [];
-const say = (l: string): void => {
-  console.log(l);
-  lines.push(l);
-};
-const secs = (m: Measurement): string => `${(m.wallMs / 1000).toFixed(2)} s`;
-const rss = (m: Measurement): string => `${(m.peakRssKiB / 1024).toFixed(0)} MiB`;
-const mb = (b: number): string => `${(b / 1e6).toFixed(1)} MB`;
-const pass = (ok: boolean): string => (ok ? '**PASS**' : '**FAIL**');
 const duBytes = async (dir: string): Promise<number> =>
   Number((await sh(`du -sb '${dir}' | cut -f1`)).trim());
 

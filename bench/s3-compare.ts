@@ -18,9 +18,11 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { startS3rver } from '../test/helpers/s3-servers.js';
 import { benchImages, CACHE } from './lib/datasets.js';
-import { measure, sh, type Measurement } from './lib/harness.js';
+import { measure, rate, reporter, rss, secs, sh } from './lib/harness.js';
 import { cpuFloor as floor, cpuText as cpu, rcloneFor, s3Env, serverTimer } from './lib/s3.js';
 import { BENCH_PASSWORD, currentBuild } from './lib/vmvault.js';
+
+const { say, lines } = reporter();
 
 const { values: opt } = parseArgs({
   options: {
@@ -42,14 +44,6 @@ const work = join(CACHE, 's3-compare');
 rmSync(work, { recursive: true, force: true });
 mkdirSync(work, { recursive: true });
 const env = s3Env(server);
-const lines: string[] = [];
-const say = (l: string): void => {
-  console.log(l);
-  lines.push(l);
-};
-const secs = (m: Measurement): string => `${(m.wallMs / 1000).toFixed(2)} s`;
-const rss = (m: Measurement): string => `${(m.peakRssKiB / 1024).toFixed(0)} MiB`;
-const mbs = (bytes: number, m: Measurement): string => `${(bytes / 1e6 / (m.wallMs / 1000)).toFixed(0)} MB/s`;
 
 interface S3Json {
   s3?: { requests: Record<string, number>; bytesUp: number; bytesDown: number };
@@ -87,7 +81,7 @@ try {
   );
   const vbj = JSON.parse(vb.stdout) as S3Json;
   const stored = (vbj.disks ?? []).reduce((a, d) => a + d.bytesStored, 0);
-  say(`| vmvault | backup-image | ${secs(vb)} | ${mbs(images.sizeBytes, vb)} | ${rss(vb)} | ${cpu(vb)} | ${reqs(vbj)} | ${perGiB(vbj, images.sizeBytes)} |`);
+  say(`| vmvault | backup-image | ${secs(vb)} | ${rate(images.sizeBytes, vb)} | ${rss(vb)} | ${cpu(vb)} | ${reqs(vbj)} | ${perGiB(vbj, images.sizeBytes)} |`);
   const out = join(work, 'vmvault.raw');
   const vr = await timed(
     'vmvault restore',
@@ -96,7 +90,7 @@ try {
     env,
   );
   const vrj = JSON.parse(vr.stdout) as S3Json;
-  say(`| vmvault | restore → raw | ${secs(vr)} | ${mbs(images.sizeBytes, vr)} | ${rss(vr)} | ${cpu(vr)} | ${reqs(vrj)} | ${perGiB(vrj, images.sizeBytes)} |`);
+  say(`| vmvault | restore → raw | ${secs(vr)} | ${rate(images.sizeBytes, vr)} | ${rss(vr)} | ${cpu(vr)} | ${reqs(vrj)} | ${perGiB(vrj, images.sizeBytes)} |`);
   await sh(`cmp ${out} ${images.base}`);
   rmSync(out, { force: true });
 
@@ -105,9 +99,9 @@ try {
   const eenv = { ...env, VMVAULT_PASSWORD: BENCH_PASSWORD };
   await measure('init', vm, ['init', erepo, '--encryption', 'aes-256-gcm'], eenv);
   const eb = await timed('vmvault enc backup-image', vm, ['--s3-connections', String(conns), 'backup-image', '-r', erepo, '--vm', 'bench', images.base, '--json'], eenv);
-  say(`| vmvault encrypted | backup-image | ${secs(eb)} | ${mbs(images.sizeBytes, eb)} | ${rss(eb)} | ${cpu(eb)} | ${reqs(JSON.parse(eb.stdout) as S3Json)} | |`);
+  say(`| vmvault encrypted | backup-image | ${secs(eb)} | ${rate(images.sizeBytes, eb)} | ${rss(eb)} | ${cpu(eb)} | ${reqs(JSON.parse(eb.stdout) as S3Json)} | |`);
   const er = await timed('vmvault enc restore', vm, ['--s3-connections', String(conns), 'restore', '-r', erepo, 'bench@latest', '--disk', 'vda', '-o', out], eenv);
-  say(`| vmvault encrypted | restore → raw | ${secs(er)} | ${mbs(images.sizeBytes, er)} | ${rss(er)} | ${cpu(er)} | | |`);
+  say(`| vmvault encrypted | restore → raw | ${secs(er)} | ${rate(images.sizeBytes, er)} | ${rss(er)} | ${cpu(er)} | | |`);
   rmSync(out, { force: true });
 
   // restic
@@ -118,10 +112,10 @@ try {
     const renv = { ...env, RESTIC_PASSWORD: BENCH_PASSWORD, RESTIC_REPOSITORY: rrepo };
     await measure('restic init', restic, ['init', '-q'], renv);
     rb = await timed('restic backup', restic, ['backup', '-q', '-o', `s3.connections=${conns}`, images.base], renv);
-    say(`| restic | backup (file) | ${secs(rb)} | ${mbs(images.sizeBytes, rb)} | ${rss(rb)} | ${cpu(rb)} | | |`);
+    say(`| restic | backup (file) | ${secs(rb)} | ${rate(images.sizeBytes, rb)} | ${rss(rb)} | ${cpu(rb)} | | |`);
     const target = join(work, 'restic-out');
     rr = await timed('restic restore', restic, ['restore', '-q', '-o', `s3.connections=${conns}`, 'latest', '--target', target], renv);
-    say(`| restic | restore | ${secs(rr)} | ${mbs(images.sizeBytes, rr)} | ${rss(rr)} | ${cpu(rr)} | | |`);
+    say(`| restic | restore | ${secs(rr)} | ${rate(images.sizeBytes, rr)} | ${rss(rr)} | ${cpu(rr)} | | |`);
     rmSync(target, { recursive: true, force: true });
   }
 
@@ -134,7 +128,7 @@ try {
     const rcl = rcloneFor(rclone, server);
     await measure('rclone mkdir', rcl.cmd, rcl.args('mkdir', `${rcl.remote}rclone-bench`), rcl.env);
     rc = await timed('rclone copy', rcl.cmd, rcl.args('copy', '--transfers', String(conns), '--s3-upload-cutoff', '200M', local, `${rcl.remote}rclone-bench/r`), rcl.env);
-    say(`| rclone | copy of vmvault's stored bytes (${(stored / 1e6).toFixed(0)} MB) | ${secs(rc)} | ${mbs(stored, rc)} (of stored) | ${rss(rc)} | ${cpu(rc)} | | |`);
+    say(`| rclone | copy of vmvault's stored bytes (${(stored / 1e6).toFixed(0)} MB) | ${secs(rc)} | ${rate(stored, rc)} (of stored) | ${rss(rc)} | ${cpu(rc)} | | |`);
   }
 
   say('');

@@ -36,9 +36,22 @@ import { parseArgs } from 'node:util';
 import { startS3rver } from '../test/helpers/s3-servers.js';
 import { applyWrites, churnWrites, SeededStream } from './lib/churn.js';
 import { CACHE, ext4Images, ext4Slice } from './lib/datasets.js';
-import { measure, repoUsage, sh, type Measurement } from './lib/harness.js';
+import {
+  mb,
+  measure,
+  pass,
+  rate,
+  repoUsage,
+  reporter,
+  rss,
+  secs,
+  sh,
+  type Measurement,
+} from './lib/harness.js';
 import { cpuFloor, cpuText, rcloneFor, s3Env, serverTimer, type ServerMeasurement } from './lib/s3.js';
 import { BENCH_PASSWORD, currentBuild } from './lib/vmvault.js';
+
+const { say, lines } = reporter();
 
 const { values: opt } = parseArgs({
   options: {
@@ -73,17 +86,6 @@ if (!restic || !rclone) throw new Error('restic and rclone are needed: apt-get i
 const work = join(CACHE, 'sync-compare');
 rmSync(work, { recursive: true, force: true });
 mkdirSync(work, { recursive: true });
-const lines: string[] = [];
-const say = (l: string): void => {
-  console.log(l);
-  lines.push(l);
-};
-const secs = (m: Measurement): string => `${(m.wallMs / 1000).toFixed(2)} s`;
-const rss = (m: Measurement): string => `${(m.peakRssKiB / 1024).toFixed(0)} MiB`;
-const mb = (b: number): string => `${(b / 1e6).toFixed(1)} MB`;
-const rate = (bytes: number, m: Measurement): string =>
-  `${(bytes / 1e6 / (m.wallMs / 1000)).toFixed(0)} MB/s`;
-const pass = (ok: boolean): string => (ok ? '**PASS**' : '**FAIL**');
 
 interface SyncJson {
   sameIds: boolean;

@@ -89,6 +89,25 @@ export function mbps(bytes: number, ms: number): string {
   return (bytes / 1e6 / (ms / 1000)).toFixed(0);
 }
 
+/** A run's report: `say` prints a line and keeps it, `lines` is what was said (for bench/results). */
+export function reporter(): { say: (line: string) => void; lines: string[] } {
+  const lines: string[] = [];
+  return {
+    lines,
+    say: (line) => {
+      console.log(line);
+      lines.push(line);
+    },
+  };
+}
+
+/** Table cells of a measurement: wall seconds, peak RSS, a byte count, a rate, a target's verdict. */
+export const secs = (m: Measurement): string => `${(m.wallMs / 1000).toFixed(2)} s`;
+export const rss = (m: Measurement): string => `${(m.peakRssKiB / 1024).toFixed(0)} MiB`;
+export const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`;
+export const rate = (bytes: number, m: Measurement): string => `${mbps(bytes, m.wallMs)} MB/s`;
+export const pass = (ok: boolean): string => (ok ? '**PASS**' : '**FAIL**');
+
 export function row(m: Measurement, bytes: number, extra = ''): string {
   return `| ${m.name} | ${(m.wallMs / 1000).toFixed(2)} s | ${mbps(bytes, m.wallMs)} MB/s | ${(m.peakRssKiB / 1024).toFixed(0)} MiB | ${extra} |`;
 }
