@@ -13,8 +13,6 @@ export class PasswordError extends VmvaultError {
   }
 }
 
-const SOURCES = 'VMVAULT_PASSWORD, VMVAULT_PASSWORD_FILE, --password-file or VMVAULT_PASSWORD_COMMAND';
-
 function firstLine(text: string): string {
   const nl = text.indexOf('\n');
   const line = nl < 0 ? text : text.slice(0, nl);
@@ -28,53 +26,58 @@ export interface PasswordSourceOptions {
   /** The prompt's text. */
   prompt?: string;
   env?: NodeJS.ProcessEnv;
+  /**
+   * Whose password, for the other repository of a two-repository command: its variables are
+   * `<prefix>PASSWORD`, `<prefix>PASSWORD_FILE`, `<prefix>PASSWORD_COMMAND` and its file option
+   * `fileFlag` (default: VMVAULT_ and --password-file, the repository of -r).
+   */
+  names?: { prefix: string; fileFlag: string; which: string };
 }
 
 /**
- * The password of the other repository of a two-repository command (`sync --to`: prefix
- * `VMVAULT_TO_`; `init --from-repo`: `VMVAULT_FROM_`): `<PREFIX>PASSWORD`, `--to-password-file` /
- * `--from-password-file` or `<PREFIX>PASSWORD_FILE`, `<PREFIX>PASSWORD_COMMAND`, else a prompt.
+ * The password of the other repository of a two-repository command (`sync --to`: `VMVAULT_TO_…`
+ * and `--to-password-file`; `init --from-repo`: `VMVAULT_FROM_…` and `--from-password-file`).
  */
 export function readOtherPassword(
   prefix: 'VMVAULT_TO_' | 'VMVAULT_FROM_',
   opts: { passwordFile?: string | undefined; prompt: string },
 ): Promise<string> {
-  const env = process.env;
-  const other: NodeJS.ProcessEnv = {};
-  for (const k of ['PASSWORD', 'PASSWORD_FILE', 'PASSWORD_COMMAND']) {
-    const v = env[`${prefix}${k}`];
-    if (v !== undefined) other[`VMVAULT_${k}`] = v;
-  }
-  const flag = prefix === 'VMVAULT_TO_' ? '--to-password-file' : '--from-password-file';
-  return readPassword({ passwordFile: opts.passwordFile, prompt: opts.prompt, env: other }).catch(
-    (err: unknown) => {
-      if (err instanceof PasswordError && /no password given/.test(err.message))
-        throw new PasswordError(
-          `no password given for the ${prefix === 'VMVAULT_TO_' ? 'destination' : 'source'} repository and no terminal to ask on`,
-          `set ${prefix}PASSWORD, ${prefix}PASSWORD_FILE, ${flag} or ${prefix}PASSWORD_COMMAND`,
-        );
-      throw err;
+  const to = prefix === 'VMVAULT_TO_';
+  return readPassword({
+    passwordFile: opts.passwordFile,
+    prompt: opts.prompt,
+    names: {
+      prefix,
+      fileFlag: to ? '--to-password-file' : '--from-password-file',
+      which: to ? 'the destination repository' : 'the source repository',
     },
-  );
+  });
 }
 
 /** Reads the password from the first source that is set. */
 export async function readPassword(opts: PasswordSourceOptions = {}): Promise<string> {
   const env = opts.env ?? process.env;
-  if (env.VMVAULT_PASSWORD !== undefined && env.VMVAULT_PASSWORD !== '') return env.VMVAULT_PASSWORD;
-  const file = opts.passwordFile ?? (env.VMVAULT_PASSWORD_FILE || undefined);
+  const { prefix, fileFlag, which } = opts.names ?? {
+    prefix: 'VMVAULT_',
+    fileFlag: '--password-file',
+    which: '',
+  };
+  const password = env[`${prefix}PASSWORD`];
+  if (password !== undefined && password !== '') return password;
+  const file = opts.passwordFile ?? (env[`${prefix}PASSWORD_FILE`] || undefined);
   if (file !== undefined) {
     try {
       return firstLine(await readFile(file, 'utf8'));
     } catch (err) {
       throw new PasswordError(
         `cannot read the password file ${printable(file, 200)}: ${errorMessage(err)}`,
-        'check the path given by --password-file or VMVAULT_PASSWORD_FILE',
+        `check the path given by ${fileFlag} or ${prefix}PASSWORD_FILE`,
       );
     }
   }
-  const command = env.VMVAULT_PASSWORD_COMMAND;
-  if (command !== undefined && command !== '') return runPasswordCommand(command);
+  const command = env[`${prefix}PASSWORD_COMMAND`];
+  if (command !== undefined && command !== '')
+    return runPasswordCommand(command, `${prefix}PASSWORD_COMMAND`);
   if (process.stdin.isTTY && process.stderr.isTTY) {
     const pw = await prompt(opts.prompt ?? 'password: ');
     if (opts.confirm) {
@@ -87,17 +90,20 @@ export async function readPassword(opts: PasswordSourceOptions = {}): Promise<st
     }
     return pw;
   }
-  throw new PasswordError('no password given and no terminal to ask on', `set ${SOURCES}`);
+  throw new PasswordError(
+    `no password given${which ? ` for ${which}` : ''} and no terminal to ask on`,
+    `set ${prefix}PASSWORD, ${prefix}PASSWORD_FILE, ${fileFlag} or ${prefix}PASSWORD_COMMAND`,
+  );
 }
 
-function runPasswordCommand(command: string): Promise<string> {
+function runPasswordCommand(command: string, name: string): Promise<string> {
   return new Promise((resolve, reject) => {
     execFile('sh', ['-c', command], { maxBuffer: 64 * 1024, timeout: 120_000 }, (err, stdout, stderr) => {
       if (err) {
         const why = printable(firstLine(String(stderr)).trim() || errorMessage(err), 200);
         reject(
           new PasswordError(
-            `VMVAULT_PASSWORD_COMMAND failed: ${why}`,
+            `${name} failed: ${why}`,
             'fix the command (it must print the password on its first line and exit 0)',
           ),
         );

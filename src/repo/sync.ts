@@ -23,6 +23,8 @@ export interface SyncOptions {
   signal?: AbortSignal;
   /** Progress in bytes of disk data (allocated) of the selected snapshots. */
   progress?: (doneBytes: number, totalBytes: number) => void;
+  /** Every snapshot of the source (to name parents outside the selection); default: the selected. */
+  sourceSnapshots?: readonly Snapshot[];
   /** Test hook: called after each chunk copied (a test kills the process here). */
   onChunk?: (copied: number) => void;
 }
@@ -83,6 +85,9 @@ export async function syncSnapshots(
     result.snapshots.present++;
     return false;
   });
+  // Parents are named by their source id; the copy names the destination's copy of it.
+  const originById = new Map<string, string>();
+  for (const k of opts.sourceSnapshots ?? selected) originById.set(k.id, src.originKey(k));
   const total = todo.reduce((n, s) => n + s.disks.reduce((m, d) => m + d.allocatedBytes, 0), 0);
   let done = 0;
   opts.progress?.(0, total);
@@ -96,19 +101,23 @@ export async function syncSnapshots(
   const chunkBytes = src.chunkSizeBytes;
   const slab = new SharedArrayBuffer(concurrency * chunkBytes);
   const freeSlots = Array.from({ length: concurrency }, (_, i) => i);
-  /** Chunks copied in this run: source id → destination id (also when the same). */
-  const moved = new Map<string, ChunkId>();
+  /**
+   * Renamed chunks (different id functions): source id → destination id, so that a chunk met again
+   * is not read again. Bounded like the pack store's known ids (cleared when full: a miss only
+   * costs a read, the put then finds the chunk present). Same ids need no map: the destination's
+   * pack store knows what this run stored.
+   */
+  const renamed = new Map<string, ChunkId>();
+  const RENAMED_LIMIT = 1 << 20;
 
   const copyChunk = async (
     id: ChunkId,
     where: { snapshot: string; disk: string; offset: number },
   ): Promise<ChunkId> => {
-    const known = moved.get(id);
-    if (known !== undefined) return known;
-    if (sameIds && (await dst.chunks.has(id))) {
+    const known = sameIds ? ((await dst.chunks.has(id)) ? id : undefined) : renamed.get(id);
+    if (known !== undefined) {
       result.chunks.present++;
-      moved.set(id, id);
-      return id;
+      return known;
     }
     // Read into a slot of a shared slab: on an object store nearby records of a pack come in one
     // ranged GET (the source's coalescer), and the worker opens the record straight into it.
@@ -116,25 +125,23 @@ export async function syncSnapshots(
     if (slot === undefined) throw new Error('sync: more chunks in flight than slots');
     try {
       const buf = Buffer.from(slab, slot * chunkBytes, chunkBytes);
-      const n = await src.chunks.getInto(id, buf, where); // verified by its id
-      const data = buf.subarray(0, n);
-      return await store(id, data);
+      const data = buf.subarray(0, await src.chunks.getInto(id, buf, where)); // verified by its id
+      const r = await dst.chunks.put(data, sameIds ? id : dst.codec.chunkId(data));
+      if (r.isNew) {
+        result.chunks.copied++;
+        result.bytes.copied += data.length;
+        result.bytes.stored += r.storedBytes;
+        sinceFlush += r.storedBytes;
+      } else result.chunks.present++;
+      if (!sameIds) {
+        if (renamed.size >= RENAMED_LIMIT) renamed.clear();
+        renamed.set(id, r.id);
+      }
+      opts.onChunk?.(result.chunks.copied);
+      return r.id;
     } finally {
       freeSlots.push(slot);
     }
-  };
-
-  const store = async (id: ChunkId, data: Buffer): Promise<ChunkId> => {
-    const r = await dst.chunks.put(data, sameIds ? id : dst.codec.chunkId(data));
-    if (r.isNew) {
-      result.chunks.copied++;
-      result.bytes.copied += data.length;
-      result.bytes.stored += r.storedBytes;
-      sinceFlush += r.storedBytes;
-    } else result.chunks.present++;
-    moved.set(id, r.id);
-    opts.onChunk?.(result.chunks.copied);
-    return r.id;
   };
 
   const copyDisk = async (s: Snapshot, d: SnapshotDisk): Promise<SnapshotDisk> => {
@@ -170,10 +177,8 @@ export async function syncSnapshots(
       for (const d of s.disks) disks.push(await copyDisk(s, d));
       const files = [];
       for (const f of s.files) files.push(await dst.putFile(f.kind, f.name, await src.getFile(f)));
-      const { id: _id, superseded: _sup, ...manifest } = s;
-      void _id;
-      void _sup;
-      const parentKey = s.parent === null ? undefined : originOfId(src, selected, s.parent);
+      const { id: _id, superseded: _superseded, ...manifest } = s;
+      const parentKey = s.parent === null ? undefined : originById.get(s.parent);
       const next: SnapshotManifest = {
         ...manifest,
         disks,
@@ -200,10 +205,4 @@ export async function syncSnapshots(
     }
   }
   return result;
-}
-
-/** The origin key of the snapshot `id` of `src`, when it is among `known`. */
-function originOfId(src: Repository, known: readonly Snapshot[], id: string): string | undefined {
-  const p = known.find((k) => k.id === id);
-  return p === undefined ? undefined : src.originKey(p);
 }

@@ -43,3 +43,20 @@ export function parseTimeSpan(text: string, what = 'duration'): number {
   if (ms === 0) throw new UsageError(`invalid ${what} '${shown}': must be longer than zero`, hint);
   return ms;
 }
+
+/**
+ * Parses an ISO 8601 date-time with a zone (`2026-11-20T22:00:00Z`, `2026-11-20T23:00+01:00`) or,
+ * with `dateOnly`, also a date (`2026-11-20`: midnight UTC) into ms since the epoch; years
+ * 1970–9999. Nothing else (Date.parse's other, locale-dependent forms are refused).
+ */
+export function parseIsoTime(v: string, flag: string, opts: { dateOnly?: boolean } = {}): number {
+  const dateTime = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$/.test(v);
+  const date = opts.dateOnly === true && /^\d{4}-\d{2}-\d{2}$/.test(v);
+  const t = dateTime || date ? new Date(date ? `${v}T00:00:00Z` : v) : undefined;
+  if (t === undefined || Number.isNaN(t.getTime()) || t.getUTCFullYear() < 1970 || t.getUTCFullYear() > 9999)
+    throw new UsageError(
+      `invalid ${flag} '${printable(v, 60)}'`,
+      `give an ISO 8601 ${opts.dateOnly ? 'date (2026-11-20) or ' : ''}date-time with a zone, e.g. 2026-11-20T22:00:00Z or 2026-11-20T23:00:00+01:00`,
+    );
+  return t.getTime();
+}

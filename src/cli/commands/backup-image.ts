@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { formatBytes, printable, UsageError } from '../../util/index.js';
+import { formatBytes, parseIsoTime, printable } from '../../util/index.js';
 import { backupImages, parseImageSpecs } from '../../backup/index.js';
 import { shortId, type Snapshot } from '../../repo/index.js';
 import { commaList, loggerFor, printJson, repoOption, withRepo, globals } from '../context.js';
@@ -22,7 +22,8 @@ export function backupImageCommand(): Command {
         cmd: Command,
       ) => {
         const images = parseImageSpecs(files);
-        const time = opts.time === undefined ? undefined : parseTime(opts.time);
+        const time =
+          opts.time === undefined ? undefined : new Date(parseIsoTime(opts.time, '--time')).toISOString();
         const log = loggerFor(cmd);
         const quiet = globals(cmd).quiet ?? false;
         const snap = await withRepo(opts, (repo) =>
@@ -72,13 +73,3 @@ export function printSummary(s: Snapshot): void {
 }
 
 /** `--time`: an ISO 8601 date-time with a zone (Z or ±hh:mm), as the manifest records it (UTC). */
-function parseTime(v: string): string {
-  const ok = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$/.test(v);
-  const t = ok ? new Date(v) : undefined;
-  if (t === undefined || Number.isNaN(t.getTime()) || t.getUTCFullYear() < 1970 || t.getUTCFullYear() > 9999)
-    throw new UsageError(
-      `invalid --time '${printable(v, 60)}'`,
-      'give an ISO 8601 date-time with a zone, e.g. 2026-11-20T22:00:00Z or 2026-11-20T23:00:00+01:00',
-    );
-  return t.toISOString();
-}

@@ -115,7 +115,7 @@ export function initCommand(): Command {
               'give a whole number of days, e.g. --object-lock-days 30',
             );
           objectLock = { days: Number(opts.objectLockDays), mode: opts.objectLockMode };
-        } else if (cmd.getOptionValueSource('objectLockMode') === 'cli')
+        } else if (given('objectLockMode'))
           throw new UsageError('--object-lock-mode needs --object-lock-days', 'add --object-lock-days DAYS');
         const repo = await Repository.init(
           location,

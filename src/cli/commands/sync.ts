@@ -1,5 +1,12 @@
 import { Command } from 'commander';
-import { ExitCode, formatBytes, printable, UsageError, VmvaultError } from '../../util/index.js';
+import {
+  ExitCode,
+  formatBytes,
+  parseIsoTime,
+  printable,
+  UsageError,
+  VmvaultError,
+} from '../../util/index.js';
 import {
   byTime,
   shortId,
@@ -38,14 +45,14 @@ export function selectSnapshots(
   );
   if (o.latest !== undefined) {
     const byVm = new Map<string, Snapshot[]>();
-    for (const s of list) byVm.set(s.vm.name, [...(byVm.get(s.vm.name) ?? []), s]);
-    list = [...byVm.values()].flatMap((g) => [...g].sort(byTime).slice(-o.latest!));
+    for (const s of list) {
+      const g = byVm.get(s.vm.name);
+      if (g) g.push(s);
+      else byVm.set(s.vm.name, [s]);
+    }
+    list = [...byVm.values()].flatMap((g) => g.sort(byTime).slice(-o.latest!));
   }
   return [...list].sort(byTime);
-}
-
-function syncJson(r: SyncResult): Record<string, unknown> {
-  return { ...r };
 }
 
 /** `vmvault sync -r SOURCE --to DEST`: copies snapshots the destination lacks (docs/sync.md). */
@@ -74,15 +81,9 @@ export function syncCommand(): Command {
           `--latest must be a whole number ≥ 1, not '${printable(o.latest!, 40)}'`,
           'for example --latest 3',
         );
-      const sinceMs = o.since === undefined ? undefined : Date.parse(o.since);
-      if (sinceMs !== undefined && !Number.isFinite(sinceMs))
-        throw new UsageError(
-          `--since is not a date: '${printable(o.since!, 60)}'`,
-          'for example --since 2026-11-01 or 2026-11-01T12:00Z',
-        );
+      const sinceMs =
+        o.since === undefined ? undefined : parseIsoTime(o.since, '--since', { dateOnly: true });
       if (!o.repo) throw new UsageError('no source repository given', 'pass -r SOURCE or set VMVAULT_REPO');
-      if (o.to === o.repo)
-        throw new UsageError('the source and the destination are the same repository', 'give another --to');
       const src = await openRepo({ repo: o.repo }, 'read');
       let dst: Repository | undefined;
       try {
@@ -97,9 +98,10 @@ export function syncCommand(): Command {
           },
           o.dryRun ? 'read' : 'write',
         );
-        if (dst.config.id === src.config.id && dst.location === src.location)
+        if (dst.location === src.location)
           throw new UsageError('the source and the destination are the same repository', 'give another --to');
-        const selected = selectSnapshots(await src.listSnapshots(), {
+        const all = await src.listSnapshots();
+        const selected = selectSnapshots(all, {
           ...(o.vm ? { vm: o.vm } : {}),
           ...(o.tag ? { tag: o.tag } : {}),
           ...(latest !== undefined ? { latest } : {}),
@@ -112,6 +114,7 @@ export function syncCommand(): Command {
         const testKillAfter = Number(process.env.VMVAULT_TEST_SYNC_KILL_AFTER_CHUNKS ?? NaN);
         const r = await syncSnapshots(src, dst, selected, {
           dryRun: o.dryRun === true,
+          sourceSnapshots: all,
           signal: rootAbort.signal,
           ...(bar
             ? {
@@ -134,7 +137,7 @@ export function syncCommand(): Command {
               }
             : {}),
         }).finally(() => bar?.done());
-        if (o.json) printJson(syncJson(r));
+        if (o.json) printJson(r);
         else printSummary(r, dst.location);
         if (r.snapshots.failed > 0) {
           for (const f of r.failed) process.stderr.write(`error: ${printable(f.error, 600)}\n`);
