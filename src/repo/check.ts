@@ -740,7 +740,7 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
         }
       }
     }
-    // c. Manifests: moved to quarantine/snapshot-… as in format 1.
+    // c. Manifests: moved to quarantine/snapshot-… (docs/format.md "Key layout").
     const stamp = compactUtc(now);
     for (const d of damagedManifests) {
       if (d.unsupportedVersion) continue; // a newer vmvault's snapshot, not damage

@@ -1,35 +1,9 @@
 import { createCipheriv, createDecipheriv, randomFillSync } from 'node:crypto';
 import { blake3, Blake3Hasher } from '@napi-rs/blake-hash';
-import {
-  blobBound,
-  decodeBlob,
-  decodeBlobInto,
-  encodeBlob,
-  encodeBlobTo,
-  parseBlobHeader,
-  scratchBuffer,
-  zstdBound,
-  zstdCompressTo,
-  zstdDecompressInto,
-  BlobFormatError,
-} from './blob.js';
+import { scratchBuffer, zstdBound, zstdCompressTo, zstdDecompressInto, BlobFormatError } from './blob.js';
 import type { ChunkId } from './chunk-id.js';
 import type { RepoConfig } from './config.js';
-import {
-  BLOB_HEADER_BYTES,
-  Codec,
-  MAX_ZSTD_LEVEL,
-  METADATA_ZSTD_LEVEL,
-  MIN_ZSTD_LEVEL,
-  ZSTD_MAX_EXPANSION,
-} from './format.js';
-
-/**
- * What a blob holds. Chunks (disk data and a snapshot's files) are compressed at the repository's
- * level; disk indexes and manifests at METADATA_ZSTD_LEVEL. Encryption will bind a blob to its
- * kind and name through the authenticated data.
- */
-export type ObjectKind = 'chunk' | 'index' | 'manifest';
+import { Codec, MAX_ZSTD_LEVEL, METADATA_ZSTD_LEVEL, MIN_ZSTD_LEVEL, ZSTD_MAX_EXPANSION } from './format.js';
 
 /** The bytes of a keyed id function's key (BLAKE3's key is 32 bytes). */
 export const ID_KEY_BYTES = 32;
@@ -205,39 +179,28 @@ export interface CodecSpec {
   /** zstd levels (1..19, -7..-1 fast; 0 = stored raw) per kind of object. */
   compression: { chunk: number; metadata: number };
   /**
-   * The id function of chunks and objects: `blake3-256` (format 1: unkeyed), or keyed BLAKE3-256
-   * with a 32-byte key (hex), so that nobody without the key can test for a known block.
+   * The id function of chunks and objects: `blake3-256` (unkeyed), or keyed BLAKE3-256 with a
+   * 32-byte key (hex), so that nobody without the key can test for a known block.
    */
   id: { fn: 'blake3-256' } | { fn: 'blake3-256-keyed'; key: string };
   /**
-   * Encryption (format 2): AES-256-GCM under keys derived from `key` (encKey, 64 hex). Needs a
+   * Encryption: AES-256-GCM under keys derived from `key` (encKey, 64 hex). Needs a
    * keyed id function: an unkeyed id of an encrypted chunk would tell anyone a known block is there.
    */
   enc?: { key: string };
 }
 
 export interface CodecKeys {
-  /** A 32-byte key for chunk and object ids (keyed BLAKE3); none: unkeyed BLAKE3-256 (format 1). */
+  /** A 32-byte key for chunk and object ids (keyed BLAKE3); none: unkeyed BLAKE3-256. */
   idKey?: Buffer;
   /** A 32-byte encryption key (needs idKey): every record, trailer and object is AES-256-GCM. */
   encKey?: Buffer;
 }
 
-export interface DecodeOptions {
-  /**
-   * Check the blob's integrity tag (default true). A caller that verifies the plaintext against
-   * its id (`verify`) may skip it: a damaged blob fails that check instead, one hash pass saved.
-   */
-  verifyTag?: boolean;
-  /** The most plaintext the header may claim (checked before anything is allocated). */
-  maxPlaintextBytes?: number;
-}
-
 /**
- * The one place that encodes, decodes and hashes repository objects (docs/architecture.md):
- * built from the repository config (compression, id function; encryption keys later), pure and
- * synchronous, one instance per thread. Format 1 (unkeyed BLAKE3-256 ids, zstd blobs) is
- * byte-identical to what vmvault wrote before the codec existed.
+ * The one place that seals, opens and hashes repository objects (docs/architecture.md): built
+ * from the repository config and its unlocked keys (compression, id function, encryption key),
+ * pure and synchronous, one instance per thread.
  */
 export class BlobCodec {
   readonly spec: CodecSpec;
@@ -263,7 +226,7 @@ export class BlobCodec {
         throw new RangeError(`invalid zstd level ${level}`);
   }
 
-  /** The codec of a repository: its config's compression, and its keys (none in format 1). */
+  /** The codec of a repository: its config's compression, and its keys (none when unencrypted). */
   static fromConfig(config: Pick<RepoConfig, 'compression' | 'chunkId'>, keys: CodecKeys = {}): BlobCodec {
     if (config.chunkId !== 'blake3-256' && config.chunkId !== 'blake3-256-keyed')
       throw new RangeError(`unknown id function ${String(config.chunkId)}`);
@@ -299,8 +262,7 @@ export class BlobCodec {
 
   /**
    * The id (and name) of a disk index or manifest from its plaintext. The same function as chunk
-   * ids: objects and chunks live under different prefixes, so sharing it costs nothing, and
-   * format 1 names both by unkeyed BLAKE3-256.
+   * ids: objects and chunks live under different prefixes, so sharing it costs nothing.
    */
   objectId(plaintext: Uint8Array): string {
     return this.chunkIdBytes(plaintext).toString('hex');
@@ -573,7 +535,7 @@ export class BlobCodec {
   }
 
   /**
-   * Opens a blob v2 of `kind`, checking in format 1's order: magic, version, lengths against the
+   * Opens a blob v2 of `kind`, checking in this order: magic, version, lengths against the
    * blob's size, kind and flags (an encrypted repository accepts only encrypted objects, and the
    * other way round), the tag (GCM) against `name` and `section`, codec, plaintext length. The
    * caller checks a content id where the object has one. Damage → BlobFormatError; the result
@@ -642,57 +604,6 @@ export class BlobCodec {
   /** The size of a sealed object of `plaintextBytes` stored raw (index sections always are). */
   sealedObjectBytes(plaintextBytes: number): number {
     return OBJECT_HEADER_BYTES + plaintextBytes + TAG_BYTES;
-  }
-
-  private level(kind: ObjectKind): number {
-    return kind === 'chunk' ? this.spec.compression.chunk : this.spec.compression.metadata;
-  }
-
-  /** The most bytes a blob of `plaintextBytes` can take (the `out` buffer `encode` needs). */
-  blobBound(plaintextBytes: number): number {
-    return blobBound(plaintextBytes);
-  }
-
-  /**
-   * Encodes `plaintext` as a blob. With `out` (at least `blobBound` bytes), the blob is written
-   * there and a view of it returned (nothing allocated); without, into a buffer that owns its
-   * ArrayBuffer (transferable between threads).
-   */
-  encode(kind: ObjectKind, plaintext: Uint8Array, out?: Buffer): Buffer {
-    const opts = { levelZstd: this.level(kind) };
-    return out ? encodeBlobTo(plaintext, opts, out) : encodeBlob(plaintext, opts);
-  }
-
-  /**
-   * Returns a blob's plaintext, throwing BlobFormatError on any damage (see DecodeOptions). The
-   * result may be a view of `blob` (a payload stored raw).
-   */
-  decode(kind: ObjectKind, blob: Uint8Array, opts: DecodeOptions = {}): Buffer {
-    void kind;
-    return decodeBlob(blob, opts);
-  }
-
-  /** Decodes into `dest` and returns the plaintext length; a longer plaintext is damage. */
-  decodeInto(
-    kind: ObjectKind,
-    blob: Uint8Array,
-    dest: Uint8Array,
-    opts: { verifyTag?: boolean } = {},
-  ): number {
-    void kind;
-    return decodeBlobInto(blob, dest, opts);
-  }
-
-  /**
-   * Where a blob of `blobLength` bytes whose first BLOB_HEADER_BYTES are `head` holds its
-   * plaintext verbatim (stored raw, not encrypted), so a reader can read it straight into place;
-   * undefined when the payload must be decoded. Damage in the header throws BlobFormatError.
-   */
-  verbatimPayload(head: Uint8Array, blobLength: number): { offset: number; length: number } | undefined {
-    const h = parseBlobHeader(head, blobLength);
-    if (h.codec === Codec.NONE && h.flags === 0 && h.payloadBytes === h.plaintextBytes)
-      return { offset: BLOB_HEADER_BYTES, length: h.payloadBytes };
-    return undefined;
   }
 }
 
@@ -773,24 +684,11 @@ export function keyedHash(key: Buffer, ...parts: Uint8Array[]): Buffer {
 }
 
 /**
- * A format-internal checksum (the trailer of a disk index): unkeyed BLAKE3-256 whatever the id
- * function, because it guards structure, not content identity.
+ * A format-internal checksum (the name of an index object is its first 16 bytes): unkeyed
+ * BLAKE3-256 whatever the id function, because it guards structure, not content identity.
  */
 export function checksum(data: Uint8Array): Buffer {
   return blake3(data);
-}
-
-/**
- * Format 1's id function (unkeyed BLAKE3-256), for tests and tools that build repository objects
- * by hand. Code that reads or writes a repository uses its codec (`Repository.codec`) instead.
- */
-export function hashBytes(data: Uint8Array): Buffer {
-  return blake3(data);
-}
-
-/** `hashBytes` as a chunk id (format 1). */
-export function chunkIdOf(data: Uint8Array): ChunkId {
-  return blake3(data).toString('hex') as ChunkId;
 }
 
 export { BlobFormatError };

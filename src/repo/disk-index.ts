@@ -1,15 +1,5 @@
 import { chunkIdFromBytes, type ChunkId } from './chunk-id.js';
-import { checksum } from './codec.js';
-import {
-  CHUNK_ID_BYTES,
-  INDEX_HEADER_BYTES,
-  INDEX_MAGIC,
-  INDEX_VERSION,
-  MAX_CHUNK_SIZE,
-  MAX_INDEX_SLOTS,
-  MIN_CHUNK_SIZE,
-} from './format.js';
-import { RepoDamagedError, RepoFormatError } from './errors.js';
+import { CHUNK_ID_BYTES, MAX_CHUNK_SIZE, MAX_INDEX_SLOTS, MIN_CHUNK_SIZE } from './format.js';
 import { formatBytes, VmvaultError } from '../util/index.js';
 
 /**
@@ -17,8 +7,8 @@ import { formatBytes, VmvaultError } from '../util/index.js';
  * holds the chunk id of that content, or 32 zero bytes when the content is all zero (never stored).
  * Every snapshot's index maps the whole disk, so a restore never walks a chain.
  *
- * Binary form (docs/format.md "Disk index"): header, slot ids, BLAKE3-256 of everything before it.
- * Memory is 32 bytes per chunk slot (32 MiB for 1 TiB at 1 MiB chunks).
+ * In memory only: a repository stores it as a tree of pages (src/repo/disk-tree.ts, docs/format.md
+ * "Disk index pages"). Memory is 32 bytes per chunk slot (32 MiB for 1 TiB at 1 MiB chunks).
  */
 export class DiskIndex {
   private constructor(
@@ -115,56 +105,6 @@ export class DiskIndex {
       if (id) ids.add(id);
     }
     return ids;
-  }
-
-  encode(): Buffer {
-    const header = Buffer.alloc(INDEX_HEADER_BYTES);
-    header.writeUInt32BE(INDEX_MAGIC, 0);
-    header.writeUInt8(INDEX_VERSION, 4);
-    header.writeUInt32BE(this.chunkSizeBytes, 8);
-    header.writeBigUInt64BE(BigInt(this.diskSizeBytes), 16);
-    header.writeBigUInt64BE(BigInt(this.slotCount), 24);
-    const body = Buffer.concat([header, this.slots]);
-    return Buffer.concat([body, checksum(body)]);
-  }
-
-  /**
-   * Parses an index plaintext. Every header field is checked before it is used (a repository is
-   * untrusted): lengths are read as 64-bit integers and bounded, the chunk size must be one a
-   * repository can have, and nothing is allocated beyond the bytes at hand. Damage is a
-   * RepoDamagedError; an unknown version a RepoFormatError.
-   */
-  static decode(buf: Buffer): DiskIndex {
-    const bad = (why: string): RepoDamagedError => new RepoDamagedError(`disk index ${why}`);
-    if (buf.length < INDEX_HEADER_BYTES + CHUNK_ID_BYTES) throw bad(`too short (${buf.length} bytes)`);
-    if (buf.readUInt32BE(0) !== INDEX_MAGIC) throw bad('has a bad magic (not a disk index)');
-    const version = buf.readUInt8(4);
-    if (version !== INDEX_VERSION)
-      throw new RepoFormatError(`unknown disk index version ${version}`, 'upgrade vmvault');
-    const chunkSizeBytes = buf.readUInt32BE(8);
-    if (!isChunkSize(chunkSizeBytes)) throw bad(`has an impossible chunk size (${chunkSizeBytes})`);
-    const diskSize = buf.readBigUInt64BE(16);
-    const slots = buf.readBigUInt64BE(24);
-    if (slots > BigInt(MAX_INDEX_SLOTS))
-      throw bad(`claims ${slots} slots, more than an index holds (${MAX_INDEX_SLOTS})`);
-    if (diskSize > BigInt(MAX_INDEX_SLOTS) * BigInt(chunkSizeBytes))
-      throw bad(`claims a disk of ${diskSize} bytes, more than an index maps`);
-    const diskSizeBytes = Number(diskSize);
-    const slotCount = Number(slots);
-    if (slotCount !== slotCountFor(diskSizeBytes, chunkSizeBytes))
-      throw bad(
-        `has ${slotCount} slots for a disk of ${diskSizeBytes} bytes in ${chunkSizeBytes}-byte chunks`,
-      );
-    const bodyLen = INDEX_HEADER_BYTES + slotCount * CHUNK_ID_BYTES;
-    if (buf.length !== bodyLen + CHUNK_ID_BYTES)
-      throw bad(`header does not match its length (${slotCount} slots, ${buf.length} bytes)`);
-    const body = buf.subarray(0, bodyLen);
-    if (Buffer.compare(checksum(body), buf.subarray(bodyLen)) !== 0) throw bad('checksum mismatch');
-    return new DiskIndex(
-      diskSizeBytes,
-      chunkSizeBytes,
-      Buffer.from(buf.subarray(INDEX_HEADER_BYTES, bodyLen)),
-    );
   }
 }
 

@@ -16,20 +16,11 @@ export { LimitBackend } from './backend/limit.js';
 export { ReadOnlyBackend } from './backend/readonly.js';
 export { FaultBackend, type FaultRule } from './backend/fault.js';
 export { BackendWrapper, type BackendOp } from './backend/wrapper.js';
-export {
-  encodeBlob,
-  decodeBlob,
-  isPlausibleBlobSize,
-  readBlobHeader,
-  verifyBlobTag,
-  BlobFormatError,
-} from './blob.js';
+export { BlobFormatError } from './blob.js';
 export { isAllZero, isChunkId, type ChunkId } from './chunk-id.js';
 export {
   BlobCodec,
-  chunkIdOf,
   codecSpec,
-  hashBytes,
   ID_KEY_BYTES,
   ENC_KEY_BYTES,
   RECORD_OVERHEAD,
@@ -41,7 +32,6 @@ export {
   FLAG_ENCRYPTED,
   type CodecKeys,
   type CodecSpec,
-  type ObjectKind,
   type ObjectKindV2,
   type RecordKind,
   type RecordMeta,

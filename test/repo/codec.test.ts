@@ -22,6 +22,7 @@ import {
 } from '../../src/repo/index.js';
 import { WorkerPool } from '../../src/util/index.js';
 import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
+import type { CodecWorkerRequest, CodecWorkerResult } from './fixtures/codec-worker.js';
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
@@ -32,62 +33,30 @@ const inputs = {
 };
 
 /**
- * What vmvault wrote before the codec existed (commit 2c953ed: blake3() ids, encodeBlob with the
- * chunk level, indexes and manifests at zstd:3): SHA-256 of each blob, and each id.
+ * Golden unkeyed chunk ids (BLAKE3-256 of the plaintext, docs/format.md "Chunk ids and the zero
+ * chunk") of `inputs`: an unencrypted repository's ids, whatever the compression level.
  */
-const FORMAT1 = {
-  ids: {
-    random: '873ad93b836eb7c4de4aaa827b81dfd523de3ca4e9745f5a95edff555cdff5f5',
-    text: '96159b839d2c6595014e72a95768023f6eb8fc9dab40f8ce99dea3c9b8ef516b',
-    small: 'd59b6562d7c9b121bc9760873d787890ef4d429aad33a70b405baa0fa08a1f53',
-  },
-  blobs: {
-    random: { 0: 'e3381d11', 1: 'e3381d11', 3: 'e3381d11', [-4]: 'e3381d11' },
-    text: { 0: 'e16046d9', 1: 'b76a67a9', 3: '5562eaea', [-4]: 'aaa9eb4f' },
-    small: { 0: 'ea7e9103', 1: 'ea7e9103', 3: 'ea7e9103', [-4]: 'ea7e9103' },
-  } as Record<keyof typeof inputs, Record<number, string>>,
-  fullBlobSha: {
-    random: 'e3381d11930eaed7bad32db87ce6ef5e6de6baa748ea6807362ca0d2fc29ccd1',
-    text3: '5562eaea7bfd305db208c7352073a04dbb5d5c9b8cfc5c24a6b68361bf40dffc',
-  },
-  index: {
-    plain: 'a0e49566e9ba6117673f2995df16fc8d4a075ce16a08ec901275cfc12e6e6c3e',
-    blob: '54b8e4a98c98fb2f667283444e89805a8408b3a08139d842a81c528b0695cc3f',
-    id: '638c9465a4569d4dc0ef6794ea7422a09821dcd1c01bbb7bd2ed7f2c8e5c1590',
-  },
+const UNKEYED_IDS: Record<keyof typeof inputs, string> = {
+  random: '873ad93b836eb7c4de4aaa827b81dfd523de3ca4e9745f5a95edff555cdff5f5',
+  text: '96159b839d2c6595014e72a95768023f6eb8fc9dab40f8ce99dea3c9b8ef516b',
+  small: 'd59b6562d7c9b121bc9760873d787890ef4d429aad33a70b405baa0fa08a1f53',
 };
 
 const tmp = await makeTmpDir('vmvault-codec-');
 afterAll(() => tmp.cleanup());
 
 describe('BlobCodec', () => {
-  it('format 1: ids and blobs are byte-identical to what vmvault wrote before the codec', () => {
+  it('unkeyed ids are BLAKE3-256 of the plaintext at every level, for chunks and objects alike', () => {
     for (const level of [0, 1, 3, -4]) {
       const codec = BlobCodec.fromSpec(codecSpec(level));
       for (const [name, data] of Object.entries(inputs) as Array<[keyof typeof inputs, Buffer]>) {
-        expect(codec.chunkId(data)).toBe(FORMAT1.ids[name]);
-        expect(codec.objectId(data)).toBe(FORMAT1.ids[name]);
+        expect(codec.chunkId(data), `${name} at ${level}`).toBe(UNKEYED_IDS[name]);
+        expect(codec.objectId(data)).toBe(UNKEYED_IDS[name]);
         expect(codec.chunkId(data)).toBe(blake3(data).toString('hex'));
-        expect(sha(codec.encode('chunk', data)).slice(0, 8), `${name} at ${level}`).toBe(
-          FORMAT1.blobs[name][level],
-        );
-        // Indexes and manifests are zstd:3 whatever the chunk level.
-        expect(sha(codec.encode('manifest', data)).slice(0, 8)).toBe(FORMAT1.blobs[name][3]);
-        const out = Buffer.alloc(codec.blobBound(data.length));
-        expect(codec.encode('chunk', data, out).equals(codec.encode('chunk', data))).toBe(true);
-        expect(codec.decode('chunk', codec.encode('chunk', data)).equals(data)).toBe(true);
-        const into = Buffer.alloc(data.length);
-        expect(codec.decodeInto('chunk', codec.encode('index', data), into)).toBe(data.length);
-        expect(into.equals(data)).toBe(true);
-        expect(codec.verify(data, FORMAT1.ids[name])).toBe(true);
+        expect(codec.chunkIdBytes(data).toString('hex')).toBe(UNKEYED_IDS[name]);
+        expect(codec.verify(data, UNKEYED_IDS[name])).toBe(true);
       }
     }
-    expect(sha(BlobCodec.fromSpec(codecSpec(1)).encode('chunk', inputs.random))).toBe(
-      FORMAT1.fullBlobSha.random,
-    );
-    expect(sha(BlobCodec.fromSpec(codecSpec(0)).encode('index', inputs.text))).toBe(
-      FORMAT1.fullBlobSha.text3,
-    );
   });
 
   it('is built from the repository config (compression level; none)', () => {
@@ -142,7 +111,7 @@ describe('BlobCodec', () => {
     expect(() => BlobCodec.fromSpec(codecSpec(25))).toThrow(/zstd level/);
   });
 
-  it('a spec builds an identical codec in a worker thread', async () => {
+  it('a spec builds an identical codec in a worker thread: it seals what this thread opens and the other way round', async () => {
     for (const spec of [
       codecSpec(1),
       codecSpec(-4, { idKey: randomBytes(32) }),
@@ -150,18 +119,41 @@ describe('BlobCodec', () => {
       codecSpec(1, { idKey: randomBytes(32), encKey: randomBytes(32) }),
     ]) {
       const here = BlobCodec.fromSpec(spec);
-      const pool = new WorkerPool<
-        { data: Uint8Array },
-        { spec: CodecSpec; chunkId: string; objectId: string; chunkBlob: Uint8Array; indexBlob: Uint8Array }
-      >(new URL('./fixtures/codec-worker.ts', import.meta.url), 1, { workerData: spec });
+      const pool = new WorkerPool<CodecWorkerRequest, CodecWorkerResult>(
+        new URL('./fixtures/codec-worker.ts', import.meta.url),
+        1,
+        { workerData: spec },
+      );
       try {
-        for (const data of Object.values(inputs)) {
-          const r = await pool.run({ data });
+        for (const [name, data] of Object.entries(inputs)) {
+          const key = `snapshots/${name}`;
+          const id = here.chunkIdBytes(data);
+          const mine = here.sealRecord(1, id, data);
+          const myObject = here.sealObject('manifest', data, id.subarray(0, 16), { name: key });
+          const r = await pool.run({
+            data,
+            name: key,
+            theirs: { meta: mine.meta, record: mine.record, object: myObject },
+          });
           expect(r.spec).toEqual(here.spec);
           expect(r.chunkId).toBe(here.chunkId(data));
           expect(r.objectId).toBe(here.objectId(data));
-          expect(Buffer.from(r.chunkBlob).equals(here.encode('chunk', data))).toBe(true);
-          expect(Buffer.from(r.indexBlob).equals(here.encode('index', data))).toBe(true);
+          // What this thread sealed opens there.
+          expect(Buffer.from(r.openedRecord).equals(data), name).toBe(true);
+          expect(Buffer.from(r.openedObject).equals(data), name).toBe(true);
+          // What the worker sealed opens here, under the same entry.
+          const meta = { ...r.meta, id: Buffer.from(r.meta.id) };
+          expect(meta).toEqual(mine.meta);
+          expect(here.openRecord(meta, r.record, data.length).equals(data), name).toBe(true);
+          expect(
+            here.openObject('manifest', r.object, { name: key, maxPlaintextBytes: data.length }).equals(data),
+            name,
+          ).toBe(true);
+          // Unencrypted units have a zero nonce: both threads seal the same bytes.
+          if (!here.encrypted) {
+            expect(Buffer.from(r.record).equals(mine.record), name).toBe(true);
+            expect(Buffer.from(r.object).equals(myObject), name).toBe(true);
+          }
         }
       } finally {
         await pool.close();

@@ -1,7 +1,7 @@
 import { cp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BlobCodec, codecSpec, hashBytes } from '../../src/repo/index.js';
+import { BlobCodec, codecSpec } from '../../src/repo/index.js';
 
 /** The codec of an unencrypted repository made by `init` (zstd:1). */
 const codec = BlobCodec.fromSpec(codecSpec(1));
@@ -83,7 +83,7 @@ describe.runIf(run)('malformed snapshot manifests', () => {
   /** Writes `json` as a manifest blob under its own id (valid envelope, matching id). */
   async function craft(r: string, json: string | Buffer): Promise<string> {
     const bytes = Buffer.isBuffer(json) ? json : Buffer.from(json);
-    const id = hashBytes(bytes).toString('hex');
+    const id = codec.objectId(bytes);
     await writeFile(join(r, 'snapshots', id), sealManifest(id, bytes));
     return id;
   }

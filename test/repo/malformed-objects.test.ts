@@ -8,7 +8,7 @@
 import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chunkIdOf } from '../../src/repo/index.js';
+import { BlobCodec, codecSpec } from '../../src/repo/index.js';
 import { errorLine, runCli, type CliResult } from '../helpers/cli.js';
 import { corruptRecord, recordFile } from '../helpers/repo-files.js';
 import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
@@ -44,8 +44,10 @@ describe('malformed objects: packs of chunks and of disk index pages', () => {
     const b = Buffer.concat([seededBytes(CHUNK, 4), seededBytes(7000, 5)]);
     await writeFile(imgA, a);
     await writeFile(imgB, b);
-    rawChunkA = chunkIdOf(a.subarray(0, CHUNK));
-    zstdChunkA = chunkIdOf(text);
+    // The ids of an unencrypted repository (unkeyed BLAKE3-256), as `init` below makes.
+    const codec = BlobCodec.fromSpec(codecSpec(1));
+    rawChunkA = codec.chunkId(a.subarray(0, CHUNK));
+    zstdChunkA = codec.chunkId(text);
     expect((await runCli(['init', repo, '--chunk-size', '64K'])).code).toBe(0);
     const ra = await runCli(['backup-image', '-r', repo, '--vm', 'a', `${imgA}:vda`, '--json']);
     expect(ra.code, ra.stderr).toBe(0);
