@@ -187,22 +187,20 @@ export async function withRepo<T>(
 }
 
 /**
- * Prints a command's JSON output. An object output of a process that spoke S3 gains `s3`: the
- * requests by kind and the bytes moved (every thread's, docs/cli.md).
+ * Prints a command's JSON output. A process that spoke S3 adds `s3`: the requests by kind and the
+ * bytes moved (every thread's, docs/cli.md), to an object output; an array output (a listing)
+ * stays an array, and the counts go to stderr as one line `{"message_type":"summary","s3":…}`.
  */
 export function printJson(value: unknown): void {
   const c = s3RequestCounts();
   const spoke = c.PUT + c.GET + c.HEAD + c.LIST + c.DELETE > 0;
-  const out =
-    spoke && typeof value === 'object' && value !== null && !Array.isArray(value)
-      ? {
-          ...value,
-          s3: {
-            requests: { PUT: c.PUT, GET: c.GET, HEAD: c.HEAD, LIST: c.LIST, DELETE: c.DELETE },
-            bytesUp: c.bytesUp,
-            bytesDown: c.bytesDown,
-          },
-        }
-      : value;
+  const s3 = {
+    requests: { PUT: c.PUT, GET: c.GET, HEAD: c.HEAD, LIST: c.LIST, DELETE: c.DELETE },
+    bytesUp: c.bytesUp,
+    bytesDown: c.bytesDown,
+  };
+  const isObject = typeof value === 'object' && value !== null && !Array.isArray(value);
+  const out = spoke && isObject ? { ...value, s3 } : value;
   process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+  if (spoke && !isObject) process.stderr.write(`${JSON.stringify({ message_type: 'summary', s3 })}\n`);
 }

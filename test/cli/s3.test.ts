@@ -78,6 +78,14 @@ describe('the CLI on an S3 repository', () => {
     expect(c.code, c.stdout + c.stderr).toBe(0);
     const s = await runCli(['snapshots', '-r', repo], { env });
     expect(s.stdout).toMatch(/web/);
+    // A listing stays a JSON array; its request counts come as the summary line on stderr.
+    const sj = await runCli(['snapshots', '-r', repo, '--json'], { env });
+    expect(sj.code, sj.stderr).toBe(0);
+    expect(Array.isArray(JSON.parse(sj.stdout))).toBe(true);
+    const summary = JSON.parse(sj.stderr.trim().split('\n').at(-1)!) as { message_type: string } & S3Json;
+    expect(summary.message_type).toBe('summary');
+    expect(summary.s3!.requests.LIST).toBeGreaterThan(0);
+    expect(summary.s3!.requests.GET).toBeGreaterThan(0);
   });
 
   it('an incremental image backup uploads only what changed, in few requests', async () => {
