@@ -7,6 +7,8 @@ export interface ProgressStyle {
    * ranges), so the line shows both and the rate is bytes read per second.
    */
   reads?: boolean;
+  /** A word on where the work is, shown after the label on a TTY (sync: `snapshot 2/5`). */
+  status?: () => string;
 }
 
 const mib = (bytesPerSecond: number): string => `${(bytesPerSecond / 1048576).toFixed(1)} MiB/s`;
@@ -44,7 +46,8 @@ export function makeProgress(
     const figures = style.reads
       ? `${formatBytes(done)}/${formatBytes(total)}, read ${formatBytes(read)} ${mib(perSecond(read))}`
       : `${formatBytes(done)}/${formatBytes(total)} ${mib(pos)}`;
-    const line = `${name} [${bar}] ${pct.toFixed(0).padStart(3)}% ${figures}${final ? '' : ` ETA ${eta}s`}`;
+    const where = style.status?.() ?? '';
+    const line = `${name}${where ? ` ${where}` : ''} [${bar}] ${pct.toFixed(0).padStart(3)}% ${figures}${final ? '' : ` ETA ${eta}s`}`;
     stream.write(`\r${line.padEnd(Math.min(stream.columns ?? 100, 120) - 1)}${final ? '\n' : ''}`);
   };
   return {

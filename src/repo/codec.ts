@@ -246,6 +246,23 @@ export class BlobCodec {
     });
   }
 
+  /**
+   * Whether a chunk record this codec sealed is one `other` could have sealed: the same id
+   * function, the same encryption key (or none on both) and the same chunk compression level.
+   * Then a record moves between the two repositories verbatim (sync), and opens there as here.
+   */
+  sealsLike(other: BlobCodec): boolean {
+    const a = this.spec;
+    const b = other.spec;
+    const idKey = (s: CodecSpec): string => (s.id.fn === 'blake3-256-keyed' ? s.id.key : '');
+    return (
+      a.id.fn === b.id.fn &&
+      idKey(a) === idKey(b) &&
+      (a.enc?.key ?? '') === (b.enc?.key ?? '') &&
+      a.compression.chunk === b.compression.chunk
+    );
+  }
+
   /** The id of a chunk's plaintext (32 bytes). */
   chunkIdBytes(plaintext: Uint8Array): Buffer {
     const h = this.hasher;
@@ -359,7 +376,6 @@ export class BlobCodec {
     return meta.plaintextBytes;
   }
 
-  /** A record's payload (decrypted; still compressed when meta.codec is 1), authenticated. */
   /**
    * Checks a record's seal only (its bounds, then the tag or GCM over the payload and the AAD of
    * `meta`), without decompressing or hashing the plaintext: enough to copy it verbatim (prune's
@@ -369,6 +385,7 @@ export class BlobCodec {
     this.recordPayload(meta, record, maxPlaintextBytes);
   }
 
+  /** A record's payload (decrypted; still compressed when meta.codec is 1), authenticated. */
   private recordPayload(meta: RecordMeta, record: Uint8Array, maxPlaintextBytes: number): Buffer {
     const { kind, codec, plaintextBytes, id } = meta;
     if (!isRecordKind(kind)) throw new BlobFormatError(`unknown record kind ${String(kind)}`);
@@ -615,10 +632,6 @@ function hexKey(hex: string, bytes: number, what: string): Buffer {
   return key;
 }
 
-/**
- * `plaintext` zstd-compressed at `level` into this thread's scratch buffer (codec 1), or the
- * plaintext itself (codec 0) when the level is 0 or zstd saves less than 1/64.
- */
 /** A pack's name: BLAKE3-128 of the concatenation of `parts` (hashed part by part, no copy). */
 export function packNameOf(parts: readonly Uint8Array[]): Buffer {
   const h = new Blake3Hasher();
@@ -631,6 +644,10 @@ export function recordBound(plaintextBytes: number): number {
   return RECORD_OVERHEAD + plaintextBytes;
 }
 
+/**
+ * `plaintext` zstd-compressed at `level` into this thread's scratch buffer (codec 1), or the
+ * plaintext itself (codec 0) when the level is 0 or zstd saves less than 1/64.
+ */
 function compressed(plaintext: Uint8Array, level: number): { codec: 0 | 1; payload: Uint8Array } {
   const len = plaintext.length;
   if (level === 0 || len === 0) return { codec: 0, payload: plaintext };

@@ -249,6 +249,110 @@ export class PackStore {
     return { id, isNew: true, storedBytes: r.recordBytes, buffer: back };
   }
 
+  /**
+   * sync's verbatim copy: stores chunk `id` as `record`, a record sealed by a repository whose
+   * codec `sealsLike` this one (a view of a SharedArrayBuffer when there are workers), unless the
+   * repository holds the chunk. The record is opened in full first (seal, decompression, id): a
+   * damaged one is a ChunkCorruptError and nothing is stored. It is not sealed again, so it keeps
+   * the compression it came with.
+   */
+  putRecord(id: ChunkId, m: { codec: 0 | 1; plaintextBytes: number }, record: Buffer): Promise<PutResult> {
+    const pending = this.inFlight.get(id);
+    if (pending) return pending.then((r) => ({ id: r.id, isNew: false, storedBytes: 0 }));
+    const p = (async (): Promise<PutResult> => {
+      if (this.lost) throw this.lost;
+      if (await this.has(id)) return { id, isNew: false, storedBytes: 0 };
+      return this.storeRecord(id, m, record);
+    })().finally(() => this.inFlight.delete(id));
+    this.inFlight.set(id, p);
+    return p;
+  }
+
+  private async storeRecord(
+    id: ChunkId,
+    m: { codec: 0 | 1; plaintextBytes: number },
+    record: Buffer,
+  ): Promise<PutResult> {
+    const idBuf = Buffer.from(id, 'hex');
+    const meta: RecordMeta = { kind: 1, codec: m.codec, plaintextBytes: m.plaintextBytes, id: idBuf };
+    const pool = this.getPool();
+    if (!pool) {
+      try {
+        this.codec.openRecord(meta, record, this.chunkSizeBytes);
+      } catch (err) {
+        if (err instanceof BlobFormatError) throw new ChunkCorruptError(id, err.message, {});
+        throw err;
+      }
+      const slot = this.workers;
+      this.inlineData ??= new PackWriter(this.codec, 'data', this.sessionId);
+      this.inlineData.add(Buffer.from(record), meta);
+      this.openIds[slot]!.add(id);
+      if (this.inlineData.sizeBytes >= this.packSizeBytes) await this.sealInline();
+      return { id, isNew: true, storedBytes: record.length };
+    }
+    let shared = record;
+    if (!(record.buffer instanceof SharedArrayBuffer)) {
+      shared = Buffer.from(new SharedArrayBuffer(record.length));
+      record.copy(shared);
+    }
+    const slot = this.next;
+    this.next = (this.next + 1) % this.workers;
+    this.openIds[slot]!.add(id);
+    let r: PackWorkerResult;
+    try {
+      r = await pool.runOn(slot, {
+        op: 'append',
+        src: shared.buffer as SharedArrayBuffer,
+        srcOffset: shared.byteOffset,
+        length: shared.length,
+        id: idBuf,
+        codec: m.codec,
+        plaintextBytes: m.plaintextBytes,
+      });
+    } catch (err) {
+      const mapped = this.fromWorker(err, id, {}, false);
+      if (mapped instanceof BackendError || !(err instanceof WorkerTaskError)) this.packLost(slot, mapped);
+      else this.openIds[slot]!.delete(id);
+      throw mapped;
+    }
+    if (!('appended' in r)) throw new Error('unexpected worker reply');
+    for (const w of r.packs) await this.written(slot, w);
+    return { id, isNew: true, storedBytes: r.appended };
+  }
+
+  /**
+   * Reads the stored record of chunk `id` as it is, not opened, into `dest` (its first copy in
+   * the index): sync's verbatim copy, whose destination opens it before storing it. Returns the
+   * record's codec, plaintext length and length. Missing → ChunkMissingError; longer than `dest`
+   * or past its pack's end → BlobFormatError (the caller then reads it the checked way, `getInto`).
+   */
+  async readRecord(
+    id: string,
+    dest: Buffer,
+    loc: ChunkLocation = {},
+  ): Promise<{ codec: 0 | 1; plaintextBytes: number; length: number }> {
+    const [e] = await this.candidates(id, loc);
+    if (e === undefined) throw new ChunkMissingError(id, loc);
+    if (e.kind !== 1 || e.length > dest.length)
+      throw new BlobFormatError(`record of ${e.length} bytes (kind ${e.kind}) is not a disk chunk's`);
+    try {
+      if (this.coalescer) {
+        const c = await this.coalescer.fetch(packKey(e), e.offset, e.length);
+        try {
+          dest.set(new Uint8Array(c.src, c.at, e.length));
+        } finally {
+          c.release();
+        }
+      } else await this.backend.getRangeInto(packKey(e), e.offset, dest.subarray(0, e.length));
+    } catch (err) {
+      if (err instanceof BackendError && err.kind === 'range')
+        throw new BlobFormatError(`pack ${packKey(e)} is shorter than its index says`);
+      if (err instanceof BackendError && err.kind === 'not-found') throw new ChunkMissingError(id, loc);
+      throw err;
+    }
+    return { codec: e.codec, plaintextBytes: e.plaintextBytes, length: e.length };
+  }
+
   /** Worker threads of this store (0: inline, `copyRecords` unavailable). */
   get workerCount(): number {
     return this.workers;
@@ -291,7 +395,7 @@ export class PackStore {
       if (mapped instanceof BackendError || !(err instanceof WorkerTaskError)) this.packLost(slot, mapped);
       throw mapped;
     }
-    if (!('packs' in r)) throw new Error('unexpected worker reply');
+    if (!('packs' in r) || 'appended' in r) throw new Error('unexpected worker reply');
     if (r.damaged !== undefined) return { damaged: r.damaged, packs: 0, bytes: 0 };
     for (const e of entries) this.openIds[slot]!.add(e.id.toString('hex'));
     let bytes = 0;

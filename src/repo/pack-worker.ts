@@ -66,6 +66,20 @@ export type PackWorkerRequest =
    * damaged record copies nothing of the pack and is reported.
    */
   | { op: 'copy'; key: string; sizeBytes: number; records: Uint8Array; maxChunkBytes: number }
+  /**
+   * sync's verbatim copy: one data record sealed by a repository with the same keys and chunk
+   * level, at `srcOffset` of `src` (`length` bytes). It is opened in full (seal, decompression, id)
+   * into scratch memory, then appended as it is to this worker's open data pack.
+   */
+  | {
+      op: 'append';
+      src: SharedArrayBuffer;
+      srcOffset: number;
+      length: number;
+      id: Uint8Array;
+      codec: 0 | 1;
+      plaintextBytes: number;
+    }
   /** check --read-data: reads a whole pack and opens every record. */
   | { op: 'verify'; key: string; sizeBytes: number; maxChunkBytes: number; maxPageBytes: number };
 
@@ -82,7 +96,8 @@ export type PackWorkerResult =
   | { data: Uint8Array }
   | { length: number }
   | { entries: Uint8Array; problems: Array<{ offset: number | '*'; id?: Uint8Array; reason: string }> }
-  | { packs: WrittenPack[]; damaged?: string };
+  | { packs: WrittenPack[]; damaged?: string }
+  | { appended: number; packs: WrittenPack[] };
 
 const data = workerData as PackWorkerData;
 const codec = BlobCodec.fromSpec(data.codec);
@@ -227,6 +242,56 @@ async function read(req: Extract<PackWorkerRequest, { op: 'read' }>): Promise<Ha
   }
 }
 
+/**
+ * Appends a sealed record as it is to the open data pack; the packs that fill (and are written)
+ * meanwhile go to `packs`. Nothing awaits between finding the pack open and adding to it.
+ */
+async function appendVerbatim(record: Uint8Array, meta: RecordMeta, packs: WrittenPack[]): Promise<void> {
+  for (;;) {
+    while (open === undefined) await openPack();
+    const o = open;
+    if (o.used + record.length <= o.slab.length) {
+      o.slab.set(record, o.used);
+      o.writer.add(o.slab.subarray(o.used, o.used + record.length), meta);
+      o.used += record.length;
+      if (o.writer.sizeBytes >= data.packSizeBytes) {
+        const w = await sealOpen();
+        if (w) packs.push(w);
+      }
+      return;
+    }
+    const w = await sealOpen(); // no room for this (long) record: the next pack takes it
+    if (w) packs.push(w);
+  }
+}
+
+/** Plaintext of the record `append` verifies (never leaves the worker). */
+let appendScratch: Buffer | undefined;
+
+async function append(req: Extract<PackWorkerRequest, { op: 'append' }>): Promise<Handled> {
+  const max = data.chunkSizeBytes;
+  if (!(req.srcOffset >= 0 && req.length >= 0 && req.srcOffset + req.length <= req.src.byteLength))
+    throw new RangeError('record outside its source range');
+  if (req.length > RECORD_OVERHEAD + zstdBound(max))
+    throw damaged(`record of ${req.length} bytes is larger than a record of ${max} bytes can be`);
+  const record = new Uint8Array(req.src, req.srcOffset, req.length);
+  const meta: RecordMeta = {
+    kind: 1,
+    codec: req.codec,
+    plaintextBytes: req.plaintextBytes,
+    id: Buffer.from(req.id),
+  };
+  appendScratch ??= Buffer.allocUnsafeSlow(max);
+  const plain = appendScratch;
+  decoding(() => codec.openRecordInto(meta, record, plain));
+  const packs: WrittenPack[] = [];
+  await appendVerbatim(record, meta, packs);
+  return {
+    result: { appended: req.length, packs },
+    transfer: packs.map((p) => p.entries.buffer as ArrayBuffer),
+  };
+}
+
 async function copy(req: Extract<PackWorkerRequest, { op: 'copy' }>): Promise<Handled> {
   let buf = freePackBuffers.pop();
   if (!buf || buf.length < req.sizeBytes)
@@ -263,24 +328,7 @@ async function copy(req: Extract<PackWorkerRequest, { op: 'copy' }>): Promise<Ha
       recs.push({ record, meta });
     }
     const packs: WrittenPack[] = [];
-    for (const { record, meta } of recs) {
-      for (;;) {
-        while (open === undefined) await openPack();
-        const o = open;
-        if (o.used + record.length <= o.slab.length) {
-          record.copy(o.slab, o.used);
-          o.writer.add(o.slab.subarray(o.used, o.used + record.length), meta);
-          o.used += record.length;
-          if (o.writer.sizeBytes >= data.packSizeBytes) {
-            const w = await sealOpen();
-            if (w) packs.push(w);
-          }
-          break;
-        }
-        const w = await sealOpen(); // no room for this (long) record: the next pack takes it
-        if (w) packs.push(w);
-      }
-    }
+    for (const { record, meta } of recs) await appendVerbatim(record, meta, packs);
     return { result: { packs }, transfer: packs.map((p) => p.entries.buffer as ArrayBuffer) };
   } finally {
     if (freePackBuffers.length < 2) freePackBuffers.push(buf);
@@ -331,6 +379,8 @@ async function handle(req: PackWorkerRequest): Promise<Handled> {
   switch (req.op) {
     case 'copy':
       return copy(req);
+    case 'append':
+      return append(req);
     case 'add':
       return add(req);
     case 'seal': {

@@ -1,5 +1,7 @@
 import { mapLimit, throwIfAborted, VmvaultError } from '../util/index.js';
+import { BlobFormatError, zstdBound } from './blob.js';
 import type { ChunkId } from './chunk-id.js';
+import { RECORD_OVERHEAD } from './codec.js';
 import { DiskIndex } from './disk-index.js';
 import { ChunkCorruptError, ChunkMissingError, RepoDamagedError } from './errors.js';
 import type { Repository } from './repository.js';
@@ -14,15 +16,21 @@ import { shortId, type Snapshot, type SnapshotDisk, type SnapshotManifest } from
  *
  * When both repositories name chunks with the same function (both plain, or encrypted with the
  * same id key: `init --from-repo`), chunk ids and disk index pages carry over as they are; else
- * each chunk is named again by the destination's function and the disk index rebuilt.
+ * each chunk is named again by the destination's function and the disk index rebuilt. When the
+ * codecs also seal alike (same keys, same chunk compression level: `BlobCodec.sealsLike`), each
+ * chunk's record travels as it is stored: the destination opens it in full (seal, decompression,
+ * id) but does not compress or encrypt it again.
  */
 export interface SyncOptions {
   dryRun?: boolean;
   /** Chunks in flight at once (default 16). */
   concurrency?: number;
   signal?: AbortSignal;
-  /** Progress in bytes of disk data (allocated) of the selected snapshots. */
-  progress?: (doneBytes: number, totalBytes: number) => void;
+  /**
+   * Progress in bytes of disk data (allocated) of the snapshots to copy, and which of them is
+   * being copied (1-based, of how many).
+   */
+  progress?: (doneBytes: number, totalBytes: number, snapshot: { at: number; of: number }) => void;
   /** Every snapshot of the source (to name parents outside the selection); default: the selected. */
   sourceSnapshots?: readonly Snapshot[];
   /** Test hook: called after each chunk copied (a test kills the process here). */
@@ -33,10 +41,13 @@ export interface SyncResult {
   dryRun: boolean;
   /** Same chunk id function on both sides: ids and pages copied as they are. */
   sameIds: boolean;
+  /** Records copied as they are stored (same ids, keys and chunk compression level). */
+  verbatim: boolean;
   snapshots: { selected: number; copied: number; present: number; failed: number };
   copied: Array<{ source: string; destination: string; vm: string; time: string }>;
   failed: Array<{ source: string; vm: string; error: string }>;
-  chunks: { copied: number; present: number };
+  /** `verbatim` of `copied` travelled as stored (not sealed again); 0 unless `verbatim`. */
+  chunks: { copied: number; present: number; verbatim: number };
   /** Plaintext bytes of the chunks copied, and what they took at the destination. */
   bytes: { copied: number; stored: number };
 }
@@ -69,13 +80,15 @@ export async function syncSnapshots(
 ): Promise<SyncResult> {
   checkCompatible(src, dst);
   const sameIds = idFunction(src) === idFunction(dst);
+  const verbatim = sameIds && src.codec.sealsLike(dst.codec);
   const result: SyncResult = {
     dryRun: opts.dryRun === true,
     sameIds,
+    verbatim,
     snapshots: { selected: selected.length, copied: 0, present: 0, failed: 0 },
     copied: [],
     failed: [],
-    chunks: { copied: 0, present: 0 },
+    chunks: { copied: 0, present: 0, verbatim: 0 },
     bytes: { copied: 0, stored: 0 },
   };
   const there = new Map<string, string>(); // origin key → destination snapshot id
@@ -90,7 +103,9 @@ export async function syncSnapshots(
   for (const k of opts.sourceSnapshots ?? selected) originById.set(k.id, src.originKey(k));
   const total = todo.reduce((n, s) => n + s.disks.reduce((m, d) => m + d.allocatedBytes, 0), 0);
   let done = 0;
-  opts.progress?.(0, total);
+  let at = 0;
+  const where = (): { at: number; of: number } => ({ at, of: todo.length });
+  opts.progress?.(0, total, where());
   if (opts.dryRun) {
     for (const s of todo) result.copied.push({ source: s.id, destination: '', vm: s.vm.name, time: s.time });
     result.snapshots.copied = todo.length;
@@ -98,8 +113,9 @@ export async function syncSnapshots(
   }
   const concurrency = opts.concurrency ?? 16;
   let sinceFlush = 0;
-  const chunkBytes = src.chunkSizeBytes;
-  const slab = new SharedArrayBuffer(concurrency * chunkBytes);
+  // A slot holds a chunk, or a stored record of one when records travel as they are.
+  const slotBytes = verbatim ? RECORD_OVERHEAD + zstdBound(src.chunkSizeBytes) : src.chunkSizeBytes;
+  const slab = new SharedArrayBuffer(concurrency * slotBytes);
   const freeSlots = Array.from({ length: concurrency }, (_, i) => i);
   /**
    * Renamed chunks (different id functions): source id → destination id, so that a chunk met again
@@ -109,6 +125,31 @@ export async function syncSnapshots(
    */
   const renamed = new Map<string, ChunkId>();
   const RENAMED_LIMIT = 1 << 20;
+
+  /**
+   * The record of `id` as stored at the source, stored as it is at the destination (which opens
+   * it first); undefined when it must go the checked way instead (a damaged or odd first copy:
+   * `getInto` then tries every copy and names the damage).
+   */
+  const copyRecord = async (
+    id: ChunkId,
+    buf: Buffer,
+    where: { snapshot: string; disk: string; offset: number },
+  ): Promise<{ isNew: boolean; storedBytes: number; plaintextBytes: number } | undefined> => {
+    try {
+      const r = await src.chunks.readRecord(id, buf, where);
+      const put = await dst.chunks.putRecord(id, r, buf.subarray(0, r.length));
+      return { isNew: put.isNew, storedBytes: put.storedBytes, plaintextBytes: r.plaintextBytes };
+    } catch (err) {
+      if (
+        err instanceof BlobFormatError ||
+        err instanceof ChunkCorruptError ||
+        err instanceof ChunkMissingError
+      )
+        return undefined;
+      throw err;
+    }
+  };
 
   const copyChunk = async (
     id: ChunkId,
@@ -124,8 +165,20 @@ export async function syncSnapshots(
     const slot = freeSlots.pop();
     if (slot === undefined) throw new Error('sync: more chunks in flight than slots');
     try {
-      const buf = Buffer.from(slab, slot * chunkBytes, chunkBytes);
-      const data = buf.subarray(0, await src.chunks.getInto(id, buf, where)); // verified by its id
+      const buf = Buffer.from(slab, slot * slotBytes, slotBytes);
+      const asStored = verbatim ? await copyRecord(id, buf, where) : undefined;
+      if (asStored !== undefined) {
+        if (asStored.isNew) {
+          result.chunks.copied++;
+          result.chunks.verbatim++;
+          result.bytes.copied += asStored.plaintextBytes;
+          result.bytes.stored += asStored.storedBytes;
+          sinceFlush += asStored.storedBytes;
+        } else result.chunks.present++;
+        opts.onChunk?.(result.chunks.copied);
+        return id;
+      }
+      const data = buf.subarray(0, await src.chunks.getInto(id, buf.subarray(0, src.chunkSizeBytes), where)); // verified by its id
       const r = await dst.chunks.put(data, sameIds ? id : dst.codec.chunkId(data));
       if (r.isNew) {
         result.chunks.copied++;
@@ -158,7 +211,7 @@ export async function syncSnapshots(
         const nid = await copyChunk(id, { snapshot: s.id, disk: d.target, offset: slot * d.chunkSizeBytes });
         if (!sameIds) out.set(slot, nid);
         done += index.slotLength(slot);
-        opts.progress?.(done, total);
+        opts.progress?.(done, total, where());
       });
       // Long copies become durable as they go: a killed sync resumes from the index.
       if (sinceFlush >= FLUSH_EVERY_BYTES) {
@@ -172,6 +225,8 @@ export async function syncSnapshots(
 
   for (const s of todo) {
     throwIfAborted(opts.signal);
+    at++;
+    opts.progress?.(done, total, where());
     try {
       const disks: SnapshotDisk[] = [];
       for (const d of s.disks) disks.push(await copyDisk(s, d));

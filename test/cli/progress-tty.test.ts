@@ -44,6 +44,19 @@ describe('backup progress shows bytes read and their rate, not the position over
     }
   });
 
+  it('a status word after the label (sync: which snapshot of how many)', () => {
+    const s = fakeStream(true);
+    let at = 1;
+    const p = makeProgress('sync', s, false, { status: () => `snapshot ${at}/2` });
+    p.start('', 2 * MiB);
+    p.advance(MiB);
+    at = 2;
+    p.advance(MiB);
+    p.done();
+    expect(s.text()).toMatch(/^\rsync snapshot 1\/2 \[/);
+    expect(s.text()).toMatch(/\rsync snapshot 2\/2 \[#{24}\] 100% 2\.00 MiB\/2\.00 MiB/);
+  });
+
   it('labels from outside are made printable', () => {
     const s = fakeStream(false);
     const p = makeProgress('evil\u001b[2J/vda', s, false, { reads: true });

@@ -1,8 +1,9 @@
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { cp, open, readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { errorLine, expectOneLineError, runCli, startCli } from '../helpers/cli.js';
+import { BIN, errorLine, expectOneLineError, runCli, startCli } from '../helpers/cli.js';
 import { startS3rver, type S3TestServer } from '../helpers/s3-servers.js';
 import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
 
@@ -11,10 +12,12 @@ const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 interface SyncJson {
   sameIds: boolean;
+  verbatim: boolean;
   snapshots: { selected: number; copied: number; present: number; failed: number };
   copied: Array<{ source: string; destination: string; vm: string }>;
   failed: Array<{ source: string; error: string }>;
-  chunks: { copied: number; present: number };
+  chunks: { copied: number; present: number; verbatim: number };
+  bytes: { copied: number; stored: number };
 }
 
 async function listFiles(dir: string): Promise<string[]> {
@@ -110,6 +113,24 @@ describe('vmvault sync', () => {
     expect(first.j!.sameIds).toBe(true);
     expect(first.j!.snapshots).toEqual({ selected: 2, copied: 2, present: 0, failed: 0 });
     expect(first.j!.chunks.copied).toBe(20);
+    // Same ids, no keys, same level: every record travels as stored (opened, not sealed again).
+    expect(first.j!.verbatim).toBe(true);
+    expect(first.j!.chunks.verbatim).toBe(20);
+    // On a TTY (script(1) gives it one), the progress line names the snapshot and its bytes.
+    const D0 = join(dir, 'tty');
+    expect((await runCli(['init', D0, '--from-repo', A()])).code).toBe(0);
+    const tty = execFileSync('script', ['-qec', `${BIN} sync -r ${A()} --to ${D0}`, '/dev/null'], {
+      encoding: 'utf8',
+      env: { ...process.env, ...s3env },
+    });
+    expect(tty).toMatch(/sync snapshot 2\/2 \[#{24}\] 100% /);
+    expect(tty).toMatch(/copied 2 snapshots to /);
+    // The destination's listing says where each snapshot came from.
+    const list = await runCli(['snapshots', '-r', S], { env: s3env });
+    expect(list.stdout).toMatch(/\bORIGIN\b/);
+    expect(list.stdout).toContain(`${first.j!.copied[0]!.source.slice(0, 8)}@`);
+    const shown = await runCli(['show', '-r', S, first.j!.copied[0]!.destination], { env: s3env });
+    expect(shown.stdout).toMatch(/^origin {4}snapshot [0-9a-f]{8} of repository [0-9a-f]{8} \(synced\)$/m);
 
     const again = await sync(A(), S);
     expect(again.j!.snapshots).toMatchObject({ copied: 0, present: 2 });
@@ -141,6 +162,16 @@ describe('vmvault sync', () => {
     expect(dry.j!.snapshots).toMatchObject({ selected: 3, copied: 2, present: 1 });
     const after = await sync(A(), D, {}, ['--dry-run']);
     expect(after.j!.snapshots.copied).toBe(2); // the dry run copied nothing
+
+    // Another compression level: same ids, but the records are compressed again for it.
+    const Z = join(dir, 'z');
+    expect((await runCli(['init', Z, '--compression', 'none'])).code).toBe(0);
+    const re = await sync(A(), Z);
+    expect(re.r.code, re.r.stderr).toBe(0);
+    expect(re.j!).toMatchObject({ sameIds: true, verbatim: false });
+    expect(re.j!.chunks).toMatchObject({ copied: 21, verbatim: 0 });
+    expect(re.j!.bytes.stored).toBeGreaterThanOrEqual(re.j!.bytes.copied); // stored raw now
+    expect(await expectRestores(Z)).toBe(3);
   }, 240_000);
 
   it('plain → encrypted, and encrypted → encrypted with the same keys (init --from-repo) or other keys', async () => {
@@ -150,6 +181,7 @@ describe('vmvault sync', () => {
     const plainToEnc = await sync(A(), E, { VMVAULT_TO_PASSWORD: 'e-secret', VMVAULT_TEST_KDF_N: '16384' });
     expect(plainToEnc.r.code, plainToEnc.r.stderr).toBe(0);
     expect(plainToEnc.j!.sameIds).toBe(false);
+    expect(plainToEnc.j!.chunks.verbatim).toBe(0);
     expect(await expectRestores(E, pw)).toBe(3);
 
     const F = join(dir, 'f');
@@ -161,6 +193,9 @@ describe('vmvault sync', () => {
     expect(same.r.code, same.r.stderr).toBe(0);
     expect(same.j!.sameIds).toBe(true);
     expect(same.j!.snapshots.copied).toBe(3);
+    expect(same.j!.verbatim).toBe(true);
+    expect(same.j!.chunks.verbatim).toBe(same.j!.chunks.copied);
+    expect(same.j!.chunks.copied).toBeGreaterThan(0);
     expect(await expectRestores(F, { VMVAULT_PASSWORD: 'f-secret' })).toBe(3);
 
     const G = join(dir, 'g');
@@ -170,6 +205,7 @@ describe('vmvault sync', () => {
     ).toBe(0);
     const other = await sync(E, G, { ...pw, VMVAULT_TO_PASSWORD: 'g' });
     expect(other.j!.sameIds).toBe(false);
+    expect(other.j!.chunks.verbatim).toBe(0);
     expect(await expectRestores(G, { VMVAULT_PASSWORD: 'g' })).toBe(3);
 
     const wrong = await runCli(['sync', '-r', E, '--to', G], { env: { ...pw, VMVAULT_TO_PASSWORD: 'nope' } });
@@ -232,6 +268,37 @@ describe('vmvault sync', () => {
     await cp(K, join(dir, 'k2'), { recursive: true });
     const more = await sync(A(), join(dir, 'k2'));
     expect(more.j!.snapshots.copied).toBe(0);
+  }, 120_000);
+
+  it('killed at its commits (index durable, manifest not written), then run again: consistent, then complete', async () => {
+    const K = join(dir, 'kc');
+    expect((await runCli(['init', K, '--from-repo', A()])).code).toBe(0);
+    // Held before each manifest; SIGKILLed at the second hold: one snapshot committed, the next
+    // one's chunks stored and indexed but its manifest never written.
+    const child = startCli(['sync', '-r', A(), '--to', K], { VMVAULT_TEST_PAUSE: 'before-commit:2000' });
+    let stderr = '';
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    await new Promise<void>((resolve, reject) => {
+      child.stderr!.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        if (stderr.split('test pause at before-commit').length - 1 >= 2) resolve();
+      });
+      child.on('close', () => reject(new Error(`sync ended before its second commit: ${stderr}`)));
+    });
+    child.kill('SIGKILL');
+    expect(await exited).toBe(null);
+    // The first hold ended and its manifest was written; the second never was.
+    const mid = await runCli(['snapshots', '-r', K, '--json']);
+    expect((JSON.parse(mid.stdout) as unknown[]).length).toBe(1);
+    const c = await runCli(['check', '-r', K, '--read-data']);
+    expect(c.code, c.stdout + c.stderr).toBe(0);
+    const n = (JSON.parse((await runCli(['snapshots', '-r', A(), '--json'])).stdout) as unknown[]).length;
+    const rest = await sync(A(), K);
+    expect(rest.r.code, rest.r.stderr).toBe(0);
+    expect(rest.j!.snapshots).toMatchObject({ copied: n - 1, present: 1 });
+    // The killed snapshot's chunks were indexed: the re-run finds them and copies none of them.
+    expect(rest.j!.chunks.present).toBeGreaterThan(0);
+    expect(await expectRestores(K)).toBe(n);
   }, 120_000);
 
   it('a backup into the source and a prune of the destination while a sync runs: nothing it stored is lost', async () => {

@@ -23,6 +23,9 @@ export function showCommand(): Command {
         `host      ${printable(s.host)}`,
         `mode      ${s.mode}${s.checkpoint ? ` (checkpoint ${printable(s.checkpoint)})` : ''}`,
         `parent    ${s.parent ? shortId(s.parent) : '-'}`,
+        ...(s.origin
+          ? [`origin    snapshot ${shortId(s.origin.snapshot)} of repository ${shortId(s.origin.repository)} (synced)`]
+          : []),
         `tags      ${printable(s.tags.join(', '), 400) || '-'}`,
         `size      ${formatBytes(virt)} virtual, ${formatBytes(alloc)} allocated, ${formatBytes(stored)} newly stored`,
         '',

@@ -31,7 +31,19 @@ export function snapshotsCommand(): Command {
         formatBytes(s.disks.reduce((a, d) => a + d.stats.bytesNew, 0)),
         printable(s.tags.join(','), 80) + (s.protected ? `${s.tags.length ? ' ' : ''}[protected]` : ''),
       ]);
-      process.stdout.write(table(['ID', 'TIME', 'VM', 'MODE', 'DISKS', 'SIZE', 'NEW', 'TAGS'], rows));
+      // Synced snapshots name where they came from: the origin's snapshot @ repository (short ids).
+      const header = ['ID', 'TIME', 'VM', 'MODE', 'DISKS', 'SIZE', 'NEW', 'TAGS'];
+      if (snaps.some((s) => s.origin !== undefined)) {
+        header.splice(7, 0, 'ORIGIN');
+        snaps.forEach((s, i) =>
+          rows[i]!.splice(
+            7,
+            0,
+            s.origin ? `${shortId(s.origin.snapshot)}@${shortId(s.origin.repository)}` : '-',
+          ),
+        );
+      }
+      process.stdout.write(table(header, rows));
       process.stdout.write(`${snaps.length} snapshot${snaps.length === 1 ? '' : 's'}\n`);
     });
 }

@@ -108,7 +108,12 @@ export function syncCommand(): Command {
           ...(sinceMs !== undefined ? { sinceMs } : {}),
         });
         const tty = process.stderr.isTTY === true && !o.json;
-        const bar = tty ? makeProgress('sync', process.stderr, true) : undefined;
+        let snapshot = { at: 0, of: 0 };
+        const bar = tty
+          ? makeProgress('sync', process.stderr, false, {
+              status: () => (snapshot.of > 0 ? `snapshot ${snapshot.at}/${snapshot.of}` : ''),
+            })
+          : undefined;
         let started = false;
         let shown = 0;
         const testKillAfter = Number(process.env.VMVAULT_TEST_SYNC_KILL_AFTER_CHUNKS ?? NaN);
@@ -118,7 +123,8 @@ export function syncCommand(): Command {
           signal: rootAbort.signal,
           ...(bar
             ? {
-                progress: (done: number, total: number) => {
+                progress: (done: number, total: number, where: { at: number; of: number }) => {
+                  snapshot = where;
                   if (!started) {
                     bar.start('sync', total);
                     started = true;
@@ -171,6 +177,6 @@ function printSummary(r: SyncResult, to: string): void {
       ` (${s.present} already there${s.failed > 0 ? `, ${s.failed} failed` : ''})` +
       (r.dryRun
         ? '\n'
-        : `: ${r.chunks.copied} chunks (${formatBytes(r.bytes.copied)}, ${formatBytes(r.bytes.stored)} stored), ${r.chunks.present} already there${r.sameIds ? '' : ', renamed for the destination'}\n`),
+        : `: ${r.chunks.copied} chunks (${formatBytes(r.bytes.copied)}, ${formatBytes(r.bytes.stored)} stored), ${r.chunks.present} already there${r.verbatim ? `, ${r.chunks.verbatim} as stored` : r.sameIds ? ', sealed again for the destination' : ', renamed for the destination'}\n`),
   );
 }
