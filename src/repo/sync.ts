@@ -48,8 +48,8 @@ export interface SyncResult {
   failed: Array<{ source: string; vm: string; error: string }>;
   /** `verbatim` of `copied` travelled as stored (not sealed again); 0 unless `verbatim`. */
   chunks: { copied: number; present: number; verbatim: number };
-  /** Plaintext bytes of the chunks copied, and what they took at the destination. */
-  bytes: { copied: number; stored: number };
+  /** Plaintext bytes of the chunks copied, what they took at the destination, and of those already there. */
+  bytes: { copied: number; stored: number; present: number };
 }
 
 /** A repository's chunk id function, comparable across repositories. */
@@ -89,7 +89,7 @@ export async function syncSnapshots(
     copied: [],
     failed: [],
     chunks: { copied: 0, present: 0, verbatim: 0 },
-    bytes: { copied: 0, stored: 0 },
+    bytes: { copied: 0, stored: 0, present: 0 },
   };
   const there = new Map<string, string>(); // origin key → destination snapshot id
   for (const s of await dst.listSnapshots()) there.set(dst.originKey(s), s.id);
@@ -154,11 +154,11 @@ export async function syncSnapshots(
   const copyChunk = async (
     id: ChunkId,
     where: { snapshot: string; disk: string; offset: number },
-  ): Promise<ChunkId> => {
+  ): Promise<{ id: ChunkId; copied: boolean }> => {
     const known = sameIds ? ((await dst.chunks.has(id)) ? id : undefined) : renamed.get(id);
     if (known !== undefined) {
       result.chunks.present++;
-      return known;
+      return { id: known, copied: false };
     }
     // Read into a slot of a shared slab: on an object store nearby records of a pack come in one
     // ranged GET (the source's coalescer), and the worker opens the record straight into it.
@@ -176,7 +176,7 @@ export async function syncSnapshots(
           sinceFlush += asStored.storedBytes;
         } else result.chunks.present++;
         opts.onChunk?.(result.chunks.copied);
-        return id;
+        return { id, copied: asStored.isNew };
       }
       const data = buf.subarray(0, await src.chunks.getInto(id, buf.subarray(0, src.chunkSizeBytes), where)); // verified by its id
       const r = await dst.chunks.put(data, sameIds ? id : dst.codec.chunkId(data));
@@ -191,7 +191,7 @@ export async function syncSnapshots(
         renamed.set(id, r.id);
       }
       opts.onChunk?.(result.chunks.copied);
-      return r.id;
+      return { id: r.id, copied: r.isNew };
     } finally {
       freeSlots.push(slot);
     }
@@ -208,8 +208,9 @@ export async function syncSnapshots(
       throwIfAborted(opts.signal);
       await mapLimit(slots.slice(at, at + 4096), concurrency, async (slot) => {
         const id = index.get(slot)!;
-        const nid = await copyChunk(id, { snapshot: s.id, disk: d.target, offset: slot * d.chunkSizeBytes });
-        if (!sameIds) out.set(slot, nid);
+        const c = await copyChunk(id, { snapshot: s.id, disk: d.target, offset: slot * d.chunkSizeBytes });
+        if (!sameIds) out.set(slot, c.id);
+        if (!c.copied) result.bytes.present += index.slotLength(slot);
         done += index.slotLength(slot);
         opts.progress?.(done, total, where());
       });

@@ -17,7 +17,7 @@ interface SyncJson {
   copied: Array<{ source: string; destination: string; vm: string }>;
   failed: Array<{ source: string; error: string }>;
   chunks: { copied: number; present: number; verbatim: number };
-  bytes: { copied: number; stored: number };
+  bytes: { copied: number; stored: number; present: number };
 }
 
 async function listFiles(dir: string): Promise<string[]> {
@@ -132,6 +132,8 @@ describe('vmvault sync', () => {
     const shown = await runCli(['show', '-r', S, first.j!.copied[0]!.destination], { env: s3env });
     expect(shown.stdout).toMatch(/^origin {4}snapshot [0-9a-f]{8} of repository [0-9a-f]{8} \(synced\)$/m);
 
+    expect(first.j!.bytes).toMatchObject({ copied: 20 * MiB, present: 0 });
+
     const again = await sync(A(), S);
     expect(again.j!.snapshots).toMatchObject({ copied: 0, present: 2 });
     expect(again.j!.chunks.copied).toBe(0);
@@ -141,6 +143,10 @@ describe('vmvault sync', () => {
     const inc = await sync(A(), S);
     expect(inc.j!.snapshots).toMatchObject({ copied: 1, present: 2 });
     expect(inc.j!.chunks.copied).toBe(1);
+    // The incremental's other chunks were there already: skipped, and counted as such.
+    expect(inc.j!.bytes.copied).toBe(MiB);
+    expect(inc.j!.bytes.present).toBe(inc.j!.chunks.present * MiB);
+    expect(inc.j!.bytes.present).toBeGreaterThan(0);
 
     const C = join(dir, 'c');
     expect((await runCli(['init', C, '--from-repo', S], { env: s3env })).code).toBe(0);

@@ -177,6 +177,6 @@ function printSummary(r: SyncResult, to: string): void {
       ` (${s.present} already there${s.failed > 0 ? `, ${s.failed} failed` : ''})` +
       (r.dryRun
         ? '\n'
-        : `: ${r.chunks.copied} chunks (${formatBytes(r.bytes.copied)}, ${formatBytes(r.bytes.stored)} stored), ${r.chunks.present} already there${r.verbatim ? `, ${r.chunks.verbatim} as stored` : r.sameIds ? ', sealed again for the destination' : ', renamed for the destination'}\n`),
+        : `: ${r.chunks.copied} chunks (${formatBytes(r.bytes.copied)}, ${formatBytes(r.bytes.stored)} stored), ${r.chunks.present} already there (${formatBytes(r.bytes.present)})${r.verbatim ? `, ${r.chunks.verbatim} as stored` : r.sameIds ? ', sealed again for the destination' : ', renamed for the destination'}\n`),
   );
 }
