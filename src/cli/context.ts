@@ -1,11 +1,14 @@
 import { Option, type Command } from 'commander';
 import { printable, stderrLogger, UsageError, type Logger } from '../util/index.js';
+import { resolve } from 'node:path';
 import {
   backendSpecFor,
+  dirKekCache,
   openBackend,
   Repository,
   s3RequestCounts,
   type Backend,
+  type KekCache,
   type SnapshotDamagedError,
 } from '../repo/index.js';
 import { readPassword } from './password.js';
@@ -59,6 +62,15 @@ export type RepoAccess = 'read' | 'write';
  * Opens the repository. Commands that only read it (`access: 'read'`) get a read-only storage
  * stack, so no code path of theirs, in any thread, can change the repository.
  */
+/** `VMVAULT_KEY_CACHE=DIR`: unlocked key slots kept between commands (docs/cli.md "Passwords"). */
+function keyCacheOption(): { kekCache?: KekCache } {
+  const dir = process.env.VMVAULT_KEY_CACHE;
+  if (dir === undefined || dir === '') return {};
+  return {
+    kekCache: dirKekCache(resolve(dir), (m) => process.stderr.write(`warning: ${printable(m, 400)}\n`)),
+  };
+}
+
 export async function openRepo(
   opts: { repo?: string; passwordFile?: string; password?: () => Promise<string> },
   access: RepoAccess = 'write',
@@ -75,6 +87,7 @@ export async function openRepo(
         process.stderr.write(
           `warning: ${printable(`key slot ${d.name} is damaged (skipped): ${d.reason}`, 400)}\n`,
         ),
+      ...keyCacheOption(),
     },
     backend,
   );

@@ -1,7 +1,10 @@
+import { chmodSync, mkdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import {
   createCipheriv,
   createDecipheriv,
   randomBytes,
+  timingSafeEqual,
   scrypt as scryptCb,
   type ScryptOptions,
 } from 'node:crypto';
@@ -367,10 +370,18 @@ export async function openKeySlot(
   repoId: string,
   password: string,
 ): Promise<Buffer | undefined> {
-  const salt = base64Of(slot.json.kdf.salt, SALT_BYTES)!;
+  return unwrapWith(slot, repoId, await slotKek(slot, password));
+}
+
+/** The key that wraps `slot`'s master key, from `password` (scrypt: about a second). */
+function slotKek(slot: KeySlot, password: string): Promise<Buffer> {
+  return scrypt(password, base64Of(slot.json.kdf.salt, SALT_BYTES)!, slot.kdf);
+}
+
+/** The master key `slot` wraps under `kek`, or undefined when `kek` is not its key. */
+function unwrapWith(slot: KeySlot, repoId: string, kek: Buffer): Buffer | undefined {
   const nonce = base64Of(slot.json.nonce, NONCE_BYTES)!;
   const wrapped = base64Of(slot.json.key, WRAPPED_BYTES)!;
-  const kek = await scrypt(password, salt, slot.kdf);
   const d = createDecipheriv('aes-256-gcm', kek, nonce, { authTagLength: 16 });
   d.setAAD(slotAad(repoId, slot.name));
   d.setAuthTag(wrapped.subarray(MASTER_KEY_BYTES));
@@ -392,16 +403,130 @@ export async function unlockMasterKey(
   backend: Backend,
   repoId: string,
   password: string,
-  opts: { hint?: string; onDamaged?: OnDamagedKeySlot } = {},
+  opts: { hint?: string; onDamaged?: OnDamagedKeySlot; cache?: KekCache } = {},
 ): Promise<{ master: Buffer; slotName: string }> {
   const { slots, damaged } = await scanKeySlots(backend, repoId, opts.onDamaged);
   if (slots.length === 0) throw new NoKeySlotError(backend.location, damaged);
+  const cache = opts.cache;
+  if (cache !== undefined) {
+    // The slot this password opened last time, with its scrypt output kept: no scrypt now.
+    for (const slot of slots) {
+      const kek = cache.get(repoId, slot, password);
+      const master = kek === undefined ? undefined : unwrapWith(slot, repoId, kek);
+      if (master !== undefined) return { master, slotName: slot.name };
+    }
+  }
   const hint = opts.hint;
   const first = hint === undefined ? -1 : slots.findIndex((s) => s.id === hint || s.name === hint);
   const order = first < 0 ? slots : [slots[first]!, ...slots.filter((_, i) => i !== first)];
   for (const slot of order.slice(0, MAX_KEY_SLOTS_TRIED)) {
-    const master = await openKeySlot(slot, repoId, password);
-    if (master !== undefined) return { master, slotName: slot.name };
+    const kek = await slotKek(slot, password);
+    const master = unwrapWith(slot, repoId, kek);
+    if (master === undefined) continue;
+    cache?.put(repoId, slot, password, kek);
+    return { master, slotName: slot.name };
   }
   throw new WrongPasswordError(backend.location, slots.length);
+}
+
+/**
+ * A cache of unlocked key slots (opt-in: VMVAULT_KEY_CACHE=DIR, docs/cli.md "Passwords"): for a
+ * repository, the scrypt output (KEK) of the slot a password opened, so that the next command
+ * given the same password skips the second of scrypt. An entry is used only for the same slot
+ * (name, salt, parameters) and the same password (a keyed check of it under the KEK): a wrong
+ * password still fails, and a removed or changed slot (`key remove`, `key passwd`) makes the entry
+ * useless. The entry is a secret as strong as the password itself (it unwraps the master key from
+ * the repository's slot): files are 0600 in a 0700 directory, and a directory others can read or
+ * write is not used. Any fault of the cache is a miss, never an error.
+ */
+export interface KekCache {
+  get(repoId: string, slot: KeySlot, password: string): Buffer | undefined;
+  put(repoId: string, slot: KeySlot, password: string, kek: Buffer): void;
+}
+
+interface KekCacheEntry {
+  v: 1;
+  slot: string;
+  salt: string;
+  N: number;
+  r: number;
+  p: number;
+  check: string;
+  kek: string;
+}
+
+const KEK_CHECK_CONTEXT = Buffer.from('vmvault kek cache check v1\0', 'utf8');
+
+function kekCheck(kek: Buffer, password: string): Buffer {
+  return keyedHash(kek, Buffer.concat([KEK_CHECK_CONTEXT, Buffer.from(password, 'utf8')]));
+}
+
+/** A KekCache of one file per repository in `dir`; `warn` hears once why it is not used. */
+export function dirKekCache(dir: string, warn: (message: string) => void = () => {}): KekCache {
+  let warned = false;
+  const usable = (create: boolean): boolean => {
+    try {
+      if (create) mkdirSync(dir, { recursive: true, mode: 0o700 });
+      const st = statSync(dir);
+      if (!st.isDirectory() || (st.mode & 0o077) !== 0 || (process.getuid && st.uid !== process.getuid())) {
+        if (!warned)
+          warn(
+            `key cache ${dir} is not used: it must be a directory of this user that nobody else can read or write (chmod 700)`,
+          );
+        warned = true;
+        return false;
+      }
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const file = (repoId: string): string | undefined =>
+    /^[0-9a-f]{32,64}$/.test(repoId) ? join(dir, `${repoId}.json`) : undefined;
+  return {
+    get(repoId, slot, password) {
+      const f = file(repoId);
+      if (f === undefined || !usable(false)) return undefined;
+      try {
+        const raw = readFileSync(f);
+        if (raw.length > 4096) return undefined;
+        const e = JSON.parse(raw.toString('utf8')) as Partial<KekCacheEntry>;
+        if (e.v !== 1 || e.slot !== slot.name || e.salt !== slot.json.kdf.salt) return undefined;
+        if (e.N !== slot.kdf.N || e.r !== slot.kdf.r || e.p !== slot.kdf.p) return undefined;
+        if (typeof e.kek !== 'string' || !/^[0-9a-f]{64}$/.test(e.kek)) return undefined;
+        if (typeof e.check !== 'string' || !/^[0-9a-f]{64}$/.test(e.check)) return undefined;
+        const kek = Buffer.from(e.kek, 'hex');
+        return timingSafeEqual(kekCheck(kek, password), Buffer.from(e.check, 'hex')) ? kek : undefined;
+      } catch {
+        return undefined;
+      }
+    },
+    put(repoId, slot, password, kek) {
+      const f = file(repoId);
+      if (f === undefined || !usable(true)) return;
+      const entry: KekCacheEntry = {
+        v: 1,
+        slot: slot.name,
+        salt: slot.json.kdf.salt,
+        N: slot.kdf.N,
+        r: slot.kdf.r,
+        p: slot.kdf.p,
+        check: kekCheck(kek, password).toString('hex'),
+        kek: kek.toString('hex'),
+      };
+      const tmp = `${f}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+      try {
+        writeFileSync(tmp, JSON.stringify(entry), { mode: 0o600, flag: 'wx' });
+        chmodSync(tmp, 0o600);
+        renameSync(tmp, f);
+      } catch {
+        // a cache that cannot be written is only slower
+        try {
+          unlinkSync(tmp);
+        } catch {
+          // not there
+        }
+      }
+    },
+  };
 }

@@ -29,6 +29,7 @@ import {
   keyIdOf,
   splitMasterKey,
   unlockMasterKey,
+  type KekCache,
   type OnDamagedKeySlot,
 } from './keys.js';
 import {
@@ -67,6 +68,8 @@ export interface OpenOptions {
   keyHint?: string;
   /** A damaged key slot that opening skipped (the CLI prints a warning). */
   onDamagedKeySlot?: OnDamagedKeySlot;
+  /** Unlocked key slots kept between commands (opt-in, `VMVAULT_KEY_CACHE`): skips scrypt. */
+  kekCache?: KekCache;
 }
 
 /** Every manifest of the repository: the sound ones, and what is wrong with the others. */
@@ -652,6 +655,7 @@ async function unlock(
   const unlocked = await unlockMasterKey(backend, config.id, password, {
     ...(opts.keyHint !== undefined ? { hint: opts.keyHint } : {}),
     ...(opts.onDamagedKeySlot ? { onDamaged: opts.onDamagedKeySlot } : {}),
+    ...(opts.kekCache ? { cache: opts.kekCache } : {}),
   });
   const { encKey, idKey } = splitMasterKey(unlocked.master);
   if (config.mac !== configMac(encKey, { ...config }))

@@ -156,6 +156,30 @@ describe('vmvault init --encryption and key', () => {
     expect(expectOneLineError(downgraded)).toMatch(/not encrypted, but it has key slots/);
   });
 
+  it('VMVAULT_KEY_CACHE keeps the unlocked slot for the next command; key passwd makes it stale', async () => {
+    const repo = await newRepo('cached');
+    const cache = join(tmp.dir, 'kek-cache');
+    const withCache = (pw: string, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv =>
+      env(pw, { VMVAULT_KEY_CACHE: cache, ...extra });
+    const a = await runCli(['snapshots', '-r', repo], { env: withCache('cached') });
+    expect(a.code, a.stderr).toBe(0);
+    const files = await readdir(cache);
+    expect(files).toHaveLength(1);
+    expect(files[0]).toMatch(/^[0-9a-f]{64}\.json$/);
+    const entry = await readFile(join(cache, files[0]!), 'utf8');
+    expect(entry).not.toContain('cached'); // the password itself is not kept
+    expect((await runCli(['snapshots', '-r', repo], { env: withCache('cached') })).code).toBe(0);
+    const wrong = await runCli(['snapshots', '-r', repo], { env: withCache('nope') });
+    expect(wrong.code).toBe(12);
+    const p = await runCli(['key', 'passwd', '-r', repo], {
+      env: withCache('cached', { VMVAULT_NEW_PASSWORD: 'renewed' }),
+    });
+    expect(p.code, p.stderr).toBe(0);
+    expect((await runCli(['snapshots', '-r', repo], { env: withCache('cached') })).code).toBe(12);
+    expect((await runCli(['snapshots', '-r', repo], { env: withCache('renewed') })).code).toBe(0);
+    expect(await readFile(join(cache, files[0]!), 'utf8')).not.toBe(entry);
+  });
+
   it('a damaged key slot is skipped with a warning', async () => {
     const repo = await newRepo('x');
     await writeFile(join(repo, 'keys', '0'.repeat(32)), '{"format":"vmvault-key"');

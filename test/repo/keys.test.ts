@@ -6,6 +6,7 @@ import {
   canonicalJson,
   configMac,
   createKeySlot,
+  dirKekCache,
   generateMasterKey,
   keyIdOf,
   listKeySlots,
@@ -16,6 +17,7 @@ import {
   unlockMasterKey,
   WrongPasswordError,
   type DamagedKeySlot,
+  type KekCache,
   type KeySlotJson,
 } from '../../src/repo/index.js';
 
@@ -223,5 +225,68 @@ describe('key id and config MAC', () => {
     expect(configMac(encKey, { ...config, encryption: 'none' })).not.toBe(mac);
     expect(configMac(encKey, { ...config, compression: { codec: 'zstd', level: 2 } })).not.toBe(mac);
     expect(configMac(Buffer.alloc(32, 8), config)).not.toBe(mac);
+  });
+});
+
+describe('the key cache (VMVAULT_KEY_CACHE)', () => {
+  it('a password unlocks from the cache without scrypt; a wrong one still fails; a removed slot or a bad entry is a miss', async () => {
+    const { mkdtemp, readFile, writeFile, stat, chmod, rm } = await import('node:fs/promises');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const root = await mkdtemp(join(tmpdir(), 'vmvault-kek-'));
+    try {
+      const dir = join(root, 'cache');
+      const { backend, master, names } = await setup(['a', 'b']);
+      const inner = dirKekCache(dir);
+      let hits = 0;
+      let puts = 0;
+      const cache: KekCache = {
+        get: (id, slot, pw) => {
+          const k = inner.get(id, slot, pw);
+          if (k) hits++;
+          return k;
+        },
+        put: (id, slot, pw, kek) => {
+          puts++;
+          inner.put(id, slot, pw, kek);
+        },
+      };
+      const first = await unlockMasterKey(backend, repoId, 'b', { cache });
+      expect(first.master.equals(master)).toBe(true);
+      expect(puts).toBe(1);
+      expect((await stat(dir)).mode & 0o777).toBe(0o700);
+      const file = join(dir, `${repoId}.json`);
+      expect((await stat(file)).mode & 0o777).toBe(0o600);
+      // Again: from the cache (no put: no scrypt ran), the same slot.
+      const again = await unlockMasterKey(backend, repoId, 'b', { cache });
+      expect(again).toMatchObject({ slotName: first.slotName });
+      expect(again.master.equals(master)).toBe(true);
+      expect(hits).toBe(1);
+      expect(puts).toBe(1);
+      // A wrong password does not match the entry's check: the slots are tried and refuse it.
+      await expect(unlockMasterKey(backend, repoId, 'c', { cache })).rejects.toThrow(WrongPasswordError);
+      expect(hits).toBe(1);
+      // Another password opens its own slot and replaces the entry.
+      expect((await unlockMasterKey(backend, repoId, 'a', { cache })).slotName).toBe(names[0]);
+      expect(puts).toBe(2);
+      // A damaged entry (another kek, a fixed check) is a miss, and the password still works.
+      const e = JSON.parse(await readFile(file, 'utf8')) as { kek: string };
+      await writeFile(file, JSON.stringify({ ...e, kek: 'f'.repeat(64) }));
+      expect((await unlockMasterKey(backend, repoId, 'a', { cache })).master.equals(master)).toBe(true);
+      expect(hits).toBe(1);
+      // A removed slot: its entry opens nothing.
+      await removeKeySlot(backend, names[0]!);
+      await expect(unlockMasterKey(backend, repoId, 'a', { cache })).rejects.toThrow(WrongPasswordError);
+      // A directory others can read is not used (and said once).
+      const warnings: string[] = [];
+      await chmod(dir, 0o755);
+      const open = dirKekCache(dir, (m) => warnings.push(m));
+      await unlockMasterKey(backend, repoId, 'b', { cache: open });
+      await unlockMasterKey(backend, repoId, 'b', { cache: open });
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]).toMatch(/not used.*chmod 700/);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });
