@@ -33,12 +33,13 @@ PRODUCT_TOOLS=(qemu-img qemu-nbd qemu-system-x86_64 libvirtd virsh ssh mkfs.ext4
 # OpenStack Swift (proxy + account + container + object servers; its s3api middleware is the second
 # S3 server the tests run on loopback, see test/helpers/s3-servers.ts; installing it starts no
 # service and ships the /etc/swift/swift.conf the servers need); restic, borg (borgbackup) and
-# rclone as the peers the benchmarks compare with (bench/README.md).
+# rclone as the peers the benchmarks compare with (bench/README.md); chromium (headless, driven by
+# playwright-core) for the web dashboard's browser test (docs/ui.md).
 TEST_PACKAGES=(nbdkit libnbd-bin python3-libnbd openssh-server netcat-openbsd gnutls-bin strace time
-  swift-proxy swift-account swift-container swift-object restic borgbackup rclone)
+  swift-proxy swift-account swift-container swift-object restic borgbackup rclone chromium)
 TEST_TOOLS=(qemu-storage-daemon nbdkit nbdinfo nbdcopy nbdsh sshd nc certtool strace
   swift-proxy-server swift-account-server swift-container-server swift-object-server swift-ring-builder
-  restic borg rclone)
+  restic borg rclone chromium)
 
 packages=("${PRODUCT_PACKAGES[@]}")
 tools=("${PRODUCT_TOOLS[@]}")
