@@ -1,6 +1,6 @@
 /** Running the vmvault CLI of one build (this checkout's or a baseline's) against a repository. */
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { sh } from './harness.js';
 
 /** The password encrypted repositories get in the benches (`VMVAULT_PASSWORD`). */
@@ -17,9 +17,14 @@ export async function currentBuild(): Promise<{ bin: string; commit: string }> {
 }
 
 /** Options of `vmvault init` that only format 2 has, as the build's help lists them. */
-export async function initOptions(bin: string): Promise<{ packSize: boolean; encryption: boolean }> {
+export async function initOptions(
+  bin: string,
+): Promise<{ packSize: boolean; encryption: boolean; keyCache: boolean }> {
   const help = await sh(`'${bin}' init --help 2>&1 || true`);
-  return { packSize: /--pack-size\b/.test(help), encryption: /--encryption\b/.test(help) };
+  // VMVAULT_KEY_CACHE is an environment variable, not an option: look for it in the build.
+  const ctx = join(dirname(bin), '..', 'dist', 'cli', 'context.js');
+  const keyCache = existsSync(ctx) && readFileSync(ctx, 'utf8').includes('VMVAULT_KEY_CACHE');
+  return { packSize: /--pack-size\b/.test(help), encryption: /--encryption\b/.test(help), keyCache };
 }
 
 /**
