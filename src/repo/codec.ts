@@ -48,13 +48,14 @@ export const MAX_OBJECT_PLAINTEXT_BYTES = 16 * 1024 * 1024;
 export const FLAG_ENCRYPTED = 0x01;
 
 /** What a whole object is; its number is byte 7 of the blob v2 header. */
-export type ObjectKindV2 = 'manifest' | 'index-section' | 'void' | 'session' | 'gc';
+export type ObjectKindV2 = 'manifest' | 'index-section' | 'void' | 'session' | 'gc' | 'status';
 const OBJECT_KIND_NUMBER: Record<ObjectKindV2, number> = {
   manifest: 1,
   'index-section': 2,
   void: 3,
   session: 4,
   gc: 5,
+  status: 6,
 };
 const OBJECT_KIND_NAME = new Map<number, ObjectKindV2>(
   Object.entries(OBJECT_KIND_NUMBER).map(([k, v]) => [v, k as ObjectKindV2]),

@@ -69,6 +69,8 @@ export const Keys = {
   /** Sessions, the leases of running processes (docs/gc.md): sessions/<32 hex>. */
   sessionPrefix: 'sessions/',
   keyPrefix: 'keys/',
+  /** Informative records replaced in place: status/check, the last check's result (docs/format.md). */
+  statusPrefix: 'status/',
   /** Void records and damaged manifests set aside by `check --repair` (docs/format.md "Key layout"). */
   quarantinePrefix: 'quarantine/',
   snapshot(hexId: string): string {

@@ -122,6 +122,14 @@ export {
   type DiskStats,
 } from './snapshot.js';
 export { resolveSnapshotRef, byTime, MIN_ID_PREFIX } from './snapshot-ref.js';
+export {
+  CHECK_RECORD_KEY,
+  checkRecordOf,
+  readCheckRecord,
+  writeCheckRecord,
+  type CheckRecord,
+  type CheckRecordRead,
+} from './check-record.js';
 export { repoStats, type RepoStats, type StatsOptions } from './stats.js';
 export {
   MAX_PACK_BYTES,

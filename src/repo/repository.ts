@@ -586,6 +586,16 @@ export class Repository {
     return st !== undefined && (st.modifiedMs ?? Number.POSITIVE_INFINITY) < this.gcPendingSinceMs - 5000;
   }
 
+  /**
+   * Ends this process's session (if any) while the repository stays open: a long-running reader
+   * (`vmvault ui`) holds one only while it reads, so that it never keeps a prune waiting.
+   */
+  async endSession(): Promise<void> {
+    const s = this.session;
+    this.session = undefined;
+    await s?.end();
+  }
+
   /** Removes a session object (`unlock --stale`; the caller decided it is stale). */
   async deleteSession(idHex: string): Promise<void> {
     if (!/^[0-9a-f]{32}$/.test(idHex)) throw new RangeError(`not a session id: ${idHex}`);
@@ -615,8 +625,8 @@ export function objectLockPolicy(config: RepoConfig): ObjectLockPolicy {
     mode: lock.mode === 'compliance' ? 'COMPLIANCE' : 'GOVERNANCE',
     periodMs: objectLockPeriodMs(lock),
     // Objects their writers delete or replace: sessions (each writer), gc steps and the
-    // maintenance lock (prune), the conditional-write probe.
-    exemptPrefixes: [Keys.sessionPrefix, Keys.lockPrefix, GC_PREFIX, 'tmp/'],
+    // maintenance lock (prune), the conditional-write probe, the last check's record.
+    exemptPrefixes: [Keys.sessionPrefix, Keys.lockPrefix, GC_PREFIX, Keys.statusPrefix, 'tmp/'],
   };
 }
 

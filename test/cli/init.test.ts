@@ -213,6 +213,8 @@ describe('init and open through the CLI', () => {
       for (const args of [['snapshots'], ['show', 'ro@latest'], ['stats'], ['check', '--read-data']]) {
         const r = await runCli([...args, '-r', roRepo]);
         expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+        // check cannot record its result (status/check) on read-only storage: it says nothing of it.
+        expect(r.stderr, args.join(' ')).toBe('');
       }
       const out = join(dir, 'from-ro');
       const r = await runCli(['restore', 'ro@latest', '-r', roRepo, '--disk', 'vda', '-o', `${out}.raw`]);

@@ -1,8 +1,12 @@
 import { Command } from 'commander';
 import { formatBytes, parseTimeSpan, printable, UsageError } from '../../util/index.js';
 import {
+  BackendError,
   checkFailure,
+  checkRecordOf,
   checkRepository,
+  defaultHost,
+  writeCheckRecord,
   describeGroup,
   formatDataSubset,
   parseDataSubset,
@@ -13,7 +17,7 @@ import {
   type CheckResult,
 } from '../../repo/index.js';
 import { checkStatePath, readCheckCursors, writeCheckCursor } from '../check-state.js';
-import { globals, printJson, repoOption, withRepo } from '../context.js';
+import { globals, openBackendFor, printJson, repoOption, withRepo } from '../context.js';
 import { makeProgress } from '../progress-tty.js';
 import { rootAbort } from '../signals.js';
 
@@ -76,6 +80,7 @@ export function checkCommand(): Command {
         const result = await withRepo(
           opts,
           async (repo) => {
+            const startedAt = new Date();
             const statePath = checkStatePath(repo.config.id);
             const startAfter = rotating
               ? (await readCheckCursors(statePath, repo.config.id, warn))[selection]?.lastPack
@@ -101,6 +106,21 @@ export function checkCommand(): Command {
                 warn(
                   `cannot record where this check stopped in ${statePath} (${(err as Error).message}): the next run starts at the same place`,
                 );
+              }
+            }
+            // The result goes into the repository (status/check) for `vmvault ui`, through a
+            // writable stack of its own (check reads through a read-only one); read-only media: none.
+            if (!rootAbort.signal.aborted) {
+              const rec = checkRecordOf(r, { startedAt, finishedAt: new Date(), host: defaultHost() });
+              const via = openBackendFor(opts.repo!, 'write');
+              try {
+                await writeCheckRecord(via, repo.codec, rec);
+              } catch (err) {
+                // Storage that refuses writes (read-only media, read-only credentials): no record.
+                if (!(err instanceof BackendError && err.kind === 'permission'))
+                  warn(`cannot record this check's result in the repository: ${(err as Error).message}`);
+              } finally {
+                await via.close().catch(() => undefined);
               }
             }
             return r;
