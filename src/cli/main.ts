@@ -2,6 +2,7 @@ import { Command, CommanderError } from 'commander';
 import { ExitCode, isVmvaultError, CancelledError, printable, UsageError } from '../util/index.js';
 import { VERSION } from '../backup/index.js';
 import { backupImageCommand } from './commands/backup-image.js';
+import { benchmarkCommand } from './commands/benchmark.js';
 import { backupCommand } from './commands/backup.js';
 import { checkCommand } from './commands/check.js';
 import { noteCommand, protectCommand, tagCommand, unprotectCommand } from './commands/edit.js';
@@ -87,6 +88,7 @@ export function buildProgram(): Command {
     locksCommand(),
     unlockCommand(),
     keyCommand(),
+    benchmarkCommand(),
   ]) {
     cmd.addHelpText('after', EXIT_CODES_HELP);
     program.addCommand(cmd);

@@ -56,6 +56,14 @@ export {
 } from './check.js';
 export { PackStore, ChunksLostError, type PutResult } from './pack-store.js';
 export {
+  runBenchmark,
+  BENCHMARK_KEY_PREFIX,
+  type BenchmarkFigure,
+  type BenchmarkOptions,
+  type BenchmarkResult,
+  type BenchmarkStep,
+} from './benchmark.js';
+export {
   canonicalJson,
   configMac,
   createKeySlot,

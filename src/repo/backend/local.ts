@@ -35,6 +35,9 @@ import {
   type LocalFileSpec,
 } from './local-files.js';
 
+/** The keys of `vmvault benchmark`'s objects, the only keys allowed under tmp/. */
+const BENCH_KEY = /^tmp\/bench-[0-9a-f]{16}-\d{1,9}$/;
+
 /**
  * Local directory backend. Durable, atomic writes: data goes to a temp file, is fdatasync'ed, then
  * renamed (put) or hard-linked (putIfAbsent: link fails with EEXIST if another writer won) to its
@@ -237,7 +240,10 @@ export class LocalBackend implements Backend {
 
   private path(key: string): string {
     validateKey(key);
-    if (key === TMP_DIR || key.startsWith(`${TMP_DIR}/`)) throw new RangeError(`key '${key}' is reserved`);
+    // tmp/ holds the temp files; only the benchmark's objects (tmp/bench-<16 hex>-<n>, docs/format.md)
+    // are objects there, so that a run cut off leaves nothing the next day's open does not remove.
+    if ((key === TMP_DIR || key.startsWith(`${TMP_DIR}/`)) && !BENCH_KEY.test(key))
+      throw new RangeError(`key '${key}' is reserved`);
     return objectPath(this.root, key);
   }
 
