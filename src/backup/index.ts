@@ -36,3 +36,11 @@ export {
   type VmBackupResult,
 } from './live.js';
 export { nbdExports } from './nbd-exports.js';
+export {
+  BACKUP_METHODS,
+  chooseMethod,
+  overlayOwner,
+  staleOverlays,
+  type BackupMethod,
+  type MethodFacts,
+} from './snapshot-method.js';

@@ -13,6 +13,7 @@ import {
   type Logger,
   type Progress,
   printable,
+  UsageError,
 } from '../util/index.js';
 import {
   buildCheckpointXml,
@@ -51,6 +52,15 @@ import {
   type DiskPlan,
 } from './plan.js';
 import { makeRuntimeDir } from './runtime-dir.js';
+import {
+  chooseMethod,
+  commitOverlays,
+  methodFacts,
+  putOnOverlays,
+  resolveStaleOverlays,
+  type BackupMethod,
+  type OverlaySet,
+} from './snapshot-method.js';
 import { PROGRAM } from './version.js';
 
 /** One extent of an export, as the backup needs it. */
@@ -93,7 +103,13 @@ export interface VmBackupOptions {
   thresholdBytes?: number;
   /** Disks read in parallel. */
   workers?: number;
+  /**
+   * Abort a leftover job of the domain, or commit the overlays a killed `--method snapshot` run
+   * left, before starting.
+   */
   killStaleJob?: boolean;
+  /** How a running domain is captured (default auto: the backup API, else snapshot). */
+  method?: BackupMethod;
   tags?: string[];
   /** Parent of the private runtime directory (NBD socket, scratch files). */
   scratchDir?: string;
@@ -105,6 +121,8 @@ export interface VmBackupOptions {
 
 export interface VmBackupResult {
   domain: string;
+  /** pull: the backup API's job; snapshot: overlay + copy + block commit; offline: shut off, images read. */
+  method: 'pull' | 'snapshot' | 'offline';
   plan: BackupPlan;
   snapshot: Snapshot | null;
   /** Changed bytes since the base checkpoint, when libvirt could tell (estimate / threshold). */
@@ -127,15 +145,47 @@ export async function backupDomain(
   const log = opts.logger ?? nullLogger;
   const dom = await lookup(client, opts.domain);
   const active = await client.isDomainActive(dom);
-  const liveXml = await client.getDomainXml(dom, 0);
-  const model = parseDomainXml(liveXml);
+  let liveXml = await client.getDomainXml(dom, 0);
+  let model = parseDomainXml(liveXml);
+  // A killed `--method snapshot` run may have left the domain on its overlays: commit them first.
+  const fixed = await resolveStaleOverlays(client, dom, model, opts.killStaleJob ?? false, log);
+  if (fixed) ({ xml: liveXml, model } = fixed);
+  const requested = opts.method ?? 'auto';
+  const chosen = active
+    ? chooseMethod(
+        requested,
+        requested === 'auto'
+          ? await methodFacts(client, model, liveXml)
+          : { domainXml: liveXml, domainName: model.name },
+      )
+    : undefined;
+  const method = chosen?.method ?? 'offline';
+  let level = opts.level;
+  const methodNotes: string[] = chosen?.note ? [chosen.note] : [];
+  if (method === 'snapshot' && level !== 'copy') {
+    if (level === 'auto') {
+      level = 'copy';
+      methodNotes.push('--method snapshot keeps no checkpoints: copy backup');
+    } else if (requested === 'snapshot') {
+      throw new UsageError(
+        `-l ${level} needs checkpoints, which --method snapshot cannot create (copy backups only)`,
+        'use -l copy (or -l auto) with --method snapshot, or --method pull',
+      );
+    } else {
+      throw new VmvaultError(
+        'METHOD_COPY_ONLY',
+        `-l ${level} needs the backup API, which '${model.name}' cannot use here (${chosen?.note ?? 'snapshot method'})`,
+        { hint: 'use -l copy (or -l auto) for a full copy without checkpoints' },
+      );
+    }
+  }
   const prefix = checkpointPrefix(repo.config.id);
   const history = (await repo.listSnapshots()).filter((s) =>
     s.vm.uuid ? s.vm.uuid === model.uuid : s.vm.name === model.name,
   );
   const libvirtCheckpoints = (await client.listAllCheckpoints(dom)).map((c) => c.name);
   const planInput = {
-    level: opts.level,
+    level,
     domainName: model.name,
     isActive: active,
     disks: model.disks,
@@ -156,6 +206,21 @@ export async function backupDomain(
       `a prune is pending and the parent snapshot is newer than its mark: backing up in full instead of ${opts.level}`,
     );
   }
+  plan.notes.unshift(...methodNotes);
+  if (method === 'snapshot') {
+    // The base images are read through qemu-nbd: only disks with a local path.
+    for (const d of plan.disks.filter((x) => !x.disk.path)) {
+      plan.skipped.push({
+        target: d.target,
+        reason: `${d.disk.type} disk without a local path cannot be copied by --method snapshot`,
+      });
+    }
+    plan.disks = plan.disks.filter((x) => x.disk.path);
+    if (!plan.disks.length)
+      throw new VmvaultError('NOTHING_TO_BACK_UP', `no disk of domain '${model.name}' can be backed up`, {
+        hint: `skipped: ${plan.skipped.map((s) => `${s.target} (${s.reason})`).join(', ')}`,
+      });
+  }
   for (const n of plan.notes) log.info(`${model.name}: ${n}`);
   for (const s of plan.skipped) log.info(`${model.name}: skipping ${printable(s.target, 40)}: ${s.reason}`);
 
@@ -171,6 +236,7 @@ export async function backupDomain(
     if (opts.estimate)
       return {
         domain: model.name,
+        method,
         plan,
         snapshot: null,
         ...(estimateBytes !== undefined ? { estimateBytes } : {}),
@@ -182,13 +248,16 @@ export async function backupDomain(
     ) {
       const reason = `${estimateBytes} bytes changed, less than the threshold of ${opts.thresholdBytes}: backup skipped`;
       log.info(`${model.name}: ${reason}`);
-      return { domain: model.name, plan, snapshot: null, estimateBytes, skippedReason: reason };
+      return { domain: model.name, method, plan, snapshot: null, estimateBytes, skippedReason: reason };
     }
   }
 
   // QEMU (possibly another user) creates the NBD socket and scratch files here.
   const runtimeDir = await makeRuntimeDir(opts.scratchDir ?? '/var/tmp', RUNTIME_PREFIX, 0o1777);
   let jobStarted = false;
+  let overlays: OverlaySet | undefined;
+  /** Readers still open (each disk closes its own; a failure closes the rest). */
+  const openReaders = new Set<ExportReader>();
   let checkpointCreated = false;
   let succeeded = false;
   const subscription = active
@@ -218,7 +287,7 @@ export async function backupDomain(
     .catch(() => {});
   try {
     const readers = new Map<string, ExportReader>();
-    if (active) {
+    if (method === 'pull') {
       const { socket } = await startJob(client, dom, model, plan, runtimeDir, opts, log);
       jobStarted = true;
       checkpointCreated = plan.newCheckpoint !== null;
@@ -230,13 +299,27 @@ export async function backupDomain(
         readers.set(d.target, await opts.exports.openSocket(socket, exportName, bitmap));
       }
     } else {
+      if (method === 'snapshot') {
+        await clearStaleJob(client, dom, opts.killStaleJob ?? false, model.name, log);
+        overlays = await putOnOverlays(
+          client,
+          dom,
+          model,
+          plan.disks.map((d) => ({ target: d.target, base: d.disk.path! })),
+          opts.scratchDir ?? '/var/tmp',
+          { freeze: opts.freeze ?? true, freezeMountpoints: opts.freezeMountpoints ?? [] },
+          log,
+        );
+        log.info(`${model.name}: running on overlays in ${overlays.dir} while the base images are copied`);
+      }
+      // Shut off, or the bases under the overlays (read-only now): export the images themselves.
       for (const d of plan.disks) {
         const bitmap = d.read === 'incremental' ? plan.baseCheckpoint : null;
-        readers.set(
-          d.target,
-          await opts.exports.openImage(d.disk.path!, d.disk.format ?? 'raw', bitmap, runtimeDir),
-        );
+        const r = await opts.exports.openImage(d.disk.path!, d.disk.format ?? 'raw', bitmap, runtimeDir);
+        readers.set(d.target, r);
+        openReaders.add(r);
       }
+      if (method === 'snapshot') await testPause('snapshot-copy'); // test-only: guest writes, SIGKILL
     }
 
     const parentIndexes = new Map<string, Awaited<ReturnType<Repository['getIndex']>>>();
@@ -277,11 +360,18 @@ export async function backupDomain(
             log,
           );
         } finally {
+          openReaders.delete(reader);
           await reader.close().catch(() => {});
         }
       },
     );
     throwIfAborted(abort.signal);
+    if (overlays) {
+      // Merge the guest's writes back and pivot before anything else (the domain XML saved
+      // below must name the disks' own images, not the overlays).
+      overlays.committed = true; // tried once here; a failure says what is left
+      await commitOverlays(client, dom, model.name, overlays.disks, log);
+    }
 
     const files = await collectFiles(client, repo, dom, model, plan, active, log);
     const snapshot = await repo.putSnapshot({
@@ -308,7 +398,13 @@ export async function backupDomain(
       }
       log.info(`${model.name}: removed ${plan.deleteAfterSuccess.length} older vmvault checkpoint(s)`);
     }
-    return { domain: model.name, plan, snapshot, ...(estimateBytes !== undefined ? { estimateBytes } : {}) };
+    return {
+      domain: model.name,
+      method,
+      plan,
+      snapshot,
+      ...(estimateBytes !== undefined ? { estimateBytes } : {}),
+    };
   } catch (err) {
     // The NBD connection may drop before libvirt reports the domain gone: ask for up to 3 s.
     // (A failed read arrives as a SourceReadError naming the disk; its cause is the NBD error.)
@@ -325,10 +421,26 @@ export async function backupDomain(
         await sleep(100);
       }
     }
-    if (shutdownError) throw shutdownError;
-    throw err;
+    const failure: unknown = shutdownError ?? err;
+    if (overlays && !overlays.committed) {
+      // Never leave the domain on the overlays: stop the copy, close the exports, commit back.
+      abort.abort();
+      for (const r of openReaders) await r.close().catch(() => {});
+      openReaders.clear();
+      overlays.committed = true;
+      try {
+        await commitOverlays(client, dom, model.name, overlays.disks, log);
+      } catch (commitErr) {
+        log.warn(
+          `${model.name}: the backup failed: ${isVmvaultError(failure) ? failure.oneLine() : errorMessage(failure)}`,
+        );
+        throw commitErr;
+      }
+    }
+    throw failure;
   } finally {
     opts.signal?.removeEventListener('abort', onOuterAbort);
+    for (const r of openReaders) await r.close().catch(() => {});
     if (jobStarted) await client.abortJob(dom).catch(() => {});
     // A checkpoint whose backup did not complete must never become a base: delete it.
     if (checkpointCreated && !succeeded && plan.newCheckpoint) {
@@ -446,7 +558,35 @@ async function begin(
   name: string,
   log: Logger,
 ): Promise<void> {
-  // A job left by a killed run makes libvirt wait 30 s for its lock and then fail: look first.
+  await clearStaleJob(client, dom, killStale, name, log);
+  try {
+    await client.backupBegin(dom, backupXml, checkpointXml ?? null, flags);
+  } catch (err) {
+    const stale =
+      isLibvirtError(err) &&
+      (isOperationInvalid(err) ||
+        /cannot acquire state change lock|already (an )?active|another job/i.test(err.message));
+    throw new VmvaultError(
+      stale ? 'BACKUP_JOB_ACTIVE' : 'BACKUP_BEGIN_FAILED',
+      `libvirt refused to start the backup of '${name}': ${errorMessage(err)}`,
+      {
+        ...(stale
+          ? { hint: 'if no other backup is running, pass --kill-stale-job to abort the leftover job first' }
+          : {}),
+        cause: err,
+      },
+    );
+  }
+}
+
+/** A job left by a killed run makes libvirt wait 30 s for its lock and then fail: look first. */
+async function clearStaleJob(
+  client: LibvirtClient,
+  dom: DomainRef,
+  killStale: boolean,
+  name: string,
+  log: Logger,
+): Promise<void> {
   const job = await client.getJobInfo(dom).catch(() => undefined);
   if (job && job.typeCode !== 0) {
     if (!killStale) {
@@ -467,24 +607,6 @@ async function begin(
     ) {
       await new Promise((r) => setTimeout(r, 50));
     }
-  }
-  try {
-    await client.backupBegin(dom, backupXml, checkpointXml ?? null, flags);
-  } catch (err) {
-    const stale =
-      isLibvirtError(err) &&
-      (isOperationInvalid(err) ||
-        /cannot acquire state change lock|already (an )?active|another job/i.test(err.message));
-    throw new VmvaultError(
-      stale ? 'BACKUP_JOB_ACTIVE' : 'BACKUP_BEGIN_FAILED',
-      `libvirt refused to start the backup of '${name}': ${errorMessage(err)}`,
-      {
-        ...(stale
-          ? { hint: 'if no other backup is running, pass --kill-stale-job to abort the leftover job first' }
-          : {}),
-        cause: err,
-      },
-    );
   }
 }
 

@@ -30,6 +30,7 @@ import {
   remoteDomainEventCallbackLifecycleMsg,
   type CheckpointRef,
   type DomainRef,
+  type SnapshotRef,
   type ProcedureDescriptor,
 } from './protocol/remote.js';
 import { VIR_NET_TYPE, type Packet } from './rpc/packet.js';
@@ -99,6 +100,20 @@ export interface JobInfo {
   fileTotal: number;
   fileProcessed: number;
   fileRemaining: number;
+}
+
+/** virDomainBlockJobInfo of one disk; `null` from getBlockJobInfo when the disk has no job. */
+export interface BlockJobInfo {
+  /** VIR_DOMAIN_BLOCK_JOB_TYPE_* (4 = active commit). */
+  type: number;
+  bandwidth: number;
+  cur: number;
+  end: number;
+  /**
+   * cur == end > 0: libvirt reports this only once QEMU says the job is ready (for an active
+   * commit: ready to pivot); before that it keeps cur below end.
+   */
+  ready: boolean;
 }
 
 export interface SubscribeOptions {
@@ -359,6 +374,80 @@ export class LibvirtClient {
   async getJobStats(dom: DomainRef, flags = 0): Promise<JobStats> {
     const r = await this.call(P.DOMAIN_GET_JOB_STATS, { dom, flags });
     return { type: jobTypeName(r.type), typeCode: r.type, ...jobStatsFields(r.params) };
+  }
+
+  // ----- snapshots and block jobs ---------------------------------------------------------
+
+  /** flags are VIR_DOMAIN_SNAPSHOT_CREATE_* (DISK_ONLY, NO_METADATA, ATOMIC, QUIESCE, ...). */
+  async snapshotCreateXml(dom: DomainRef, xml: string, flags = 0): Promise<SnapshotRef> {
+    return (await this.call(P.DOMAIN_SNAPSHOT_CREATE_XML, { dom, xmlDesc: xml, flags })).snap;
+  }
+
+  /** flags are VIR_DOMAIN_SNAPSHOT_DELETE_* (CHILDREN, METADATA_ONLY, CHILDREN_ONLY). */
+  async snapshotDelete(snap: SnapshotRef, flags = 0): Promise<void> {
+    await this.call(P.DOMAIN_SNAPSHOT_DELETE, { snap, flags });
+  }
+
+  /**
+   * Starts a block commit on `disk` (target or path); base/top null = libvirt's defaults.
+   * flags are VIR_DOMAIN_BLOCK_COMMIT_* (ACTIVE, SHALLOW, ...); bandwidth 0 = unlimited.
+   */
+  async blockCommit(
+    dom: DomainRef,
+    disk: string,
+    opts: { base?: string | null; top?: string | null; bandwidth?: number; flags?: number } = {},
+  ): Promise<void> {
+    await this.call(P.DOMAIN_BLOCK_COMMIT, {
+      dom,
+      disk,
+      base: opts.base ?? null,
+      top: opts.top ?? null,
+      bandwidth: opts.bandwidth ?? 0,
+      flags: opts.flags ?? 0,
+    });
+  }
+
+  /** The block job on `disk`, or null when it has none. */
+  async getBlockJobInfo(dom: DomainRef, disk: string, flags = 0): Promise<BlockJobInfo | null> {
+    const r = await this.call(P.DOMAIN_GET_BLOCK_JOB_INFO, { dom, path: disk, flags });
+    if (r.found !== 1) return null;
+    return {
+      type: r.type,
+      bandwidth: r.bandwidth,
+      cur: r.cur,
+      end: r.end,
+      ready: r.end > 0 && r.cur === r.end,
+    };
+  }
+
+  /** Ends the block job on `disk`; flags are VIR_DOMAIN_BLOCK_JOB_ABORT_* (PIVOT, ASYNC). */
+  async blockJobAbort(dom: DomainRef, disk: string, flags = 0): Promise<void> {
+    await this.call(P.DOMAIN_BLOCK_JOB_ABORT, { dom, path: disk, flags });
+  }
+
+  /** The host capabilities XML (virConnectGetCapabilities). */
+  async getCapabilities(): Promise<string> {
+    return (await this.call(P.CONNECT_GET_CAPABILITIES, undefined)).capabilities;
+  }
+
+  /** Domain capabilities XML (virConnectGetDomainCapabilities); null values = libvirt's defaults. */
+  async getDomainCapabilities(
+    opts: {
+      emulatorbin?: string | null;
+      arch?: string | null;
+      machine?: string | null;
+      virttype?: string | null;
+    } = {},
+  ): Promise<string> {
+    return (
+      await this.call(P.CONNECT_GET_DOMAIN_CAPABILITIES, {
+        emulatorbin: opts.emulatorbin ?? null,
+        arch: opts.arch ?? null,
+        machine: opts.machine ?? null,
+        virttype: opts.virttype ?? null,
+        flags: 0,
+      })
+    ).capabilities;
   }
 
   // ----- checkpoints -----------------------------------------------------------------------

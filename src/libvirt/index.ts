@@ -10,6 +10,7 @@ export {
   type DomainStateInfo,
   type DomainInfo,
   type JobInfo,
+  type BlockJobInfo,
   type SubscribeOptions,
 } from './client.js';
 export {
@@ -49,7 +50,13 @@ export {
   type VirErrorCodeName,
 } from './protocol/error-names.js';
 export * from './protocol/constants.js';
-export type { DomainRef, CheckpointRef, TypedParam, TypedParamValue } from './protocol/remote.js';
+export type {
+  DomainRef,
+  CheckpointRef,
+  SnapshotRef,
+  TypedParam,
+  TypedParamValue,
+} from './protocol/remote.js';
 export {
   parseLibvirtUri,
   localSocketPath,
@@ -82,4 +89,11 @@ export {
   type BackupDiskInfo,
   type CheckpointInfo,
 } from './backup-xml.js';
+export {
+  buildDiskSnapshotXml,
+  domainCapsBackupSupport,
+  hasIncrementalBackupCapability,
+  type SnapshotDiskSpec,
+  type DiskSnapshotSpec,
+} from './snapshot-xml.js';
 export { escapeXml, LibvirtXmlError } from './xml-util.js';

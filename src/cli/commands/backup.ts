@@ -13,9 +13,11 @@ import {
 } from '../../util/index.js';
 import {
   BACKUP_LEVELS,
+  BACKUP_METHODS,
   backupDomain,
   nbdExports,
   type BackupLevel,
+  type BackupMethod,
   type VmBackupResult,
 } from '../../backup/index.js';
 import { LibvirtClient, parseLibvirtUri, VIR_CONNECT_LIST_DOMAINS } from '../../libvirt/index.js';
@@ -29,6 +31,7 @@ interface BackupFlags {
   domain?: string[];
   all?: boolean;
   level: BackupLevel;
+  method: BackupMethod;
   connect: string;
   include?: string[];
   exclude?: string[];
@@ -54,6 +57,14 @@ export function backupCommand(): Command {
         .choices(BACKUP_LEVELS)
         .default('auto'),
     )
+    .addOption(
+      new Option(
+        '--method <method>',
+        'running domains: auto (the backup API, else snapshot), pull (backup API job) or snapshot (overlay, copy, block commit; copy only)',
+      )
+        .choices(BACKUP_METHODS)
+        .default('auto'),
+    )
     .option(
       '-c, --connect <uri>',
       'libvirt connection URI',
@@ -71,7 +82,10 @@ export function backupCommand(): Command {
     .option('--estimate', 'print how much changed since the last checkpoint and exit')
     .option('--threshold <bytes>', 'skip the backup when less than this changed')
     .option('-w, --workers <n>', 'disks read in parallel', '1')
-    .option('--kill-stale-job', 'abort a leftover backup job of the domain first')
+    .option(
+      '--kill-stale-job',
+      "abort a leftover backup job of the domain (or commit a killed run's overlays) first",
+    )
     .option('--tag <tag>', 'tag for the snapshot (repeatable)', commaList)
     .option('--scratchdir <dir>', 'where the NBD socket and scratch files go', '/var/tmp')
     .option('--json', 'print a JSON summary')
@@ -85,6 +99,11 @@ export function backupCommand(): Command {
       const workers = Number(opts.workers);
       if (!Number.isInteger(workers) || workers < 1)
         throw new UsageError(`invalid --workers '${opts.workers}'`, 'use a whole number from 1');
+      if (opts.method === 'snapshot' && ['full', 'inc', 'diff'].includes(opts.level))
+        throw new UsageError(
+          `-l ${opts.level} needs checkpoints, which --method snapshot cannot create (copy backups only)`,
+          'use -l copy (or -l auto) with --method snapshot, or --method pull',
+        );
       const threshold = opts.threshold === undefined ? undefined : parseSize(opts.threshold, 'threshold');
       const log = loggerFor(cmd);
       const quiet = (globals(cmd).quiet ?? false) || opts.json === true;
@@ -114,6 +133,7 @@ export function backupCommand(): Command {
               const r = await backupDomain(client, repo, {
                 domain,
                 level: opts.level,
+                method: opts.method,
                 include: opts.include ?? [],
                 exclude: opts.exclude ?? [],
                 raw: opts.raw ?? false,
@@ -160,7 +180,7 @@ export function backupCommand(): Command {
 function report(r: VmBackupResult): void {
   if (r.snapshot) {
     process.stdout.write(
-      `${r.domain}: ${r.plan.mode} backup${r.plan.baseCheckpoint ? ` since ${r.plan.baseCheckpoint}` : ''}${r.plan.newCheckpoint ? `, new checkpoint ${r.plan.newCheckpoint}` : ''}\n`,
+      `${r.domain}: ${r.plan.mode} backup${r.method === 'snapshot' ? ' (external snapshot, block commit)' : ''}${r.plan.baseCheckpoint ? ` since ${r.plan.baseCheckpoint}` : ''}${r.plan.newCheckpoint ? `, new checkpoint ${r.plan.newCheckpoint}` : ''}\n`,
     );
     printSummary(r.snapshot);
   } else if (r.skippedReason) process.stdout.write(`${r.domain}: ${r.skippedReason}\n`);
@@ -184,6 +204,7 @@ function jsonResult(r: VmBackupResult | { domain: string; error: Error }): Recor
     };
   return {
     domain: r.domain,
+    method: r.method,
     mode: r.plan.mode,
     baseCheckpoint: r.plan.baseCheckpoint,
     checkpoint: r.plan.newCheckpoint,

@@ -49,6 +49,7 @@ export const REMOTE_PROC = {
   REMOTE_PROC_CONNECT_OPEN: 1,
   REMOTE_PROC_CONNECT_CLOSE: 2,
   REMOTE_PROC_CONNECT_GET_VERSION: 4,
+  REMOTE_PROC_CONNECT_GET_CAPABILITIES: 7,
   REMOTE_PROC_DOMAIN_CREATE: 9,
   REMOTE_PROC_DOMAIN_DEFINE_XML: 11,
   REMOTE_PROC_DOMAIN_DESTROY: 12,
@@ -66,11 +67,16 @@ export const REMOTE_PROC = {
   REMOTE_PROC_DOMAIN_DETACH_DEVICE_FLAGS: 161,
   REMOTE_PROC_DOMAIN_GET_JOB_INFO: 163,
   REMOTE_PROC_DOMAIN_ABORT_JOB: 164,
+  REMOTE_PROC_DOMAIN_SNAPSHOT_CREATE_XML: 185,
+  REMOTE_PROC_DOMAIN_SNAPSHOT_DELETE: 193,
   REMOTE_PROC_DOMAIN_CREATE_WITH_FLAGS: 196,
   REMOTE_PROC_DOMAIN_GET_STATE: 212,
   REMOTE_PROC_DOMAIN_UNDEFINE_FLAGS: 231,
   REMOTE_PROC_DOMAIN_DESTROY_FLAGS: 234,
+  REMOTE_PROC_DOMAIN_BLOCK_JOB_ABORT: 237,
+  REMOTE_PROC_DOMAIN_GET_BLOCK_JOB_INFO: 238,
   REMOTE_PROC_CONNECT_LIST_ALL_DOMAINS: 273,
+  REMOTE_PROC_DOMAIN_BLOCK_COMMIT: 290,
   REMOTE_PROC_DOMAIN_GET_JOB_STATS: 298,
   REMOTE_PROC_CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY: 316,
   REMOTE_PROC_CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY: 317,
@@ -78,6 +84,7 @@ export const REMOTE_PROC = {
   REMOTE_PROC_DOMAIN_FSFREEZE: 335,
   REMOTE_PROC_DOMAIN_FSTHAW: 336,
   REMOTE_PROC_DOMAIN_GET_TIME: 337,
+  REMOTE_PROC_CONNECT_GET_DOMAIN_CAPABILITIES: 342,
   REMOTE_PROC_DOMAIN_DEFINE_XML_FLAGS: 350,
   REMOTE_PROC_DOMAIN_EVENT_CALLBACK_JOB_COMPLETED: 363,
   REMOTE_PROC_DOMAIN_CHECKPOINT_CREATE_XML: 411,
@@ -149,6 +156,17 @@ export const remoteDomain = xdrOptional(remoteNonnullDomain);
 
 export const remoteNonnullDomainCheckpoint: Codec<CheckpointRef> = xdrStruct<CheckpointRef>(
   'remote_nonnull_domain_checkpoint',
+  { name: remoteNonnullString, domain: remoteNonnullDomain },
+);
+
+/** `remote_nonnull_domain_snapshot`. */
+export interface SnapshotRef {
+  name: string;
+  domain: DomainRef;
+}
+
+export const remoteNonnullDomainSnapshot: Codec<SnapshotRef> = xdrStruct<SnapshotRef>(
+  'remote_nonnull_domain_snapshot',
   { name: remoteNonnullString, domain: remoteNonnullDomain },
 );
 
@@ -519,6 +537,87 @@ export const PROCEDURES = {
     xdrStruct<{ parent: CheckpointRef }>('remote_domain_checkpoint_get_parent_ret', { parent: chk }),
   ),
   DOMAIN_CHECKPOINT_DELETE: remote('REMOTE_PROC_DOMAIN_CHECKPOINT_DELETE', chkFlagsArgs, xdrVoid),
+  CONNECT_GET_CAPABILITIES: remote(
+    'REMOTE_PROC_CONNECT_GET_CAPABILITIES',
+    xdrVoid,
+    xdrStruct<{ capabilities: string }>('remote_connect_get_capabilities_ret', { capabilities: str }),
+  ),
+  CONNECT_GET_DOMAIN_CAPABILITIES: remote(
+    'REMOTE_PROC_CONNECT_GET_DOMAIN_CAPABILITIES',
+    xdrStruct<{
+      emulatorbin: string | null;
+      arch: string | null;
+      machine: string | null;
+      virttype: string | null;
+      flags: number;
+    }>('remote_connect_get_domain_capabilities_args', {
+      emulatorbin: remoteString,
+      arch: remoteString,
+      machine: remoteString,
+      virttype: remoteString,
+      flags: xdrUint,
+    }),
+    xdrStruct<{ capabilities: string }>('remote_connect_get_domain_capabilities_ret', { capabilities: str }),
+  ),
+  DOMAIN_SNAPSHOT_CREATE_XML: remote(
+    'REMOTE_PROC_DOMAIN_SNAPSHOT_CREATE_XML',
+    xdrStruct<{ dom: DomainRef; xmlDesc: string; flags: number }>('remote_domain_snapshot_create_xml_args', {
+      dom,
+      xmlDesc: str,
+      flags: xdrUint,
+    }),
+    xdrStruct<{ snap: SnapshotRef }>('remote_domain_snapshot_create_xml_ret', {
+      snap: remoteNonnullDomainSnapshot,
+    }),
+  ),
+  DOMAIN_SNAPSHOT_DELETE: remote(
+    'REMOTE_PROC_DOMAIN_SNAPSHOT_DELETE',
+    xdrStruct<{ snap: SnapshotRef; flags: number }>('remote_domain_snapshot_delete_args', {
+      snap: remoteNonnullDomainSnapshot,
+      flags: xdrUint,
+    }),
+    xdrVoid,
+  ),
+  DOMAIN_BLOCK_COMMIT: remote(
+    'REMOTE_PROC_DOMAIN_BLOCK_COMMIT',
+    xdrStruct<{
+      dom: DomainRef;
+      disk: string;
+      base: string | null;
+      top: string | null;
+      bandwidth: number;
+      flags: number;
+    }>('remote_domain_block_commit_args', {
+      dom,
+      disk: str,
+      base: remoteString,
+      top: remoteString,
+      bandwidth: xdrUhyper,
+      flags: xdrUint,
+    }),
+    xdrVoid,
+  ),
+  DOMAIN_BLOCK_JOB_ABORT: remote(
+    'REMOTE_PROC_DOMAIN_BLOCK_JOB_ABORT',
+    xdrStruct<{ dom: DomainRef; path: string; flags: number }>('remote_domain_block_job_abort_args', {
+      dom,
+      path: str,
+      flags: xdrUint,
+    }),
+    xdrVoid,
+  ),
+  DOMAIN_GET_BLOCK_JOB_INFO: remote(
+    'REMOTE_PROC_DOMAIN_GET_BLOCK_JOB_INFO',
+    xdrStruct<{ dom: DomainRef; path: string; flags: number }>('remote_domain_get_block_job_info_args', {
+      dom,
+      path: str,
+      flags: xdrUint,
+    }),
+    xdrStruct<{ found: number; type: number; bandwidth: number; cur: number; end: number }>(
+      'remote_domain_get_block_job_info_ret',
+      { found: xdrInt, type: xdrInt, bandwidth: xdrUhyper, cur: xdrUhyper, end: xdrUhyper },
+    ),
+  ),
   DOMAIN_FSFREEZE: remote(
     'REMOTE_PROC_DOMAIN_FSFREEZE',
     xdrStruct<{ dom: DomainRef; mountpoints: string[]; flags: number }>('remote_domain_fsfreeze_args', {
