@@ -138,7 +138,14 @@ export {
   type CheckRecord,
   type CheckRecordRead,
 } from './check-record.js';
-export { repoStats, type RepoStats, type StatsOptions } from './stats.js';
+export {
+  repoStats,
+  type GrowthPoint,
+  type RepoStats,
+  type RepoStatsDetail,
+  type StatsOptions,
+  type VmStats,
+} from './stats.js';
 export {
   MAX_PACK_BYTES,
   MAX_PACK_RECORDS,
