@@ -12,6 +12,7 @@ import {
   type SnapshotDamagedError,
 } from '../repo/index.js';
 import { readPassword } from './password.js';
+import { logLine, recordSummary } from './events.js';
 
 export interface GlobalOptions {
   debug?: boolean;
@@ -21,6 +22,12 @@ export interface GlobalOptions {
   s3Connections?: number;
   limitUpload?: number;
   limitDownload?: number;
+  /** Reports on the run (after-run.ts, docs/cli.md "Logs, notifications and metrics"). */
+  logFile?: string;
+  jsonProgress?: boolean;
+  notifyCommand?: string;
+  notifyTimeout?: number;
+  metricsFile?: string;
 }
 
 /** Test-only (docs/cli.md): scrypt N of new key slots, e.g. 16384, so that CLI tests run fast. */
@@ -50,9 +57,31 @@ export function globals(cmd: Command): GlobalOptions {
   return cmd.optsWithGlobals<GlobalOptions>();
 }
 
+/**
+ * The command's logger: stderr (info silenced by --quiet, and by --json: stdout is the summary),
+ * and every info and warning line also into the --log-file.
+ */
 export function loggerFor(cmd: Command): Logger {
   const g = globals(cmd);
-  return stderrLogger({ debug: g.debug ?? false, quiet: g.quiet ?? false });
+  const json = cmd.opts<{ json?: boolean }>().json === true;
+  const out = stderrLogger({ debug: g.debug ?? false, quiet: (g.quiet ?? false) || json });
+  return {
+    debug: out.debug,
+    info: (m) => {
+      logLine(m);
+      out.info(m);
+    },
+    warn: (m) => {
+      logLine(`warning: ${m}`);
+      out.warn(m);
+    },
+  };
+}
+
+/** A warning line on stderr and in the --log-file. */
+export function warnLine(m: string): void {
+  logLine(`warning: ${m}`);
+  process.stderr.write(`warning: ${printable(m, 400)}\n`);
 }
 
 /** How a command uses the repository: `read` commands open it through the read-only wrapper. */
@@ -67,7 +96,7 @@ function keyCacheOption(): { kekCache?: KekCache } {
   const dir = process.env.VMVAULT_KEY_CACHE;
   if (dir === undefined || dir === '') return {};
   return {
-    kekCache: dirKekCache(resolve(dir), (m) => process.stderr.write(`warning: ${printable(m, 400)}\n`)),
+    kekCache: dirKekCache(resolve(dir), (m) => warnLine(m)),
   };
 }
 
@@ -83,10 +112,7 @@ export async function openRepo(
       onDamagedSnapshot: warnDamagedSnapshot,
       password:
         opts.password ?? (() => readPassword({ passwordFile: opts.passwordFile ?? globalPasswordFile() })),
-      onDamagedKeySlot: (d) =>
-        process.stderr.write(
-          `warning: ${printable(`key slot ${d.name} is damaged (skipped): ${d.reason}`, 400)}\n`,
-        ),
+      onDamagedKeySlot: (d) => warnLine(`key slot ${d.name} is damaged (skipped): ${d.reason}`),
       ...keyCacheOption(),
     },
     backend,
@@ -182,7 +208,7 @@ function globalPasswordFile(): string | undefined {
  * The error's message names the snapshot by short id, its hint how to remove it.
  */
 export function warnDamagedSnapshot(err: SnapshotDamagedError): void {
-  process.stderr.write(`warning: ${printable(`${err.message} (skipped); ${err.hint ?? ''}`, 400)}\n`);
+  warnLine(`${err.message} (skipped); ${err.hint ?? ''}`);
 }
 
 /** Runs `fn` with an open repository and always closes it. */
@@ -205,6 +231,22 @@ export async function withRepo<T>(
  * stays an array, and the counts go to stderr as one line `{"message_type":"summary","s3":…}`.
  */
 export function printJson(value: unknown): void {
+  const { out, spoke, s3 } = withS3Counts(value);
+  const isObject = typeof value === 'object' && value !== null && !Array.isArray(value);
+  recordSummary(out);
+  process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+  if (spoke && !isObject) process.stderr.write(`${JSON.stringify({ message_type: 'summary', s3 })}\n`);
+}
+
+/**
+ * A command's JSON summary when --json was not given: kept (not printed) for --notify-command,
+ * --metrics-file and --log-file, the same object --json would print.
+ */
+export function keepSummary(value: unknown): void {
+  recordSummary(withS3Counts(value).out);
+}
+
+function withS3Counts(value: unknown): { out: unknown; spoke: boolean; s3: Record<string, unknown> } {
   const c = s3RequestCounts();
   const spoke = c.PUT + c.GET + c.HEAD + c.LIST + c.DELETE > 0;
   const s3 = {
@@ -213,7 +255,5 @@ export function printJson(value: unknown): void {
     bytesDown: c.bytesDown,
   };
   const isObject = typeof value === 'object' && value !== null && !Array.isArray(value);
-  const out = spoke && isObject ? { ...value, s3 } : value;
-  process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
-  if (spoke && !isObject) process.stderr.write(`${JSON.stringify({ message_type: 'summary', s3 })}\n`);
+  return { out: spoke && isObject ? { ...value, s3 } : value, spoke, s3 };
 }

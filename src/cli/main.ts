@@ -18,9 +18,12 @@ import { showCommand } from './commands/show.js';
 import { snapshotsCommand } from './commands/snapshots.js';
 import { statsCommand } from './commands/stats.js';
 import { installSignalHandlers, isInterruptNormalEnd, rootAbort } from './signals.js';
+import { beginRun, finishRun } from './after-run.js';
+import { recordError } from './events.js';
 import {
   globals,
   positiveInt,
+  type GlobalOptions,
   setCommandName,
   setGlobalPasswordFile,
   setGlobalS3Options,
@@ -52,16 +55,32 @@ export function buildProgram(): Command {
       'limit downloads from S3 to this rate',
       positiveInt('--limit-download', 2 ** 30),
     )
+    .option(
+      '--log-file <file>',
+      'append one timestamped line per event (progress, warnings, the end) to FILE',
+    )
+    .option('--json-progress', 'with --json: progress events as JSON lines on stderr')
+    .option(
+      '--notify-command <cmd>',
+      'after the command, run CMD (sh -c) with its JSON summary on stdin and VMVAULT_OUTCOME etc. set',
+    )
+    .option(
+      '--notify-timeout <seconds>',
+      'stop the notify command after this long (default 60)',
+      positiveInt('--notify-timeout', 86400),
+    )
+    .option('--metrics-file <file>', 'write Prometheus metrics of the run to FILE (textfile collector)')
     .addHelpText('after', EXIT_CODES_HELP)
     // openRepo has no command object: hand it the global options before each action.
     .hook('preAction', (_program, action) => {
       const g = globals(action);
       setGlobalPasswordFile(g.passwordFile);
-      setCommandName(
+      const name =
         action.parent && action.parent !== _program
           ? `${action.parent.name()} ${action.name()}`
-          : action.name(),
-      );
+          : action.name();
+      setCommandName(name);
+      startRunReports(name, action, g);
       setGlobalS3Options({
         ...(g.s3Connections === undefined ? {} : { s3Connections: g.s3Connections }),
         ...(g.limitUpload === undefined ? {} : { limitUploadKiBs: g.limitUpload }),
@@ -108,6 +127,42 @@ export function buildProgram(): Command {
   return program;
 }
 
+/**
+ * The run's reports (after-run.ts): the log file opens now, the metrics and the notify command
+ * come after the exit code. Backups name their VMs (-d, --vm) so that a failed run still has
+ * series per VM.
+ */
+function startRunReports(name: string, action: Command, g: GlobalOptions): void {
+  const a = action.opts<{ json?: boolean; repo?: string; vm?: unknown; domain?: unknown }>();
+  if (g.jsonProgress && a.json !== true)
+    throw new UsageError('--json-progress needs --json', `add --json ('vmvault ${name} --json ...')`);
+  const vms =
+    name === 'backup-image' && typeof a.vm === 'string'
+      ? [a.vm]
+      : name === 'backup' && Array.isArray(a.domain)
+        ? a.domain.filter((d): d is string => typeof d === 'string')
+        : [];
+  try {
+    beginRun({
+      command: name,
+      ...(typeof a.repo === 'string' && a.repo !== '' ? { repo: a.repo } : {}),
+      vms,
+      options: {
+        ...(g.logFile === undefined ? {} : { logFile: g.logFile }),
+        ...(g.jsonProgress ? { jsonProgress: true } : {}),
+        ...(g.notifyCommand === undefined ? {} : { notifyCommand: g.notifyCommand }),
+        ...(g.notifyTimeout === undefined ? {} : { notifyTimeout: g.notifyTimeout }),
+        ...(g.metricsFile === undefined ? {} : { metricsFile: g.metricsFile }),
+      },
+    });
+  } catch (err) {
+    throw new UsageError(
+      `cannot open the log file ${printable(g.logFile ?? '', 200)}: ${(err as Error).message}`,
+      'give --log-file a file in a directory that exists and that vmvault may write',
+    );
+  }
+}
+
 const HELP_CODES = new Set(['commander.helpDisplayed', 'commander.version', 'commander.help']);
 
 /**
@@ -151,6 +206,8 @@ export async function main(argv: string[]): Promise<void> {
   if (code === ExitCode.OK && rootAbort.signal.aborted && !isInterruptNormalEnd())
     code = report(rootAbort.signal.reason, debug, json);
   process.exitCode = code;
+  // Metrics and the notify command: after the exit code is known, never changing it.
+  await finishRun(code);
 }
 
 /** The single place that turns errors into one line on stderr and an exit code. */
@@ -171,6 +228,7 @@ function report(err: unknown, debug: boolean, json: boolean): number {
   }
   if (err instanceof CancelledError) message = err.message;
   process.stderr.write(`vmvault: ${message}\n`);
+  recordError({ message_type: 'exit_error', code: errCode, exit_code: code, message });
   if (debug && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
   if (debug && err instanceof Error && err.cause instanceof Error && err.cause.stack)
     process.stderr.write(`caused by: ${err.cause.stack}\n`);

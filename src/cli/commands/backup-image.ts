@@ -2,7 +2,7 @@ import { Command } from 'commander';
 import { formatBytes, parseIsoTime, printable } from '../../util/index.js';
 import { backupImages, parseImageSpecs } from '../../backup/index.js';
 import { shortId, type Snapshot } from '../../repo/index.js';
-import { commaList, loggerFor, printJson, repoOption, withRepo, globals } from '../context.js';
+import { commaList, keepSummary, loggerFor, printJson, repoOption, withRepo, globals } from '../context.js';
 import { makeProgress } from '../progress-tty.js';
 import { rootAbort } from '../signals.js';
 
@@ -32,14 +32,17 @@ export function backupImageCommand(): Command {
             images,
             tags: opts.tag ?? [],
             ...(time === undefined ? {} : { time }),
-            logger: opts.json ? { ...log, info() {} } : log,
+            logger: log,
             progressFor: (t) =>
               makeProgress(`${opts.vm}/${t}`, process.stderr, quiet || opts.json === true, { reads: true }),
             signal: rootAbort.signal,
           }),
         );
         if (opts.json) printJson(summary(snap));
-        else printSummary(snap);
+        else {
+          keepSummary(summary(snap));
+          printSummary(snap);
+        }
       },
     );
 }

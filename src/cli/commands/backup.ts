@@ -22,7 +22,7 @@ import {
 } from '../../backup/index.js';
 import { LibvirtClient, parseLibvirtUri, VIR_CONNECT_LIST_DOMAINS } from '../../libvirt/index.js';
 import { shortId } from '../../repo/index.js';
-import { commaList, globals, loggerFor, printJson, repoOption, withRepo } from '../context.js';
+import { commaList, globals, keepSummary, loggerFor, printJson, repoOption, withRepo } from '../context.js';
 import { makeProgress } from '../progress-tty.js';
 import { rootAbort } from '../signals.js';
 import { printSummary } from './backup-image.js';
@@ -147,7 +147,7 @@ export function backupCommand(): Command {
                 tags: opts.tag ?? [],
                 ...(opts.scratchdir ? { scratchDir: opts.scratchdir } : {}),
                 exports: nbdExports(),
-                logger: opts.json ? { ...log, info() {} } : log,
+                logger: log,
                 progressFor: (t) => makeProgress(`${domain}/${t}`, process.stderr, quiet, { reads: true }),
                 signal: rootAbort.signal,
               });
@@ -166,6 +166,7 @@ export function backupCommand(): Command {
         await client.close();
       }
       if (opts.json) printJson(results.map(jsonResult));
+      else keepSummary(results.map(jsonResult));
       const failed = results.filter((r) => 'error' in r);
       if (failed.length) {
         throw new VmvaultError(

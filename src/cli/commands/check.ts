@@ -17,7 +17,16 @@ import {
   type CheckResult,
 } from '../../repo/index.js';
 import { checkStatePath, readCheckCursors, writeCheckCursor } from '../check-state.js';
-import { globals, openBackendFor, printJson, repoOption, withRepo } from '../context.js';
+import {
+  globals,
+  keepSummary,
+  openBackendFor,
+  printJson,
+  repoOption,
+  warnLine,
+  withRepo,
+} from '../context.js';
+import { progressEventsWanted } from '../events.js';
 import { makeProgress } from '../progress-tty.js';
 import { rootAbort } from '../signals.js';
 
@@ -73,7 +82,7 @@ export function checkCommand(): Command {
         const rotating = maxTimeMs !== undefined || (subset !== undefined && 'percent' in subset);
         // One cursor per selection: a part K/N with --max-time rotates within that part.
         const selection = subset !== undefined && !('percent' in subset) ? formatDataSubset(subset) : 'all';
-        const warn = (m: string): void => void process.stderr.write(`warning: ${printable(m, 400)}\n`);
+        const warn = (m: string): void => warnLine(m);
         const quiet = (globals(cmd).quiet ?? false) || opts.json === true;
         // A redrawn progress line on a TTY; nothing at all otherwise (the summary says it all).
         const tty = process.stderr.isTTY === true && !quiet;
@@ -91,8 +100,9 @@ export function checkCommand(): Command {
               ...(subset !== undefined ? { subset } : {}),
               ...(maxTimeMs !== undefined ? { maxTimeMs } : {}),
               ...(startAfter !== undefined ? { startAfter } : {}),
-              ...(tty
-                ? { progressFor: (phase: string) => makeProgress(`check ${phase}`, process.stderr, false) }
+              // Progress events (--log-file, --json-progress) also without a TTY.
+              ...(tty || progressEventsWanted()
+                ? { progressFor: (phase: string) => makeProgress(`check ${phase}`, process.stderr, !tty) }
                 : {}),
               signal: rootAbort.signal,
             });
@@ -128,7 +138,10 @@ export function checkCommand(): Command {
           opts.repair ? 'write' : 'read',
         );
         if (opts.json) printJson(jsonSummary(result));
-        else process.stdout.write(textSummary(result));
+        else {
+          keepSummary(jsonSummary(result));
+          process.stdout.write(textSummary(result));
+        }
         const failure = checkFailure(result);
         if (failure) throw failure;
       },

@@ -1,7 +1,8 @@
 import { Command } from 'commander';
 import { formatBytes, parseTimeSpan, printable, UsageError } from '../../util/index.js';
 import { prune, type PrunePhase, type PruneResult, type Repository } from '../../repo/index.js';
-import { printJson, repoOption, testSessionTtlMs, withRepo } from '../context.js';
+import { keepSummary, printJson, repoOption, testSessionTtlMs, warnLine, withRepo } from '../context.js';
+import { progressEventsWanted } from '../events.js';
 import { makeProgress } from '../progress-tty.js';
 import { rootAbort } from '../signals.js';
 
@@ -48,12 +49,13 @@ export async function runPrune(repo: Repository, o: PruneCliOptions): Promise<Pr
     graceMs: parseGrace(o.grace),
     ...(testSessionTtlMs() !== undefined ? { expiredAfterMs: testSessionTtlMs()! } : {}),
     signal: rootAbort.signal,
-    ...(tty
+    // Progress events (--log-file, --json-progress) also without a TTY.
+    ...(tty || progressEventsWanted()
       ? {
           progress: (phase: PrunePhase, done: number, total: number) => {
             if (!current || current.phase !== phase) {
               current?.p.done();
-              const p = makeProgress(PHASE_LABEL[phase] ?? `prune: ${phase}`, process.stderr, false);
+              const p = makeProgress(PHASE_LABEL[phase] ?? `prune: ${phase}`, process.stderr, !tty);
               p.start(PHASE_LABEL[phase] ?? phase, total);
               current = { phase, p, at: 0 };
             }
@@ -89,7 +91,7 @@ export function pruneJson(r: PruneResult): Record<string, unknown> {
 
 export function printPruneSummary(r: PruneResult): void {
   const out = process.stdout;
-  for (const w of r.warnings) process.stderr.write(`warning: ${printable(w, 400)}\n`);
+  for (const w of r.warnings) warnLine(w);
   if (r.mark) {
     const m = r.mark;
     out.write(
@@ -170,6 +172,7 @@ export function pruneCommand(): Command {
       parseGrace(o.grace);
       const r = await withRepo(o, (repo) => runPrune(repo, o), o.dryRun ? 'read' : 'write');
       if (o.json) return printJson(pruneJson(r));
+      keepSummary(pruneJson(r));
       printPruneSummary(r);
     });
 }

@@ -9,7 +9,7 @@ import {
 } from '../../restore/index.js';
 import { LibvirtClient } from '../../libvirt/index.js';
 import { shortId } from '../../repo/index.js';
-import { globals, loggerFor, printJson, repoOption, withRepo } from '../context.js';
+import { globals, keepSummary, loggerFor, printJson, repoOption, withRepo } from '../context.js';
 import { makeProgress } from '../progress-tty.js';
 import { rootAbort } from '../signals.js';
 
@@ -103,6 +103,7 @@ export function restoreCommand(): Command {
           await client.close();
         }
       }
+      if (!opts.json) keepSummary(jsonSummary(result, defined));
       if (opts.json) printJson(jsonSummary(result, defined));
       else if (!quiet) {
         for (const t of result.removedTemps) log.info(`removed ${t}, left by an interrupted restore`);

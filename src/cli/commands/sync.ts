@@ -15,7 +15,8 @@ import {
   type Snapshot,
   type SyncResult,
 } from '../../repo/index.js';
-import { commaList, openRepo, printJson, repoOption } from '../context.js';
+import { commaList, keepSummary, openRepo, printJson, repoOption } from '../context.js';
+import { progressEventsWanted } from '../events.js';
 import { readOtherPassword } from '../password.js';
 import { makeProgress } from '../progress-tty.js';
 import { rootAbort } from '../signals.js';
@@ -109,11 +110,13 @@ export function syncCommand(): Command {
         });
         const tty = process.stderr.isTTY === true && !o.json;
         let snapshot = { at: 0, of: 0 };
-        const bar = tty
-          ? makeProgress('sync', process.stderr, false, {
-              status: () => (snapshot.of > 0 ? `snapshot ${snapshot.at}/${snapshot.of}` : ''),
-            })
-          : undefined;
+        // Progress events (--log-file, --json-progress) also without a TTY.
+        const bar =
+          tty || progressEventsWanted()
+            ? makeProgress('sync', process.stderr, !tty, {
+                status: () => (snapshot.of > 0 ? `snapshot ${snapshot.at}/${snapshot.of}` : ''),
+              })
+            : undefined;
         let started = false;
         let shown = 0;
         const testKillAfter = Number(process.env.VMVAULT_TEST_SYNC_KILL_AFTER_CHUNKS ?? NaN);
@@ -144,7 +147,10 @@ export function syncCommand(): Command {
             : {}),
         }).finally(() => bar?.done());
         if (o.json) printJson(r);
-        else printSummary(r, dst.location);
+        else {
+          keepSummary(r);
+          printSummary(r, dst.location);
+        }
         if (r.snapshots.failed > 0) {
           for (const f of r.failed) process.stderr.write(`error: ${printable(f.error, 600)}\n`);
           throw new VmvaultError(
