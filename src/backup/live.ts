@@ -2,6 +2,7 @@ import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import {
   errorMessage,
+  exec,
   ExitCode,
   isVmvaultError,
   mapLimit,
@@ -125,8 +126,12 @@ export interface VmBackupResult {
   method: 'pull' | 'snapshot' | 'offline';
   plan: BackupPlan;
   snapshot: Snapshot | null;
-  /** Changed bytes since the base checkpoint, when libvirt could tell (estimate / threshold). */
+  /**
+   * What the backup reads (estimate / threshold): `changed` bytes since the base checkpoint (from
+   * libvirt, or a shut-off disk's persistent bitmap), or the `allocated` data a full or copy reads.
+   */
   estimateBytes?: number;
+  estimateKind?: 'changed' | 'allocated';
   skippedReason?: string;
 }
 
@@ -228,28 +233,35 @@ export async function backupDomain(
   for (const s of plan.redefine) await redefineCheckpoint(client, repo, dom, s, log);
 
   // Estimate / threshold: libvirt reports the dirty size of the base checkpoint.
+  // A first full, a copy and a shut-off domain have no checkpoint size: the estimate is what the
+  // backup would read (the allocated data, or the persistent bitmap's dirty bytes), measured.
   let estimateBytes: number | undefined;
+  let estimateKind: 'changed' | 'allocated' | undefined;
   if (opts.estimate || opts.thresholdBytes !== undefined) {
     if (plan.baseCheckpoint && active) {
       estimateBytes = await checkpointDirtyBytes(client, dom, plan.baseCheckpoint, plan.disks);
+      if (estimateBytes !== undefined) estimateKind = 'changed';
     }
-    if (opts.estimate)
-      return {
-        domain: model.name,
-        method,
-        plan,
-        snapshot: null,
-        ...(estimateBytes !== undefined ? { estimateBytes } : {}),
-      };
+    if (estimateBytes === undefined) {
+      const m = await measuredEstimate(plan, active, opts, log, model.name);
+      if (m) ({ bytes: estimateBytes, kind: estimateKind } = m);
+    }
+    const est = estimateBytes !== undefined && estimateKind ? { estimateBytes, estimateKind } : {};
+    if (opts.estimate) return { domain: model.name, method, plan, snapshot: null, ...est };
     if (
       estimateBytes !== undefined &&
       opts.thresholdBytes !== undefined &&
       estimateBytes < opts.thresholdBytes
     ) {
-      const reason = `${estimateBytes} bytes changed, less than the threshold of ${opts.thresholdBytes}: backup skipped`;
+      const what = estimateKind === 'allocated' ? 'to read' : 'changed';
+      const reason = `${estimateBytes} bytes ${what}, less than the threshold of ${opts.thresholdBytes}: backup skipped`;
       log.info(`${model.name}: ${reason}`);
-      return { domain: model.name, method, plan, snapshot: null, estimateBytes, skippedReason: reason };
+      return { domain: model.name, method, plan, snapshot: null, ...est, skippedReason: reason };
     }
+    if (estimateBytes === undefined && opts.thresholdBytes !== undefined)
+      log.info(
+        `${model.name}: no estimate of the ${plan.mode} backup's size: the threshold does not apply, backing up`,
+      );
   }
 
   // QEMU (possibly another user) creates the NBD socket and scratch files here.
@@ -403,7 +415,7 @@ export async function backupDomain(
       method,
       plan,
       snapshot,
-      ...(estimateBytes !== undefined ? { estimateBytes } : {}),
+      ...(estimateBytes !== undefined && estimateKind ? { estimateBytes, estimateKind } : {}),
     };
   } catch (err) {
     // The NBD connection may drop before libvirt reports the domain gone: ask for up to 3 s.
@@ -719,6 +731,65 @@ async function checkpointDirtyBytes(
   } catch {
     return undefined;
   }
+}
+
+/**
+ * The bytes a backup would read when libvirt gives no checkpoint size: for a disk read in full,
+ * its allocated data (`qemu-img map`, also of a running domain's image: -U, read only); for a
+ * shut-off disk read incrementally, the dirty bytes of its persistent bitmap (through qemu-nbd).
+ * Undefined when a disk cannot be measured (no local path, qemu-img failed): then no figure is
+ * better than a wrong one.
+ */
+async function measuredEstimate(
+  plan: BackupPlan,
+  active: boolean,
+  opts: VmBackupOptions,
+  log: Logger,
+  name: string,
+): Promise<{ bytes: number; kind: 'changed' | 'allocated' } | undefined> {
+  let total = 0;
+  let anyIncremental = false;
+  let runtimeDir: string | undefined;
+  try {
+    for (const d of plan.disks) {
+      const path = d.disk.path;
+      if (!path) {
+        log.info(`${name}: ${d.target} has no local path: no estimate`);
+        return undefined;
+      }
+      const format = d.disk.format ?? 'raw';
+      if (d.read === 'incremental' && !active && plan.baseCheckpoint) {
+        anyIncremental = true;
+        runtimeDir ??= await makeRuntimeDir(opts.scratchDir ?? '/var/tmp', RUNTIME_PREFIX, 0o700);
+        const r = await opts.exports.openImage(path, format, plan.baseCheckpoint, runtimeDir);
+        try {
+          for await (const e of r.extents(0, r.sizeBytes)) if (e.isDirty) total += e.length;
+        } finally {
+          await r.close().catch(() => {});
+        }
+      } else if (d.read === 'full') {
+        total += await allocatedBytes(path, format);
+      } else return undefined; // a running domain's incremental without a checkpoint size
+    }
+  } catch (err) {
+    log.info(`${name}: no estimate: ${errorMessage(err)}`);
+    return undefined;
+  } finally {
+    if (runtimeDir) await fs.rm(runtimeDir, { recursive: true, force: true }).catch(() => {});
+  }
+  return { bytes: total, kind: anyIncremental ? 'changed' : 'allocated' };
+}
+
+/** Allocated (data, non-zero) bytes of an image as a reader of the whole disk sees them. */
+async function allocatedBytes(path: string, format: string): Promise<number> {
+  const out = (await exec('qemu-img', ['map', '--output=json', '-U', '-f', format, path])).stdout;
+  const map = JSON.parse(out) as unknown;
+  if (!Array.isArray(map)) throw new Error(`qemu-img map of ${path} gave no list`);
+  let n = 0;
+  for (const e of map as Array<{ length?: unknown; data?: unknown; zero?: unknown }>) {
+    if (e.data === true && e.zero !== true && typeof e.length === 'number') n += e.length;
+  }
+  return n;
 }
 
 async function redefineCheckpoint(

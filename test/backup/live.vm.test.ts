@@ -30,6 +30,9 @@ interface JsonResult {
   baseCheckpoint: string | null;
   skipped: Array<{ target: string; reason: string }>;
   notes: string[];
+  estimateBytes: number | null;
+  estimateKind: 'changed' | 'allocated' | null;
+  skippedReason: string | null;
   disks: Array<{ target: string; mode: string; bytesRead: number; bytesNew: number; bytesReused: number }>;
   error?: { code: string; message: string };
 }
@@ -178,6 +181,33 @@ describe.skipIf(skip !== '')('live VM backup (real libvirt + QEMU)', () => {
   it('offline copy and offline inc through qemu-nbd, then a live inc again', async () => {
     const before = model.snapshot();
     await client.destroyDomain(td.dom);
+    // Shut off: the estimate is measured (the persistent bitmap's dirty bytes for inc, the
+    // allocated data for copy), and the threshold applies to it.
+    const offEst = await backup(['-d', td.name, '-l', 'inc', '--estimate']);
+    expect(offEst.r.code, offEst.r.stderr).toBe(0);
+    expect(offEst.json.estimateKind).toBe('changed');
+    expect(offEst.json.estimateBytes).toBeGreaterThanOrEqual(64 * KiB); // the write at 30 MiB
+    expect(offEst.json.estimateBytes).toBeLessThanOrEqual(8 * MiB);
+    const copyEst = await runCli([
+      'backup',
+      '-r',
+      repo,
+      '--connect',
+      uri,
+      '-d',
+      td.name,
+      '-l',
+      'copy',
+      '--estimate',
+    ]);
+    expect(copyEst.code, copyEst.stderr).toBe(0);
+    expect(copyEst.stdout).toMatch(/a copy backup would read about .* bytes of allocated data/);
+    const copySkip = await backup(['-d', td.name, '-l', 'copy', '--threshold', '1T']);
+    expect(copySkip.r.code, copySkip.r.stderr).toBe(0);
+    expect(copySkip.json.snapshot).toBeNull();
+    expect(copySkip.json.estimateKind).toBe('allocated');
+    expect(copySkip.json.estimateBytes).toBeGreaterThan(4 * MiB);
+    expect(copySkip.json.skippedReason).toMatch(/bytes to read, less than the threshold/);
     const copy = await backup(['-d', td.name, '-l', 'copy']);
     expect(copy.r.code, copy.r.stderr).toBe(0);
     expect(copy.json.mode).toBe('copy');

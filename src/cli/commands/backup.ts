@@ -185,7 +185,11 @@ function report(r: VmBackupResult): void {
     );
     printSummary(r.snapshot);
   } else if (r.skippedReason) process.stdout.write(`${r.domain}: ${r.skippedReason}\n`);
-  else if (r.estimateBytes !== undefined) {
+  else if (r.estimateBytes !== undefined && r.estimateKind === 'allocated') {
+    process.stdout.write(
+      `${r.domain}: a ${r.plan.mode} backup would read about ${formatBytes(r.estimateBytes)} (${r.estimateBytes} bytes of allocated data)\n`,
+    );
+  } else if (r.estimateBytes !== undefined) {
     process.stdout.write(
       `${r.domain}: about ${formatBytes(r.estimateBytes)} (${r.estimateBytes} bytes) changed since ${r.plan.baseCheckpoint ?? 'the last checkpoint'}\n`,
     );
@@ -212,6 +216,7 @@ function jsonResult(r: VmBackupResult | { domain: string; error: Error }): Recor
     snapshot: r.snapshot?.id ?? null,
     short_id: r.snapshot ? shortId(r.snapshot.id) : null,
     estimateBytes: r.estimateBytes ?? null,
+    estimateKind: r.estimateKind ?? null,
     skipped: r.plan.skipped,
     notes: r.plan.notes,
     skippedReason: r.skippedReason ?? null,
