@@ -38,6 +38,8 @@ export interface UiLimits {
   keepAliveTimeoutMs: number;
   /** TLS handshakes that take longer are dropped. */
   handshakeTimeoutMs: number;
+  /** A connection without traffic for this long (a client that stopped reading) is closed. */
+  idleTimeoutMs: number;
 }
 
 export const DEFAULT_UI_LIMITS: UiLimits = {
@@ -48,6 +50,7 @@ export const DEFAULT_UI_LIMITS: UiLimits = {
   requestTimeoutMs: 30_000,
   keepAliveTimeoutMs: 5_000,
   handshakeTimeoutMs: 10_000,
+  idleTimeoutMs: 60_000,
 };
 
 export interface UiServerOptions {
@@ -110,6 +113,10 @@ async function loadAssets(): Promise<Map<string, Asset>> {
   }
   return out;
 }
+
+/** A Buffer as the plain Uint8Array hono's body wants: a view, not a copy. */
+const bytesOf = (b: Buffer): Uint8Array<ArrayBuffer> =>
+  new Uint8Array(b.buffer as ArrayBuffer, b.byteOffset, b.length);
 
 const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest();
 
@@ -192,6 +199,7 @@ export class UiServer {
       : createHttpServer(common, handler);
     server.maxConnections = limits.maxConnections;
     server.maxRequestsPerSocket = 1000;
+    server.timeout = limits.idleTimeoutMs;
     limitPerClient(server, limits.maxConnectionsPerClient);
     // A client that drops a TLS handshake or sends garbage: its socket goes, nothing is logged.
     server.on('clientError', (_err, socket: Socket) => socket.destroy());
@@ -338,7 +346,7 @@ function buildApp(opts: UiServerOptions, assets: Map<string, Asset>, port: () =>
     try {
       got = await opts.source.get();
     } catch (err) {
-      return c.body(new Uint8Array(dashboardJson({ error: printable(errorMessage(err), 1000) })), 503);
+      return c.body(bytesOf(dashboardJson({ error: printable(errorMessage(err), 1000) })), 503);
     }
     let body: Buffer;
     if (got.error !== undefined)
@@ -348,14 +356,14 @@ function buildApp(opts: UiServerOptions, assets: Map<string, Asset>, port: () =>
       body = jsonCache.get(got.data) ?? dashboardJson(got.data);
       jsonCache.set(got.data, body);
     }
-    return c.body(new Uint8Array(body), 200);
+    return c.body(bytesOf(body), 200);
   });
 
   for (const [path, asset] of assets)
     app.get(path, (c) => {
       c.header('Content-Type', asset.type);
       c.header('Cache-Control', 'no-cache');
-      return c.body(new Uint8Array(asset.body), 200);
+      return c.body(bytesOf(asset.body), 200);
     });
 
   app.notFound((c) => c.text('404 Not Found\n', 404));
