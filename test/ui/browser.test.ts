@@ -1,13 +1,13 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium, type Browser } from 'playwright-core';
+import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli } from '../helpers/cli.js';
+import { runCli, startServe, type Served } from '../helpers/cli.js';
 import { makeTmpDir, seededBytes } from '../helpers/tmp.js';
 import { requireTools } from '../helpers/tools.js';
 import { startUi, type RunningUi } from '../helpers/ui.js';
-import type { Dashboard } from '../../src/ui/index.js';
+import { UiServer, type Dashboard } from '../../src/ui/index.js';
 
 const MiB = 1024 * 1024;
 const TOKEN = '5d41402abc4b2a76b9719d911017c592';
@@ -33,6 +33,7 @@ describe.runIf(run)('vmvault ui in headless Chromium', () => {
   let repo: string;
   let ui: RunningUi;
   let browser: Browser;
+  let served: Served;
 
   beforeAll(async () => {
     ({ dir, cleanup } = await makeTmpDir());
@@ -75,6 +76,8 @@ describe.runIf(run)('vmvault ui in headless Chromium', () => {
     }
     const c = await runCli(['check', '-r', repo]);
     expect(c.code, c.stderr).toBe(0);
+    // A reader holding a session while the page is read: it shows under "Sessions and locks".
+    served = await startServe(['-r', repo, 'web@latest', '--scratchdir', dir]);
     const tokenFile = join(dir, 'token');
     await writeFile(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
     ui = await startUi(['-r', repo, '--listen', '127.0.0.1:0', '--token-file', tokenFile]);
@@ -93,31 +96,13 @@ describe.runIf(run)('vmvault ui in headless Chromium', () => {
   });
   afterAll(async () => {
     await browser?.close();
+    await served?.stop();
     await ui?.stop();
     await cleanup();
   });
 
   it('shows every VM and snapshot with the figures of stats --json; hostile names stay text', async () => {
-    const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
-    const problems: string[] = [];
-    page.on('dialog', (d) => {
-      problems.push(`dialog: ${d.message()}`);
-      void d.dismiss();
-    });
-    page.on('console', (m) => {
-      if (m.type() === 'error' || m.type() === 'warning') problems.push(`console ${m.type()}: ${m.text()}`);
-    });
-    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-    page.on('requestfailed', (r) => problems.push(`request failed: ${r.url()}`));
-    page.on('response', (r) => {
-      if (r.status() >= 400) problems.push(`${r.status()} ${r.url()}`);
-    });
-
-    // A blocked script, style or request (CSP) comes out as a console error.
-    await page.addInitScript({
-      content:
-        "document.addEventListener('securitypolicyviolation', (e) => console.error('CSP violation: ' + e.violatedDirective + ' ' + e.blockedURI));",
-    });
+    const { page, problems } = await watchedPage(browser);
 
     // The token once in the URL; the server swaps it for a cookie and drops it from the address.
     await page.goto(`${ui.url}?token=${TOKEN}`);
@@ -217,6 +202,10 @@ describe.runIf(run)('vmvault ui in headless Chromium', () => {
       '/app.js',
     ]);
 
+    // The serve started above holds a session.
+    expect(api.sessions.map((x) => x.command)).toEqual(['serve']);
+    expect(await page.textContent(`tr[data-session="${api.sessions[0]!.id}"]`)).toMatch(/serve.*running/);
+
     // The growth chart (uPlot) drew one point per snapshot time.
     expect(await page.$$('#chart .uplot canvas')).toHaveLength(1);
 
@@ -224,6 +213,154 @@ describe.runIf(run)('vmvault ui in headless Chromium', () => {
     await page.screenshot({ path: join(ARTIFACTS, 'ui-dashboard.png'), fullPage: true });
     expect(problems).toEqual([]);
     await page.close();
+  });
+
+  it('shows every other repository-made string as text too: hosts, commands, lock, check lines, warnings', async () => {
+    const evil = (n: number): string => `<img src=x onerror=alert(${n})>`;
+    const now = new Date().toISOString();
+    const zeros = {
+      snapshotsDamaged: 0,
+      indexesDamaged: 0,
+      chunksReferenced: 4,
+      chunksStored: 4,
+      packsStored: 1,
+    };
+    const data: Dashboard = {
+      version: 1,
+      generatedAt: now,
+      repository: { location: evil(1), id: 'ab'.repeat(32), encryption: 'aes-256-gcm', chunkSizeBytes: MiB },
+      stats: {
+        ...zeros,
+        snapshots: 1,
+        vms: 1,
+        virtualBytes: 8 * MiB,
+        logicalBytes: 4 * MiB,
+        uniqueBytes: 4 * MiB,
+        storedBytes: 3 * MiB,
+        dataStoredBytes: 3 * MiB,
+        dedupRatio: 1,
+        compressionRatio: 4 / 3,
+      },
+      vms: [
+        {
+          name: evil(2),
+          snapshots: 1,
+          virtualBytes: 8 * MiB,
+          logicalBytes: 4 * MiB,
+          uniqueBytes: 4 * MiB,
+          chunksReferenced: 4,
+          dedupRatio: 1,
+          compressionRatio: 4 / 3,
+        },
+      ],
+      snapshots: [
+        {
+          id: 'cd'.repeat(32),
+          vm: evil(2),
+          time: now,
+          mode: evil(3),
+          tags: [evil(4)],
+          note: evil(5),
+          protected: true,
+          disks: [
+            {
+              target: 'vda',
+              sizeBytes: 8 * MiB,
+              allocatedBytes: 4 * MiB,
+              bytesNew: 4 * MiB,
+              bytesStored: 3 * MiB,
+            },
+          ],
+          virtualBytes: 8 * MiB,
+          newBytes: 4 * MiB,
+          storedBytes: 3 * MiB,
+        },
+      ],
+      growth: [
+        {
+          id: 'cd'.repeat(32),
+          time: now,
+          vm: evil(2),
+          logicalBytes: 4 * MiB,
+          uniqueBytes: 4 * MiB,
+          storedBytes: 3 * MiB,
+        },
+      ],
+      sessions: [
+        {
+          id: 'ef'.repeat(16),
+          host: evil(6),
+          pid: 1,
+          command: evil(7),
+          startedAt: now,
+          lastHeartbeat: now,
+          ageMs: 1000,
+          stale: false,
+          damaged: null,
+        },
+        {
+          id: '12'.repeat(16),
+          host: null,
+          pid: null,
+          command: null,
+          startedAt: null,
+          lastHeartbeat: now,
+          ageMs: 9e6,
+          stale: true,
+          damaged: evil(8),
+        },
+      ],
+      maintenanceLock: {
+        session: '12'.repeat(16),
+        host: evil(9),
+        pid: 2,
+        command: evil(10),
+        since: now,
+        damaged: evil(11),
+        stale: true,
+      },
+      check: {
+        record: {
+          version: 1,
+          startedAt: now,
+          finishedAt: now,
+          host: evil(12),
+          ok: false,
+          readData: true,
+          repair: false,
+          subset: evil(13),
+          snapshots: 1,
+          snapshotsDamaged: 0,
+          chunksReferenced: 4,
+          chunksRead: 4,
+          chunksMissing: 1,
+          chunksCorrupt: 1,
+          problems: 2,
+          lines: [evil(14)],
+        },
+        modifiedAt: now,
+      },
+      warnings: [evil(15)],
+    };
+    const server = await UiServer.start({
+      source: { get: () => Promise.resolve({ data, error: evil(16) }) },
+      host: '127.0.0.1',
+      port: 0,
+    });
+    try {
+      const { page, problems } = await watchedPage(browser);
+      await page.goto(server.url);
+      await page.waitForSelector('body[data-loaded="true"]', { timeout: 10_000 });
+      const text = (await page.textContent('body')) ?? '';
+      for (let n = 1; n <= 16; n++) expect(text, `string ${n}`).toContain(evil(n));
+      expect(await page.$$('main img, main svg, [onerror]')).toHaveLength(0);
+      expect(await page.getAttribute('[data-field="check-state"]', 'data-value')).toBe('failed');
+      await page.screenshot({ path: join(ARTIFACTS, 'ui-dashboard-hostile.png'), fullPage: true });
+      expect(problems).toEqual([]);
+      await page.close();
+    } finally {
+      await server.close();
+    }
   });
 
   it('without the token the page says how to sign in, and the API answers 401', async () => {
@@ -235,3 +372,27 @@ describe.runIf(run)('vmvault ui in headless Chromium', () => {
     await context.close();
   });
 });
+
+/** A new page whose dialogs, console errors and warnings, CSP violations and failed requests are collected. */
+async function watchedPage(browser: Browser): Promise<{ page: Page; problems: string[] }> {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+  const problems: string[] = [];
+  page.on('dialog', (d) => {
+    problems.push(`dialog: ${d.message()}`);
+    void d.dismiss();
+  });
+  page.on('console', (m) => {
+    if (m.type() === 'error' || m.type() === 'warning') problems.push(`console ${m.type()}: ${m.text()}`);
+  });
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('requestfailed', (r) => problems.push(`request failed: ${r.url()}`));
+  page.on('response', (r) => {
+    if (r.status() >= 400) problems.push(`${r.status()} ${r.url()}`);
+  });
+  // A blocked script, style or request (CSP) comes out as a console error.
+  await page.addInitScript({
+    content:
+      "document.addEventListener('securitypolicyviolation', (e) => console.error('CSP violation: ' + e.violatedDirective + ' ' + e.blockedURI));",
+  });
+  return { page, problems };
+}

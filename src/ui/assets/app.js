@@ -230,7 +230,10 @@
     const opts = {
       width: Math.max(300, box.clientWidth),
       height: 260,
-      scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, Math.max(1, max * 1.05)] } },
+      scales: {
+        x: { time: true },
+        y: { range: (_u, _min, max) => [0, Math.max(1, max * 1.05)] },
+      },
       axes: [{}, { values: axisBytes, size: 80 }],
       series: [
         {},
@@ -257,6 +260,8 @@
       ],
     };
     chart = new window.uPlot(opts, [xs, stored, unique, logical], box);
+    // One snapshot time alone: a day around it, not uPlot's span of years.
+    if (xs.length === 1) chart.setScale('x', { min: xs[0] - 43200, max: xs[0] + 43200 });
   }
 
   function activity(d) {
