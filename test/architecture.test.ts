@@ -7,7 +7,16 @@ import { describe, expect, it } from 'vitest';
  * nbd, libvirt and repo never import each other; a folder is entered only through its index.ts.
  */
 const SRC = resolve(import.meta.dirname, '../src');
-const LAYER: Record<string, number> = { util: 0, nbd: 1, libvirt: 1, repo: 1, backup: 2, restore: 2, ui: 2, cli: 3 };
+const LAYER: Record<string, number> = {
+  util: 0,
+  nbd: 1,
+  libvirt: 1,
+  repo: 1,
+  backup: 2,
+  restore: 2,
+  ui: 2,
+  cli: 3,
+};
 
 function files(dir: string): string[] {
   return readdirSync(dir).flatMap((n) => {
