@@ -3,11 +3,20 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 /**
- * Import rules (docs/architecture.md): util ← (nbd, libvirt, repo) ← (backup, restore) ← cli.
+ * Import rules (docs/architecture.md): util ← (nbd, libvirt, repo) ← (backup, restore, ui) ← cli.
  * nbd, libvirt and repo never import each other; a folder is entered only through its index.ts.
  */
 const SRC = resolve(import.meta.dirname, '../src');
-const LAYER: Record<string, number> = { util: 0, nbd: 1, libvirt: 1, repo: 1, backup: 2, restore: 2, cli: 3 };
+const LAYER: Record<string, number> = {
+  util: 0,
+  nbd: 1,
+  libvirt: 1,
+  repo: 1,
+  backup: 2,
+  restore: 2,
+  ui: 2,
+  cli: 3,
+};
 
 function files(dir: string): string[] {
   return readdirSync(dir).flatMap((n) => {

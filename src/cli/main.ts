@@ -17,6 +17,7 @@ import { serveCommand } from './commands/serve.js';
 import { showCommand } from './commands/show.js';
 import { snapshotsCommand } from './commands/snapshots.js';
 import { statsCommand } from './commands/stats.js';
+import { uiCommand } from './commands/ui.js';
 import { installSignalHandlers, isInterruptNormalEnd, rootAbort } from './signals.js';
 import { beginRun, finishRun } from './after-run.js';
 import { recordError } from './events.js';
@@ -96,6 +97,7 @@ export function buildProgram(): Command {
     statsCommand(),
     restoreCommand(),
     serveCommand(),
+    uiCommand(),
     checkCommand(),
     forgetCommand(),
     pruneCommand(),

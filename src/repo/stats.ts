@@ -24,7 +24,7 @@ export interface RepoStats {
   chunksStored: number;
   /** Data packs (objects under data/). */
   packsStored: number;
-  /** Bytes of every object in the repository (chunks, indexes, manifests, config). */
+  /** Bytes of every object in the repository (chunks, indexes, manifests, config), sessions left out. */
   storedBytes: number;
   dataStoredBytes: number;
   /** logical / unique. */
@@ -179,6 +179,9 @@ export async function repoStats(
   let dataStoredBytes = 0;
   let packsStored = 0;
   for await (const o of repo.backend.list('')) {
+    // Sessions are the leases of running processes (the ui's own read holds one), not content:
+    // counting them made two reads of the same repository differ.
+    if (o.key.startsWith(Keys.sessionPrefix)) continue;
     storedBytes += o.sizeBytes;
     if (o.key.startsWith(Keys.dataPrefix)) {
       dataStoredBytes += o.sizeBytes;

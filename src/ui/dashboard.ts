@@ -127,8 +127,11 @@ export async function readDashboard(repo: Repository, sessionVia?: () => Backend
       };
     });
     const listed = await repo.listSessions();
-    const sessions = listed.map(
-      (s): DashboardSession => ({
+    // The read's own lease is not news to its reader.
+    const own = repo.session?.id.toString('hex');
+    const sessions = listed
+      .filter((s) => s.id !== own)
+      .map((s): DashboardSession => ({
         id: s.id,
         host: s.info?.host ?? null,
         pid: s.info?.pid ?? null,
@@ -138,8 +141,7 @@ export async function readDashboard(repo: Repository, sessionVia?: () => Backend
         ageMs: s.ageMs,
         stale: s.stale,
         damaged: s.damaged ?? null,
-      }),
-    );
+      }));
     const lock = await readLock(repo.backend, repo.codec);
     const check = await readCheckRecord(repo.backend, repo.codec).catch(
       (err: unknown) => ({ damaged: errorMessage(err) }) as const,
