@@ -34,12 +34,15 @@ PRODUCT_TOOLS=(qemu-img qemu-nbd qemu-system-x86_64 libvirtd virsh ssh mkfs.ext4
 # S3 server the tests run on loopback, see test/helpers/s3-servers.ts; installing it starts no
 # service and ships the /etc/swift/swift.conf the servers need); restic, borg (borgbackup) and
 # rclone as the peers the benchmarks compare with (bench/README.md); chromium (headless, driven by
-# playwright-core) for the web dashboard's browser test (docs/ui.md).
+# playwright-core) for the web dashboard's browser test (docs/ui.md); systemd-analyze (systemd) to
+# verify contrib/systemd's units; the Prometheus client's Python text-format parser
+# (python3-prometheus-client) to read back --metrics-file in test/cli/run-reports.test.ts.
 TEST_PACKAGES=(nbdkit libnbd-bin python3-libnbd openssh-server netcat-openbsd gnutls-bin strace time
-  swift-proxy swift-account swift-container swift-object restic borgbackup rclone chromium)
+  swift-proxy swift-account swift-container swift-object restic borgbackup rclone chromium systemd
+  python3-prometheus-client)
 TEST_TOOLS=(qemu-storage-daemon nbdkit nbdinfo nbdcopy nbdsh sshd nc certtool strace
   swift-proxy-server swift-account-server swift-container-server swift-object-server swift-ring-builder
-  restic borg rclone chromium)
+  restic borg rclone chromium systemd-analyze)
 
 packages=("${PRODUCT_PACKAGES[@]}")
 tools=("${PRODUCT_TOOLS[@]}")
@@ -51,6 +54,9 @@ fi
 missing=()
 for t in "${tools[@]}"; do command -v "$t" >/dev/null 2>&1 || [ -x "/usr/sbin/$t" ] || [ -x "/sbin/$t" ] || missing+=("$t"); done
 if [ "$tests" = 1 ] && [ ! -x /usr/bin/time ]; then missing+=(/usr/bin/time); fi
+if [ "$tests" = 1 ] && ! /usr/bin/python3 -c 'import prometheus_client.parser' 2>/dev/null; then
+  missing+=(python3-prometheus-client)
+fi
 if [ "${SKIP_APT:-0}" != 1 ] && [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing tools (${missing[*]}); run this script as root to install: ${packages[*]}" >&2

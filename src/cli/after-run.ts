@@ -19,6 +19,8 @@ export interface RunOptions {
 }
 
 interface Run {
+  /** False for runs that measure nothing (`backup --estimate`, `prune --dry-run`): no metrics. */
+  measured: boolean;
   command: string;
   repo?: string;
   vms: string[];
@@ -39,13 +41,20 @@ export function redactLocation(location: string): string {
   return location.replace(/^([^?#]*?\/\/)[^/@?#]*@/, '$1').replace(/[?#].*$/, '');
 }
 
-export function beginRun(r: { command: string; repo?: string; vms: string[]; options: RunOptions }): void {
+export function beginRun(r: {
+  command: string;
+  repo?: string;
+  vms: string[];
+  measured?: boolean;
+  options: RunOptions;
+}): void {
   startEvents({
     command: r.command,
     ...(r.options.logFile === undefined ? {} : { logFile: r.options.logFile }),
     jsonProgress: r.options.jsonProgress === true,
   });
   run = {
+    measured: r.measured ?? true,
     command: r.command,
     ...(r.repo ? { repo: redactLocation(r.repo) } : {}),
     vms: r.vms,
@@ -77,7 +86,7 @@ export async function finishRun(code: number): Promise<void> {
   logLine(
     `finished: ${outcome}, exit code ${code}, ${secs.toFixed(1)} s${runRecord.error ? `: ${runRecord.error.message}` : ''}`,
   );
-  if (r.o.metricsFile !== undefined) {
+  if (r.o.metricsFile !== undefined && r.measured) {
     try {
       await updateMetricsFile(r.o.metricsFile, metricUpdates(r, code, endedAt), warn);
     } catch (err) {
@@ -102,6 +111,15 @@ function notifyInput(r: Run, code: number): unknown {
   );
 }
 
+/** Variables the notify command does not inherit (docs/cli.md "Logs, notifications and metrics"). */
+export function isSecretVariable(name: string): boolean {
+  return (
+    (name.startsWith('VMVAULT_') && name.includes('PASSWORD')) ||
+    name === 'AWS_SECRET_ACCESS_KEY' ||
+    name === 'AWS_SESSION_TOKEN'
+  );
+}
+
 /** Runs the notify command; resolves with what went wrong (undefined: exit 0 in time). */
 function runNotify(
   r: Run,
@@ -111,9 +129,8 @@ function runNotify(
   timeoutS: number,
 ): Promise<string | undefined> {
   const env: NodeJS.ProcessEnv = {};
-  // No secret goes to the hook: none of vmvault's password variables.
-  for (const [k, v] of Object.entries(process.env))
-    if (!(k.startsWith('VMVAULT_') && k.includes('PASSWORD'))) env[k] = v;
+  // No secret goes to the hook: none of vmvault's password variables, no S3 secret key.
+  for (const [k, v] of Object.entries(process.env)) if (!isSecretVariable(k)) env[k] = v;
   Object.assign(env, {
     VMVAULT_OUTCOME: outcomeOf(code),
     VMVAULT_COMMAND: r.command,
@@ -147,6 +164,9 @@ function runNotify(
     child.on('close', (exit, signal) => {
       clearTimeout(timer);
       if (hardKill) clearTimeout(hardKill);
+      // The shell is gone, but what it started in the background may ignore SIGTERM: the whole
+      // group goes now (while a member lives, its id cannot be reused).
+      if (timedOut) killGroup('SIGKILL');
       if (timedOut) resolve(`took longer than ${timeoutS} s and was stopped`);
       else if (exit !== 0) resolve(exit === null ? `was killed by ${signal}` : `failed (exit code ${exit})`);
       else resolve(undefined);
@@ -159,14 +179,18 @@ function runNotify(
 
 interface VmFigures {
   success: boolean;
-  read?: number;
-  new?: number;
-  stored?: number;
-  size?: number;
+  /** Seconds this VM's backup took (backup's per-domain figure; the run's for a single VM). */
+  seconds?: number;
+  /** The bytes of its disks, when the run saved a snapshot of it. */
+  bytes?: { read: number; new: number; stored: number; size: number };
 }
 
-/** Per VM: did its part succeed, and its bytes (a backup's summary: one object or a list by domain). */
-function vmFigures(vms: string[], code: number): Map<string, VmFigures> {
+/**
+ * Per VM: did its part succeed, how long it took, and its bytes (a backup's summary: one object,
+ * or a list by domain). A VM with an `error` failed; one skipped by `--threshold` succeeded
+ * without bytes.
+ */
+function vmFigures(vms: string[], code: number, runSeconds: number): Map<string, VmFigures> {
   const out = new Map<string, VmFigures>();
   const entries = Array.isArray(runRecord.summary) ? runRecord.summary : [runRecord.summary];
   const byVm = new Map<string, Record<string, unknown>>();
@@ -176,83 +200,113 @@ function vmFigures(vms: string[], code: number): Map<string, VmFigures> {
     const name = typeof o.vm === 'string' ? o.vm : typeof o.domain === 'string' ? o.domain : undefined;
     if (name !== undefined) byVm.set(name, o);
   }
-  for (const vm of new Set([...vms, ...byVm.keys()])) {
+  const all = new Set([...vms, ...byVm.keys()]);
+  for (const vm of all) {
     const e = byVm.get(vm);
     const success = code === ExitCode.OK || (e !== undefined && !('error' in e));
     const f: VmFigures = { success };
-    if (success && e && Array.isArray(e.disks)) {
+    if (e && typeof e.durationSeconds === 'number') f.seconds = e.durationSeconds;
+    else if (all.size === 1) f.seconds = runSeconds;
+    if (success && e && typeof e.snapshot === 'string' && Array.isArray(e.disks)) {
       const sum = (k: string): number =>
         (e.disks as unknown[]).reduce<number>((a, d) => {
           const v = typeof d === 'object' && d !== null ? (d as Record<string, unknown>)[k] : undefined;
           return a + (typeof v === 'number' && Number.isFinite(v) ? v : 0);
         }, 0);
-      Object.assign(f, {
+      f.bytes = {
         read: sum('bytesRead'),
         new: sum('bytesNew'),
         stored: sum('bytesStored'),
         size: sum('sizeBytes'),
-      });
+      };
     }
     out.set(vm, f);
   }
   return out;
 }
 
-function metricUpdates(r: Run, code: number, endedAt: number): MetricUpdate[] {
+/**
+ * The series a run sets: one set per run (labels `command`, `repo`) and, for backups, one per VM
+ * (plus `vm`). A series is only ever replaced by the next run with the same labels, so
+ * `vmvault_last_success_timestamp_seconds` keeps its value through failed runs.
+ */
+export function metricUpdates(
+  r: { command: string; repo?: string; vms: string[]; startedAt: number },
+  code: number,
+  endedAt: number,
+): MetricUpdate[] {
   const base: Labels = { command: r.command, ...(r.repo ? { repo: r.repo } : {}) };
   const secs = (endedAt - r.startedAt) / 1000;
-  const series = (labels: Labels, success: boolean): MetricUpdate[] => [
-    g('vmvault_last_run_timestamp_seconds', 'When the last run ended (Unix time).', labels, endedAt / 1000),
-    g('vmvault_last_run_duration_seconds', 'How long the last run took.', labels, secs),
-    g('vmvault_last_run_exit_code', "The last run's exit code (docs/cli.md).", labels, code),
-    g(
-      'vmvault_last_run_success',
-      '1 if the last run succeeded (for this VM), else 0.',
-      labels,
-      success ? 1 : 0,
-    ),
-    ...(success
-      ? [
-          g(
-            'vmvault_last_success_timestamp_seconds',
-            'When the last successful run ended (Unix time).',
-            labels,
-            endedAt / 1000,
-          ),
-        ]
-      : []),
+  const ok = code === ExitCode.OK;
+  const updates: MetricUpdate[] = [
+    g('vmvault_last_run_timestamp_seconds', 'When the last run ended (Unix time).', base, endedAt / 1000),
+    g('vmvault_last_run_duration_seconds', 'How long the last run took.', base, secs),
+    g('vmvault_last_run_exit_code', "The last run's exit code (docs/cli.md).", base, code),
+    g('vmvault_last_run_success', '1 if the last run succeeded, else 0.', base, ok ? 1 : 0),
+    ...(ok ? [lastSuccess(base, endedAt)] : []),
   ];
-  const figures = vmFigures(r.vms, code);
-  if (figures.size === 0) return series(base, code === ExitCode.OK);
-  const updates: MetricUpdate[] = [];
-  for (const [vm, f] of figures) {
+  for (const [vm, f] of vmFigures(r.vms, code, secs)) {
     const labels = { ...base, vm };
-    updates.push(...series(labels, f.success));
-    if (f.read !== undefined) {
+    updates.push(
+      g(
+        'vmvault_backup_last_run_timestamp_seconds',
+        "When the VM's last backup run ended (Unix time).",
+        labels,
+        endedAt / 1000,
+      ),
+      g(
+        'vmvault_backup_last_run_success',
+        "1 if the VM's last backup succeeded, else 0.",
+        labels,
+        f.success ? 1 : 0,
+      ),
+    );
+    if (f.seconds !== undefined)
       updates.push(
-        g('vmvault_backup_read_bytes', "Bytes the VM's last successful backup read.", labels, f.read),
+        g('vmvault_backup_duration_seconds', "How long the VM's last backup took.", labels, f.seconds),
+      );
+    if (f.success)
+      updates.push(
+        g(
+          'vmvault_backup_last_success_timestamp_seconds',
+          "When the VM's last successful backup ended (Unix time).",
+          labels,
+          endedAt / 1000,
+        ),
+      );
+    if (f.bytes)
+      updates.push(
+        g('vmvault_backup_read_bytes', "Bytes the VM's last saved backup read.", labels, f.bytes.read),
         g(
           'vmvault_backup_new_bytes',
-          "Bytes of new data in the VM's last successful backup (before compression).",
+          "Bytes of new data in the VM's last saved backup (before compression).",
           labels,
-          f.new!,
+          f.bytes.new,
         ),
         g(
           'vmvault_backup_stored_bytes',
-          "Bytes the VM's last successful backup added to the repository (stored).",
+          "Bytes the VM's last saved backup added to the repository (compressed).",
           labels,
-          f.stored!,
+          f.bytes.stored,
         ),
         g(
           'vmvault_backup_size_bytes',
-          "Virtual size of the VM's disks in its last successful backup.",
+          "Virtual size of the VM's disks in its last saved backup.",
           labels,
-          f.size!,
+          f.bytes.size,
         ),
       );
-    }
   }
   return updates;
+}
+
+function lastSuccess(labels: Labels, endedAt: number): MetricUpdate {
+  return g(
+    'vmvault_last_success_timestamp_seconds',
+    'When the last successful run ended (Unix time).',
+    labels,
+    endedAt / 1000,
+  );
 }
 
 function g(name: string, help: string, labels: Labels, value: number): MetricUpdate {

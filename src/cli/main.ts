@@ -1,5 +1,12 @@
 import { Command, CommanderError } from 'commander';
-import { ExitCode, isVmvaultError, CancelledError, printable, UsageError } from '../util/index.js';
+import {
+  ExitCode,
+  isVmvaultError,
+  isSafeVmName,
+  CancelledError,
+  printable,
+  UsageError,
+} from '../util/index.js';
 import { VERSION } from '../backup/index.js';
 import { backupImageCommand } from './commands/backup-image.js';
 import { benchmarkCommand } from './commands/benchmark.js';
@@ -135,20 +142,31 @@ export function buildProgram(): Command {
  * series per VM.
  */
 function startRunReports(name: string, action: Command, g: GlobalOptions): void {
-  const a = action.opts<{ json?: boolean; repo?: string; vm?: unknown; domain?: unknown }>();
+  const a = action.opts<{
+    json?: boolean;
+    repo?: string;
+    vm?: unknown;
+    domain?: unknown;
+    estimate?: boolean;
+    dryRun?: boolean;
+  }>();
   if (g.jsonProgress && a.json !== true)
     throw new UsageError('--json-progress needs --json', `add --json ('vmvault ${name} --json ...')`);
-  const vms =
+  // Only names the command accepts become labels: an invalid one ends the run as a usage error.
+  const vms = (
     name === 'backup-image' && typeof a.vm === 'string'
       ? [a.vm]
       : name === 'backup' && Array.isArray(a.domain)
         ? a.domain.filter((d): d is string => typeof d === 'string')
-        : [];
+        : []
+  ).filter(isSafeVmName);
   try {
     beginRun({
       command: name,
       ...(typeof a.repo === 'string' && a.repo !== '' ? { repo: a.repo } : {}),
       vms,
+      // A run that measures nothing leaves the metrics as they are.
+      measured: a.estimate !== true && a.dryRun !== true,
       options: {
         ...(g.logFile === undefined ? {} : { logFile: g.logFile }),
         ...(g.jsonProgress ? { jsonProgress: true } : {}),

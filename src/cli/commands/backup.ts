@@ -23,6 +23,7 @@ import {
 import { LibvirtClient, parseLibvirtUri, VIR_CONNECT_LIST_DOMAINS } from '../../libvirt/index.js';
 import { shortId } from '../../repo/index.js';
 import { commaList, globals, keepSummary, loggerFor, printJson, repoOption, withRepo } from '../context.js';
+import { logLine } from '../events.js';
 import { makeProgress } from '../progress-tty.js';
 import { rootAbort } from '../signals.js';
 import { printSummary } from './backup-image.js';
@@ -117,6 +118,8 @@ export function backupCommand(): Command {
       }
       const client = await LibvirtClient.connect(opts.connect);
       const results: Array<VmBackupResult | { domain: string; error: VmvaultError | Error }> = [];
+      /** Seconds each domain's backup took (--json `durationSeconds`, the metrics file). */
+      const seconds = new Map<string, number>();
       try {
         const domains = opts.all
           ? (
@@ -129,6 +132,8 @@ export function backupCommand(): Command {
         await withRepo(opts, async (repo) => {
           for (const domain of domains) {
             if (rootAbort.signal.aborted) break;
+            const started = Date.now();
+            const took = (): void => void seconds.set(domain, (Date.now() - started) / 1000);
             try {
               const r = await backupDomain(client, repo, {
                 domain,
@@ -151,22 +156,25 @@ export function backupCommand(): Command {
                 progressFor: (t) => makeProgress(`${domain}/${t}`, process.stderr, quiet, { reads: true }),
                 signal: rootAbort.signal,
               });
+              took();
               results.push(r);
               if (!opts.json) report(r);
             } catch (err) {
+              took();
               if (domains.length === 1 || rootAbort.signal.aborted) throw err;
               results.push({ domain, error: err as Error });
-              process.stderr.write(
-                `vmvault: ${domain}: ${isVmvaultError(err) ? err.oneLine() : errorMessage(err)}\n`,
-              );
+              const line = `${domain}: ${isVmvaultError(err) ? err.oneLine() : errorMessage(err)}`;
+              logLine(`error: ${line}`);
+              process.stderr.write(`vmvault: ${printable(line, 600)}\n`);
             }
           }
         });
       } finally {
         await client.close();
       }
-      if (opts.json) printJson(results.map(jsonResult));
-      else keepSummary(results.map(jsonResult));
+      const json = results.map((r) => jsonResult(r, seconds.get(r.domain)));
+      if (opts.json) printJson(json);
+      else keepSummary(json);
       const failed = results.filter((r) => 'error' in r);
       if (failed.length) {
         throw new VmvaultError(
@@ -199,16 +207,22 @@ function report(r: VmBackupResult): void {
     );
 }
 
-function jsonResult(r: VmBackupResult | { domain: string; error: Error }): Record<string, unknown> {
+function jsonResult(
+  r: VmBackupResult | { domain: string; error: Error },
+  durationSeconds: number | undefined,
+): Record<string, unknown> {
+  const took = durationSeconds === undefined ? {} : { durationSeconds };
   if ('error' in r)
     return {
       domain: r.domain,
       error: isVmvaultError(r.error)
         ? { code: r.error.code, message: r.error.oneLine() }
         : { message: r.error.message },
+      ...took,
     };
   return {
     domain: r.domain,
+    ...took,
     method: r.method,
     mode: r.plan.mode,
     baseCheckpoint: r.plan.baseCheckpoint,
