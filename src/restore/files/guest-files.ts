@@ -182,14 +182,27 @@ export class GuestFiles {
     const root = `/${fs.name}`;
     const full = inner === '/' ? root : `${root}${inner}`;
     if (inner !== '/') {
-      const parent = full.slice(0, full.lastIndexOf('/'));
-      const real = (await this.gf.run(`-realpath ${gfQuote(parent)}`)).replace(/\n$/, '');
-      if (real === '') return undefined;
-      if (real !== root && !real.startsWith(`${root}/`))
-        throw new GuestPathError(
+      // Each directory on the way, symlinks resolved: the first one missing means not found, the
+      // first one outside the filesystem (an absolute symlink, `..` too far) is refused.
+      const parts = inner.split('/').filter(Boolean).slice(0, -1);
+      const prefixes = parts.map((_, i) => `${root}/${parts.slice(0, i + 1).join('/')}`);
+      const reals = await this.gf.runEach(prefixes.map((p) => `-realpath ${gfQuote(p)}`));
+      const leaves = (): GuestPathError =>
+        new GuestPathError(
           `${printable(vpath, 300)} goes through a symlink that leaves /${fs.name}`,
           'give the path the symlink points to (see it with ls on its directory)',
         );
+      for (const [i, r] of reals.entries()) {
+        const real = r.replace(/\n$/, '');
+        if (real === '') {
+          // Missing, or a symlink that cannot resolve here: an absolute target names a path of
+          // the guest's root, which the appliance does not have at /.
+          const link = (await this.gf.run(`-readlink ${gfQuote(prefixes[i]!)}`)).replace(/\n$/, '');
+          if (link.startsWith('/')) throw leaves();
+          return undefined;
+        }
+        if (real !== root && !real.startsWith(`${root}/`)) throw leaves();
+      }
     }
     const stat = parseStat(await this.gf.run(`-lstatns ${gfQuote(full)}`));
     return stat ? { path: full, stat } : undefined;

@@ -1,8 +1,9 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { lstat, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NbdServer } from '../../nbd/index.js';
 import type { Repository, Snapshot, SnapshotDisk } from '../../repo/index.js';
+import { pidAlive } from '../../util/index.js';
 import { SnapshotExport } from '../snapshot-export.js';
 import { GuestFiles } from './guest-files.js';
 
@@ -13,11 +14,27 @@ export interface SnapshotFilesOptions {
   tmpDir?: string;
 }
 
+const RUN_DIR = /^vmvault-files-(\d+)-[A-Za-z0-9]{6}$/;
+
+/** Removes run directories of `files`/`mount` processes that are gone (SIGKILL): only this user's. */
+async function removeStaleRunDirs(parent: string): Promise<void> {
+  const names = await readdir(parent).catch(() => [] as string[]);
+  const uid = process.getuid?.();
+  for (const n of names) {
+    const m = RUN_DIR.exec(n);
+    if (!m || pidAlive(Number(m[1]))) continue;
+    const path = join(parent, n);
+    const st = await lstat(path).catch(() => undefined);
+    if (!st?.isDirectory() || (uid !== undefined && st.uid !== uid)) continue;
+    await rm(path, { recursive: true, force: true }).catch(() => undefined);
+  }
+}
+
 /**
  * Serves the disks of a snapshot read-only over NBD on a unix socket in a new private (0700)
  * directory, launches one libguestfs appliance over them and runs `fn` with it. Every exit path
  * (success, error, abort) ends guestfish and the appliance, closes the server and removes the
- * directory with its socket and FIFOs.
+ * directory with its socket and FIFOs (those of killed runs go at the next run).
  */
 export async function withSnapshotFiles<T>(
   repo: Repository,
@@ -26,7 +43,9 @@ export async function withSnapshotFiles<T>(
   fn: (files: GuestFiles) => Promise<T>,
   opts: SnapshotFilesOptions = {},
 ): Promise<T> {
-  const runDir = await mkdtemp(join(opts.tmpDir ?? tmpdir(), `vmvault-files-${process.pid}-`));
+  const parent = opts.tmpDir ?? tmpdir();
+  await removeStaleRunDirs(parent);
+  const runDir = await mkdtemp(join(parent, `vmvault-files-${process.pid}-`));
   const exports: SnapshotExport[] = [];
   let server: NbdServer | undefined;
   let files: GuestFiles | undefined;
