@@ -36,13 +36,17 @@ PRODUCT_TOOLS=(qemu-img qemu-nbd qemu-system-x86_64 libvirtd virsh ssh mkfs.ext4
 # rclone as the peers the benchmarks compare with (bench/README.md); chromium (headless, driven by
 # playwright-core) for the web dashboard's browser test (docs/ui.md); systemd-analyze (systemd) to
 # verify contrib/systemd's units; the Prometheus client's Python text-format parser
-# (python3-prometheus-client) to read back --metrics-file in test/cli/run-reports.test.ts.
+# (python3-prometheus-client) to read back --metrics-file in test/cli/run-reports.test.ts;
+# libguestfs-tools (guestfish, guestunmount) and fuse3 (fusermount3) for file-level restore
+# (`vmvault files`, `vmvault mount`): optional for the product, which says what to install when
+# they are missing (docs/restore.md, "File-level restore"), because the libguestfs appliance pulls
+# in a kernel and supermin that a backup host does not otherwise need.
 TEST_PACKAGES=(nbdkit libnbd-bin python3-libnbd openssh-server netcat-openbsd gnutls-bin strace time
   swift-proxy swift-account swift-container swift-object restic borgbackup rclone chromium systemd
-  python3-prometheus-client)
+  python3-prometheus-client libguestfs-tools fuse3)
 TEST_TOOLS=(qemu-storage-daemon nbdkit nbdinfo nbdcopy nbdsh sshd nc certtool strace
   swift-proxy-server swift-account-server swift-container-server swift-object-server swift-ring-builder
-  restic borg rclone chromium systemd-analyze)
+  restic borg rclone chromium systemd-analyze guestfish guestunmount fusermount3)
 
 packages=("${PRODUCT_PACKAGES[@]}")
 tools=("${PRODUCT_TOOLS[@]}")

@@ -186,7 +186,7 @@ export function testSessionTtlMs(): number | undefined {
 }
 
 /** Reading commands that hold a session (docs/gc.md: what they read must not be collected meanwhile). */
-const READERS_WITH_SESSIONS = new Set(['restore', 'serve', 'check', 'sync']);
+const READERS_WITH_SESSIONS = new Set(['restore', 'serve', 'files', 'mount', 'check', 'sync']);
 
 /** The running command's name (`backup`, `forget`, …), set by main.ts: what a session records. */
 let commandName = 'vmvault';

@@ -13,6 +13,7 @@ import { benchmarkCommand } from './commands/benchmark.js';
 import { backupCommand } from './commands/backup.js';
 import { checkCommand } from './commands/check.js';
 import { noteCommand, protectCommand, tagCommand, unprotectCommand } from './commands/edit.js';
+import { filesCommand, mountCommand } from './commands/files.js';
 import { forgetCommand } from './commands/forget.js';
 import { pruneCommand } from './commands/prune.js';
 import { syncCommand } from './commands/sync.js';
@@ -105,6 +106,8 @@ export function buildProgram(): Command {
     restoreCommand(),
     serveCommand(),
     uiCommand(),
+    filesCommand(),
+    mountCommand(),
     checkCommand(),
     forgetCommand(),
     pruneCommand(),

@@ -32,3 +32,14 @@ export {
 } from './snapshot-restore.js';
 export { createQcow2Writer, Qcow2Writer, ImageWriteError, type Qcow2WriterOptions } from './qcow2/index.js';
 export { SnapshotExport } from './snapshot-export.js';
+export {
+  GuestFiles,
+  GuestPathError,
+  GuestPathNotFoundError,
+  GuestfishError,
+  GUESTFISH_MISSING,
+  withSnapshotFiles,
+  type GuestEntry,
+  type GetResult,
+  type GuestFilesystem,
+} from './files/index.js';
