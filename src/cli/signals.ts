@@ -25,3 +25,11 @@ export function interruptIsNormalEnd(): void {
 export function isInterruptNormalEnd(): boolean {
   return interruptEndsNormally;
 }
+
+/** Resolves at the first SIGINT/SIGTERM (at once when one came already): the end of `serve`, `ui`, `mount`. */
+export function untilInterrupted(): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (rootAbort.signal.aborted) resolve();
+    rootAbort.signal.addEventListener('abort', () => resolve(), { once: true });
+  });
+}

@@ -4,7 +4,7 @@ import { UsageError, formatBytes, printable } from '../../util/index.js';
 import { GuestFiles, withSnapshotFiles, type GuestEntry } from '../../restore/index.js';
 import { shortId, type Repository, type Snapshot, type SnapshotDisk } from '../../repo/index.js';
 import { openRepo, printJson, repoOption, warnLine } from '../context.js';
-import { interruptIsNormalEnd, rootAbort } from '../signals.js';
+import { interruptIsNormalEnd, rootAbort, untilInterrupted } from '../signals.js';
 
 interface FilesFlags {
   disk?: string;
@@ -187,10 +187,7 @@ export function mountCommand(): Command {
               ].join('\n'),
             );
             let unmounted = false;
-            const stop = new Promise<void>((resolve) => {
-              if (rootAbort.signal.aborted) resolve();
-              rootAbort.signal.addEventListener('abort', () => resolve(), { once: true });
-            });
+            const stop = untilInterrupted();
             try {
               // Until Ctrl-C / SIGTERM, or until someone else unmounts DIR.
               await Promise.race([stop, served.then(() => (unmounted = true))]);

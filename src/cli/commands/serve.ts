@@ -7,7 +7,7 @@ import { CowOverlay, NbdServer, formatNbdUri, type NbdExport } from '../../nbd/i
 import { SnapshotExport } from '../../restore/index.js';
 import { shortId } from '../../repo/index.js';
 import { openRepo, repoOption } from '../context.js';
-import { interruptIsNormalEnd, rootAbort } from '../signals.js';
+import { interruptIsNormalEnd, untilInterrupted } from '../signals.js';
 
 interface ServeFlags {
   socket?: string;
@@ -157,10 +157,7 @@ export function serveCommand(): Command {
             '',
           ].join('\n'),
         );
-        await new Promise<void>((resolve) => {
-          if (rootAbort.signal.aborted) resolve();
-          rootAbort.signal.addEventListener('abort', () => resolve(), { once: true });
-        });
+        await untilInterrupted();
         process.exitCode = 0;
       } finally {
         // Every exit path (Ctrl-C, SIGTERM, an error) removes what this run created.

@@ -3,7 +3,7 @@ import { Command } from 'commander';
 import { UsageError, errnoCode, errorMessage, printable } from '../../util/index.js';
 import { DashboardSource, UiServer, isLoopbackHost } from '../../ui/index.js';
 import { commaList, openBackendFor, openRepo, repoOption } from '../context.js';
-import { interruptIsNormalEnd, rootAbort } from '../signals.js';
+import { interruptIsNormalEnd, untilInterrupted } from '../signals.js';
 import { parseListen } from './serve.js';
 
 interface UiFlags {
@@ -143,10 +143,7 @@ export function uiCommand(): Command {
             '',
           ].join('\n'),
         );
-        await new Promise<void>((resolve) => {
-          if (rootAbort.signal.aborted) resolve();
-          rootAbort.signal.addEventListener('abort', () => resolve(), { once: true });
-        });
+        await untilInterrupted();
         process.exitCode = 0;
       } finally {
         await server?.close().catch(() => undefined);
